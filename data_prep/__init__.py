@@ -1,0 +1,1 @@
+"""Offline pipelines: raw corpora -> prepared TFDS array_record datasets + manifest.json."""

@@ -1,0 +1,1 @@
+"""Experiment configs (experiments/configs/*.py) and thin scripts."""

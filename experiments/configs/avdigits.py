@@ -1,0 +1,31 @@
+"""AV-digits: FSDD spoken digits paired with MNIST images of the same digit (28x28 gray)."""
+
+from experiments.configs import common
+
+
+def get_config(variant: str = ""):
+  c = common.base_config()
+  c.name = "avdigits"
+  c.data.segment_samples = 16000  # FSDD clips are ~0.5 s: 1 s segments, zero-padded
+  c.data.magnitude = "log"
+  c.data.face_size = 28
+  c.data.grayscale = True
+  c.data.frames_per_utterance = 1
+  c.model.latent_dim = 16
+  c.model.hidden = (256, 128)
+  c.train.batch_size = 64
+  c.train.num_steps = 3000
+  c.loss.kl_weight = 0.1
+  if variant == "tiny":
+    c.name = "avdigits_tiny"
+    c.model.hidden = (32, 16)
+    c.model.latent_dim = 4
+    c.train.batch_size = 8
+    c.train.num_steps = 4
+    c.train.warmup_steps = 1
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of avdigits.py; use '' or 'tiny'")
+  return c

@@ -1,0 +1,30 @@
+"""The reference MS-VAE experiment on VoxCeleb1: averaged [297, 512] spectrograms, 23x23 gray faces.
+
+`reference.py:tiny` is the same pipeline with a tiny model and a few steps, for tests.
+"""
+
+from experiments.configs import common
+
+
+def get_config(variant: str = ""):
+  c = common.base_config()
+  c.name = "reference"
+  c.train.batch_size = 64
+  # 8 epochs of VoxCeleb1's ~138k training utterances at batch 64.
+  c.train.num_steps = 17_300
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 1000
+  c.train.log_every = 100
+  if variant == "tiny":
+    c.name = "reference_tiny"
+    c.model.hidden = (32, 16)
+    c.model.latent_dim = 8
+    c.train.batch_size = 8
+    c.train.num_steps = 4
+    c.train.warmup_steps = 1
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of reference.py; use '' or 'tiny'")
+  return c

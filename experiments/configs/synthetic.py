@@ -1,0 +1,37 @@
+"""The built-in synthetic corpus (the default of `mmvae demo`): averaged spectrograms, 32x32 RGB faces."""
+
+from experiments.configs import common
+
+
+def get_config(variant: str = ""):
+  c = common.base_config()
+  c.name = "synthetic"
+  c.data.magnitude = "log"
+  c.data.face_size = 32
+  c.data.grayscale = False
+  c.data.frames_per_utterance = 2
+  c.model.latent_dim = 32
+  c.model.hidden = (256, 128)
+  c.train.batch_size = 64
+  c.train.num_steps = 3000
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 100
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.loss.kl_weight = 0.1
+  c.loss.kl_anneal_steps = 500
+  if variant == "tiny":
+    c.name = "synthetic_tiny"
+    c.model.hidden = (32, 16)
+    c.model.latent_dim = 8
+    c.train.batch_size = 8
+    c.train.num_steps = 6
+    c.train.warmup_steps = 1
+    c.train.log_every = 1
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.loss.kl_anneal_steps = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of synthetic.py; use '' or 'tiny'")
+  return c

@@ -1,0 +1,1 @@
+"""Training: the MS-VAE train step, data parallelism, checkpoints and the loop."""

@@ -93,8 +93,9 @@ def main(argv=None) -> int:
       _run_prep(args)
     elif args.command == "train":
       from mmvae import config as config_lib
+      config = config_lib.load(args.config, overrides)
       from mmvae.train import trainer
-      trainer.train(config_lib.load(args.config, overrides), args.data, args.workdir)
+      trainer.train(config, args.data, args.workdir)
     elif args.command == "analyze":
       from mmvae.analysis import report
       report.analyze(args.workdir, data_dir=args.data, split=args.split)

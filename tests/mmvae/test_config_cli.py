@@ -1,0 +1,58 @@
+"""Config loading, overrides and the CLI's handling of bad arguments."""
+
+import pytest
+
+from mmvae import cli
+from mmvae import config as config_lib
+
+
+def test_every_config_and_tiny_variant_loads():
+  names = config_lib.available()
+  assert {"reference", "conv", "synthetic", "avdigits"} <= set(names)
+  for name in names:
+    full, tiny = config_lib.load(name), config_lib.load(f"{name}:tiny")
+    assert full.to_dict().keys() == tiny.to_dict().keys()
+    assert tiny.train.num_steps < full.train.num_steps
+
+
+def test_reference_config_matches_the_reference_experiment():
+  c = config_lib.load("reference")
+  # 47,760 samples, 25 ms windows with a 10 ms hop at 16 kHz: 1 + (47760 - 400) // 160 frames.
+  assert 1 + (c.data.segment_samples - 400) // 160 == 297
+  assert (c.data.n_bins, c.data.face_size, c.data.grayscale, c.model.latent_dim) == (512, 23, True, 100)
+  assert c.data.time_average and c.loss.wasserstein == "w2_gaussian"
+
+
+def test_path_form_and_overrides(tmp_path):
+  path = config_lib.CONFIG_DIR / "synthetic.py"
+  c = config_lib.load(f"{path}:tiny", ["--config.train.batch_size=256", "parallel=sharded",
+                                       "train.learning_rate=1", "model.hidden=[8, 4]"])
+  assert c.name == "synthetic_tiny"
+  assert (c.train.batch_size, c.parallel, c.train.learning_rate) == (256, "sharded", 1.0)
+  assert c.model.hidden == (8, 4) and isinstance(c.train.learning_rate, float)
+
+
+@pytest.mark.parametrize("override, error", [
+    ("train.batchsize=3", KeyError),
+    ("nosection.x=1", KeyError),
+    ("train.batch_size=big", TypeError),
+    ("train.batch_size", ValueError),
+])
+def test_bad_overrides_are_refused(override, error):
+  with pytest.raises(error):
+    config_lib.load("reference", [override])
+
+
+def test_unknown_config_and_variant():
+  with pytest.raises(FileNotFoundError, match="reference"):
+    config_lib.load("nonexistent")
+  with pytest.raises(ValueError, match="variant"):
+    config_lib.load("reference:huge")
+
+
+def test_cli_reports_bad_input_in_one_line(capsys, tmp_path):
+  rc = cli.main(["train", "--config", "nonexistent", "--data", str(tmp_path), "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.startswith("mmvae train: error:") and "Traceback" not in err
+  with pytest.raises(SystemExit):
+    cli.main(["analyze", "--workdir", str(tmp_path), "--bogus"])

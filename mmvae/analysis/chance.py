@@ -1,0 +1,75 @@
+"""Exact chance levels of ranking metrics: R relevant items among M, ranked uniformly at random."""
+
+import functools
+
+import numpy as np
+from scipy import special
+
+# Chance of pairwise metrics (verification AUC and EER, 1:2 matching) does not depend on the gallery.
+AUC_CHANCE = 0.5
+EER_CHANCE = 0.5
+MATCHING_CHANCE = 0.5
+
+
+def _check(m: int, r: int) -> None:
+  if not 1 <= r <= m:
+    raise ValueError(f"need 1 <= relevant ({r}) <= gallery size ({m})")
+
+
+def _log_comb(n, k):
+  return special.gammaln(np.asarray(n, np.float64) + 1) - special.gammaln(
+      np.asarray(k, np.float64) + 1) - special.gammaln(np.asarray(n, np.float64) - k + 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def first_hit_pmf(m: int, r: int) -> np.ndarray:
+  """P(first relevant item at position k), k = 1..m-r+1: C(m-k, r-1) / C(m, r)."""
+  _check(m, r)
+  k = np.arange(1, m - r + 2, dtype=np.float64)
+  pmf = np.exp(_log_comb(m - k, r - 1) - _log_comb(m, r))
+  pmf.setflags(write=False)
+  return pmf
+
+
+def miss_probability(m: int, r: int, j) -> np.ndarray:
+  """P(no relevant item among the first j positions) = C(m-j, r) / C(m, r); j may be an array."""
+  _check(m, r)
+  j = np.clip(np.asarray(j, np.float64), 0, m)
+  out = np.zeros_like(j)
+  ok = m - j >= r
+  out[ok] = np.exp(_log_comb(m - j[ok], r) - _log_comb(m, r))
+  return out
+
+
+def harmonic(n) -> np.ndarray:
+  """H(n) = sum_{i<=n} 1/i for integer n >= 0 (exact enough in float64 through digamma)."""
+  n = np.asarray(n, np.float64)
+  return np.where(n > 0, special.digamma(n + 1) + np.euler_gamma, 0.0)
+
+
+def mrr(m: int, r: int) -> float:
+  """E[1 / rank of the first relevant item]."""
+  pmf = first_hit_pmf(m, r)
+  return float(np.sum(pmf / np.arange(1, pmf.size + 1)))
+
+
+def recall_at_k(m: int, r: int, k: int) -> float:
+  """P(at least one relevant item in the top k)."""
+  return float(1.0 - miss_probability(m, r, k))
+
+
+def average_precision(m: int, r: int) -> float:
+  """E[AP] = (1/m) [H(m) + (r-1)/(m-1) (m - H(m))]: E[precision at a relevant item's rank]."""
+  _check(m, r)
+  h = float(harmonic(m))
+  b = (r - 1) / (m - 1) if m > 1 else 0.0
+  return (h + b * (m - h)) / m
+
+
+def average_precision_at_k(m: int, r: int, k: int) -> float:
+  """E[AP@k], AP@k = sum of precision at relevant ranks <= k, divided by min(r, k)."""
+  _check(m, r)
+  p = min(k, m)
+  h = float(harmonic(p))
+  b = (r - 1) / (m - 1) if m > 1 else 0.0
+  return r * (h + b * (p - h)) / m / min(r, k)

@@ -1,0 +1,97 @@
+"""AV-digits layout -> example specs: FSDD recordings paired with MNIST t10k images of the same digit.
+
+Splits follow FSDD's own convention (takes 0-4 of every speaker and digit are the test set),
+and carve a validation set out of the rest: takes 5-9 -> validation, takes 10+ -> train.
+The identity of an example is its digit, so retrieval relevance means 'same digit'; the FSDD
+speaker goes into the `video` field. Each recording gets its own MNIST image of its digit,
+drawn without replacement by a seeded generator, so no image is shared between splits.
+"""
+
+import gzip
+import pathlib
+import re
+
+import numpy as np
+
+from data_prep.voxceleb1 import Corpus
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+RECORDING = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
+MNIST_IMAGES = "t10k-images-idx3-ubyte.gz"
+MNIST_LABELS = "t10k-labels-idx1-ubyte.gz"
+NOTES = ("avdigits: label = identity = spoken digit; video = FSDD speaker; splits by take: 0-4 test "
+         "(FSDD convention), 5-9 validation, 10+ train; each recording is paired with a distinct MNIST t10k "
+         "image of its digit drawn by np.random.default_rng(seed)")
+
+
+def split_of_take(take: int) -> str:
+  """FSDD take number -> split (0-4 test as FSDD defines it, 5-9 validation, the rest train)."""
+  return "test" if take < 5 else "validation" if take < 10 else "train"
+
+
+def _read_idx(path: pathlib.Path, magic: int, ndim: int) -> np.ndarray:
+  """One gzipped IDX file (big-endian header: magic, dims) -> uint8 array."""
+  if not path.is_file():
+    raise FileNotFoundError(f"MNIST file not found: {path}; expected {MNIST_IMAGES} and {MNIST_LABELS} there")
+  try:
+    data = gzip.open(path, "rb").read()
+  except (OSError, EOFError) as e:
+    raise ValueError(f"{path}: not a readable gzip file ({e})") from None
+  header = np.frombuffer(data[:4 * (1 + ndim)], dtype=">u4") if len(data) >= 4 * (1 + ndim) else None
+  if header is None or header[0] != magic:
+    raise ValueError(f"{path}: not an IDX file with magic {magic}")
+  dims = tuple(int(d) for d in header[1:])
+  body = np.frombuffer(data, dtype=np.uint8, offset=4 * (1 + ndim))
+  if body.size != int(np.prod(dims)):
+    raise ValueError(f"{path}: header says {dims} but holds {body.size} bytes")
+  return body.reshape(dims)
+
+
+def read_mnist(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST t10k IDX files -> (images uint8 [N, 28, 28], labels uint8 [N])."""
+  mnist_dir = pathlib.Path(mnist_dir)
+  images = _read_idx(mnist_dir / MNIST_IMAGES, 2051, 3)
+  labels = _read_idx(mnist_dir / MNIST_LABELS, 2049, 1)
+  if len(images) != len(labels):
+    raise ValueError(f"{mnist_dir}: {len(images)} images but {len(labels)} labels")
+  return images, labels
+
+
+def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False) -> Corpus:
+  """FSDD recordings + MNIST -> example specs carrying the paired image (`face_image`, `mnist_index`)."""
+  fsdd_root = pathlib.Path(fsdd_root)
+  recordings = fsdd_root / "recordings"
+  if not recordings.is_dir():
+    raise FileNotFoundError(f"{fsdd_root} is not an FSDD root: expected recordings/<digit>_<speaker>_<take>.wav")
+  images, labels = read_mnist(mnist_dir)
+  skipped = []
+  parsed = []
+  for path in sorted(recordings.iterdir()):
+    m = RECORDING.match(path.name)
+    if not m:
+      if path.suffix.lower() == ".wav":
+        if strict:
+          raise ValueError(f"{path}: name does not match <digit>_<speaker>_<take>.wav")
+        skipped.append({"path": str(path), "reason": "name does not match <digit>_<speaker>_<take>.wav"})
+      continue
+    parsed.append((int(m[1]), m[2], int(m[3]), path))
+  if not parsed:
+    raise FileNotFoundError(f"no <digit>_<speaker>_<take>.wav recordings in {recordings}")
+  parsed.sort(key=lambda r: r[:3])
+
+  rng = np.random.default_rng(seed)
+  pools = {d: rng.permutation(np.flatnonzero(labels == d)) for d in range(10)}
+  used = {d: 0 for d in range(10)}
+  examples = []
+  for digit, speaker, take, path in parsed:
+    pool = pools[digit]
+    if used[digit] >= len(pool):  # more recordings than images of a digit: reuse, reshuffled
+      pools[digit] = pool = np.concatenate([pool, rng.permutation(pool)])
+    index = int(pool[used[digit]])
+    used[digit] += 1
+    examples.append({"id": path.name, "wav": str(path), "face_image": images[index], "mnist_index": index,
+                     "split": split_of_take(take), "identity": str(digit), "name": DIGIT_NAMES[digit],
+                     "gender": "", "nationality": "", "video": speaker, "label": digit})
+  examples.sort(key=lambda e: e["id"])
+  identities = [{"identity": str(d), "name": DIGIT_NAMES[d], "gender": "", "nationality": ""} for d in range(10)]
+  return Corpus(examples=examples, identities=identities, attributes=[], skipped=skipped)

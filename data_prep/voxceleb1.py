@@ -1,0 +1,159 @@
+"""VoxCeleb1 corpus layout -> example specs: wav/, face frames, iden_split.txt and vox1_meta.csv.
+
+Face frames are looked up per utterance first, in the official face release layout
+`unzippedIntervalFaces/data/<VGGFace1 ID>/1.6/<ytid>/<n>/*.jpg`, where `n` is the utterance
+number without zero padding (`00003.wav` -> `3`, as in the official release; `00003` is
+accepted too), then per video in `faces/<VGGFace1 ID>/<ytid>/*.jpg`.
+"""
+
+import csv
+import dataclasses
+import pathlib
+
+SPLIT_CODES = {"1": "train", "2": "validation", "3": "test"}
+# Official vox1_meta.csv columns -> the keys used in specs and the manifest; other columns
+# are extra per-identity attributes (the synthetic corpus adds sex, age, size, ...).
+META_COLUMNS = {"VoxCeleb1 ID": "identity", "VGGFace1 ID": "name", "Gender": "gender",
+                "Nationality": "nationality", "Set": "set"}
+FACE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass
+class Corpus:
+  """Example specs plus the per-identity table (list index == label) and what was skipped."""
+  examples: list[dict]
+  identities: list[dict]
+  attributes: list[str]
+  skipped: list[dict]
+
+
+def read_meta(path) -> tuple[dict[str, dict], list[str]]:
+  """vox1_meta.csv (tab-separated) -> ({VoxCeleb1 ID: row}, names of the extra columns)."""
+  path = pathlib.Path(path)
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.reader(f, delimiter="\t")
+    header = [h.strip() for h in next(reader, [])]
+    missing = [c for c in META_COLUMNS if c not in header]
+    if missing:
+      raise ValueError(f"{path}: missing column(s) {missing}; expected a tab-separated header with "
+                       f"{list(META_COLUMNS)} (plus optional extra attribute columns)")
+    keys = [META_COLUMNS.get(h, h) for h in header]
+    extras = [k for k in keys if k not in META_COLUMNS.values()]
+    rows = {}
+    for line_no, values in enumerate(reader, start=2):
+      if not any(v.strip() for v in values):
+        continue
+      if len(values) != len(keys):
+        raise ValueError(f"{path}:{line_no}: {len(values)} tab-separated fields, expected {len(keys)}")
+      row = {k: v.strip() for k, v in zip(keys, values)}
+      rows[row["identity"]] = row
+  return rows, extras
+
+
+def read_split(path) -> list[tuple[str, str]]:
+  """iden_split.txt -> [(split, 'id/ytid/utt.wav')] with split in train|validation|test."""
+  path = pathlib.Path(path)
+  out = []
+  for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    if not line.strip():
+      continue
+    parts = line.split()
+    if len(parts) != 2 or parts[0] not in SPLIT_CODES or parts[1].count("/") != 2:
+      raise ValueError(f"{path}:{line_no}: expected '1|2|3 <id>/<youtube id>/<utterance>.wav', got {line!r}")
+    out.append((SPLIT_CODES[parts[0]], parts[1]))
+  return out
+
+
+def _frames(folder: pathlib.Path) -> list[str]:
+  if not folder.is_dir():
+    return []
+  return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in FACE_SUFFIXES)
+
+
+def utterance_faces(root, name: str, video: str, utterance: str) -> list[str]:
+  """Frames of one utterance (official per-utterance layout), else of its video, else []."""
+  root = pathlib.Path(root)
+  stem = pathlib.Path(utterance).stem
+  per_utt = root / "unzippedIntervalFaces" / "data" / name / "1.6" / video
+  numbers = [str(int(stem)), stem] if stem.isdigit() else [stem]
+  for n in numbers:
+    frames = _frames(per_utt / n)
+    if frames:
+      return frames
+  return _frames(root / "faces" / name / video)
+
+
+def check_root(root) -> pathlib.Path:
+  """Raises FileNotFoundError listing the expected layout when `root` is not a VoxCeleb1 root."""
+  root = pathlib.Path(root)
+  expected = {"wav/": root / "wav", "iden_split.txt": root / "iden_split.txt", "vox1_meta.csv": root / "vox1_meta.csv"}
+  missing = [k for k, p in expected.items() if not p.exists()]
+  if missing:
+    raise FileNotFoundError(
+        f"{root} is not a VoxCeleb1 root: missing {', '.join(missing)}. Expected wav/<id>/<youtube id>/<utt>.wav, "
+        "iden_split.txt ('1|2|3 <id>/<ytid>/<utt>.wav' lines), vox1_meta.csv (tab-separated) and face frames in "
+        "faces/<VGGFace1 ID>/<ytid>/*.jpg or unzippedIntervalFaces/data/<VGGFace1 ID>/1.6/<ytid>/<n>/*.jpg")
+  if not (root / "faces").is_dir() and not (root / "unzippedIntervalFaces").is_dir():
+    raise FileNotFoundError(f"{root}: no face folder; expected faces/<VGGFace1 ID>/<ytid>/*.jpg "
+                            "or unzippedIntervalFaces/data/<VGGFace1 ID>/1.6/<ytid>/<n>/*.jpg")
+  return root
+
+
+def list_examples(root, strict: bool = False) -> Corpus:
+  """Parses a VoxCeleb1 root into example specs; bad entries are skipped (or raise when strict)."""
+  root = check_root(root)
+  meta, extras = read_meta(root / "vox1_meta.csv")
+  listed = read_split(root / "iden_split.txt")
+  skipped: list[dict] = []
+
+  def skip(path, reason, error=FileNotFoundError):
+    if strict:
+      raise error(f"{path}: {reason} (strict mode; drop --strict to skip and record it instead)")
+    skipped.append({"path": str(path), "reason": reason})
+
+  unknown: dict[str, int] = {}
+  faceless: dict[tuple[str, str], int] = {}
+  kept = []
+  for split, rel in listed:
+    identity, video, utt = rel.split("/")
+    wav = root / "wav" / rel
+    if identity not in meta:
+      if strict:
+        skip(root / "wav" / identity, f"identity {identity} is not in {root / 'vox1_meta.csv'}", ValueError)
+      unknown[identity] = unknown.get(identity, 0) + 1
+      continue
+    if not wav.is_file():
+      skip(wav, "missing: listed in iden_split.txt but not on disk")
+      continue
+    faces = utterance_faces(root, meta[identity]["name"], video, utt)
+    if not faces:
+      if strict:
+        skip(root / "wav" / identity / video, f"no face frames for this video (looked in "
+             f"{root / 'faces' / meta[identity]['name'] / video} and unzippedIntervalFaces/data/...)")
+      faceless[(identity, video)] = faceless.get((identity, video), 0) + 1
+      continue
+    kept.append((split, rel, identity, video, wav, faces))
+  # One skip record per identity or video rather than per utterance keeps the manifest readable.
+  for identity, n in sorted(unknown.items()):
+    skip(root / "wav" / identity, f"identity {identity} is not in {root / 'vox1_meta.csv'} ({n} utterances skipped)",
+         ValueError)
+  for (identity, video), n in sorted(faceless.items()):
+    name = meta[identity]["name"]
+    skip(root / "wav" / identity / video, f"no face frames for this video: looked in {root / 'faces' / name / video} "
+         f"and {root / 'unzippedIntervalFaces/data' / name / '1.6' / video} ({n} utterances skipped)")
+
+  ids = sorted({k[2] for k in kept})
+  label_of = {identity: i for i, identity in enumerate(ids)}
+  identities = []
+  for identity in ids:
+    row = meta[identity]
+    entry = {"identity": identity, "name": row["name"], "gender": row["gender"], "nationality": row["nationality"]}
+    entry.update({k: row[k] for k in extras})
+    identities.append(entry)
+  examples = []
+  for split, rel, identity, video, wav, faces in sorted(kept, key=lambda k: k[1]):
+    row = meta[identity]
+    examples.append({"id": rel, "wav": str(wav), "faces": faces, "split": split, "identity": identity,
+                     "name": row["name"], "gender": row["gender"], "nationality": row["nationality"],
+                     "video": video, "label": label_of[identity]})
+  return Corpus(examples=examples, identities=identities, attributes=extras, skipped=skipped)

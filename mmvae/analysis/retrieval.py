@@ -193,11 +193,16 @@ def summarise(per_query: dict) -> dict:
 
 
 def retrieval_metrics(query_mu, gallery_mu, query_labels, gallery_labels, score="cosine",
-                      query_logvar=None, gallery_logvar=None, **kwargs) -> dict:
-  """Summary metrics (with `_chance` keys) for one direction and score."""
+                      query_logvar=None, gallery_logvar=None, exclude_self=False, max_pairs=4_000_000,
+                      seed=0, **kwargs) -> dict:
+  """Summary metrics (with `_chance` keys) for one direction and score, verification included."""
   q = features(query_mu, query_logvar, score)
   g = features(gallery_mu, gallery_logvar, score)
-  return summarise(rank_queries(q, g, query_labels, gallery_labels, score=score, **kwargs))
+  out = summarise(rank_queries(q, g, query_labels, gallery_labels, score=score,
+                               exclude_self=exclude_self, **kwargs))
+  out.update(verification(q, g, query_labels, gallery_labels, score=score, exclude_self=exclude_self,
+                          max_pairs=max_pairs, seed=seed))
+  return out
 
 
 def mean_reciprocal_rank(query_NxZ, gallery_MxZ, query_labels, gallery_labels, score="cosine",
@@ -208,3 +213,67 @@ def mean_reciprocal_rank(query_NxZ, gallery_MxZ, query_labels, gallery_labels, s
   per = rank_queries(q, g, query_labels, gallery_labels, score=score, ks=(), progress=False)
   rr = per["mrr"][per["n_relevant"] > 0]
   return float(rr.mean()) if rr.size else float("nan")
+
+
+def roc_auc(scores, same) -> float:
+  """Area under the ROC curve: P(same-pair score > different-pair score), ties counting 1/2."""
+  from scipy import stats
+  scores, same = np.asarray(scores, np.float64), np.asarray(same, bool)
+  n_pos, n_neg = int(same.sum()), int((~same).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  ranks = stats.rankdata(scores)  # midranks: the 1/2 for ties
+  return float((ranks[same].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def equal_error_rate(scores, same) -> float:
+  """Rate where false accepts equal false rejects, linearly interpolated on the ROC curve."""
+  scores, same = np.asarray(scores, np.float64), np.asarray(same, bool)
+  n_pos, n_neg = int(same.sum()), int((~same).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  order = np.argsort(-scores, kind="stable")
+  s, y = scores[order], same[order]
+  last = np.r_[s[1:] != s[:-1], True]  # accept everything scoring >= each distinct threshold
+  tpr = np.r_[0.0, np.cumsum(y)[last] / n_pos]
+  fpr = np.r_[0.0, np.cumsum(~y)[last] / n_neg]
+  d = fpr - (1.0 - tpr)  # rises from -1 to +1
+  i = int(np.argmax(d >= 0))
+  if i == 0:
+    return float(fpr[0])
+  f0, f1, t0, t1 = fpr[i - 1], fpr[i], tpr[i - 1], tpr[i]
+  a = (1.0 - t0 - f0) / ((f1 - f0) + (t1 - t0))
+  return float(f0 + a * (f1 - f0))
+
+
+def pair_scores(query_PxD, gallery_PxD, score="cosine") -> np.ndarray:
+  """Scores of aligned pairs (row i of query with row i of gallery)."""
+  q, g = np.asarray(query_PxD, np.float64), np.asarray(gallery_PxD, np.float64)
+  if score == "cosine":
+    den = np.maximum(np.linalg.norm(q, axis=1), 1e-12) * np.maximum(np.linalg.norm(g, axis=1), 1e-12)
+    return (q * g).sum(1) / den
+  return -np.linalg.norm(q - g, axis=1)
+
+
+def verification(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
+                 exclude_self=False, max_pairs=4_000_000, seed=0) -> dict:
+  """ROC AUC and EER over (query, gallery) pairs: all of them, or a seeded uniform sample if too many."""
+  q_lab, g_lab = np.asarray(query_labels), np.asarray(gallery_labels)
+  n, m = len(query_NxD), len(gallery_MxD)
+  if n * m <= max_pairs:
+    i, j = (x.ravel() for x in np.meshgrid(np.arange(n), np.arange(m), indexing="ij"))
+    sampled = False
+  else:
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, n, max_pairs), rng.integers(0, m, max_pairs)
+    sampled = True
+  if exclude_self:
+    keep = i != j
+    i, j = i[keep], j[keep]
+  step = 1 << 20
+  s = np.concatenate([pair_scores(query_NxD[i[lo:lo + step]], gallery_MxD[j[lo:lo + step]], score)
+                      for lo in range(0, len(i), step)] or [np.zeros(0)])
+  same = q_lab[i] == g_lab[j]
+  return {"auc": roc_auc(s, same), "auc_chance": chance.AUC_CHANCE, "eer": equal_error_rate(s, same),
+          "eer_chance": chance.EER_CHANCE, "verification_pairs": int(len(s)),
+          "verification_pairs_sampled": sampled}

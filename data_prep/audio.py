@@ -1,0 +1,229 @@
+"""Audio pipeline: WAV file -> mono 16 kHz wave -> segment -> VGGVox-style spectrogram.
+
+The recipe (the reference experiment, `config.data`):
+  1. `load_wav`: decode with soundfile, downmix channels by their mean, resample to
+     `sample_rate` with a polyphase filter, scale to [-1, 1] (no x 2**15 int16 scaling: the
+     per-bin normalisation that follows makes the overall scale irrelevant for 'linear').
+  2. `crop_segment`: `segment_samples` samples, at a random start (train) or centred
+     (evaluation); shorter clips are zero-padded (centred) or rejected.
+  3. `spectrogram`: subtract the mean, then VGGVox's DC-removal high-pass
+     y[n] = x[n] - x[n-1] + alpha * y[n-1] (alpha = 0.99 at 16 kHz; at other rates alpha is
+     chosen to keep the same ~25.6 Hz cut-off); add triangular dither
+     `dither * 1e-6 * std(d) * d`, d = U[0,1) + U[0,1) - 1 drawn from the caller's generator
+     (as the VGGVox Python port does); frames of `window_ms` every `hop_ms` (no padding: a
+     47,760-sample segment gives 1 + (47760 - 400) // 160 = 297 frames); a symmetric Hamming
+     window (np.hamming, 0.54 - 0.46 cos(2 pi n / (N - 1))); an `n_fft`-point FFT keeping the
+     first `n_bins` bins; magnitude ('linear') or log1p(magnitude) ('log').
+  4. `normalise_per_bin`: each frequency bin to zero mean, unit variance over time (VGGVox).
+
+Normalisation order with `time_average`: the time-average of a per-bin-normalised spectrogram
+is identically zero, so `utterance_features` averages the UN-normalised spectrogram over time
+and the dataset-level per-bin standardisation (train-split mean/std) is applied afterwards by
+`data_prep.prepare` (recorded as `audio_normalisation` in the manifest).
+"""
+
+import functools
+import math
+import os
+import struct
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+import soundfile
+
+MAGNITUDES = ("linear", "log")
+SHORT_CLIPS = ("pad", "skip")
+CROP_MODES = ("random", "center")
+_SILENCE_PEAK = 1e-6  # below one int16 step (3e-5): nothing but rounding noise
+
+
+class AudioError(ValueError):
+  """An audio file or clip that cannot be turned into features; the message names it."""
+
+
+def _declared_wav_data_bytes(path):
+  """(declared, available) byte counts of a RIFF/WAVE 'data' chunk, or None if not a plain WAV."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return None
+    pos = 12
+    while pos + 8 <= size:
+      f.seek(pos)
+      chunk_id, chunk_len = struct.unpack("<4sI", f.read(8))
+      if chunk_id == b"data":
+        return chunk_len, size - pos - 8
+      pos += 8 + chunk_len + (chunk_len & 1)
+  return None
+
+
+def load_wav(path, sample_rate=16000):
+  """Mono float32 wave in [-1, 1] at `sample_rate`; AudioError for unusable files."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"audio file not found: {path}")
+  try:
+    wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  except (soundfile.SoundFileError, RuntimeError, ValueError, EOFError) as e:
+    raise AudioError(f"{path}: not a readable audio file ({e})") from e
+  # libsndfile silently reads the part of a truncated WAV that is there; a half-copied
+  # corpus file should be reported and skipped, not trained on.
+  data = _declared_wav_data_bytes(path)
+  if data is not None and data[0] not in (0, 0xFFFFFFFF) and data[1] < data[0]:
+    raise AudioError(f"{path}: truncated WAV: header declares {data[0]} bytes of audio, "
+                     f"the file holds {data[1]}")
+  if wave.shape[0] == 0:
+    raise AudioError(f"{path}: empty audio clip (0 samples)")
+  wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+  if rate != sample_rate:
+    g = math.gcd(int(rate), int(sample_rate))
+    wave = scipy.signal.resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
+  if not np.all(np.isfinite(wave)):
+    raise AudioError(f"{path}: audio contains NaN or infinite samples")
+  wave = np.clip(wave, -1.0, 1.0)  # float WAVs and resampling overshoot may leave [-1, 1]
+  if float(np.max(np.abs(wave - wave.mean()))) < _SILENCE_PEAK:
+    raise AudioError(f"{path}: silent audio clip (all samples equal; peak below "
+                     f"{_SILENCE_PEAK:g})")
+  return wave
+
+
+def crop_segment(wave, segment_samples, mode, rng=None, short_clips="pad"):
+  """`segment_samples` of `wave`: random start ('random', from `rng`) or centred ('center')."""
+  if mode not in CROP_MODES:
+    raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+  if short_clips not in SHORT_CLIPS:
+    raise ValueError(f"short_clips must be one of {SHORT_CLIPS}, got {short_clips!r}")
+  wave = np.asarray(wave, np.float32)
+  n = wave.shape[0]
+  if n < segment_samples:
+    if short_clips == "skip":
+      raise AudioError(f"clip of {n} samples is shorter than the segment of {segment_samples} "
+                       "samples (data.short_clips='skip'; use 'pad' to zero-pad)")
+    left = (segment_samples - n) // 2
+    return np.pad(wave, (left, segment_samples - n - left))
+  if mode == "random":
+    if rng is None:
+      raise ValueError("crop mode 'random' needs a np.random.Generator rng")
+    start = int(rng.integers(0, n - segment_samples + 1))
+  else:
+    start = (n - segment_samples) // 2
+  return wave[start:start + segment_samples]
+
+
+def _cfg(data_cfg, key):
+  try:
+    return getattr(data_cfg, key)
+  except (AttributeError, KeyError):
+    raise ValueError(f"data config has no '{key}' (see experiments/configs/common.py)") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _recipe(sample_rate, window_ms, hop_ms, n_fft, n_bins, magnitude):
+  """Validated (frame_len, hop) for one set of spectrogram settings."""
+  if sample_rate <= 0:
+    raise ValueError(f"data.sample_rate must be positive, got {sample_rate}")
+  frame_len = int(round(window_ms * sample_rate / 1000.0))
+  hop = int(round(hop_ms * sample_rate / 1000.0))
+  if frame_len < 2 or hop < 1:
+    raise ValueError(f"data.window_ms={window_ms} / data.hop_ms={hop_ms} give a frame of "
+                     f"{frame_len} samples and a hop of {hop}; both must be positive")
+  if n_fft < frame_len:
+    raise ValueError(f"data.n_fft={n_fft} is smaller than the {frame_len}-sample window")
+  if not 1 <= n_bins <= n_fft // 2 + 1:
+    raise ValueError(f"data.n_bins={n_bins} must be in [1, n_fft // 2 + 1 = {n_fft // 2 + 1}]")
+  if magnitude not in MAGNITUDES:
+    raise ValueError(f"data.magnitude must be one of {MAGNITUDES}, got {magnitude!r}")
+  return frame_len, hop
+
+
+def _settings(data_cfg):
+  sr = int(_cfg(data_cfg, "sample_rate"))
+  frame_len, hop = _recipe(sr, float(_cfg(data_cfg, "window_ms")), float(_cfg(data_cfg, "hop_ms")),
+                           int(_cfg(data_cfg, "n_fft")), int(_cfg(data_cfg, "n_bins")),
+                           _cfg(data_cfg, "magnitude"))
+  return sr, frame_len, hop
+
+
+@functools.lru_cache(maxsize=8)
+def _hamming(frame_len):
+  return np.hamming(frame_len).astype(np.float32)
+
+
+def dc_alpha(sample_rate):
+  """Pole of the DC-removal filter: VGGVox's 0.99 at 16 kHz, same cut-off at other rates."""
+  return 0.99 ** (16000.0 / sample_rate)
+
+
+def spectrogram(segment, data_cfg, rng=None):
+  """Un-normalised float32 [T, F] spectrogram of one segment (recipe in the module docstring)."""
+  sr, frame_len, hop = _settings(data_cfg)
+  n_fft, n_bins = int(data_cfg.n_fft), int(data_cfg.n_bins)
+  x = np.asarray(segment, np.float64)
+  if x.ndim != 1:
+    raise ValueError(f"spectrogram expects a 1-D wave, got shape {x.shape}")
+  if x.shape[0] < frame_len:
+    raise AudioError(f"segment of {x.shape[0]} samples is shorter than one "
+                     f"{frame_len}-sample window")
+  # Mean first so the filter starts without a DC step; the high-pass then removes slow drift.
+  a = dc_alpha(sr)
+  x = scipy.signal.lfilter([1.0, -1.0], [1.0, -a], x - x.mean())
+  x = x.astype(np.float32)
+  dither = float(_cfg(data_cfg, "dither"))
+  if dither < 0:
+    raise ValueError(f"data.dither must be >= 0, got {dither}")
+  if dither > 0:
+    if rng is None:
+      raise ValueError("dither > 0 needs a np.random.Generator rng (or set data.dither=0)")
+    d = rng.random(x.shape[0], dtype=np.float32) + rng.random(x.shape[0], dtype=np.float32) - 1
+    x = x + np.float32(dither * 1e-6 * float(np.std(d))) * d
+  n_frames = 1 + (x.shape[0] - frame_len) // hop
+  frames_TxL = np.lib.stride_tricks.as_strided(
+      x, shape=(n_frames, frame_len), strides=(hop * x.strides[0], x.strides[0]), writeable=False)
+  spec_TxF = np.abs(scipy.fft.rfft(frames_TxL * _hamming(frame_len), n=n_fft, axis=1)[:, :n_bins])
+  if data_cfg.magnitude == "log":
+    spec_TxF = np.log1p(spec_TxF)
+  return spec_TxF.astype(np.float32, copy=False)
+
+
+def normalise_per_bin(spec_TxF, eps=1e-5):
+  """Each frequency bin to zero mean and unit variance over time (VGGVox)."""
+  spec_TxF = np.asarray(spec_TxF, np.float32)
+  mean_F = spec_TxF.mean(axis=0, keepdims=True)
+  std_F = spec_TxF.std(axis=0, keepdims=True)
+  return (spec_TxF - mean_F) / np.maximum(std_F, eps)
+
+
+def feature_shape(data_cfg):
+  """Shape `utterance_features` returns for this config, computed without audio."""
+  _, frame_len, hop = _settings(data_cfg)
+  seg = int(_cfg(data_cfg, "segment_samples"))
+  if seg < frame_len:
+    raise ValueError(f"data.segment_samples={seg} is shorter than one {frame_len}-sample window")
+  if _cfg(data_cfg, "time_average"):
+    return (int(data_cfg.n_bins),)
+  return (1 + (seg - frame_len) // hop, int(data_cfg.n_bins))
+
+
+def utterance_features(path_or_wave, data_cfg, train, rng=None):
+  """Audio features of one utterance: [F] time-average (un-normalised) or normalised [T, F].
+
+  A wave given directly must already be mono at `data_cfg.sample_rate`.
+  """
+  feature_shape(data_cfg)  # validates the whole config before any work
+  short = _cfg(data_cfg, "short_clips")
+  if isinstance(path_or_wave, (str, os.PathLike)):
+    wave = load_wav(path_or_wave, int(data_cfg.sample_rate))
+    name = os.fspath(path_or_wave)
+  else:
+    wave, name = np.asarray(path_or_wave, np.float32), "<wave>"
+  try:
+    seg = crop_segment(wave, int(data_cfg.segment_samples), "random" if train else "center",
+                       rng, short)
+  except AudioError as e:
+    raise AudioError(f"{name}: {e}") from None
+  spec_TxF = spectrogram(seg, data_cfg, rng)
+  if data_cfg.time_average:
+    return spec_TxF.mean(axis=0)
+  return normalise_per_bin(spec_TxF)

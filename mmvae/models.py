@@ -1,0 +1,174 @@
+"""The MS-VAE: per-modality Gaussian encoders and one shared decoder with a head per modality."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmvae import modalities
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dtype(name: str):
+  if name not in _DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+class MLPEncoder(nnx.Module):
+  """Flattens the input and maps it through an MLP to (mu, logvar) of q(z|x)."""
+
+  def __init__(self, in_shape, hidden, latent_dim, dtype, rngs: nnx.Rngs):
+    widths = (math.prod(in_shape),) + tuple(hidden)
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+    self.head = nnx.Linear(widths[-1], 2 * latent_dim, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x_BxD):
+    h_BxH = x_BxD.reshape(x_BxD.shape[0], -1).astype(self.dtype)
+    for layer in self.layers:
+      h_BxH = nnx.relu(layer(h_BxH))
+    mu_BxZ, logvar_BxZ = jnp.split(self.head(h_BxH).astype(jnp.float32), 2, axis=-1)
+    return mu_BxZ, logvar_BxZ
+
+
+class ConvEncoder(nnx.Module):
+  """Stride-2 3x3 convolutions over an image [H, W, C] (or a spectrogram [T, F] as one channel)."""
+
+  def __init__(self, in_shape, channels, latent_dim, dtype, rngs: nnx.Rngs, pool_time: bool):
+    if len(in_shape) not in (2, 3):
+      raise ValueError(f"a conv encoder needs a [T, F] spectrogram or an [S, S, C] image, got shape {in_shape}; "
+                       "set config.model.audio_encoder='mlp' (or face_encoder) for vector inputs")
+    self.add_channel = len(in_shape) == 2
+    h, w, c = (*in_shape, 1) if self.add_channel else in_shape
+    convs = []
+    for ch in channels:
+      convs.append(nnx.Conv(c, ch, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs))
+      h, w, c = -(-h // 2), -(-w // 2), ch
+    self.convs = nnx.List(convs)
+    # Spectrograms are averaged over time (as in VGGVox) so the head does not grow with the clip length.
+    self.pool_time = pool_time
+    flat = (w * c) if pool_time else (h * w * c)
+    self.head = nnx.Linear(flat, 2 * latent_dim, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x_BxHxW):
+    h = x_BxHxW.astype(self.dtype)
+    if self.add_channel:
+      h = h[..., None]
+    for conv in self.convs:
+      h = nnx.relu(conv(h))
+    if self.pool_time:
+      h = h.mean(axis=1)
+    mu_BxZ, logvar_BxZ = jnp.split(self.head(h.reshape(h.shape[0], -1)).astype(jnp.float32), 2, axis=-1)
+    return mu_BxZ, logvar_BxZ
+
+
+class MLPHead(nnx.Module):
+  """One linear map from the shared trunk to a flattened output of `out_shape`."""
+
+  def __init__(self, in_dim, out_shape, dtype, rngs: nnx.Rngs):
+    self.out_shape = tuple(out_shape)
+    self.linear = nnx.Linear(in_dim, math.prod(out_shape), dtype=dtype, rngs=rngs)
+
+  def __call__(self, h_BxH):
+    return self.linear(h_BxH).astype(jnp.float32).reshape((h_BxH.shape[0],) + self.out_shape)
+
+
+class ConvHead(nnx.Module):
+  """Transposed convolutions from a small grid up to [H, W, C], cropped to size (T=297 is no power of 2)."""
+
+  def __init__(self, in_dim, out_shape, channels, dtype, rngs: nnx.Rngs):
+    self.out_shape = tuple(out_shape)
+    self.squeeze = len(out_shape) == 2
+    h, w, c = (*out_shape, 1) if self.squeeze else out_shape
+    n = len(channels)
+    self.grid = (-(-h // 2**n), -(-w // 2**n), channels[-1])
+    self.linear = nnx.Linear(in_dim, math.prod(self.grid), dtype=dtype, rngs=rngs)
+    outs = tuple(reversed(channels[:-1])) + (c,)
+    ins = tuple(reversed(channels))
+    self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)
+                             for a, b in zip(ins, outs)])
+    self.hw = (h, w)
+
+  def __call__(self, h_BxH):
+    g = nnx.relu(self.linear(h_BxH)).reshape((h_BxH.shape[0],) + self.grid)
+    for i, deconv in enumerate(self.deconvs):
+      g = deconv(g)
+      if i < len(self.deconvs) - 1:
+        g = nnx.relu(g)
+    g = g[:, :self.hw[0], :self.hw[1]].astype(jnp.float32)
+    return g[..., 0] if self.squeeze else g
+
+
+class SharedDecoder(nnx.Module):
+  """A shared MLP trunk from z, then one head per modality, so any latent decodes to both."""
+
+  def __init__(self, latent_dim, out_shapes, hidden, channels, kind, dtype, rngs: nnx.Rngs):
+    widths = (latent_dim,) + tuple(reversed(hidden))
+    self.trunk = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+    heads = {}
+    for m in modalities.MODALITIES:
+      spatial = len(out_shapes[m]) >= 2
+      if kind == "conv" and spatial:
+        heads[m] = ConvHead(widths[-1], out_shapes[m], channels, dtype, rngs)
+      else:  # a time-averaged audio vector has no grid to deconvolve into
+        heads[m] = MLPHead(widths[-1], out_shapes[m], dtype, rngs)
+    self.heads = nnx.Dict(heads)
+    self.dtype = dtype
+
+  def __call__(self, z_BxZ):
+    h_BxH = z_BxZ.astype(self.dtype)
+    for layer in self.trunk:
+      h_BxH = nnx.relu(layer(h_BxH))
+    out = {m: self.heads[m](h_BxH) for m in modalities.MODALITIES}
+    out[modalities.FACE] = jax.nn.sigmoid(out[modalities.FACE])  # faces live in [0, 1]
+    return out
+
+
+class MSVAE(nnx.Module):
+  """Per-modality encoders (in an nnx.Dict) and one shared decoder."""
+
+  def __init__(self, encoders: dict, decoder: SharedDecoder):
+    self.encoders = nnx.Dict(encoders)
+    self.decoder = decoder
+
+  def encode(self, modality: str, x):
+    """(mu_BxZ, logvar_BxZ) of q(z | x) for one modality."""
+    return self.encoders[modality](x)
+
+  def decode(self, z_BxZ):
+    """{'audio': ..., 'face': ...} reconstructed from one latent."""
+    return self.decoder(z_BxZ)
+
+
+def _encoder(kind, modality, shape, mc, dtype, rngs):
+  if kind == "mlp":
+    return MLPEncoder(shape, mc.hidden, mc.latent_dim, dtype, rngs)
+  if kind == "conv":
+    if modality == modalities.AUDIO and len(shape) != 2:
+      raise ValueError(f"config.model.audio_encoder='conv' needs [T, F] spectrograms but audio has shape {shape}; "
+                       "set config.data.time_average=False (and re-prepare the data) or audio_encoder='mlp'")
+    return ConvEncoder(shape, mc.conv_channels, mc.latent_dim, dtype, rngs, pool_time=modality == modalities.AUDIO)
+  raise ValueError(f"config.model.{modality}_encoder={kind!r} is unknown; use 'mlp' or 'conv'")
+
+
+def build_model(config, input_shapes: dict, seed: int) -> MSVAE:
+  """The MS-VAE for `config.model` and input shapes {'audio': (F,) or (T, F), 'face': (S, S, C)}."""
+  mc = config.model
+  missing = [m for m in modalities.MODALITIES if m not in input_shapes]
+  if missing:
+    raise ValueError(f"input_shapes lacks {missing}; expected keys {modalities.MODALITIES}")
+  if mc.decoder not in ("mlp", "conv"):
+    raise ValueError(f"config.model.decoder={mc.decoder!r} is unknown; use 'mlp' or 'conv'")
+  if mc.latent_dim < 1 or not mc.hidden or not mc.conv_channels:
+    raise ValueError("config.model needs latent_dim >= 1 and non-empty hidden and conv_channels")
+  dtype = _dtype(mc.dtype)
+  shapes = {m: tuple(int(d) for d in input_shapes[m]) for m in modalities.MODALITIES}
+  rngs = nnx.Rngs(params=seed)
+  kinds = {modalities.AUDIO: mc.audio_encoder, modalities.FACE: mc.face_encoder}
+  encoders = {m: _encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
+  decoder = SharedDecoder(mc.latent_dim, shapes, mc.hidden, mc.conv_channels, mc.decoder, dtype, rngs)
+  return MSVAE(encoders, decoder)

@@ -1,0 +1,91 @@
+"""The pure train step over (graphdef, state): loss, gradients, gradient averaging, Adam update."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax import lax
+
+from mmvae import losses
+
+# Tags folded into the step key so the per-example stream and the per-step stream never collide.
+_EXAMPLE_STREAM, _STEP_STREAM = 0, 1
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """Adam with linear warmup, then a cosine decay to 0 or a constant rate, after global-norm clipping."""
+  lr = train_cfg.learning_rate
+  warmup = max(0, int(train_cfg.warmup_steps))
+  if train_cfg.lr_schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=warmup, decay_steps=max(train_cfg.num_steps, warmup + 1), end_value=0.0)
+  elif train_cfg.lr_schedule == "constant":
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+  else:
+    raise ValueError(f"config.train.lr_schedule={train_cfg.lr_schedule!r} is unknown; use 'cosine' or 'constant'")
+  parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip > 0 else []
+  return optax.chain(*parts, optax.adam(schedule))
+
+
+def init_state(model, tx):
+  """(graphdef, state) with state = {'params', 'opt_state', 'step'}: a plain pytree pmap can carry."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def example_keys(seed: int, step, positions_B):
+  """One key per example from (seed, step, global position in the global batch): device-independent."""
+  step_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EXAMPLE_STREAM), step)
+  return jax.vmap(lambda p: jax.random.fold_in(step_key, p))(positions_B)
+
+
+def step_key(seed: int, step):
+  """A key shared by the whole step (e.g. the sliced-Wasserstein directions)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _STEP_STREAM), step)
+
+
+def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_name=None, noise_step=None):
+  """The loss of a (local) batch under params, with the step's per-example randomness."""
+  model = nnx.merge(graphdef, params)
+  noise_step = step if noise_step is None else noise_step
+  keys_B = example_keys(config.train.seed, noise_step, positions_B)
+  return losses.msvae_loss(model, batch, keys_B, step_key(config.train.seed, noise_step), step, config.loss,
+                           axis_name)
+
+
+def grads_and_metrics(graphdef, config, params, batch, positions_B, step, axis_name=None):
+  """Gradients of the global-batch loss and its metrics; under pmap averaged over devices."""
+  grad_fn = jax.value_and_grad(
+      lambda p: loss_and_metrics(graphdef, p, batch, positions_B, step, config, axis_name), has_aux=True)
+  (_, metrics), grads = grad_fn(params)
+  if axis_name is not None:
+    # Every device holds an equal share of the global batch, so the mean of means is the global mean.
+    grads = lax.pmean(grads, axis_name)
+    metrics = lax.pmean(metrics, axis_name)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  return grads, metrics
+
+
+def train_step(graphdef, tx, config, state, batch, positions_B, axis_name=None):
+  """One Adam update on the batch; a pure function of (state, batch) for pmap or jit."""
+  grads, metrics = grads_and_metrics(graphdef, config, state["params"], batch, positions_B, state["step"], axis_name)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+def eval_metrics(graphdef, params, batch, positions_B, config):
+  """Loss terms (full KL weight, fixed noise) and posterior means of a validation batch."""
+  model = nnx.merge(graphdef, params)
+  # The same noise at every evaluation and the annealing finished, so validation losses compare across steps.
+  full_kl = jnp.int32(max(1, config.loss.kl_anneal_steps))
+  _, metrics = loss_and_metrics(graphdef, params, batch, positions_B, full_kl, config, noise_step=jnp.int32(2**31 - 1))
+  means = {m: model.encode(m, batch[m])[0] for m in batch if m != "label"}
+  return metrics, means
+
+
+def make_eval_fn(graphdef, config):
+  """A jitted eval_metrics for one device."""
+  return jax.jit(functools.partial(eval_metrics, graphdef, config=config))

@@ -106,6 +106,7 @@ def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Itera
                   audio_shape, face_shape, manifest: dict) -> dict:
   """Builds OUT/tfds/<name>/<version> from the split generators, then writes the manifest; returns it."""
   out = start_build(out)
+  tfds.disable_progress_bar()  # the caller's feature-extraction bar already counts every example
   if corpus not in BUILDERS:
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(BUILDERS)}")
   builder = BUILDERS[corpus](audio_shape=audio_shape, face_shape=face_shape, split_examples=split_examples,

@@ -1,0 +1,182 @@
+"""`mmvae prep`: corpus layout -> per-example features on all cores -> TFDS array_record + manifest.json."""
+
+import io
+import multiprocessing
+import os
+import pathlib
+import time
+
+import ml_collections
+import numpy as np
+import tqdm
+from PIL import Image
+
+from data_prep import audio, avdigits, faces, storage, voxceleb1
+from mmvae import config as config_lib
+from mmvae import modalities
+
+SPLITS = ("train", "validation", "test")
+STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
+
+
+def _load_config(config) -> ml_collections.ConfigDict:
+  return config_lib.load(config) if isinstance(config, str) else config
+
+
+def _face_shape(data_cfg) -> tuple[int, int, int, int]:
+  k, size = int(data_cfg.frames_per_utterance), int(data_cfg.face_size)
+  if k < 1 or size < 1:
+    raise ValueError(f"data.frames_per_utterance={k} and data.face_size={size} must both be >= 1")
+  return (k, size, size, 1 if data_cfg.grayscale else 3)
+
+
+def _face(spec: dict, data_cfg) -> np.ndarray:
+  """uint8 [K, S, S, C]: K frames of the utterance's video, or K copies of its paired image."""
+  k, size = int(data_cfg.frames_per_utterance), int(data_cfg.face_size)
+  if "face_image" in spec:  # AV-digits: an MNIST array, PNG-encoded so it takes the same path as a face file
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(spec["face_image"], np.uint8)).save(buf, format="PNG")
+    one = faces.load_face(buf.getvalue(), size, bool(data_cfg.grayscale))
+    return np.repeat(one[None], k, axis=0)
+  return faces.face_stack(spec["faces"], k, size, bool(data_cfg.grayscale))
+
+
+def _extract(task):
+  """Worker: (index, spec, data_cfg, strict) -> (index, audio, face, skip record or None)."""
+  index, spec, data_cfg, strict = task
+  # Seeded by (data seed, example index): the result does not depend on the worker count.
+  rng = np.random.default_rng((int(data_cfg.seed), index))
+  train = spec["split"] == "train"  # random crops for training, centred crops elsewhere
+  try:
+    audio_features = np.asarray(audio.utterance_features(spec["wav"], data_cfg, train, rng), np.float32)
+  except (audio.AudioError, OSError) as e:
+    if strict:
+      raise
+    return index, None, None, {"path": spec["wav"], "reason": f"{type(e).__name__}: {e}"}
+  try:
+    face = _face(spec, data_cfg)
+  except (faces.FaceError, OSError) as e:
+    if strict:
+      raise
+    path = str(pathlib.Path(spec["faces"][0]).parent) if spec.get("faces") else spec["id"]
+    return index, None, None, {"path": path, "reason": f"{type(e).__name__}: {e} (utterance {spec['id']})"}
+  return index, audio_features, face, None
+
+
+def _record(spec: dict, audio_features, face) -> dict:
+  return {modalities.AUDIO: audio_features, modalities.FACE: face, "label": int(spec["label"]), "id": spec["id"],
+          "identity": spec["identity"], "video": spec["video"], "gender": spec["gender"]}
+
+
+class _Extractor:
+  """Runs `_extract` over tasks in order, in a process pool (or inline with one worker), with a progress bar."""
+
+  def __init__(self, workers: int):
+    self.workers = workers or os.cpu_count() or 1
+    self.pool = None
+
+  def __enter__(self):
+    if self.workers > 1:
+      # spawn, not fork: the parent may hold JAX or reader threads, which fork does not copy safely.
+      self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+    return self
+
+  def __exit__(self, *exc):
+    if self.pool is not None:
+      self.pool.terminate() if exc[0] else self.pool.close()
+      self.pool.join()
+
+  def map(self, tasks: list, desc: str):
+    chunk = max(1, min(64, len(tasks) // (self.workers * 8)))
+    results = self.pool.imap(_extract, tasks, chunk) if self.pool else map(_extract, tasks)
+    yield from tqdm.tqdm(results, total=len(tasks), desc=desc, unit="utt", dynamic_ncols=True)
+
+
+def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, out, config, strict: bool, workers: int,
+             notes: list[str]) -> dict:
+  """Shared back half of every prep: features for every spec, normalisation, TFDS write, manifest."""
+  start = time.time()
+  config = _load_config(config)
+  data_cfg = config.data
+  audio_shape, face_shape = tuple(audio.feature_shape(data_cfg)), _face_shape(data_cfg)
+  out = storage.start_build(out)  # the old manifest goes first, before any slow work
+  tasks = {s: [] for s in SPLITS}
+  for index, spec in enumerate(corpus.examples):
+    tasks[spec["split"]].append((index, spec, data_cfg, strict))
+  tasks = {s: t for s, t in tasks.items() if t}
+  if not tasks:
+    raise ValueError(f"no usable examples found for {corpus_name}; skipped: {corpus.skipped[:5]}")
+  specs = corpus.examples
+  skipped = list(corpus.skipped)
+  normalisation = None
+
+  with _Extractor(workers) as extractor:
+    if data_cfg.time_average:
+      # Small [F] vectors: keep them all, then standardise every split with the train split's per-bin stats.
+      kept = {s: [] for s in tasks}
+      for s, split_tasks in tasks.items():
+        for index, a, f, skip in extractor.map(split_tasks, f"{corpus_name} {s}"):
+          if skip:
+            skipped.append(skip)
+          else:
+            kept[s].append((index, a, f))
+      if not kept.get("train"):
+        raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
+      train_audio = np.stack([a for _, a, _ in kept["train"]]).astype(np.float64)
+      mean, std = train_audio.mean(axis=0), np.maximum(train_audio.std(axis=0), STD_FLOOR)
+      normalisation = {"mean": mean.tolist(), "std": std.tolist()}
+
+      def split_fn(s):
+        return lambda: (_record(specs[i], ((a - mean) / std).astype(np.float32), f) for i, a, f in kept[s])
+      split_examples = {s: split_fn(s) for s in kept if kept[s]}
+    else:
+      # Full [T, F] spectrograms can outgrow memory: stream them from the pool straight into TFDS.
+      def split_fn(s):
+        def generate():
+          for index, a, f, skip in extractor.map(tasks[s], f"{corpus_name} {s}"):
+            if skip:
+              skipped.append(skip)
+            else:
+              yield _record(specs[index], a, f)
+        return generate
+      split_examples = {s: split_fn(s) for s in tasks}
+
+    manifest = {"config": config.name, "data_config": data_cfg.to_dict(), "audio_normalisation": normalisation,
+                "identities": corpus.identities, "attributes": corpus.attributes, "skipped": skipped,
+                "notes": notes}
+    manifest = storage.write_dataset(out, corpus_name, split_examples, audio_shape, face_shape, manifest)
+  _summary(manifest, out, time.time() - start)
+  return manifest
+
+
+def _summary(manifest: dict, out: pathlib.Path, seconds: float) -> None:
+  splits = ", ".join(f"{s} {v['examples']}" for s, v in manifest["splits"].items())
+  feats = manifest["features"]
+  print(f"prepared {manifest['corpus']} ({manifest['config']}): {splits}; skipped {len(manifest['skipped'])}; "
+        f"audio {feats['audio']['shape']} face {feats['face']['shape']}; {len(manifest['identities'])} identities; "
+        f"-> {out} in {seconds:.1f} s")
+
+
+def prepare_voxceleb1(root, out, config="reference", strict: bool = False, workers: int = 0,
+                      corpus: str = "voxceleb1") -> dict:
+  """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT."""
+  layout = voxceleb1.list_examples(root, strict=strict)
+  notes = [f"{corpus}: label = index of the identity in the sorted list of identities present; faces per "
+           "utterance (unzippedIntervalFaces) when present, else per video (faces/)"]
+  return _prepare(layout, corpus, out, config, strict, workers, notes)
+
+
+def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict: bool = False,
+                     workers: int = 0) -> dict:
+  """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
+  layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict)
+  return _prepare(layout, "avdigits", out, config, strict, workers, [avdigits.NOTES + f" (seed {seed})"])
+
+
+def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "closed", config="synthetic",
+                      workers: int = 0) -> dict:
+  """Generates the synthetic corpus into OUT/raw, then prepares it like VoxCeleb1."""
+  from data_prep import synthetic  # written alongside; imported late so other corpora do not need it
+  out = storage.start_build(out)
+  root = synthetic.generate_corpus(out / "raw", identities=identities, seed=seed, split=split)
+  return prepare_voxceleb1(root, out, config=config, strict=False, workers=workers, corpus="synthetic")

@@ -1,0 +1,210 @@
+"""Prepared-dataset reader: whole splits in memory (or random access), and batches fixed by (seed, step)."""
+
+import json
+import pathlib
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from mmvae import modalities
+
+FORMAT = "mmvae-prepared/1"
+TEXT_FEATURES = ("id", "identity", "video", "gender")
+# data.* keys that change the stored features; the rest (dither, seed, ...) only change sampling.
+FEATURE_KEYS = ("sample_rate", "segment_samples", "window_ms", "hop_ms", "n_fft", "n_bins", "magnitude",
+                "time_average", "face_size", "grayscale")
+IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access instead
+
+
+def face_to_float(face_uint8: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [0, 1]."""
+  return np.asarray(face_uint8, np.float32) / np.float32(255.0)
+
+
+class Dataset:
+  """A prepared dataset folder (manifest.json + TFDS array_record builder directory)."""
+
+  def __init__(self, data_dir):
+    self.data_dir = pathlib.Path(data_dir)
+    path = self.data_dir / "manifest.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"{path} not found: {self.data_dir} is not a prepared dataset, or its preparation "
+                              "did not finish; run `mmvae prep ... --out` to (re)build it")
+    self.manifest = json.loads(path.read_text(encoding="utf-8"))
+    if self.manifest.get("format") != FORMAT or not self.manifest.get("complete"):
+      raise ValueError(f"{path}: format {self.manifest.get('format')!r}, complete={self.manifest.get('complete')}; "
+                       f"expected a complete {FORMAT} dataset: re-run `mmvae prep`")
+    self.splits = list(self.manifest["splits"])
+    self._arrays: dict[str, dict[str, np.ndarray]] = {}
+    self._sources = {}
+
+  def num_examples(self, split: str) -> int:
+    self._check_split(split)
+    return int(self.manifest["splits"][split]["examples"])
+
+  def input_shapes(self) -> dict[str, tuple[int, ...]]:
+    """{'audio': per-example audio shape, 'face': (S, S, C)} as the model sees them."""
+    feats = self.manifest["features"]
+    return {modalities.AUDIO: tuple(feats[modalities.AUDIO]["shape"]),
+            modalities.FACE: tuple(feats[modalities.FACE]["shape"][1:])}
+
+  def frames_per_example(self) -> int:
+    return int(self.manifest["features"][modalities.FACE]["shape"][0])
+
+  def _check_split(self, split: str) -> None:
+    if split not in self.manifest["splits"]:
+      raise ValueError(f"split {split!r} is not in the prepared dataset {self.data_dir} (it has {self.splits})")
+
+  def _source(self, split: str):
+    if split not in self._sources:
+      import tensorflow_datasets as tfds  # only here: the in-memory path after the first load needs none of it
+      builder = tfds.builder_from_directory(str(self.data_dir / self.manifest["tfds_dir"]))
+      self._sources[split] = builder.as_data_source(split)
+    return self._sources[split]
+
+  def in_memory(self, split: str) -> bool:
+    """Whether a split is small enough to hold whole (the normal case)."""
+    feats = self.manifest["features"]
+    per_example = 4 * int(np.prod(feats[modalities.AUDIO]["shape"])) + int(np.prod(feats[modalities.FACE]["shape"]))
+    return self.num_examples(split) * per_example <= IN_MEMORY_BYTES
+
+  def read(self, split: str, indices) -> dict[str, np.ndarray]:
+    """Examples at `indices` of the stored order (sorted by id), read from disk."""
+    self._check_split(split)
+    records = self._source(split).__getitems__([int(i) for i in indices])
+    out = {modalities.AUDIO: np.stack([r[modalities.AUDIO] for r in records]).astype(np.float32),
+           modalities.FACE: np.stack([r[modalities.FACE] for r in records]).astype(np.uint8),
+           "label": np.array([r["label"] for r in records], np.int32)}
+    for name in TEXT_FEATURES:
+      out[name] = np.array([r[name].decode() if isinstance(r[name], bytes) else str(r[name]) for r in records])
+    return out
+
+  def arrays(self, split: str) -> dict[str, np.ndarray]:
+    """Every example of `split`, sorted by id: audio, face [N,K,S,S,C] uint8, label int32, text as str arrays."""
+    if split not in self._arrays:
+      data = self.read(split, range(self.num_examples(split)))
+      order = np.argsort(data["id"], kind="stable")
+      self._arrays[split] = {k: v[order] for k, v in data.items()}
+    return self._arrays[split]
+
+  def take(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Examples at `indices` (positions in id order): from memory when the split fits, else from disk."""
+    if split in self._arrays or self.in_memory(split):
+      return {k: v[indices] for k, v in self.arrays(split).items()}
+    return self.read(split, indices)  # prep writes examples in id order, so stored order == id order
+
+  def check_config(self, config) -> None:
+    """ValueError saying what to change when `config.data` does not match how this dataset was prepared."""
+    prepared = self.manifest.get("data_config", {})
+    wrong = [k for k in FEATURE_KEYS if k in prepared and k in config.data and config.data[k] != prepared[k]]
+    if wrong:
+      found = "; ".join(f"data.{k}={prepared[k]!r} (config has {config.data[k]!r})" for k in wrong)
+      fix = " ".join(f"--config.data.{k}={prepared[k]}" for k in wrong)
+      raise ValueError(f"the prepared dataset {self.data_dir} (config {self.manifest.get('config')!r}) was built "
+                       f"with {found}. Train with {fix}, or re-run `mmvae prep` with this config")
+    for modality in modalities.MODALITIES:
+      if modality not in self.manifest.get("features", {}):
+        raise ValueError(f"the prepared dataset {self.data_dir} has no {modality!r} features; re-run `mmvae prep`")
+    needed = ["train"]
+    if "analysis" in config and "split" in config.analysis:
+      needed.append(config.analysis.split)
+    for split in needed:
+      if split not in self.manifest["splits"]:
+        raise ValueError(f"the prepared dataset {self.data_dir} has no {split!r} split (it has {self.splits}); "
+                         "prepare a corpus with that split or set --config.analysis.split")
+
+
+class _Permutations:
+  """Epoch permutations, cached, each np.random.default_rng((seed, epoch)).permutation(n)."""
+
+  def __init__(self, n: int, seed: int):
+    self.n, self.seed, self._cache = n, seed, {}
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      if len(self._cache) > 4:
+        self._cache.pop(min(self._cache))
+      self._cache[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+    return self._cache[epoch]
+
+
+def _indices(perms: _Permutations, global_batch_size: int, step: int) -> np.ndarray:
+  """Example indices of batch `step`: position p = step*B + j is example perm(p // N)[p % N]."""
+  p = step * global_batch_size + np.arange(global_batch_size)
+  epochs, within = np.divmod(p, perms.n)
+  return np.array([perms(int(e))[w] for e, w in zip(epochs, within)], dtype=np.int64)
+
+
+def _batch(dataset: Dataset, split: str, perms: _Permutations, global_batch_size: int, seed: int,
+           step: int) -> dict[str, np.ndarray]:
+  idx = _indices(perms, global_batch_size, step)
+  data = dataset.take(split, idx)
+  face = data[modalities.FACE]
+  k = face.shape[1]
+  if k > 1:  # one frame per example, drawn from (seed, step, j): independent of devices and workers
+    frames = np.array([np.random.default_rng((seed, step, j)).integers(k) for j in range(global_batch_size)])
+  else:
+    frames = np.zeros(global_batch_size, np.int64)
+  return {modalities.AUDIO: np.asarray(data[modalities.AUDIO], np.float32),
+          modalities.FACE: face_to_float(face[np.arange(global_batch_size), frames]),
+          "label": np.asarray(data["label"], np.int32)}
+
+
+def _check_batch(dataset: Dataset, split: str, global_batch_size: int, num_devices: int = 1) -> int:
+  n = dataset.num_examples(split)
+  if global_batch_size < 1:
+    raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
+  if num_devices < 1 or global_batch_size % num_devices:
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by {num_devices} devices; "
+                     f"set --config.train.batch_size to a multiple of {num_devices}")
+  if n == 0:
+    raise ValueError(f"split {split!r} of {dataset.data_dir} is empty")
+  return n
+
+
+def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+  """Batch number `step` of the (seed)-ordered stream: audio float32, face float32 [B,S,S,C] in [0,1], label."""
+  n = _check_batch(dataset, split, global_batch_size)
+  return _batch(dataset, split, _Permutations(n, seed), global_batch_size, seed, step)
+
+
+def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
+            num_devices: int = 1, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """batch_at(step) for step = start_step, start_step + 1, ..., built ahead by a background thread."""
+  n = _check_batch(dataset, split, global_batch_size, num_devices)
+  perms = _Permutations(n, seed)
+  if prefetch < 1:
+    step = start_step
+    while True:
+      yield _batch(dataset, split, perms, global_batch_size, seed, step)
+      step += 1
+  buffer: queue.Queue = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+
+  def produce():
+    step = start_step
+    try:
+      while not stop.is_set():
+        item = _batch(dataset, split, perms, global_batch_size, seed, step)
+        while not stop.is_set():
+          try:
+            buffer.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        step += 1
+    except BaseException as e:  # surface reader errors in the consumer instead of hanging it
+      buffer.put(e)
+
+  thread = threading.Thread(target=produce, name="mmvae-batches", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = buffer.get()
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -1,0 +1,216 @@
+"""Audio pipeline vs an independent per-frame loop, real WAV files and bad-input handling."""
+
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+import soundfile
+
+from data_prep import audio
+from experiments.configs.common import base_config
+
+SEG = 47760
+
+
+def _cfg(**kw):
+  c = base_config().data
+  c.update(kw)
+  return c
+
+
+def _loop_spectrogram(seg, alpha=0.99, noise=None, log=False):
+  """The recipe written plainly: explicit recursion, per-frame window and complex FFT."""
+  x = np.asarray(seg, np.float64)
+  x = x - x.mean()
+  y = np.zeros_like(x)
+  px = py = 0.0
+  for n in range(x.shape[0]):  # y[n] = x[n] - x[n-1] + alpha y[n-1]
+    py = x[n] - px + alpha * py
+    px = x[n]
+    y[n] = py
+  if noise is not None:
+    y = y + noise
+  win = np.array([0.54 - 0.46 * math.cos(2 * math.pi * n / 399) for n in range(400)])
+  rows = []
+  start = 0
+  while start + 400 <= y.shape[0]:
+    rows.append(np.abs(np.fft.fft(y[start:start + 400] * win, 1024))[:512])
+    start += 160
+  spec = np.array(rows)
+  return np.log1p(spec) if log else spec
+
+
+def _write(path, data, rate, subtype="PCM_16"):
+  soundfile.write(str(path), data, rate, subtype=subtype)
+  return path
+
+
+def _speechlike(n, seed=0):
+  rng = np.random.default_rng(seed)
+  t = np.arange(n) / 16000
+  return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+          + 0.05 * rng.standard_normal(n)).astype(np.float32) + 0.02  # with a DC offset
+
+
+@pytest.mark.parametrize("magnitude", ["linear", "log"])
+def test_spectrogram_matches_loop_reference(magnitude):
+  seg = _speechlike(SEG)
+  spec = audio.spectrogram(seg, _cfg(dither=0.0, magnitude=magnitude), None)
+  ref = _loop_spectrogram(seg, log=magnitude == "log")
+  assert spec.shape == (297, 512) and spec.dtype == np.float32
+  np.testing.assert_allclose(spec, ref, rtol=1e-3, atol=1e-4 * ref.max())
+
+
+def test_seeded_dither_matches_reference_and_is_reproducible():
+  seg = _speechlike(SEG)
+  cfg = _cfg(dither=2e4)  # large enough (amplitude ~1e-2) to be visible in the test
+  spec = audio.spectrogram(seg, cfg, np.random.default_rng(7))
+  rng = np.random.default_rng(7)
+  d = (rng.random(SEG, dtype=np.float32) + rng.random(SEG, dtype=np.float32) - 1).astype(np.float64)
+  ref = _loop_spectrogram(seg, noise=2e4 * 1e-6 * d.std() * d)
+  np.testing.assert_allclose(spec, ref, rtol=1e-3, atol=1e-4 * ref.max())
+  assert not np.allclose(spec, _loop_spectrogram(seg), rtol=1e-3, atol=1e-4 * ref.max())
+  np.testing.assert_array_equal(spec, audio.spectrogram(seg, cfg, np.random.default_rng(7)))
+  assert not np.array_equal(spec, audio.spectrogram(seg, cfg, np.random.default_rng(8)))
+  # The reference strength (dither=1) is tiny but still seeded.
+  a = audio.spectrogram(seg, _cfg(), np.random.default_rng(1))
+  assert np.array_equal(a, audio.spectrogram(seg, _cfg(), np.random.default_rng(1)))
+  assert not np.array_equal(a, audio.spectrogram(seg, _cfg(), np.random.default_rng(2)))
+
+
+def test_normalise_per_bin_against_loop():
+  spec = np.random.default_rng(0).gamma(2.0, 3.0, size=(50, 6)).astype(np.float32)
+  spec[:, 3] = 5.0  # a constant bin must not divide by zero
+  out = audio.normalise_per_bin(spec)
+  for f in range(6):
+    col = spec[:, f].astype(np.float64)
+    sd = max(col.std(), 1e-5)
+    np.testing.assert_allclose(out[:, f], (col - col.mean()) / sd, atol=1e-5)
+  assert np.allclose(out.mean(0), 0, atol=1e-5)
+  assert np.allclose(np.delete(out.std(0), 3), 1, atol=1e-4)
+
+
+def test_utterance_features_real_path(tmp_path):
+  wave = _speechlike(60000, seed=3)
+  path = _write(tmp_path / "u.wav", wave, 16000)
+  loaded = soundfile.read(str(path), dtype="float32")[0]
+  start = (60000 - SEG) // 2
+  ref = _loop_spectrogram(loaded[start:start + SEG])
+  avg = audio.utterance_features(path, _cfg(dither=0.0), train=False, rng=None)
+  assert avg.shape == (512,) == audio.feature_shape(_cfg())
+  assert np.abs(avg).max() > 0
+  np.testing.assert_allclose(avg, ref.mean(0), rtol=1e-3, atol=1e-4 * ref.max())
+  full = audio.utterance_features(path, _cfg(dither=0.0, time_average=False), False, None)
+  assert full.shape == (297, 512) == audio.feature_shape(_cfg(time_average=False))
+  norm = (ref - ref.mean(0)) / np.maximum(ref.std(0), 1e-5)
+  np.testing.assert_allclose(full, norm, atol=2e-3)
+  # Train crops come from the seeded generator: same seed, same crop.
+  a = audio.utterance_features(path, _cfg(), True, np.random.default_rng(5))
+  b = audio.utterance_features(path, _cfg(), True, np.random.default_rng(5))
+  np.testing.assert_array_equal(a, b)
+
+
+def test_real_voxceleb_utterance(shared_data):
+  wavs = sorted((shared_data / "voxceleb1-mini" / "wav").glob("*/*/*.wav"))
+  if not wavs:
+    pytest.skip("no VoxCeleb1 wavs in shared data")
+  wave = audio.load_wav(wavs[0])
+  assert wave.dtype == np.float32 and wave.ndim == 1 and np.abs(wave).max() <= 1
+  feats = audio.utterance_features(wavs[0], _cfg(time_average=False), True,
+                                   np.random.default_rng(0))
+  assert feats.shape == (297, 512) and np.isfinite(feats).all()
+
+
+def test_resampling_keeps_the_frequency(tmp_path):
+  t = np.arange(8000) / 8000  # 1 s of 1 kHz at 8 kHz
+  path = _write(tmp_path / "s8k.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 8000)
+  wave = audio.load_wav(path)
+  assert wave.shape == (16000,)
+  spec = audio.spectrogram(wave, _cfg(dither=0.0), None)
+  assert int(np.argmax(spec[10:-10].mean(0))) == 1000 * 1024 // 16000  # bin 64
+  t = np.arange(44100) / 44100
+  path = _write(tmp_path / "s44.wav", 0.5 * np.sin(2 * np.pi * 2500 * t), 44100)
+  wave = audio.load_wav(path)
+  assert wave.shape == (16000,)
+  assert int(np.argmax(np.abs(np.fft.rfft(wave)))) == 2500  # 1 s: bin k is k Hz
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_32", "FLOAT"])
+def test_stereo_downmix_and_sample_formats(tmp_path, subtype):
+  rng = np.random.default_rng(0)
+  left, right = 0.4 * rng.uniform(-1, 1, 1000), 0.4 * rng.uniform(-1, 1, 1000)
+  path = _write(tmp_path / "st.wav", np.stack([left, right], 1), 16000, subtype)
+  tol = 1 / 32768 if subtype == "PCM_16" else 1e-6
+  np.testing.assert_allclose(audio.load_wav(path), (left + right) / 2, atol=tol)
+
+
+def test_crop_segment_modes():
+  wave = np.arange(100, dtype=np.float32)
+  start = np.random.default_rng(3).integers(0, 100 - 30 + 1)
+  np.testing.assert_array_equal(
+      audio.crop_segment(wave, 30, "random", np.random.default_rng(3)), wave[start:start + 30])
+  np.testing.assert_array_equal(audio.crop_segment(wave, 30, "center"), wave[35:65])
+  padded = audio.crop_segment(wave[:10] + 1, 15, "random", np.random.default_rng(0), "pad")
+  np.testing.assert_array_equal(padded, np.r_[np.zeros(2), np.arange(1, 11), np.zeros(3)])
+  with pytest.raises(audio.AudioError, match="shorter than the segment"):
+    audio.crop_segment(wave, 101, "center", short_clips="skip")
+  with pytest.raises(ValueError, match="crop mode"):
+    audio.crop_segment(wave, 30, "middle")
+
+
+def test_short_clip_through_utterance_features(tmp_path):
+  path = _write(tmp_path / "short.wav", _speechlike(8000), 16000)
+  assert audio.utterance_features(path, _cfg(), True, np.random.default_rng(0)).shape == (512,)
+  with pytest.raises(audio.AudioError, match="short.wav.*shorter than the segment"):
+    audio.utterance_features(path, _cfg(short_clips="skip"), True, np.random.default_rng(0))
+
+
+def test_bad_files_raise_audio_error(tmp_path):
+  corrupt = tmp_path / "corrupt.wav"
+  corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" + bytes(range(256)))
+  with pytest.raises(audio.AudioError, match="corrupt.wav: not a readable audio file"):
+    audio.load_wav(corrupt)
+  text = tmp_path / "notes.wav"
+  text.write_text("this is not audio\n" * 20)
+  with pytest.raises(audio.AudioError, match="notes.wav"):
+    audio.load_wav(text)
+  full = _write(tmp_path / "full.wav", _speechlike(16000), 16000)
+  raw = full.read_bytes()
+  cut = tmp_path / "cut.wav"
+  cut.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(audio.AudioError, match="cut.wav: truncated WAV"):
+    audio.load_wav(cut)
+  with pytest.raises(audio.AudioError, match="empty audio clip"):
+    audio.load_wav(_write(tmp_path / "empty.wav", np.zeros(0), 16000))
+  with pytest.raises(audio.AudioError, match="silent.wav: silent"):
+    audio.load_wav(_write(tmp_path / "silent.wav", np.zeros(16000), 16000))
+  with pytest.raises(audio.AudioError, match="silent"):
+    audio.load_wav(_write(tmp_path / "dc.wav", np.full(16000, 0.25), 16000))
+  with pytest.raises(FileNotFoundError, match="missing.wav"):
+    audio.load_wav(tmp_path / "missing.wav")
+
+
+def test_truncated_real_voxceleb_file(shared_data, tmp_path):
+  wavs = sorted((shared_data / "voxceleb1-mini" / "wav").glob("*/*/*.wav"))
+  if not wavs:
+    pytest.skip("no VoxCeleb1 wavs in shared data")
+  cut = tmp_path / "half.wav"
+  cut.write_bytes(wavs[0].read_bytes()[:wavs[0].stat().st_size // 2])
+  with pytest.raises(audio.AudioError, match="truncated"):
+    audio.load_wav(cut)
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("n_bins", 600, "n_bins"), ("magnitude", "db", "magnitude"), ("n_fft", 256, "n_fft"),
+    ("segment_samples", 100, "segment_samples"), ("hop_ms", 0.0, "hop_ms")])
+def test_config_validation(key, value, msg):
+  with pytest.raises(ValueError, match=msg):
+    audio.feature_shape(_cfg(**{key: value}))
+
+
+def test_plain_object_config():
+  cfg = ml_collections.ConfigDict(base_config().data.to_dict())
+  del cfg["short_clips"]
+  with pytest.raises(ValueError, match="short_clips"):
+    audio.utterance_features(_speechlike(SEG), cfg, False, np.random.default_rng(0))

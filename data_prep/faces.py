@@ -32,8 +32,9 @@ def _finish(img, size, grayscale):
   w, h = img.size
   side = min(w, h)
   left, top = (w - side) // 2, (h - side) // 2
-  img = img.resize((size, size), Image.Resampling.BICUBIC,
-                   box=(left, top, left + side, top + side), reducing_gap=None)
+  # Crop first: resize(box=...) would let the filter reach pixels outside the crop.
+  img = img.crop((left, top, left + side, top + side))
+  img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
   if grayscale:
     return np.asarray(img.convert("L"), np.uint8)[:, :, None]
   return np.asarray(img, np.uint8)

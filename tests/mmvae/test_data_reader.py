@@ -1,0 +1,131 @@
+"""The dataset reader: arrays, config checks, and batches that are a function of (seed, step)."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from data_prep import storage
+from mmvae import config as config_lib
+from mmvae import data
+
+N, K, S = 13, 3, 5
+
+
+def _examples(split, n, offset):
+  def generate():
+    for i in range(n):
+      g = offset + i
+      # audio[0] carries the example's global number so tests can recover which example a row is.
+      yield {"audio": np.array([g, g * 0.5, -g], np.float32), "face": np.full((K, S, S, 1), 0, np.uint8)
+             + np.arange(K, dtype=np.uint8)[:, None, None, None] * 40 + np.uint8(g),
+             "label": g % 4, "id": f"ex{g:03d}", "identity": f"id{g % 4}", "video": f"v{g % 5}",
+             "gender": "mf"[g % 2]}
+  return generate
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  out = tmp_path_factory.mktemp("prepared")
+  cfg = config_lib.load("reference:tiny")
+  cfg.data.face_size, cfg.data.frames_per_utterance = S, K
+  storage.write_dataset(out, "synthetic", {"train": _examples("train", N, 0), "test": _examples("test", 4, 100)},
+                        (3,), (K, S, S, 1), {"config": "t", "data_config": cfg.data.to_dict(),
+                                             "audio_normalisation": None, "identities": [], "attributes": [],
+                                             "skipped": []})
+  return out
+
+
+def _expected_example(seed, step, j, b):
+  """The brute-force reading of the contract for batch position j of batch `step`."""
+  p = step * b + j
+  perm = np.random.default_rng((seed, p // N)).permutation(N)
+  return int(perm[p % N]), int(np.random.default_rng((seed, step, j)).integers(K))
+
+
+def test_arrays_sorted_typed_and_manifest_complete(prepared):
+  ds = data.Dataset(prepared)
+  arr = ds.arrays("train")
+  assert list(arr["id"]) == [f"ex{i:03d}" for i in range(N)]
+  assert arr["audio"].dtype == np.float32 and arr["audio"].shape == (N, 3)
+  assert arr["face"].dtype == np.uint8 and arr["face"].shape == (N, K, S, S, 1)
+  assert arr["label"].dtype == np.int32 and list(arr["label"]) == [i % 4 for i in range(N)]
+  assert list(arr["gender"]) == ["mf"[i % 2] for i in range(N)] and arr["video"][7] == "v2"
+  assert ds.num_examples("test") == 4 and ds.splits == ["train", "test"]
+  assert ds.input_shapes() == {"audio": (3,), "face": (S, S, 1)}
+  manifest = json.loads((prepared / "manifest.json").read_text())
+  for key in ("format", "corpus", "config", "data_config", "tfds_dir", "splits", "features", "audio_normalisation",
+              "identities", "attributes", "skipped", "versions", "complete"):
+    assert key in manifest, key
+  np.testing.assert_array_equal(data.face_to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("seed,step,b", [(0, 0, 4), (3, 5, 4), (1, 2, 20)])
+def test_batch_at_matches_brute_force_contract(prepared, seed, step, b):
+  ds = data.Dataset(prepared)
+  batch = data.batch_at(ds, "train", b, seed, step)
+  assert batch["face"].shape == (b, S, S, 1) and batch["face"].dtype == np.float32
+  for j in range(b):
+    example, frame = _expected_example(seed, step, j, b)
+    assert batch["audio"][j, 0] == example and batch["label"][j] == example % 4
+    # Frame f of example g has pixel value 40 f + g.
+    np.testing.assert_allclose(batch["face"][j], np.full((S, S, 1), (40 * frame + example) / 255.0), rtol=1e-6)
+
+
+def test_resume_equals_uninterrupted_and_prefetch_thread(prepared):
+  ds = data.Dataset(prepared)
+  full = list(itertools.islice(data.batches(ds, "train", 4, seed=7, num_devices=2), 9))
+  resumed = list(itertools.islice(data.batches(ds, "train", 4, seed=7, start_step=5, num_devices=4, prefetch=1), 4))
+  for a, b in zip(full[5:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  other_seed = data.batch_at(ds, "train", 4, 8, 5)
+  assert not np.array_equal(other_seed["audio"], full[5]["audio"])
+
+
+def test_each_epoch_covers_every_example_once(prepared):
+  ds = data.Dataset(prepared)
+  b = 5  # does not divide N, so epochs straddle batches
+  seen = np.concatenate([data.batch_at(ds, "train", b, 2, s)["audio"][:, 0] for s in range(4 * N // b + 1)])
+  for epoch in range(4):
+    assert sorted(seen[epoch * N:(epoch + 1) * N].astype(int)) == list(range(N))
+  assert not np.array_equal(seen[:N], seen[N:2 * N])  # epochs are reshuffled
+
+
+def test_random_access_path_equals_in_memory(prepared, monkeypatch):
+  in_memory = data.batch_at(data.Dataset(prepared), "train", 6, 1, 3)
+  monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+  ds = data.Dataset(prepared)
+  assert not ds.in_memory("train")
+  from_disk = data.batch_at(ds, "train", 6, 1, 3)
+  for key in in_memory:
+    np.testing.assert_array_equal(in_memory[key], from_disk[key])
+
+
+def test_batch_errors(prepared):
+  ds = data.Dataset(prepared)
+  with pytest.raises(ValueError, match="not divisible by 4 devices"):
+    next(data.batches(ds, "train", 6, 0, num_devices=4))
+  with pytest.raises(ValueError, match="split 'validation' is not in"):
+    data.batch_at(ds, "validation", 4, 0, 0)
+
+
+def test_check_config_says_what_to_change(prepared, tmp_path):
+  ds = data.Dataset(prepared)
+  cfg = config_lib.load("reference:tiny")
+  cfg.data.face_size, cfg.data.frames_per_utterance = S, K
+  ds.check_config(cfg)
+  cfg.data.frames_per_utterance = 1  # only changes sampling: accepted
+  ds.check_config(cfg)
+  for key, value in (("face_size", 8), ("time_average", False), ("grayscale", False), ("n_bins", 256)):
+    bad = cfg.copy_and_resolve_references()
+    bad.data[key] = value
+    with pytest.raises(ValueError, match=f"--config.data.{key}="):
+      ds.check_config(bad)
+  bad = cfg.copy_and_resolve_references()
+  bad.analysis.split = "validation"
+  with pytest.raises(ValueError, match="no 'validation' split"):
+    ds.check_config(bad)
+  with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+    data.Dataset(tmp_path)

@@ -14,8 +14,8 @@ from mmvae import losses
 _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """Adam with linear warmup, then a cosine decay to 0 or a constant rate, after global-norm clipping."""
+def make_schedule(train_cfg):
+  """Linear warmup from 0, then a cosine decay to 0 at num_steps or a constant rate."""
   lr = train_cfg.learning_rate
   warmup = max(0, int(train_cfg.warmup_steps))
   if train_cfg.lr_schedule == "cosine":
@@ -25,6 +25,12 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
   else:
     raise ValueError(f"config.train.lr_schedule={train_cfg.lr_schedule!r} is unknown; use 'cosine' or 'constant'")
+  return schedule
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """Adam on the warmup schedule, after global-norm clipping (grad_clip <= 0: none)."""
+  schedule = make_schedule(train_cfg)
   parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip > 0 else []
   return optax.chain(*parts, optax.adam(schedule))
 

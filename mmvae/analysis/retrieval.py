@@ -176,7 +176,7 @@ def rank_queries(query_NxD, gallery_MxD, query_labels, gallery_labels, score="co
 
 
 def summarise(per_query: dict) -> dict:
-  """Means over queries with a relevant item, with chance levels and the query count."""
+  """Means over queries with a relevant item (per-query 'ap' becomes 'map'), chance levels, query count."""
   valid = per_query["n_relevant"] > 0
   out = {}
   for key, val in per_query.items():
@@ -184,6 +184,7 @@ def summarise(per_query: dict) -> dict:
       continue
     v = val[valid]
     v = v[~np.isnan(v)]
+    key = "map" + key[2:] if key.startswith("ap") else key  # the mean of AP is mAP
     out[key] = float(v.mean()) if v.size else float("nan")
     if key.startswith("matching_1v2"):
       out[f"{key}_chance"] = chance.MATCHING_CHANCE

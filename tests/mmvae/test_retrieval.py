@@ -154,7 +154,7 @@ def test_chance_levels_match_simulation(m, r):
 def test_constant_scores_give_exactly_chance():
   lab = np.repeat(np.arange(4), 5)
   out = retrieval.retrieval_metrics(np.ones((20, 2)), np.ones((20, 2)), lab, lab)
-  for key in ("mrr", "recall@1", "recall@5", "ap", "ap@50", "matching_1v2", "auc"):
+  for key in ("mrr", "recall@1", "recall@5", "map", "map@50", "matching_1v2", "auc"):
     assert out[key] == pytest.approx(out[f"{key}_chance"], abs=1e-12), key
 
 

@@ -1,0 +1,187 @@
+"""Encoding a split, cross generation (faces from voices, spectra from faces), and their figures."""
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tqdm  # noqa: E402
+
+from mmvae import modalities  # noqa: E402
+
+DPI = 120
+BATCH = 256
+
+
+def _batched(fn, x, batch_size: int, desc: str):
+  """fn over fixed-size batches (the last padded, so a jitted fn compiles once), concatenated."""
+  import jax
+  n = len(x)
+  outs = []
+  for lo in tqdm.tqdm(range(0, n, batch_size), desc=desc, disable=n <= 4 * batch_size):
+    chunk = x[lo:lo + batch_size]
+    pad = batch_size - len(chunk) if n > batch_size else 0
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    out = jax.tree.map(lambda a: np.asarray(a)[:len(chunk) - pad], fn(chunk))
+    outs.append(out)
+  return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _jitted(model):
+  from flax import nnx
+
+  @nnx.jit(static_argnums=1)
+  def encode(m, modality, x):
+    return m.encode(modality, x)
+
+  @nnx.jit
+  def decode(m, z):
+    return m.decode(z)
+
+  return (lambda modality: lambda x: encode(model, modality, x)), (lambda z: decode(model, z))
+
+
+def encode_split(model, arrays: dict, batch_size: int = BATCH) -> dict:
+  """Posterior means and log-variances of every example's voice and face.
+
+  An example's face posterior averages its K frames' posteriors (mean of means, log of mean variance):
+  training sees one random frame per step, so no frame is privileged.
+  """
+  from mmvae import data
+  encode, _ = _jitted(model)
+  a_mu, a_lv = _batched(encode(modalities.AUDIO), np.asarray(arrays[modalities.AUDIO], np.float32),
+                        batch_size, "encode voices")
+  faces = np.asarray(arrays[modalities.FACE])
+  mus, variances = [], []
+  for k in range(faces.shape[1]):
+    mu, lv = _batched(encode(modalities.FACE), data.face_to_float(faces[:, k]), batch_size, f"encode faces {k}")
+    mus.append(mu)
+    variances.append(np.exp(lv))
+  return {"audio_mu": a_mu, "audio_logvar": a_lv, "face_mu": np.mean(mus, 0),
+          "face_logvar": np.log(np.mean(variances, 0))}
+
+
+def cross_generate(model, latents: dict, batch_size: int = BATCH) -> dict:
+  """Decodes each example's voice and face posterior means into both modalities."""
+  _, decode = _jitted(model)
+  from_voice = _batched(decode, np.asarray(latents["audio_mu"], np.float32), batch_size, "decode voices")
+  from_face = _batched(decode, np.asarray(latents["face_mu"], np.float32), batch_size, "decode faces")
+  return {"face_from_voice": from_voice[modalities.FACE], "audio_from_voice": from_voice[modalities.AUDIO],
+          "face_from_face": from_face[modalities.FACE], "audio_from_face": from_face[modalities.AUDIO]}
+
+
+def _show(ax, img):
+  img = np.asarray(img, np.float32)
+  img = img / 255.0 if img.max() > 1.5 else img
+  if img.ndim == 3 and img.shape[-1] == 1:
+    ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+  else:
+    ax.imshow(np.clip(img, 0, 1))
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def select_identities(labels, max_identities: int) -> np.ndarray:
+  """The first identities in label order (deterministic), at most max_identities."""
+  return np.unique(np.asarray(labels))[:max_identities]
+
+
+def plot_face_grid(path, real_faces, recon_faces, voice_faces, labels, names: dict, voices: int = 4,
+                   max_identities: int = 12) -> None:
+  """Per identity: a real face, its reconstruction from the face latent, faces from its voices."""
+  labels = np.asarray(labels)
+  ids = select_identities(labels, max_identities)
+  cols = 2 + voices
+  fig, axes = plt.subplots(len(ids), cols, figsize=(1.3 * cols + 1.6, 1.35 * len(ids) + 0.6), squeeze=False)
+  for r, i in enumerate(ids):
+    rows = np.flatnonzero(labels == i)
+    _show(axes[r, 0], real_faces[rows[0]][0])
+    _show(axes[r, 1], recon_faces[rows[0]])
+    for c in range(voices):
+      if c < len(rows):
+        _show(axes[r, 2 + c], voice_faces[rows[c]])
+      else:
+        axes[r, 2 + c].axis("off")
+    axes[r, 0].set_ylabel(str(names.get(int(i), i))[:14], fontsize=8, rotation=0, ha="right", va="center")
+  for c, title in enumerate(["real", "from face"] + [f"from voice {k + 1}" for k in range(voices)]):
+    axes[0, c].set_title(title, fontsize=8)
+  fig.suptitle("Faces generated from voices (per row: one identity; voices from different utterances)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+
+
+def plot_spectra(path, audio_real, audio_from_face, audio_from_voice, labels, names: dict,
+                 max_identities: int = 6) -> None:
+  """Audio generated from faces next to the real and the voice-reconstructed audio, per identity."""
+  labels = np.asarray(labels)
+  ids = select_identities(labels, max_identities)
+  vector = np.asarray(audio_real).ndim == 2
+  fig, axes = plt.subplots(len(ids), 1 if vector else 3, figsize=(9 if vector else 10, 1.9 * len(ids) + 0.6),
+                           squeeze=False)
+  for r, i in enumerate(ids):
+    rows = np.flatnonzero(labels == i)
+    name = str(names.get(int(i), i))
+    if vector:  # time-averaged spectra: identity means as curves over frequency bins
+      ax = axes[r, 0]
+      ax.plot(np.mean(audio_real[rows], 0), label="real (mean)", lw=1)
+      ax.plot(np.mean(audio_from_voice[rows], 0), label="from voice", lw=1)
+      ax.plot(np.mean(audio_from_face[rows], 0), label="from face", lw=1.5)
+      ax.set_ylabel("normalised\nmagnitude", fontsize=7)
+      ax.set_title(name, fontsize=8)
+      if r == 0:
+        ax.legend(fontsize=7, ncol=3)
+      if r == len(ids) - 1:
+        ax.set_xlabel("frequency bin")
+    else:
+      for c, (title, spec) in enumerate((("real", audio_real), ("from voice", audio_from_voice),
+                                         ("from face", audio_from_face))):
+        ax = axes[r, c]
+        ax.imshow(np.asarray(spec[rows[0]]).T, origin="lower", aspect="auto", cmap="magma")
+        ax.set_title(f"{name}: {title}", fontsize=8)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("bin")
+  fig.suptitle("Spectra generated from faces")
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+
+
+def save_face_png(face_SxSxC, out, scale: int = 4) -> None:
+  """A float [0, 1] face as a PNG, enlarged `scale` times with nearest-neighbour pixels."""
+  from PIL import Image
+  img = np.clip(np.asarray(face_SxSxC, np.float32), 0, 1)
+  img = (img * 255 + 0.5).astype(np.uint8)
+  img = img[..., 0] if img.shape[-1] == 1 else img
+  img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(img).save(out)
+
+
+def voice_features(wav, data_cfg, manifest: dict) -> np.ndarray:
+  """One WAV -> the model's audio input: centred crop, data_prep features, the dataset normalisation."""
+  from data_prep import audio
+  feats = audio.utterance_features(str(wav), data_cfg, train=False)
+  norm = manifest.get("audio_normalisation")
+  if data_cfg.time_average and norm:
+    feats = (feats - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+  return np.asarray(feats, np.float32)
+
+
+def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
+  """Writes the face a trained run generates for one WAV file; returns it as float [S, S, C]."""
+  from mmvae import data
+  from mmvae.train import checkpoints
+  if not pathlib.Path(wav).is_file():
+    raise FileNotFoundError(f"WAV file {wav} not found")
+  model, config, data_dir = checkpoints.load_run(workdir)
+  manifest = data.Dataset(data_dir).manifest
+  x = voice_features(wav, config.data, manifest)[None]
+  mu, _ = model.encode(modalities.AUDIO, x)
+  face = np.asarray(model.decode(mu)[modalities.FACE])[0]
+  save_face_png(face, out, scale)
+  return face

@@ -1,0 +1,84 @@
+"""AV-digits: FSDD recordings paired with MNIST images of the same digit, split by take."""
+
+import collections
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from data_prep import avdigits, prepare
+from mmvae import data
+
+
+def raw_mnist(mnist_dir):
+  """The IDX files read with plain NumPy (16- and 8-byte headers)."""
+  images = np.frombuffer(gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8)
+  labels = np.frombuffer(gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz").read()[8:], np.uint8)
+  return images.reshape(-1, 28, 28), labels
+
+
+def test_full_fsdd_layout_splits_and_seeded_pairing(shared_data):
+  fsdd, mnist = shared_data / "fsdd", shared_data / "mnist-t10k"
+  images, labels = raw_mnist(mnist)
+  layout = avdigits.list_examples(fsdd, mnist, seed=0)
+  assert len(layout.examples) == 3000 and layout.skipped == []
+  counts = collections.Counter(e["split"] for e in layout.examples)
+  assert counts == {"train": 2400, "validation": 300, "test": 300}
+  for e in layout.examples:
+    digit, speaker, take = e["id"][:-4].split("_")
+    assert e["label"] == int(digit) and e["identity"] == digit and e["video"] == speaker
+    assert e["split"] == ("test" if int(take) <= 4 else "validation" if int(take) <= 9 else "train")
+    assert labels[e["mnist_index"]] == int(digit)
+    np.testing.assert_array_equal(e["face_image"], images[e["mnist_index"]])
+  assert len({e["mnist_index"] for e in layout.examples}) == 3000  # no image shared across splits
+  again = avdigits.list_examples(fsdd, mnist, seed=0)
+  other = avdigits.list_examples(fsdd, mnist, seed=1)
+  assert [e["mnist_index"] for e in again.examples] == [e["mnist_index"] for e in layout.examples]
+  assert [e["mnist_index"] for e in other.examples] != [e["mnist_index"] for e in layout.examples]
+
+
+def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
+  root = tmp_path / "fsdd"
+  (root / "recordings").mkdir(parents=True)
+  for digit in range(10):
+    for speaker, take in (("jackson", 0), ("theo", 7), ("george", 30)):
+      name = f"{digit}_{speaker}_{take}.wav"
+      shutil.copy(shared_data / "fsdd/recordings" / name, root / "recordings" / name)
+  manifest = prepare.prepare_avdigits(root, shared_data / "mnist-t10k", tmp_path / "out", config="avdigits:tiny",
+                                      workers=1)
+  assert {s: v["examples"] for s, v in manifest["splits"].items()} == {"train": 10, "validation": 10, "test": 10}
+  assert manifest["features"]["face"]["shape"] == [1, 28, 28, 1] and manifest["features"]["audio"]["shape"] == [512]
+  assert [i["identity"] for i in manifest["identities"]] == [str(d) for d in range(10)]
+  assert "speaker" in " ".join(manifest["notes"])
+  images, labels = raw_mnist(shared_data / "mnist-t10k")
+  ds = data.Dataset(tmp_path / "out")
+  for split, take in (("train", "30"), ("validation", "7"), ("test", "0")):
+    arr = ds.arrays(split)
+    assert all(i.split("_")[2] == f"{take}.wav" for i in arr["id"])
+    for i, label, face in zip(arr["id"], arr["label"], arr["face"]):
+      assert label == int(i.split("_")[0])
+      # Look the stored image up among all 10,000 raw MNIST digits: it must be a digit of the same class.
+      nearest = np.abs(images.astype(int) - face[0, :, :, 0].astype(int)).sum(axis=(1, 2)).argmin()
+      assert np.abs(images[nearest].astype(int) - face[0, :, :, 0]).max() <= 2
+      assert labels[nearest] == label
+
+
+def test_bad_fsdd_and_mnist_inputs(shared_data, tmp_path):
+  with pytest.raises(FileNotFoundError, match="recordings"):
+    avdigits.list_examples(tmp_path, shared_data / "mnist-t10k")
+  (tmp_path / "recordings").mkdir()
+  shutil.copy(shared_data / "fsdd/recordings/3_theo_12.wav", tmp_path / "recordings/3_theo_12.wav")
+  (tmp_path / "recordings/oops.wav").write_bytes(b"RIFF")
+  with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz"):
+    avdigits.list_examples(tmp_path, tmp_path)
+  layout = avdigits.list_examples(tmp_path, shared_data / "mnist-t10k")
+  assert [s["path"] for s in layout.skipped] == [str(tmp_path / "recordings/oops.wav")]
+  with pytest.raises(ValueError, match="oops.wav"):
+    avdigits.list_examples(tmp_path, shared_data / "mnist-t10k", strict=True)
+  bad = tmp_path / "mnist"
+  bad.mkdir()
+  for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    (bad / name).write_bytes(gzip.compress(b"\x00\x00\x08\x01junk"))
+  with pytest.raises(ValueError, match="magic 2051"):
+    avdigits.read_mnist(bad)

@@ -159,6 +159,13 @@ def test_video_sampling_and_largest_face_crop(tmp_path):
   assert len(faces.video_faces(path, 2, 16, False, detector=_bright_box)) == 4
   assert len(faces.video_faces(path, 5, 16, False, max_frames=3, detector=_bright_box)) == 3
   assert faces.video_faces(path, 5, 16, False, detector=_bright_box)[0].shape == (16, 16, 3)
+  # A face in the corner: the margin square is shifted into the frame, not padded or cut.
+  corner = np.zeros((60, 80, 3), np.uint8)
+  corner[:30, :30] = 255
+  out = faces.video_faces(_write_video(tmp_path / "c.mp4", [corner] * 5), 25, 36, True,
+                          detector=_bright_box)
+  col = out[0][18, :, 0]  # the 36-px crop is frame[0:36, 0:36]: white 30 px, then black
+  assert col[:28].min() > 200 and col[32:].max() < 60
 
 
 def test_video_errors(tmp_path):

@@ -86,7 +86,14 @@ class ConvHead(nnx.Module):
     h, w, c = (*out_shape, 1) if self.squeeze else out_shape
     n = len(channels)
     self.grid = (-(-h // 2**n), -(-w // 2**n), channels[-1])
-    self.linear = nnx.Linear(in_dim, math.prod(self.grid), dtype=dtype, rngs=rngs)
+    # The audio encoders pool over time, so z carries no timing: a spectrogram head maps z to one
+    # frequency profile, broadcast over time plus a learned time-frequency bias (a full [T, F, C]
+    # linear would hold ~80M weights for 297x512).
+    self.time_invariant = self.squeeze
+    out = math.prod(self.grid[1:]) if self.time_invariant else math.prod(self.grid)
+    self.linear = nnx.Linear(in_dim, out, dtype=dtype, rngs=rngs)
+    if self.time_invariant:
+      self.grid_bias = nnx.Param(jnp.zeros(self.grid, jnp.float32))
     outs = tuple(reversed(channels[:-1])) + (c,)
     ins = tuple(reversed(channels))
     self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)
@@ -94,7 +101,11 @@ class ConvHead(nnx.Module):
     self.hw = (h, w)
 
   def __call__(self, h_BxH):
-    g = nnx.relu(self.linear(h_BxH)).reshape((h_BxH.shape[0],) + self.grid)
+    if self.time_invariant:
+      g = self.linear(h_BxH).reshape((h_BxH.shape[0], 1) + self.grid[1:]) + self.grid_bias[...].astype(h_BxH.dtype)
+    else:
+      g = self.linear(h_BxH).reshape((h_BxH.shape[0],) + self.grid)
+    g = nnx.relu(g)
     for i, deconv in enumerate(self.deconvs):
       g = deconv(g)
       if i < len(self.deconvs) - 1:

@@ -178,5 +178,5 @@ def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "cl
   """Generates the synthetic corpus into OUT/raw, then prepares it like VoxCeleb1."""
   from data_prep import synthetic  # written alongside; imported late so other corpora do not need it
   out = storage.start_build(out)
-  root = synthetic.generate_corpus(out / "raw", identities=identities, seed=seed, split=split)
+  root = synthetic.generate_corpus(out / "raw", identities=identities, seed=seed, split=split, workers=workers)
   return prepare_voxceleb1(root, out, config=config, strict=False, workers=workers, corpus="synthetic")

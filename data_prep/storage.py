@@ -128,15 +128,3 @@ def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Itera
   write_json_atomic(out / MANIFEST, manifest)
   return manifest
 
-
-def read_manifest(out) -> dict:
-  """The manifest of a complete prepared dataset, or a FileNotFoundError/ValueError saying what to do."""
-  path = pathlib.Path(out) / MANIFEST
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: {out} is not a prepared dataset, or its preparation did not "
-                            "finish; run `mmvae prep ...` with --out pointing there")
-  manifest = json.loads(path.read_text(encoding="utf-8"))
-  if manifest.get("format") != FORMAT or not manifest.get("complete"):
-    raise ValueError(f"{path}: format {manifest.get('format')!r} (complete={manifest.get('complete')}); "
-                     f"expected a complete {FORMAT} dataset; re-run `mmvae prep`")
-  return manifest

@@ -1,0 +1,235 @@
+"""The built-in synthetic audio-visual identity corpus, written in the official VoxCeleb1 layout.
+
+Each identity gets attributes (sex, age, size, skin, hair, glasses) drawn from the seed. Sex, age
+and size shape both the voice (pitch, vocal-tract length) and the face (jaw, width, grey hair), so
+a voice carries information about the face; identity-specific timbre and facial details make every
+identity distinctive in both modalities. See synthetic_voice.py and synthetic_face.py.
+"""
+
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import soundfile
+from PIL import Image
+from tqdm import tqdm
+
+from data_prep import synthetic_face, synthetic_voice
+
+GENERATOR_VERSION = 1
+FACE_SIZE = 96
+FPS = 25  # VoxCeleb frame indices count 25 fps video frames; faces are sampled at 1 per second
+ATTRIBUTES = {
+    "sex": ("m", "f"), "age": ("young", "adult", "senior"), "size": ("small", "medium", "large"),
+    "skin": ("light", "medium", "dark"), "hair_color": ("black", "brown", "blond", "red"),
+    "hair_length": ("short", "long"), "glasses": ("no", "yes"),
+}
+VOICE_LINKED = ("sex", "age", "size")  # shape both modalities; the others are face-only
+NUMERIC = ("pitch_hz", "vtl")  # the voice's median f0 and relative vocal-tract length
+META_COLUMNS = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
+SPLIT_CODES = {"train": 1, "validation": 2, "test": 3}
+FIRST_NAMES = {
+    "m": ("Adam", "Boris", "Carl", "Dmitri", "Emil", "Felix", "Gustav", "Hugo", "Ivan", "Jonas", "Karl", "Leon"),
+    "f": ("Ada", "Berta", "Clara", "Dora", "Edith", "Frida", "Greta", "Hedy", "Irene", "Juno", "Kira", "Lise"),
+}
+_ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+# Stream tags of the SeedSequence entropy: every random draw is a function of (seed, stream, indices).
+_ATTRS, _VOICE, _FACE, _VIDEO_IDS, _CHANNEL, _SCENE, _UTTERANCE, _FRAMES, _SPLIT, _EXTRA = range(10)
+
+
+def _rng(*entropy: int) -> np.random.Generator:
+  return np.random.default_rng(np.random.SeedSequence([int(e) for e in entropy]))
+
+
+def _balanced(values: tuple, n: int, rng: np.random.Generator) -> list:
+  """n draws in which every value occurs equally often (up to one), in random order."""
+  return [values[k] for k in rng.permutation(np.resize(np.arange(len(values)), n))]
+
+
+def identity_attributes(identities: int, seed: int) -> list:
+  """Per-identity attribute dicts; sex, age, size, skin and hair colour are balanced over identities."""
+  rng = _rng(seed, _ATTRS)
+  columns = {k: _balanced(ATTRIBUTES[k], identities, rng) for k in ("sex", "age", "size", "skin", "hair_color")}
+  people = []
+  for i in range(identities):
+    attrs = {k: v[i] for k, v in columns.items()}
+    extra = _rng(seed, _EXTRA, i)
+    # Hair length and glasses are drawn per identity: long hair is likelier for women.
+    long_p = 0.75 if attrs["sex"] == "f" else 0.2
+    attrs["hair_length"] = "long" if extra.random() < long_p else "short"
+    attrs["glasses"] = "yes" if extra.random() < 0.25 else "no"
+    people.append(attrs)
+  return people
+
+
+def _video_ids(seed: int, index: int, count: int) -> list:
+  rng = _rng(seed, _VIDEO_IDS, index)
+  ids = []
+  while len(ids) < count:
+    candidate = "".join(rng.choice(_ID_CHARS, 11))
+    if candidate not in ids:
+      ids.append(candidate)
+  return ids
+
+
+def _split_videos(split: str, sexes: list, videos: int, seed: int) -> list:
+  """Per identity, the split name of each of its videos."""
+  n = len(sexes)
+  if split == "closed":  # new videos of every identity in validation and test
+    n_held = max(1, int(round(0.2 * videos)))
+    names = ["test"] * n_held + ["validation"] * n_held + ["train"] * (videos - 2 * n_held)
+    return [[names[k] for k in _rng(seed, _SPLIT, i).permutation(videos)] for i in range(n)]
+  # Open set: whole identities held out; interleave the sexes so held-out sets hold both.
+  rng = _rng(seed, _SPLIT)
+  by_sex = [list(rng.permutation([i for i in range(n) if sexes[i] == s])) for s in ATTRIBUTES["sex"]]
+  order = [i for pair in zip(*by_sex) for i in pair]
+  order += [i for group in by_sex for i in group[min(map(len, by_sex)):]]
+  n_held = max(1, int(round(0.15 * n)))
+  which = {}
+  for rank, i in enumerate(order):
+    which[i] = "test" if rank < n_held else "validation" if rank < 2 * n_held else "train"
+  return [[which[i]] * videos for i in range(n)]
+
+
+def _check_args(identities, split, videos_per_identity, utterances_per_video, frames_per_video,
+                utterance_seconds) -> None:
+  if split not in ("closed", "open"):
+    raise ValueError(f"split must be 'closed' or 'open', got {split!r}")
+  if not 2 <= identities <= 9999:
+    raise ValueError(f"identities must be between 2 and 9999 (VoxCeleb1-style ids id90001..), got {identities}")
+  if split == "open" and identities < 3:
+    raise ValueError(f"the open split holds out whole identities for validation and test: use identities >= 3, "
+                     f"got {identities}")
+  if split == "closed" and videos_per_identity < 3:
+    raise ValueError("the closed split needs videos_per_identity >= 3 (train, validation and test videos of "
+                     f"every identity), got {videos_per_identity}")
+  if videos_per_identity < 1 or utterances_per_video < 1 or frames_per_video < 1:
+    raise ValueError("videos_per_identity, utterances_per_video and frames_per_video must be >= 1, got "
+                     f"{videos_per_identity}, {utterances_per_video}, {frames_per_video}")
+  if not 0.5 <= utterance_seconds <= 60:
+    raise ValueError(f"utterance_seconds must be between 0.5 and 60, got {utterance_seconds}")
+
+
+def _prepare_root(root: pathlib.Path) -> None:
+  """Refuses a non-empty folder unless it holds an earlier synthetic corpus, which is replaced."""
+  if root.exists() and any(root.iterdir()):
+    if not (root / "synthetic.json").is_file():
+      raise ValueError(f"{root} is not empty and holds no synthetic corpus; choose an empty or new folder")
+    for name in ("wav", "faces"):
+      shutil.rmtree(root / name, ignore_errors=True)
+    for name in ("synthetic.json", "iden_split.txt", "vox1_meta.csv", "README.md"):
+      (root / name).unlink(missing_ok=True)
+  root.mkdir(parents=True, exist_ok=True)
+
+
+def _write_identity(job: dict) -> None:
+  """Writes every utterance and face frame of one identity; a pure function of the job."""
+  root, seed, i = job["root"], job["seed"], job["index"]
+  for v, video in enumerate(job["videos"]):
+    channel = synthetic_voice.make_channel(_rng(seed, _CHANNEL, i, v))
+    wav_dir = root / "wav" / job["id"] / video
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    for u in range(job["utterances"]):
+      x = synthetic_voice.synthesize_utterance(job["voice"], channel, job["seconds"], _rng(seed, _UTTERANCE, i, v, u))
+      soundfile.write(wav_dir / f"{u + 1:05d}.wav", synthetic_voice.to_pcm16(x), synthetic_voice.SAMPLE_RATE,
+                      subtype="PCM_16", format="WAV")
+    scene = synthetic_face.make_scene(job["face"], _rng(seed, _SCENE, i, v))
+    face_dir = root / "faces" / job["name"] / video
+    face_dir.mkdir(parents=True, exist_ok=True)
+    first_second = int(_rng(seed, _FRAMES, i, v).integers(0, 60))
+    for k in range(job["frames"]):
+      img = synthetic_face.render(job["face"], scene, _rng(seed, _FRAMES, i, v, k), FACE_SIZE)
+      Image.fromarray(img).save(face_dir / f"{(first_second + k) * FPS:07d}.jpg", quality=90)
+
+
+def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "closed", videos_per_identity: int = 5,
+                    utterances_per_video: int = 3, frames_per_video: int = 4, utterance_seconds: float = 3.2,
+                    progress: bool = True, workers: int = 0) -> pathlib.Path:
+  """Writes the synthetic corpus to root in VoxCeleb1 layout (wav/, faces/, iden_split.txt, vox1_meta.csv)."""
+  _check_args(identities, split, videos_per_identity, utterances_per_video, frames_per_video, utterance_seconds)
+  root = pathlib.Path(root)
+  _prepare_root(root)
+  people = identity_attributes(identities, seed)
+  splits = _split_videos(split, [p["sex"] for p in people], videos_per_identity, seed)
+  jobs, counts = [], {}
+  for i, attrs in enumerate(people):
+    voice = synthetic_voice.make_voice(attrs, _rng(seed, _VOICE, i))
+    attrs["pitch_hz"] = round(voice.f0_hz, 1)
+    attrs["vtl"] = round(1.0 / voice.formant_scale, 3)
+    first = FIRST_NAMES[attrs["sex"]][(i // 2) % len(FIRST_NAMES[attrs["sex"]])]
+    jobs.append(dict(root=root, seed=seed, index=i, id=f"id{90001 + i}", name=f"Synth_{i + 1:03d}_{first}",
+                     voice=voice, face=synthetic_face.make_face(attrs, _rng(seed, _FACE, i)),
+                     videos=_video_ids(seed, i, videos_per_identity), utterances=utterances_per_video,
+                     frames=frames_per_video, seconds=utterance_seconds))
+  workers = min(workers or len(os.sched_getaffinity(0)), identities)
+  bar = tqdm(total=identities, desc="synthetic corpus", unit="identity", disable=not progress)
+  if workers > 1:
+    # spawn, not fork: the caller may have started JAX threads, which fork does not survive.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      for _ in pool.imap_unordered(_write_identity, jobs):
+        bar.update()
+  else:
+    for job in jobs:
+      _write_identity(job)
+      bar.update()
+  bar.close()
+
+  lines = []
+  for job, names in zip(jobs, splits):
+    for video, name in zip(job["videos"], names):
+      counts[name] = counts.get(name, 0) + utterances_per_video
+      lines += [f"{SPLIT_CODES[name]} {job['id']}/{video}/{u + 1:05d}.wav" for u in range(utterances_per_video)]
+  (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
+  extra = list(ATTRIBUTES) + list(NUMERIC)
+  rows = ["\t".join(META_COLUMNS + tuple(extra))]
+  for job, attrs, names in zip(jobs, people, splits):
+    official = (job["id"], job["name"], attrs["sex"], "Synthetic", "test" if set(names) == {"test"} else "dev")
+    rows.append("\t".join(official + tuple(str(attrs[k]) for k in extra)))
+  (root / "vox1_meta.csv").write_text("\n".join(rows) + "\n")
+  params = dict(generator_version=GENERATOR_VERSION, identities=identities, seed=seed, split=split,
+                videos_per_identity=videos_per_identity, utterances_per_video=utterances_per_video,
+                frames_per_video=frames_per_video, utterance_seconds=utterance_seconds, face_size=FACE_SIZE,
+                sample_rate=synthetic_voice.SAMPLE_RATE, utterances={k: counts.get(k, 0) for k in SPLIT_CODES})
+  (root / "README.md").write_text(_readme(params))
+  # Written last: its presence marks a complete corpus that a later call may replace.
+  (root / "synthetic.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+  return root
+
+
+def _readme(p: dict) -> str:
+  attrs = "\n".join(f"- `{k}`: {', '.join(v)}{' (also shapes the voice)' if k in VOICE_LINKED else ''}"
+                    for k, v in ATTRIBUTES.items())
+  split_text = ("closed: every identity has train, validation and test videos (test = new videos of seen "
+                "identities)" if p["split"] == "closed" else
+                "open: whole identities are held out (about 15% validation, 15% test, marked Set=test)")
+  return f"""# Synthetic audio-visual identity corpus
+
+Generated by `data_prep/synthetic.py` (generator version {p['generator_version']}) with
+`generate_corpus(root, identities={p['identities']}, seed={p['seed']}, split='{p['split']}',
+videos_per_identity={p['videos_per_identity']}, utterances_per_video={p['utterances_per_video']},
+frames_per_video={p['frames_per_video']}, utterance_seconds={p['utterance_seconds']})`.
+The same arguments give byte-identical files. Nothing here comes from real people.
+
+Layout (official VoxCeleb1):
+- `wav/<id>/<video>/<utterance>.wav`: {p['sample_rate']} Hz mono 16-bit PCM, source-filter voices
+  (glottal pulses, vowel formants scaled by vocal-tract length, fricative noise, per-video room,
+  microphone EQ, background noise and level).
+- `faces/<name>/<video>/<frame>.jpg`: {p['face_size']}x{p['face_size']} RGB face crops, one per second of the
+  video (frame index at {FPS} fps), rendered with per-frame pose, expression and light.
+- `iden_split.txt`: `1|2|3 <id>/<video>/<utterance>.wav` (train, validation, test);
+  {split_text}. Utterances: {p['utterances']}.
+- `vox1_meta.csv`: the five official columns, then the attributes below, `pitch_hz` (median f0
+  of the voice) and `vtl` (vocal-tract length relative to an adult medium-size man).
+- `synthetic.json`: these parameters, machine-readable.
+
+Attributes per identity:
+{attrs}
+
+Sex, age and size are shared by the two modalities: sex sets pitch (men ~120 Hz, women ~210 Hz),
+vocal-tract length, jaw shape and hair length odds; age moves pitch and greys the hair; size
+scales the formants and the width of head and neck. Skin, hair colour and glasses are face-only,
+so a face generated from a voice can recover them only by recognising the identity.
+"""

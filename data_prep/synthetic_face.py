@@ -1,0 +1,241 @@
+"""NumPy-rendered faces for the synthetic corpus: identity shape and colours, per-frame pose and light."""
+
+import dataclasses
+
+import numpy as np
+
+SKIN_RGB = {"light": (236, 200, 172), "medium": (198, 148, 108), "dark": (118, 80, 56)}
+HAIR_RGB = {"black": (30, 26, 24), "brown": (104, 66, 38), "blond": (222, 188, 120), "red": (170, 72, 36)}
+GREY_RGB = (190, 190, 186)
+GREY_FRACTION = {"young": 0.0, "adult": 0.15, "senior": 0.7}
+IRIS_RGB = ((70, 45, 25), (60, 110, 160), (80, 120, 70), (35, 28, 24))
+# Body size widens the head and neck; sex changes jaw taper, brows and lips. These are the facial
+# counterparts of the voice's vocal-tract length and pitch (see synthetic_voice).
+WIDTH_SIZE = {"small": 0.9, "medium": 1.0, "large": 1.12}
+LENGTH_AGE = {"young": 0.96, "adult": 1.0, "senior": 1.03}
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+  """Identity-level face parameters in face coordinates (the image spans [-1, 1])."""
+  head_w: float
+  head_h: float
+  jaw_taper: float
+  skin: np.ndarray  # RGB in [0, 1]
+  hair: np.ndarray
+  lips: np.ndarray
+  iris: np.ndarray
+  long_hair: bool
+  hair_volume: float
+  hairline: float  # y of the hairline at the centre
+  fringe: float  # how far the fringe curves down at the sides
+  part: float  # x of the parting
+  eye_dx: float
+  eye_y: float
+  eye_w: float
+  eye_h: float
+  brow_t: float
+  brow_tilt: float
+  brow_gap: float
+  nose_len: float
+  mouth_w: float
+  mouth_y: float
+  lip_t: float
+  beard: float  # 0 none, ~0.35 stubble, ~0.9 full beard
+  moustache: float
+  glasses: bool
+  ear: float
+  neck_w: float
+  shirt: np.ndarray
+
+
+def make_face(attrs: dict, rng: np.random.Generator) -> Face:
+  """Draws a face whose shape and colours follow the attributes, plus identity-specific details."""
+  male = attrs["sex"] == "m"
+  width = WIDTH_SIZE[attrs["size"]] * (1.05 if male else 0.96) * np.exp(rng.normal(0, 0.03))
+  grey = GREY_FRACTION[attrs["age"]]
+  hair = (1 - grey) * np.array(HAIR_RGB[attrs["hair_color"]]) + grey * np.array(GREY_RGB)
+  skin = np.array(SKIN_RGB[attrs["skin"]]) * np.exp(rng.normal(0, 0.05, 3))
+  lips = skin * (np.array([0.85, 0.55, 0.55]) if male else np.array([0.95, 0.42, 0.48]))
+  long_hair = attrs["hair_length"] == "long"
+  beard = 0.0
+  if male and rng.random() < 0.45:
+    beard = float(rng.choice([0.35, 0.9]))
+  return Face(
+      head_w=float(0.5 * width), head_h=float(0.66 * LENGTH_AGE[attrs["age"]] * np.exp(rng.normal(0, 0.03))),
+      jaw_taper=float(rng.uniform(0.05, 0.2) if male else rng.uniform(0.25, 0.4)),
+      skin=np.clip(skin / 255, 0, 1), hair=np.clip(hair * np.exp(rng.normal(0, 0.06, 3)) / 255, 0, 1),
+      lips=np.clip(lips / 255, 0, 1), iris=np.array(IRIS_RGB[rng.integers(len(IRIS_RGB))]) / 255,
+      long_hair=long_hair, hair_volume=float(rng.uniform(1.05, 1.12) if long_hair else rng.uniform(1.02, 1.07)),
+      hairline=float(rng.uniform(-0.42, -0.3) + (0.08 if male and attrs["age"] == "senior" else 0.0)),
+      fringe=float(rng.uniform(0.15, 0.4)), part=float(rng.uniform(-0.25, 0.25)),
+      eye_dx=float(rng.uniform(0.17, 0.23) * width), eye_y=float(rng.uniform(-0.1, -0.02)),
+      eye_w=float(rng.uniform(0.075, 0.1)), eye_h=float(rng.uniform(0.032, 0.048)),
+      brow_t=float(rng.uniform(0.018, 0.03) * (1.3 if male else 1.0)),
+      brow_tilt=float(rng.uniform(-0.25, 0.25)), brow_gap=float(rng.uniform(0.06, 0.1)),
+      nose_len=float(rng.uniform(0.15, 0.24)), mouth_w=float(rng.uniform(0.11, 0.17) * width),
+      mouth_y=float(rng.uniform(0.3, 0.38)), lip_t=float(rng.uniform(0.025, 0.04) * (0.8 if male else 1.2)),
+      beard=beard, moustache=float(rng.random() < 0.5) * 0.8 if male else 0.0,
+      glasses=bool(rng.random() < 0.25), ear=float(rng.uniform(0.06, 0.09)),
+      neck_w=float(rng.uniform(0.22, 0.28) * width * (1.12 if male else 0.95)),
+      shirt=rng.uniform(0.1, 0.85, 3))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  """Per-video conditions: background, clothes, light and camera colour."""
+  background: np.ndarray  # [2, 3] RGB at the top and bottom
+  shirt: np.ndarray
+  light: np.ndarray  # [2] gradient direction times strength
+  brightness: float
+  white_balance: np.ndarray  # [3] multiplicative colour cast
+  zoom: float
+
+
+def make_scene(face: Face, rng: np.random.Generator) -> Scene:
+  """Draws one video's scene: muted background and mild light, so identity dominates the pixels."""
+  grey = rng.uniform(0.3, 0.75)
+  top = np.clip(grey + rng.normal(0, 0.06, 3), 0, 1)
+  # People keep to a clothing style: the identity's shirt colour, varied a little per video.
+  return Scene(background=np.stack([top, np.clip(top * rng.uniform(0.75, 1.05), 0, 1)]),
+               shirt=np.clip(face.shirt + rng.normal(0, 0.06, 3), 0, 1), light=rng.normal(0, 0.1, 2),
+               brightness=float(rng.uniform(0.92, 1.08)), white_balance=np.exp(rng.normal(0, 0.03, 3)),
+               zoom=float(rng.uniform(1.08, 1.18)))
+
+
+def _soft(d: np.ndarray, px: float) -> np.ndarray:
+  """Coverage of a shape from a signed distance (negative inside), antialiased over one pixel."""
+  return np.clip(0.5 - d / px, 0.0, 1.0)
+
+
+def _ellipse(x, y, cx, cy, a, b):
+  """Approximate signed distance to an axis-aligned ellipse."""
+  return (np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2) - 1.0) * min(a, b)
+
+
+def _paint(img: np.ndarray, alpha: np.ndarray, rgb) -> None:
+  """Alpha-composites a colour (flat, or per pixel) over img in place, within alpha's bounding box."""
+  rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+  if rows.size == 0:
+    return
+  box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  rgb = np.asarray(rgb)
+  img[box] += alpha[box][..., None] * ((rgb[box] if rgb.ndim == 3 else rgb) - img[box])
+
+
+def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -> np.ndarray:
+  """One frame [size, size, 3] uint8: rendered at 2x and box-downsampled, so edges are antialiased."""
+  big = 2 * size
+  grid = (np.arange(big) + 0.5) / big * 2.0 - 1.0
+  ys, xs = np.meshgrid(grid, grid, indexing="ij")
+  # Per-frame pose: shift, roll and scale, applied as the inverse map from image to face coordinates.
+  angle = rng.normal(0, 0.07)
+  scale = scene.zoom * np.exp(rng.normal(0, 0.03))
+  shift = rng.normal(0, 0.035, 2)
+  cos, sin = np.cos(angle), np.sin(angle)
+  x = (cos * (xs - shift[0]) + sin * (ys - shift[1])) / scale
+  y = (-sin * (xs - shift[0]) + cos * (ys - shift[1])) / scale
+  px = 2.0 / big / scale
+  f = face
+  img = np.empty((big, big, 3))
+  t = (ys[..., None] + 1.0) / 2.0
+  img[:] = scene.background[0] * (1 - t) + scene.background[1] * t
+
+  head_cy = 0.06
+  taper = 1.0 - f.jaw_taper * np.clip((y - head_cy) / f.head_h, 0, 1) ** 2
+  head_d = (np.sqrt((x / (f.head_w * taper)) ** 2 + ((y - head_cy) / f.head_h) ** 2) - 1.0) * f.head_w
+  hair_top = head_cy - f.head_h * f.hair_volume
+  if f.long_hair:  # hair behind the head, down to the shoulders
+    back = np.maximum(_ellipse(x, y, 0, head_cy - 0.05, f.head_w * 1.18, f.head_h * 1.08),
+                      -np.minimum(1.2 - y, f.head_w * 1.25 - np.abs(x)))
+    back = np.minimum(back, np.maximum(np.abs(x) - f.head_w * 1.22, np.abs(y - 0.55) - 0.6))
+    _paint(img, _soft(back, px), f.hair * 0.85)
+  neck = np.maximum(np.abs(x) - f.neck_w, head_cy + 0.3 - y)
+  _paint(img, _soft(neck, px), f.skin * 0.8)
+  _paint(img, _soft(_ellipse(x, y, 0, 1.35, 0.95 * f.head_w / 0.5, 0.5), px), scene.shirt)
+  for side in (-1, 1):  # ears
+    _paint(img, _soft(_ellipse(x, y, side * f.head_w * 0.97, f.eye_y + 0.08, f.ear * 0.7, f.ear * 1.4), px),
+           f.skin * 0.88)
+  # Head with spherical shading so it reads as a volume.
+  r2 = np.clip((x / f.head_w) ** 2 + ((y - head_cy) / f.head_h) ** 2, 0, 1)
+  shade = 0.72 + 0.28 * np.sqrt(1.0 - r2)
+  head_alpha = _soft(head_d, px)
+  _paint(img, head_alpha, f.skin * shade[..., None])
+
+  if f.beard > 0:  # lower face below the cheeks
+    beard_d = np.maximum(head_d + 0.01, f.mouth_y - 0.12 - y + 0.15 * (x / f.head_w) ** 2)
+    _paint(img, _soft(beard_d, px * 3) * f.beard, f.hair * 0.8)
+  def window(cx, cy, r):
+    """Pixel slices covering face-coordinate disc (cx, cy, r): small features touch only these."""
+    centre = shift + scale * np.array([cos * cx - sin * cy, sin * cx + cos * cy])
+    lo = np.floor((centre - scale * r + 1.0) / 2.0 * big - 1).astype(int).clip(0, big)
+    hi = np.ceil((centre + scale * r + 1.0) / 2.0 * big + 1).astype(int).clip(0, big)
+    return np.s_[lo[1]:hi[1], lo[0]:hi[0]]
+
+  # Eyes: sclera, iris, pupil, then the lid line; eyelids close a little now and then.
+  blink = 0.25 if rng.random() < 0.08 else 1.0
+  for side in (-1, 1):
+    ex = side * f.eye_dx
+    w = window(ex, f.eye_y - f.brow_gap / 2, f.eye_w * 1.6 + f.brow_gap)
+    X, Y, im = x[w], y[w], img[w]
+    eye = _ellipse(X, Y, ex, f.eye_y, f.eye_w, f.eye_h * blink)
+    white = _soft(eye, px)
+    _paint(im, white, (0.94, 0.93, 0.9))
+    gaze = rng.normal(0, 0.008)
+    _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.95, f.eye_h * 0.95), px), f.iris)
+    _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.4, f.eye_h * 0.4), px), (0.05,) * 3)
+    _paint(im, _soft(np.abs(eye) - 0.006, px) * (Y < f.eye_y), f.skin * 0.35)
+    # Brow: a thick band tilted up or down at the outer end.
+    bx = (X - ex) * side
+    by = Y - (f.eye_y - f.eye_h - f.brow_gap) + f.brow_tilt * bx + 0.6 * bx ** 2
+    brow = np.maximum(np.abs(bx) - f.eye_w * 1.15, np.abs(by) - f.brow_t)
+    _paint(im, _soft(brow, px) * 0.9, f.hair * 0.7)
+  # Nose: a shadow on one side and two nostrils.
+  nose_y = f.eye_y + f.nose_len
+  w = window(0.0, nose_y - f.nose_len * 0.4, f.nose_len * 0.7 + 0.05)
+  X, Y, im = x[w], y[w], img[w]
+  _paint(im, _soft(_ellipse(X, Y, 0.02, nose_y - f.nose_len * 0.4, 0.018, f.nose_len * 0.5), px * 4) * 0.35,
+         f.skin * 0.6)
+  for side in (-1, 1):
+    _paint(im, _soft(_ellipse(X, Y, side * 0.03, nose_y, 0.016, 0.01), px) * 0.7, f.skin * 0.45)
+  # Mouth: expression opens it and lifts the corners.
+  w = window(0.0, (nose_y + f.mouth_y) / 2, f.mouth_w * 1.2 + (f.mouth_y - nose_y) / 2 + 0.08)
+  X, Y, im = x[w], y[w], img[w]
+  if f.moustache > 0:
+    moustache = _ellipse(X, Y, 0, (nose_y + f.mouth_y) / 2 + 0.01, f.mouth_w * 1.05, 0.025)
+    _paint(im, _soft(moustache, px * 2) * f.moustache, f.hair * 0.75)
+  open_ = max(0.0, rng.normal(0.3, 0.35))
+  smile = rng.uniform(-0.2, 1.0)
+  mx = X / f.mouth_w
+  my = Y - f.mouth_y + smile * 0.035 * mx ** 2
+  lips = (np.sqrt(mx ** 2 + (my / (f.lip_t + 0.03 * open_)) ** 2) - 1.0) * f.lip_t
+  _paint(im, _soft(lips, px), f.lips)
+  gap = (np.sqrt((mx / 0.85) ** 2 + (my / (0.004 + 0.03 * open_)) ** 2) - 1.0) * 0.01
+  _paint(im, _soft(gap, px), (0.25, 0.08, 0.08))
+
+  # Hair on top: inside a cap slightly larger than the head, above a hairline with a fringe.
+  cap = _ellipse(x, y, 0, head_cy - 0.02, f.head_w * f.hair_volume, f.head_h * f.hair_volume)
+  line = f.hairline + f.fringe * ((x - f.part) / f.head_w) ** 2
+  line = np.maximum(line, hair_top + 0.02)
+  top = np.maximum(cap, y - line)
+  if f.long_hair:  # strands falling beside the cheeks
+    sides = np.maximum(cap, np.minimum(f.head_w * 0.8 - np.abs(x), 0.0) + np.maximum(y - 0.35, 0.0))
+    top = np.minimum(top, np.maximum(sides, f.head_w * 0.78 - np.abs(x)))
+  hair_alpha = _soft(top, px)
+  streak = 1.0 + 0.06 * np.sin(60.0 * (x - f.part))  # strand texture
+  _paint(img, hair_alpha, f.hair * streak[..., None])
+  if f.glasses:
+    w = window(0.0, f.eye_y, f.eye_dx + f.eye_w * 1.6)
+    X, Y, im = x[w], y[w], img[w]
+    for side in (-1, 1):
+      ring = np.abs(_ellipse(X, Y, side * f.eye_dx, f.eye_y, f.eye_w * 1.5, f.eye_h * 2.6)) - 0.008
+      _paint(im, _soft(ring, px), (0.08, 0.08, 0.1))
+    bridge = np.maximum(np.abs(X) - (f.eye_dx - f.eye_w * 1.5), np.abs(Y - f.eye_y + 0.01) - 0.007)
+    _paint(im, _soft(bridge, px), (0.08, 0.08, 0.1))
+
+  # Light: a linear gradient across the frame, brightness and colour cast of the camera.
+  light = 1.0 + scene.light[0] * xs + scene.light[1] * ys + rng.normal(0, 0.03)
+  img = img * (light[..., None] * scene.brightness * scene.white_balance)
+  img = img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
+  img = img + rng.normal(0, 0.008, img.shape)  # sensor noise
+  return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)

@@ -1,5 +1,6 @@
 """The MS-VAE: per-modality Gaussian encoders and one shared decoder with a head per modality."""
 
+import hashlib
 import math
 
 import jax
@@ -178,8 +179,37 @@ def build_model(config, input_shapes: dict, seed: int) -> MSVAE:
     raise ValueError("config.model needs latent_dim >= 1 and non-empty hidden and conv_channels")
   dtype = _dtype(mc.dtype)
   shapes = {m: tuple(int(d) for d in input_shapes[m]) for m in modalities.MODALITIES}
-  rngs = nnx.Rngs(params=seed)
   kinds = {modalities.AUDIO: mc.audio_encoder, modalities.FACE: mc.face_encoder}
-  encoders = {m: _encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
-  decoder = SharedDecoder(mc.latent_dim, shapes, mc.hidden, mc.conv_channels, mc.decoder, dtype, rngs)
-  return MSVAE(encoders, decoder)
+
+  def build():
+    rngs = nnx.Rngs(params=seed)
+    encoders = {m: _encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
+    decoder = SharedDecoder(mc.latent_dim, shapes, mc.hidden, mc.conv_channels, mc.decoder, dtype, rngs)
+    return MSVAE(encoders, decoder)
+
+  graphdef, abstract = nnx.split(nnx.eval_shape(build))  # config errors surface here, nothing allocated
+  return nnx.merge(graphdef, _init_params(abstract, seed))
+
+
+def _init_params(abstract, seed: int):
+  """Flax's default distributions (LeCun-normal kernels, zero biases) drawn with NumPy, per parameter name.
+
+  XLA's threefry initialisers take many seconds per shape to compile on CPU; NumPy draws are instant
+  and do not depend on the device set.
+  """
+  import numpy as np
+  from scipy import stats
+
+  def init(path, var):
+    name = ".".join(str(p) for p in path)
+    shape = var.shape
+    if path[-1] != "kernel":
+      return var.replace(jnp.zeros(shape, jnp.float32))
+    fan_in = math.prod(shape[:-1])
+    # Truncated at 2 std and rescaled so the variance is 1 / fan_in, as jax.nn.initializers.lecun_normal.
+    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")])
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    value = stats.truncnorm.rvs(-2, 2, size=shape, random_state=rng) * std
+    return var.replace(jnp.asarray(value, jnp.float32))
+
+  return nnx.map_state(init, abstract)

@@ -19,7 +19,7 @@ def _param_shapes(model):
 
 
 @pytest.mark.parametrize("spec,shapes", [("reference:tiny", {A: (512,), V: (23, 23, 1)}),
-                                         ("conv:tiny", {A: (297, 512), V: (64, 64, 3)})])
+                                         ("conv:tiny", {A: (29, 24), V: (16, 16, 3)})])
 def test_encode_decode_shapes_and_face_range(spec, shapes):
   cfg = config_lib.load(spec)
   model = models.build_model(cfg, shapes, seed=0)
@@ -74,6 +74,14 @@ def test_conv_full_param_shapes_without_allocation():
   assert shapes["decoder.heads.face.deconvs.3.kernel"][-1] == 3
   total = sum(math.prod(s) for s in shapes.values())
   assert total < 30_000_000, total
+  # Both heads reach the full input sizes (297 frames is no power of 2: cropped after upsampling).
+  graphdef, state = nnx.split(abstract)
+  z = jax.ShapeDtypeStruct((2, cfg.model.latent_dim), jnp.float32)
+  out = jax.eval_shape(lambda s, z: nnx.merge(graphdef, s).decode(z), state, z)
+  assert out[A].shape == (2, 297, 512) and out[V].shape == (2, 64, 64, 3)
+  x = jax.ShapeDtypeStruct((2, 297, 512), jnp.float32)
+  mu, _ = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).encode(A, x), state, x)
+  assert mu.shape == (2, 128)
 
 
 def test_bad_model_config_is_a_clear_error():
@@ -84,3 +92,17 @@ def test_bad_model_config_is_a_clear_error():
   cfg.model.audio_encoder = "transformer"
   with pytest.raises(ValueError, match="audio_encoder"):
     models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
+
+
+def test_init_follows_lecun_normal_and_seed():
+  cfg = config_lib.load("reference")
+  shapes = {A: (512,), V: (23, 23, 1)}
+  model = models.build_model(cfg, shapes, seed=3)
+  k = np.asarray(model.encoders[A].layers[0].kernel[...])
+  assert abs(k.std() - np.sqrt(1 / 512)) < 0.05 * np.sqrt(1 / 512) and np.abs(k).max() <= 2 * 0.0442 / 0.8796 + 1e-6
+  assert np.all(np.asarray(model.encoders[A].layers[0].bias[...]) == 0)
+  again = models.build_model(cfg, shapes, seed=3).encoders[A].layers[0].kernel[...]
+  other = models.build_model(cfg, shapes, seed=4).encoders[A].layers[0].kernel[...]
+  np.testing.assert_array_equal(k, again)
+  assert not np.allclose(k, other)
+  assert not np.allclose(k[:, :100], np.asarray(model.encoders[V].layers[0].kernel[...])[:512, :100])

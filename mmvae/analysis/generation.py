@@ -162,10 +162,10 @@ def save_face_png(face_SxSxC, out, scale: int = 4) -> None:
   Image.fromarray(img).save(out)
 
 
-def voice_features(wav, data_cfg, manifest: dict) -> np.ndarray:
-  """One WAV -> the model's audio input: centred crop, data_prep features, the dataset normalisation."""
+def voice_features(wav, data_cfg, manifest: dict, seed: int = 0) -> np.ndarray:
+  """One WAV -> the model's audio input: centred crop, data_prep features (dither seeded), dataset normalisation."""
   from data_prep import audio
-  feats = audio.utterance_features(str(wav), data_cfg, train=False)
+  feats = audio.utterance_features(str(wav), data_cfg, train=False, rng=np.random.default_rng(seed))
   norm = manifest.get("audio_normalisation")
   if data_cfg.time_average and norm:
     feats = (feats - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)

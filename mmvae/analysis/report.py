@@ -76,6 +76,15 @@ def latent_section(latents: dict, names: dict, acfg: dict, report_dir: pathlib.P
 def analyze_arrays(report_dir, latents: dict, generated: dict, test_real: dict, train_faces, train_labels,
                    manifest: dict, config=None, run_info: dict | None = None) -> dict:
   """Every metric and figure from saved arrays (no model needed); writes metrics.json and report.md."""
+  from threadpoolctl import threadpool_limits
+  # Small runs gain nothing from BLAS/OpenMP threads and lose a lot to them on a busy machine.
+  with threadpool_limits(limits=1 if len(latents["label"]) < 2000 else None):
+    return _analyze_arrays(report_dir, latents, generated, test_real, train_faces, train_labels, manifest,
+                           config, run_info)
+
+
+def _analyze_arrays(report_dir, latents, generated, test_real, train_faces, train_labels, manifest, config,
+                    run_info) -> dict:
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   acfg = _analysis_cfg(config) if config is not None else _analysis_cfg({})

@@ -154,12 +154,13 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
   _prepare_root(root)
   people = identity_attributes(identities, seed)
   splits = _split_videos(split, [p["sex"] for p in people], videos_per_identity, seed)
-  jobs, counts = [], {}
+  jobs, counts, named = [], {}, {"m": 0, "f": 0}
   for i, attrs in enumerate(people):
     voice = synthetic_voice.make_voice(attrs, _rng(seed, _VOICE, i))
     attrs["pitch_hz"] = round(voice.f0_hz, 1)
     attrs["vtl"] = round(1.0 / voice.formant_scale, 3)
-    first = FIRST_NAMES[attrs["sex"]][(i // 2) % len(FIRST_NAMES[attrs["sex"]])]
+    first = FIRST_NAMES[attrs["sex"]][named[attrs["sex"]] % len(FIRST_NAMES[attrs["sex"]])]
+    named[attrs["sex"]] += 1
     jobs.append(dict(root=root, seed=seed, index=i, id=f"id{90001 + i}", name=f"Synth_{i + 1:03d}_{first}",
                      voice=voice, face=synthetic_face.make_face(attrs, _rng(seed, _FACE, i)),
                      videos=_video_ids(seed, i, videos_per_identity), utterances=utterances_per_video,

@@ -7,7 +7,7 @@ import numpy as np
 SKIN_RGB = {"light": (236, 200, 172), "medium": (198, 148, 108), "dark": (118, 80, 56)}
 HAIR_RGB = {"black": (30, 26, 24), "brown": (104, 66, 38), "blond": (222, 188, 120), "red": (170, 72, 36)}
 GREY_RGB = (190, 190, 186)
-GREY_FRACTION = {"young": 0.0, "adult": 0.15, "senior": 0.7}
+GREY_FRACTION = {"young": 0.0, "adult": 0.1, "senior": 0.8}
 IRIS_RGB = ((70, 45, 25), (60, 110, 160), (80, 120, 70), (35, 28, 24))
 # Body size widens the head and neck; sex changes jaw taper, brows and lips. These are the facial
 # counterparts of the voice's vocal-tract length and pitch (see synthetic_voice).
@@ -119,25 +119,34 @@ def _paint(img: np.ndarray, alpha: np.ndarray, rgb) -> None:
   if rows.size == 0:
     return
   box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-  rgb = np.asarray(rgb)
+  rgb = np.asarray(rgb, img.dtype)
   img[box] += alpha[box][..., None] * ((rgb[box] if rgb.ndim == 3 else rgb) - img[box])
 
 
 def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -> np.ndarray:
   """One frame [size, size, 3] uint8: rendered at 2x and box-downsampled, so edges are antialiased."""
   big = 2 * size
-  grid = (np.arange(big) + 0.5) / big * 2.0 - 1.0
+  grid = ((np.arange(big) + 0.5) / big * 2.0 - 1.0).astype(np.float32)  # float32: half the memory traffic
   ys, xs = np.meshgrid(grid, grid, indexing="ij")
   # Per-frame pose: shift, roll and scale, applied as the inverse map from image to face coordinates.
-  angle = rng.normal(0, 0.07)
-  scale = scene.zoom * np.exp(rng.normal(0, 0.03))
-  shift = rng.normal(0, 0.035, 2)
-  cos, sin = np.cos(angle), np.sin(angle)
+  angle = float(rng.normal(0, 0.07))
+  scale = float(scene.zoom * np.exp(rng.normal(0, 0.03)))
+  shift = [float(v) for v in rng.normal(0, 0.035, 2)]
+  cos, sin = float(np.cos(angle)), float(np.sin(angle))
   x = (cos * (xs - shift[0]) + sin * (ys - shift[1])) / scale
   y = (-sin * (xs - shift[0]) + cos * (ys - shift[1])) / scale
   px = 2.0 / big / scale
+
+  def window(cx, cy, r):
+    """Pixel slices covering face-coordinate disc (cx, cy, r): small features touch only these."""
+    centre = shift + scale * np.array([cos * cx - sin * cy, sin * cx + cos * cy])
+    lo = np.floor((centre - scale * r + 1.0) / 2.0 * big - 1).astype(int).clip(0, big)
+    hi = np.ceil((centre + scale * r + 1.0) / 2.0 * big + 1).astype(int).clip(0, big)
+    return np.s_[lo[1]:hi[1], lo[0]:hi[0]]
+
   f = face
-  img = np.empty((big, big, 3))
+  skin, hair, lips, iris = (np.asarray(c, np.float32) for c in (face.skin, face.hair, face.lips, face.iris))
+  img = np.empty((big, big, 3), np.float32)
   t = (ys[..., None] + 1.0) / 2.0
   img[:] = scene.background[0] * (1 - t) + scene.background[1] * t
 
@@ -149,29 +158,23 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
     back = np.maximum(_ellipse(x, y, 0, head_cy - 0.05, f.head_w * 1.18, f.head_h * 1.08),
                       -np.minimum(1.2 - y, f.head_w * 1.25 - np.abs(x)))
     back = np.minimum(back, np.maximum(np.abs(x) - f.head_w * 1.22, np.abs(y - 0.55) - 0.6))
-    _paint(img, _soft(back, px), f.hair * 0.85)
+    _paint(img, _soft(back, px), hair * 0.85)
   neck = np.maximum(np.abs(x) - f.neck_w, head_cy + 0.3 - y)
-  _paint(img, _soft(neck, px), f.skin * 0.8)
+  _paint(img, _soft(neck, px), skin * 0.8)
   _paint(img, _soft(_ellipse(x, y, 0, 1.35, 0.95 * f.head_w / 0.5, 0.5), px), scene.shirt)
   for side in (-1, 1):  # ears
-    _paint(img, _soft(_ellipse(x, y, side * f.head_w * 0.97, f.eye_y + 0.08, f.ear * 0.7, f.ear * 1.4), px),
-           f.skin * 0.88)
+    w = window(side * f.head_w * 0.97, f.eye_y + 0.08, f.ear * 1.5)
+    _paint(img[w], _soft(_ellipse(x[w], y[w], side * f.head_w * 0.97, f.eye_y + 0.08, f.ear * 0.7, f.ear * 1.4), px),
+           skin * 0.88)
   # Head with spherical shading so it reads as a volume.
   r2 = np.clip((x / f.head_w) ** 2 + ((y - head_cy) / f.head_h) ** 2, 0, 1)
   shade = 0.72 + 0.28 * np.sqrt(1.0 - r2)
   head_alpha = _soft(head_d, px)
-  _paint(img, head_alpha, f.skin * shade[..., None])
+  _paint(img, head_alpha, skin * shade[..., None])
 
   if f.beard > 0:  # lower face below the cheeks
     beard_d = np.maximum(head_d + 0.01, f.mouth_y - 0.12 - y + 0.15 * (x / f.head_w) ** 2)
-    _paint(img, _soft(beard_d, px * 3) * f.beard, f.hair * 0.8)
-  def window(cx, cy, r):
-    """Pixel slices covering face-coordinate disc (cx, cy, r): small features touch only these."""
-    centre = shift + scale * np.array([cos * cx - sin * cy, sin * cx + cos * cy])
-    lo = np.floor((centre - scale * r + 1.0) / 2.0 * big - 1).astype(int).clip(0, big)
-    hi = np.ceil((centre + scale * r + 1.0) / 2.0 * big + 1).astype(int).clip(0, big)
-    return np.s_[lo[1]:hi[1], lo[0]:hi[0]]
-
+    _paint(img, _soft(beard_d, px * 3) * f.beard, hair * 0.8)
   # Eyes: sclera, iris, pupil, then the lid line; eyelids close a little now and then.
   blink = 0.25 if rng.random() < 0.08 else 1.0
   for side in (-1, 1):
@@ -182,34 +185,34 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
     white = _soft(eye, px)
     _paint(im, white, (0.94, 0.93, 0.9))
     gaze = rng.normal(0, 0.008)
-    _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.95, f.eye_h * 0.95), px), f.iris)
+    _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.95, f.eye_h * 0.95), px), iris)
     _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.4, f.eye_h * 0.4), px), (0.05,) * 3)
-    _paint(im, _soft(np.abs(eye) - 0.006, px) * (Y < f.eye_y), f.skin * 0.35)
+    _paint(im, _soft(np.abs(eye) - 0.006, px) * (Y < f.eye_y), skin * 0.35)
     # Brow: a thick band tilted up or down at the outer end.
     bx = (X - ex) * side
     by = Y - (f.eye_y - f.eye_h - f.brow_gap) + f.brow_tilt * bx + 0.6 * bx ** 2
     brow = np.maximum(np.abs(bx) - f.eye_w * 1.15, np.abs(by) - f.brow_t)
-    _paint(im, _soft(brow, px) * 0.9, f.hair * 0.7)
+    _paint(im, _soft(brow, px) * 0.9, hair * 0.7)
   # Nose: a shadow on one side and two nostrils.
   nose_y = f.eye_y + f.nose_len
   w = window(0.0, nose_y - f.nose_len * 0.4, f.nose_len * 0.7 + 0.05)
   X, Y, im = x[w], y[w], img[w]
   _paint(im, _soft(_ellipse(X, Y, 0.02, nose_y - f.nose_len * 0.4, 0.018, f.nose_len * 0.5), px * 4) * 0.35,
-         f.skin * 0.6)
+         skin * 0.6)
   for side in (-1, 1):
-    _paint(im, _soft(_ellipse(X, Y, side * 0.03, nose_y, 0.016, 0.01), px) * 0.7, f.skin * 0.45)
+    _paint(im, _soft(_ellipse(X, Y, side * 0.03, nose_y, 0.016, 0.01), px) * 0.7, skin * 0.45)
   # Mouth: expression opens it and lifts the corners.
   w = window(0.0, (nose_y + f.mouth_y) / 2, f.mouth_w * 1.2 + (f.mouth_y - nose_y) / 2 + 0.08)
   X, Y, im = x[w], y[w], img[w]
   if f.moustache > 0:
     moustache = _ellipse(X, Y, 0, (nose_y + f.mouth_y) / 2 + 0.01, f.mouth_w * 1.05, 0.025)
-    _paint(im, _soft(moustache, px * 2) * f.moustache, f.hair * 0.75)
+    _paint(im, _soft(moustache, px * 2) * f.moustache, hair * 0.75)
   open_ = max(0.0, rng.normal(0.3, 0.35))
   smile = rng.uniform(-0.2, 1.0)
   mx = X / f.mouth_w
   my = Y - f.mouth_y + smile * 0.035 * mx ** 2
-  lips = (np.sqrt(mx ** 2 + (my / (f.lip_t + 0.03 * open_)) ** 2) - 1.0) * f.lip_t
-  _paint(im, _soft(lips, px), f.lips)
+  lip_d = (np.sqrt(mx ** 2 + (my / (f.lip_t + 0.03 * open_)) ** 2) - 1.0) * f.lip_t
+  _paint(im, _soft(lip_d, px), lips)
   gap = (np.sqrt((mx / 0.85) ** 2 + (my / (0.004 + 0.03 * open_)) ** 2) - 1.0) * 0.01
   _paint(im, _soft(gap, px), (0.25, 0.08, 0.08))
 
@@ -223,7 +226,7 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
     top = np.minimum(top, np.maximum(sides, f.head_w * 0.78 - np.abs(x)))
   hair_alpha = _soft(top, px)
   streak = 1.0 + 0.06 * np.sin(60.0 * (x - f.part))  # strand texture
-  _paint(img, hair_alpha, f.hair * streak[..., None])
+  _paint(img, hair_alpha, hair * streak[..., None])
   if f.glasses:
     w = window(0.0, f.eye_y, f.eye_dx + f.eye_w * 1.6)
     X, Y, im = x[w], y[w], img[w]

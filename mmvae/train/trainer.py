@@ -117,12 +117,10 @@ class _Validator:
     return row
 
 
-def _first_nonfinite(metrics: dict):
-  terms = [k for k in metrics if k not in ("loss", "grad_norm")] + ["loss", "grad_norm"]
-  for k in terms:
-    if k in metrics and not np.isfinite(metrics[k]):
-      return k
-  return None
+def _nonfinite(metrics: dict) -> list[str]:
+  """Names of the non-finite numbers, loss terms first (the total and the gradient norm follow from them)."""
+  terms = sorted(k for k in metrics if k not in ("loss", "grad_norm")) + ["loss", "grad_norm"]
+  return [k for k in terms if k in metrics and not np.isfinite(metrics[k])]
 
 
 def train(config, data_dir, workdir) -> dict:
@@ -183,11 +181,12 @@ def train(config, data_dir, workdir) -> dict:
     """Fetches one step's metrics, stops on NaN/Inf, logs."""
     nonlocal last_metrics
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = _first_nonfinite(host)
-    if bad is not None:
+    bad = _nonfinite(host)
+    if bad:
       kept = ckpts.latest_step()
       raise NonFiniteError(
-          f"non-finite {bad}={host[bad]} at step {step}; stopped without saving. The last good checkpoint "
+          f"non-finite loss at step {step}: {', '.join(f'{k}={host[k]}' for k in bad)}; stopped without "
+          f"saving. The last good checkpoint "
           f"(step {kept}) is kept in {workdir / 'checkpoints'}; lower config.train.learning_rate or check the data")
     last_metrics = host
     if step % t.log_every == 0 or step == t.num_steps:

@@ -1,0 +1,139 @@
+"""The training loop end to end on a tiny prepared synthetic corpus: learning, resume after SIGKILL, NaN stop."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mmvae import config as config_lib
+from mmvae import data
+from mmvae.train import checkpoints, trainer
+
+OVERRIDES = ["train.num_steps=40", "train.checkpoint_every=8", "train.eval_every=20", "train.log_every=1",
+             "train.learning_rate=0.01"]
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+  from data_prep import prepare
+  out = tmp_path_factory.mktemp("synthetic") / "prepared"
+  prepare.prepare_synthetic(str(out), identities=4, seed=0, config="synthetic", workers=1)
+  return out
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  final = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
+  return workdir, final
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_workdir_and_loss_falls(full_run, dataset_dir):
+  workdir, final = full_run
+  for name in ("config.json", "run.json", "metrics.jsonl", "final.json"):
+    assert (workdir / name).is_file(), name
+  assert list((workdir / "tb").glob("events.out.tfevents*"))
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["data_dir"] == str(pathlib.Path(dataset_dir).absolute()) and run["devices"] == 4
+  assert final["step"] == 40 and set(final) >= {"losses", "samples_per_second", "elapsed_seconds", "params_sha256"}
+  terms = {"recon_audio_from_audio", "recon_face_from_face", "recon_face_from_audio", "recon_audio_from_face",
+           "kl_audio", "kl_face", "wasserstein", "loss"}
+  assert terms <= set(final["losses"])
+  train = [r for r in _rows(workdir) if r["split"] == "train"]
+  assert [r["step"] for r in train] == list(range(1, 41)) and all(terms <= set(r) for r in train)
+  val = [r for r in _rows(workdir) if r["split"] == "validation"]
+  assert [r["step"] for r in val] == [20, 40] and 0 < val[-1]["mrr_audio_to_face"] <= 1
+  first = np.mean([r["loss"] for r in train[:5]])
+  last = np.mean([r["loss"] for r in train[-5:]])
+  assert last < 0.85 * first, (first, last)
+  # The saved parameters are the ones final.json describes.
+  model, config, data_dir = checkpoints.load_run(workdir, which="last")
+  from flax import nnx
+  assert checkpoints.params_sha256(nnx.state(model, nnx.Param)) == final["params_sha256"]
+  assert data_dir == run["data_dir"] and config.train.num_steps == 40
+
+
+def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp_path):
+  _, final = full_run
+  workdir = tmp_path / "killed"
+  # The child is slowed down (a pause per batch) so the kill lands mid-run, after a checkpoint.
+  script = (
+      "import sys, time\n"
+      "from mmvae import config as c, data\n"
+      "from mmvae.train import trainer\n"
+      "real = data.batches\n"
+      "def slow(*a, **k):\n"
+      "  for b in real(*a, **k):\n"
+      "    time.sleep(0.3)\n"
+      "    yield b\n"
+      "data.batches = slow\n"
+      f"trainer.train(c.load('synthetic:tiny', {OVERRIDES!r}), sys.argv[1], sys.argv[2])\n")
+  child = subprocess.Popen([sys.executable, "-c", script, str(dataset_dir), str(workdir)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+      done = [int(p.name) for p in (workdir / "checkpoints" / "last").glob("[0-9]*") if p.name.isdigit()
+              and (p / "_CHECKPOINT_METADATA").exists()]
+      if done and max(done) >= 16:
+        break
+      time.sleep(0.2)
+    assert child.poll() is None, "the child finished or died before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+  finally:
+    if child.poll() is None:
+      child.kill()
+  assert not (workdir / "final.json").exists()
+  resumed = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
+  assert 16 <= resumed["resumed_from"] < 40
+  assert resumed["params_sha256"] == final["params_sha256"]
+  steps = [r["step"] for r in _rows(workdir) if r["split"] == "train"]
+  assert steps == list(range(1, 41))  # rows past the last checkpoint were dropped and redone
+
+
+def test_resume_with_a_different_config_fails_clearly(full_run, dataset_dir):
+  workdir, _ = full_run
+  with pytest.raises(ValueError, match=r"different config \(model.latent_dim: 8 -> 9"):
+    trainer.train(config_lib.load("synthetic:tiny", OVERRIDES + ["model.latent_dim=9"]), dataset_dir, workdir)
+
+
+def test_bad_config_and_mismatched_dataset_fail_at_start(dataset_dir, tmp_path):
+  with pytest.raises(ValueError, match="wasserstein"):
+    trainer.train(config_lib.load("synthetic:tiny", ["loss.wasserstein=emd"]), dataset_dir, tmp_path / "a")
+  with pytest.raises(ValueError, match="batch_size"):
+    trainer.train(config_lib.load("synthetic:tiny", ["train.batch_size=6"]), dataset_dir, tmp_path / "b")
+  with pytest.raises(ValueError, match="face_size"):
+    trainer.train(config_lib.load("reference:tiny"), dataset_dir, tmp_path / "c")
+  assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir, tmp_path, monkeypatch):
+  real = data.batches
+
+  def poisoned(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == 4:  # the batch of step 5 (steps count from 1)
+        batch = dict(batch, audio=np.where(np.arange(batch["audio"].shape[-1]) == 0, np.nan, batch["audio"]))
+      yield batch
+
+  monkeypatch.setattr(data, "batches", poisoned)
+  cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=2", "train.eval_every=100"])
+  with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*recon_audio_from_audio=nan.*checkpoint \(step 4\)"):
+    trainer.train(cfg, dataset_dir, tmp_path)
+  model, _, _ = checkpoints.load_run(tmp_path, which="last")
+  from flax import nnx
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "last").iterdir() if p.name.isdigit())
+  assert saved[-1] == 4
+  assert all(np.all(np.isfinite(np.asarray(v))) for _, v in nnx.state(model, nnx.Param).flat_state())
+  assert not (tmp_path / "final.json").exists()

@@ -247,34 +247,28 @@ def equal_error_rate(scores, same) -> float:
   return float(f0 + a * (f1 - f0))
 
 
-def pair_scores(query_PxD, gallery_PxD, score="cosine") -> np.ndarray:
-  """Scores of aligned pairs (row i of query with row i of gallery)."""
-  q, g = np.asarray(query_PxD, np.float64), np.asarray(gallery_PxD, np.float64)
-  if score == "cosine":
-    den = np.maximum(np.linalg.norm(q, axis=1), 1e-12) * np.maximum(np.linalg.norm(g, axis=1), 1e-12)
-    return (q * g).sum(1) / den
-  return -np.linalg.norm(q - g, axis=1)
-
-
 def verification(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
-                 exclude_self=False, max_pairs=4_000_000, seed=0) -> dict:
-  """ROC AUC and EER over (query, gallery) pairs: all of them, or a seeded uniform sample if too many."""
+                 exclude_self=False, max_pairs=4_000_000, seed=0, chunk_elems=1 << 20) -> dict:
+  """ROC AUC and EER over (query, gallery) pairs: all of them, or each kept with probability
+  max_pairs / (N*M) by a seeded generator when there are more (same pairs for any chunk size)."""
   q_lab, g_lab = np.asarray(query_labels), np.asarray(gallery_labels)
   n, m = len(query_NxD), len(gallery_MxD)
-  if n * m <= max_pairs:
-    i, j = (x.ravel() for x in np.meshgrid(np.arange(n), np.arange(m), indexing="ij"))
-    sampled = False
-  else:
-    rng = np.random.default_rng(seed)
-    i, j = rng.integers(0, n, max_pairs), rng.integers(0, m, max_pairs)
-    sampled = True
-  if exclude_self:
-    keep = i != j
-    i, j = i[keep], j[keep]
-  step = 1 << 20
-  s = np.concatenate([pair_scores(query_NxD[i[lo:lo + step]], gallery_MxD[j[lo:lo + step]], score)
-                      for lo in range(0, len(i), step)] or [np.zeros(0)])
-  same = q_lab[i] == g_lab[j]
-  return {"auc": roc_auc(s, same), "auc_chance": chance.AUC_CHANCE, "eer": equal_error_rate(s, same),
+  keep_p = min(1.0, max_pairs / float(n * m))
+  rng = np.random.default_rng(seed)
+  rows = max(1, chunk_elems // m)
+  scores, same = [], []
+  for lo in range(0, n, rows):
+    hi = min(n, lo + rows)
+    s = score_matrix(query_NxD[lo:hi], gallery_MxD, score)
+    keep = np.ones(s.shape, bool)
+    if exclude_self:
+      i = np.arange(lo, hi)
+      keep[i - lo, i] = False
+    if keep_p < 1.0:
+      keep &= rng.random(s.shape) < keep_p
+    scores.append(s[keep])
+    same.append((q_lab[lo:hi, None] == g_lab[None, :])[keep])
+  s, y = np.concatenate(scores), np.concatenate(same)
+  return {"auc": roc_auc(s, y), "auc_chance": chance.AUC_CHANCE, "eer": equal_error_rate(s, y),
           "eer_chance": chance.EER_CHANCE, "verification_pairs": int(len(s)),
-          "verification_pairs_sampled": sampled}
+          "verification_pairs_sampled": keep_p < 1.0}

@@ -1,0 +1,59 @@
+"""Every experiment config: the tiny variant trains one step, the full variant builds (abstractly) with sane shapes."""
+
+import functools
+import math
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmvae import config as config_lib
+from mmvae import models, modalities
+from mmvae.train import step as step_lib
+
+
+def input_shapes(cfg) -> dict:
+  """The shapes data_prep produces for cfg.data, computed here from the spectrogram recipe."""
+  d = cfg.data
+  win = int(d.sample_rate * d.window_ms / 1000)
+  hop = int(d.sample_rate * d.hop_ms / 1000)
+  frames = 1 + (d.segment_samples - win) // hop
+  audio = (d.n_bins,) if d.time_average else (frames, d.n_bins)
+  return {modalities.AUDIO: audio, modalities.FACE: (d.face_size, d.face_size, 1 if d.grayscale else 3)}
+
+
+def test_reference_frames():
+  assert input_shapes(config_lib.load("conv"))[modalities.AUDIO] == (297, 512)
+
+
+@pytest.mark.parametrize("name", config_lib.available())
+def test_tiny_variant_runs_one_step(name):
+  cfg = config_lib.load(f"{name}:tiny")
+  shapes = input_shapes(cfg)
+  model = models.build_model(cfg, shapes, seed=0)
+  tx = step_lib.make_optimizer(cfg.train)
+  graphdef, state = step_lib.init_state(model, tx)
+  rng = np.random.default_rng(0)
+  b = 2
+  batch = {m: rng.uniform(size=(b,) + shapes[m]).astype(np.float32) for m in modalities.MODALITIES}
+  step = jax.jit(functools.partial(step_lib.train_step, graphdef, tx, cfg))
+  new_state, metrics = step(state, batch, np.arange(b, dtype=np.int32))
+  assert int(new_state["step"]) == 1
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+@pytest.mark.parametrize("name", config_lib.available())
+def test_full_variant_builds_abstractly(name):
+  cfg = config_lib.load(name)
+  shapes = input_shapes(cfg)
+  abstract = nnx.eval_shape(lambda: models.build_model(cfg, shapes, seed=0))
+  params = nnx.state(abstract, nnx.Param)
+  sizes = {".".join(map(str, p)): v.shape for p, v in params.flat_state()}
+  z = cfg.model.latent_dim
+  for m in modalities.MODALITIES:
+    head = f"encoders.{m}.head.kernel"
+    assert sizes[head][-1] == 2 * z, head  # mean and log-variance
+  assert sizes["decoder.trunk.0.kernel"][0] == z
+  total = sum(math.prod(s) for s in sizes.values())
+  assert 10_000 < total < 30_000_000, (name, total)

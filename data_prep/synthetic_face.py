@@ -94,12 +94,12 @@ class Scene:
 
 def make_scene(face: Face, rng: np.random.Generator) -> Scene:
   """Draws one video's scene: muted background and mild light, so identity dominates the pixels."""
-  grey = rng.uniform(0.3, 0.75)
-  top = np.clip(grey + rng.normal(0, 0.06, 3), 0, 1)
+  grey = rng.uniform(0.4, 0.65)
+  top = np.clip(grey + rng.normal(0, 0.04, 3), 0, 1)
   # People keep to a clothing style: the identity's shirt colour, varied a little per video.
-  return Scene(background=np.stack([top, np.clip(top * rng.uniform(0.75, 1.05), 0, 1)]),
-               shirt=np.clip(face.shirt + rng.normal(0, 0.06, 3), 0, 1), light=rng.normal(0, 0.1, 2),
-               brightness=float(rng.uniform(0.92, 1.08)), white_balance=np.exp(rng.normal(0, 0.03, 3)),
+  return Scene(background=np.stack([top, np.clip(top * rng.uniform(0.85, 1.05), 0, 1)]),
+               shirt=np.clip(face.shirt + rng.normal(0, 0.06, 3), 0, 1), light=rng.normal(0, 0.07, 2),
+               brightness=float(rng.uniform(0.94, 1.06)), white_balance=np.exp(rng.normal(0, 0.03, 3)),
                zoom=float(rng.uniform(1.08, 1.18)))
 
 
@@ -131,7 +131,7 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
   # Per-frame pose: shift, roll and scale, applied as the inverse map from image to face coordinates.
   angle = float(rng.normal(0, 0.07))
   scale = float(scene.zoom * np.exp(rng.normal(0, 0.03)))
-  shift = [float(v) for v in rng.normal(0, 0.035, 2)]
+  shift = [float(v) for v in rng.normal(0, 0.025, 2)]
   cos, sin = float(np.cos(angle)), float(np.sin(angle))
   x = (cos * (xs - shift[0]) + sin * (ys - shift[1])) / scale
   y = (-sin * (xs - shift[0]) + cos * (ys - shift[1])) / scale

@@ -1,0 +1,96 @@
+"""Train-step throughput of the reference and conv configs: step time, samples/s, FLOPs, data wait.
+
+  python benchmarks/train_throughput.py --batch-sizes 8,32 --steps 10 [--tiny] [--data DIR]
+
+FLOPs per sample come from XLA's cost analysis of the compiled step (forward + backward + Adam).
+The data wait is the time blocked on the batch iterator over the total, with a prefetching
+iterator over in-memory random arrays (or a prepared dataset via --data, through mmvae.data.batches).
+"""
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from mmvae import config as config_lib
+from mmvae import models, modalities
+from mmvae.train import parallel
+from mmvae.train import step as step_lib
+
+
+def _shapes(cfg):
+  d = cfg.data
+  frames = 1 + (d.segment_samples - int(d.sample_rate * d.window_ms / 1000)) // int(d.sample_rate * d.hop_ms / 1000)
+  audio = (d.n_bins,) if d.time_average else (frames, d.n_bins)
+  return {modalities.AUDIO: audio, modalities.FACE: (d.face_size, d.face_size, 1 if d.grayscale else 3)}
+
+
+def _random_batches(shapes, batch_size, seed=0):
+  rng = np.random.default_rng(seed)
+  pool = {m: rng.uniform(size=(4 * batch_size,) + s).astype(np.float32) for m, s in shapes.items()}
+  step = 0
+  while True:
+    idx = (np.arange(batch_size) + step * batch_size) % (4 * batch_size)
+    yield {m: pool[m][idx] for m in pool}
+    step += 1
+
+
+def measure(name, batch_size, steps, tiny, data_dir=None, mode="pmap"):
+  cfg = config_lib.load(f"{name}:tiny" if tiny else name, [f"train.batch_size={batch_size}"])
+  if data_dir:
+    from mmvae import data
+    dataset = data.Dataset(data_dir)
+    dataset.check_config(cfg)
+    shapes = dataset.input_shapes()
+    it = data.batches(dataset, "train", batch_size, seed=0, prefetch=cfg.train.prefetch)
+  else:
+    shapes = _shapes(cfg)
+    it = _random_batches(shapes, batch_size)
+  model = models.build_model(cfg, shapes, seed=0)
+  tx = step_lib.make_optimizer(cfg.train)
+  graphdef, state = step_lib.init_state(model, tx)
+  runner = parallel.Runner(graphdef, tx, cfg, mode)
+  dev_state = runner.put_state(jax.tree.map(np.asarray, state))
+  first = next(it)
+  cost = runner.lower(dev_state, first).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # pmap's cost is per device program: scale to the global batch.
+  flops = float(cost.get("flops", 0.0)) * (len(runner.local_devices) if mode == "pmap" else 1)
+  dev_state, m = runner.step(dev_state, first)  # compile and warm up
+  jax.block_until_ready(m)
+  wait = 0.0
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    t = time.perf_counter()
+    batch = next(it)
+    wait += time.perf_counter() - t
+    dev_state, m = runner.step(dev_state, batch)
+  jax.block_until_ready((dev_state, m))
+  total = time.perf_counter() - t0
+  step_s = total / steps
+  return {"config": cfg.name, "batch": batch_size, "step_ms": 1000 * step_s, "samples_per_s": batch_size / step_s,
+          "mflop_per_sample": flops / batch_size / 1e6, "gflop_per_s": flops / step_s / 1e9,
+          "data_wait": wait / total}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--configs", default="reference,conv")
+  p.add_argument("--batch-sizes", default="8,32")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--tiny", action="store_true", help="tiny model variants (CPU smoke runs)")
+  p.add_argument("--data", default=None, help="a prepared dataset to read batches from (must fit the config)")
+  p.add_argument("--parallel", default="pmap", choices=parallel.MODES)
+  args = p.parse_args(argv)
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; parallel={args.parallel}")
+  cols = ("config", "batch", "step_ms", "samples_per_s", "mflop_per_sample", "gflop_per_s", "data_wait")
+  print(" | ".join(f"{c:>16}" for c in cols))
+  for name in args.configs.split(","):
+    for b in (int(x) for x in args.batch_sizes.split(",")):
+      row = measure(name, b, args.steps, args.tiny, args.data, args.parallel)
+      print(" | ".join(f"{row[c]:>16.4g}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in cols), flush=True)
+
+
+if __name__ == "__main__":
+  main()

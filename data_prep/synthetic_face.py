@@ -76,7 +76,7 @@ def make_face(attrs: dict, rng: np.random.Generator) -> Face:
       nose_len=float(rng.uniform(0.15, 0.24)), mouth_w=float(rng.uniform(0.11, 0.17) * width),
       mouth_y=float(rng.uniform(0.3, 0.38)), lip_t=float(rng.uniform(0.025, 0.04) * (0.8 if male else 1.2)),
       beard=beard, moustache=float(rng.random() < 0.5) * 0.8 if male else 0.0,
-      glasses=bool(rng.random() < 0.25), ear=float(rng.uniform(0.06, 0.09)),
+      glasses=attrs["glasses"] == "yes", ear=float(rng.uniform(0.06, 0.09)),
       neck_w=float(rng.uniform(0.22, 0.28) * width * (1.12 if male else 0.95)),
       shirt=rng.uniform(0.1, 0.85, 3))
 

@@ -211,3 +211,14 @@ def test_refuses_foreign_folder_and_replaces_its_own(tmp_path):
   synthetic.generate_corpus(root, identities=2, seed=4, **tiny)
   assert sorted(p.name for p in (root / "wav").iterdir()) == ["id90001", "id90002"]
   assert len(list((root / "faces").iterdir())) == 2
+
+
+def test_glasses_attribute_draws_dark_frames_around_the_eyes():
+  base = dict(sex="m", age="adult", size="medium", skin="light", hair_color="blond", hair_length="short")
+  dark = {}
+  for glasses in ("no", "yes"):
+    face = synthetic_face.make_face(dict(base, glasses=glasses), np.random.default_rng(2))
+    scene = synthetic_face.make_scene(face, np.random.default_rng(3))
+    img = synthetic_face.render(face, scene, np.random.default_rng(4))
+    dark[glasses] = (img[30:55, 15:81].max(axis=-1) < 60).mean()  # eye band: near-black pixels
+  assert dark["yes"] > dark["no"] + 0.02

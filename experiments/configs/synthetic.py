@@ -13,13 +13,15 @@ def get_config(variant: str = ""):
   c.model.latent_dim = 32
   c.model.hidden = (256, 128)
   c.train.batch_size = 64
-  c.train.num_steps = 3000
+  c.train.num_steps = 2000
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 100
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
-  c.loss.kl_weight = 0.1
+  # A full-weight KL regularises the latents enough that voice and face clusters of unseen videos
+  # still meet (validation MRR ~0.6 vs ~0.53 with kl_weight 0.1, which overfits the 216 utterances).
+  c.loss.kl_weight = 1.0
   c.loss.kl_anneal_steps = 500
   if variant == "tiny":
     c.name = "synthetic_tiny"

@@ -9,10 +9,10 @@ from data_prep import synthetic_face
 from experiments.configs import synthetic
 from mmvae.analysis import coherence, generation
 
-PEOPLE = [dict(sex="m", size="large", age="adult", hair_color="black", skin="light", hair_length="short"),
-          dict(sex="f", size="small", age="young", hair_color="blond", skin="dark", hair_length="long"),
-          dict(sex="m", size="medium", age="senior", hair_color="brown", skin="medium", hair_length="short"),
-          dict(sex="f", size="medium", age="adult", hair_color="red", skin="light", hair_length="long")]
+PEOPLE = [dict(sex="m", size="large", age="adult", hair_color="black", skin="light", hair_length="short", glasses="no"),
+          dict(sex="f", size="small", age="young", hair_color="blond", skin="dark", hair_length="long", glasses="yes"),
+          dict(sex="m", size="medium", age="senior", hair_color="brown", skin="medium", hair_length="short", glasses="yes"),
+          dict(sex="f", size="medium", age="adult", hair_color="red", skin="light", hair_length="long", glasses="no")]
 
 
 def _faces(seed, per_identity):

@@ -145,8 +145,8 @@ def _write_identity(job: dict) -> None:
       Image.fromarray(img).save(face_dir / f"{(first_second + k) * FPS:07d}.jpg", quality=90)
 
 
-def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "closed", videos_per_identity: int = 5,
-                    utterances_per_video: int = 3, frames_per_video: int = 4, utterance_seconds: float = 3.2,
+def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "closed", videos_per_identity: int = 7,
+                    utterances_per_video: int = 4, frames_per_video: int = 4, utterance_seconds: float = 3.2,
                     progress: bool = True, workers: int = 0) -> pathlib.Path:
   """Writes the synthetic corpus to root in VoxCeleb1 layout (wav/, faces/, iden_split.txt, vox1_meta.csv)."""
   _check_args(identities, split, videos_per_identity, utterances_per_video, frames_per_video, utterance_seconds)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state (last K and best by validation loss) and loading a finished run."""
+"""Orbax checkpoints of the train state (last K, and best by validation cross-modal MRR) and loading a finished run."""
 
 import hashlib
 import json
@@ -57,26 +57,30 @@ def params_sha256(params) -> str:
 
 
 class Checkpoints:
-  """Two Orbax managers under workdir/checkpoints: `last` keeps the newest K, `best` the lowest validation loss."""
+  """Two Orbax managers under workdir/checkpoints: `last` keeps the newest K, `best` the highest validation score.
+
+  The score is the mean validation cross-modal MRR: the validation loss bottoms out early (cross
+  reconstruction overfits) while retrieval, what the toolkit is for, keeps improving.
+  """
 
   def __init__(self, workdir, keep: int):
     root = pathlib.Path(workdir).absolute() / "checkpoints"
     self.last = ocp.CheckpointManager(root / LAST, options=ocp.CheckpointManagerOptions(max_to_keep=max(1, keep)))
     self.best = ocp.CheckpointManager(
-        root / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["loss"], best_mode="min"))
+        root / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max"))
 
   def latest_step(self):
     return self.last.latest_step()
 
-  def save(self, step: int, host_state, val_loss=None) -> None:
-    """Saves the last checkpoint (and the best one when a validation loss is given); waits until written."""
+  def save(self, step: int, host_state, val_score=None) -> None:
+    """Saves the last checkpoint (and the best one when a validation score is given); waits until written."""
     flat = flatten(host_state)
     self.last.save(step, args=ocp.args.StandardSave(flat), force=True)
-    if val_loss is not None and np.isfinite(val_loss):
+    if val_score is not None and np.isfinite(val_score):
       best = self.best.best_step()
-      best_loss = self.best.metrics(best)["loss"] if best is not None else np.inf
-      if val_loss < best_loss:
-        self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"loss": float(val_loss)}, force=True)
+      best_score = self.best.metrics(best)["score"] if best is not None else -np.inf
+      if val_score > best_score:
+        self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"score": float(val_score)}, force=True)
     self.last.wait_until_finished()
     self.best.wait_until_finished()
 

@@ -225,14 +225,14 @@ def train(config, data_dir, workdir) -> dict:
         raise NonFiniteError(f"parameter {bad[0]} became non-finite after step {done} (loss terms were finite); "
                              f"stopped without saving; the last good checkpoint (step {ckpts.latest_step()}) is "
                              "kept; lower config.train.learning_rate or config.train.grad_clip")
-      val_loss = None
+      val_score = None
       if due_eval:
         last_val = validator(host["params"])
         if last_val is not None:
           log.row({"step": done, "split": "validation", **last_val})
-          val_loss = last_val["loss"]
+          val_score = 0.5 * (last_val["mrr_audio_to_face"] + last_val["mrr_face_to_audio"])
       if due_ckpt:
-        ckpts.save(done, host, val_loss=val_loss)
+        ckpts.save(done, host, val_score=val_score)
       if stop["signal"] is not None:
         bar.close()
         print(f"mmvae train: received SIGTERM; saved step {done} to {workdir / 'checkpoints'}; "

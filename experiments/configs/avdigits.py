@@ -20,12 +20,7 @@ def get_config(variant: str = ""):
     c.name = "avdigits_tiny"
     c.model.hidden = (32, 16)
     c.model.latent_dim = 4
-    c.train.batch_size = 8
-    c.train.num_steps = 4
-    c.train.warmup_steps = 1
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.train.checkpoint_every = 2
+    common.tiny_training(c, batch_size=8, num_steps=4, every=2)
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} of avdigits.py; use '' or 'tiny'")
+    raise common.unknown_variant("avdigits.py", variant)
   return c

@@ -67,3 +67,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.analysis.tsne_perplexity = -1.0  # <= 0: adapt to the set size
   c.analysis.seed = 0
   return c
+
+
+def tiny_training(c: ml_collections.ConfigDict, batch_size: int, num_steps: int, every: int) -> None:
+  """The training settings every `:tiny` variant shares: a few steps, logging and saving often."""
+  c.train.batch_size = batch_size
+  c.train.num_steps = num_steps
+  c.train.warmup_steps = 1
+  c.train.log_every = 1
+  c.train.eval_every = every
+  c.train.checkpoint_every = every
+
+
+def unknown_variant(file: str, variant: str) -> ValueError:
+  return ValueError(f"unknown variant {variant!r} of {file}; use '' or 'tiny'")

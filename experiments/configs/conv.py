@@ -24,12 +24,7 @@ def get_config(variant: str = ""):
     c.name = "conv_tiny"
     c.model.conv_channels = (4, 8)
     c.model.latent_dim = 8
-    c.train.batch_size = 4
-    c.train.num_steps = 2
-    c.train.warmup_steps = 1
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.train.checkpoint_every = 2
+    common.tiny_training(c, batch_size=4, num_steps=2, every=2)
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} of conv.py; use '' or 'tiny'")
+    raise common.unknown_variant("conv.py", variant)
   return c

@@ -19,12 +19,7 @@ def get_config(variant: str = ""):
     c.name = "reference_tiny"
     c.model.hidden = (32, 16)
     c.model.latent_dim = 8
-    c.train.batch_size = 8
-    c.train.num_steps = 4
-    c.train.warmup_steps = 1
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.train.checkpoint_every = 2
+    common.tiny_training(c, batch_size=8, num_steps=4, every=2)
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} of reference.py; use '' or 'tiny'")
+    raise common.unknown_variant("reference.py", variant)
   return c

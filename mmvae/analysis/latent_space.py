@@ -10,7 +10,7 @@ from sklearn import cluster, manifold, metrics, neighbors  # noqa: E402
 from mmvae.analysis import retrieval  # noqa: E402
 
 DPI = 120
-MAX_LEGEND = 20  # beyond this a legend hides the plot; colours still separate identities
+MAX_LEGEND = 48  # beyond this a legend hides the plot; colours still separate identities
 
 
 def adapted_perplexity(n: int, perplexity: float = -1.0) -> float:
@@ -95,7 +95,7 @@ def nearest_identities(face_mu, audio_mu, labels, top: int = 5, score: str = "co
 
 def _legend(ax, n):
   if n <= MAX_LEGEND:
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, ncol=1 + n // 20)
 
 
 def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str) -> None:

@@ -195,6 +195,13 @@ def normalise_per_bin(spec_TxF, eps=1e-5):
   return (spec_TxF - mean_F) / np.maximum(std_F, eps)
 
 
+def apply_normalisation(features, normalisation):
+  """Standardises time-averaged features with the dataset's per-bin train statistics (manifest['audio_normalisation'])."""
+  mean = np.asarray(normalisation["mean"], np.float64)
+  std = np.asarray(normalisation["std"], np.float64)
+  return ((np.asarray(features, np.float64) - mean) / std).astype(np.float32)
+
+
 def feature_shape(data_cfg):
   """Shape `utterance_features` returns for this config, computed without audio."""
   _, frame_len, hop = _settings(data_cfg)

@@ -127,7 +127,7 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, out, config, strict: bo
       normalisation = {"mean": mean.tolist(), "std": std.tolist()}
 
       def split_fn(s):
-        return lambda: (_record(specs[i], ((a - mean) / std).astype(np.float32), f) for i, a, f in kept[s])
+        return lambda: (_record(specs[i], audio.apply_normalisation(a, normalisation), f) for i, a, f in kept[s])
       split_examples = {s: split_fn(s) for s in kept if kept[s]}
     else:
       # Full [T, F] spectrograms can outgrow memory: stream them from the pool straight into TFDS.

@@ -168,7 +168,7 @@ def voice_features(wav, data_cfg, manifest: dict, seed: int = 0) -> np.ndarray:
   feats = audio.utterance_features(str(wav), data_cfg, train=False, rng=np.random.default_rng(seed))
   norm = manifest.get("audio_normalisation")
   if data_cfg.time_average and norm:
-    feats = (feats - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    feats = audio.apply_normalisation(feats, norm)  # the very transform preparation applied
   return np.asarray(feats, np.float32)
 
 

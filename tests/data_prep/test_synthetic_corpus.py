@@ -176,13 +176,18 @@ def test_faces_carry_skin_tone(corpus):
   assert dark and light and max(dark) + 0.15 < min(light)
 
 
+def _render(attrs, face_seed, scene_seed, frame_seeds):
+  """Frames of one face whose attributes are set by hand, with fixed seeds."""
+  face = synthetic_face.make_face(attrs, np.random.default_rng(face_seed))
+  scene = synthetic_face.make_scene(face, np.random.default_rng(scene_seed))
+  return [synthetic_face.render(face, scene, np.random.default_rng(k)) for k in frame_seeds]
+
+
 def test_hair_colour_reaches_the_pixels():
   base = dict(sex="f", age="young", size="medium", skin="medium", hair_length="short", glasses="no")
   top = {}
   for colour in ("black", "blond"):
-    face = synthetic_face.make_face(dict(base, hair_color=colour), np.random.default_rng(5))
-    scene = synthetic_face.make_scene(face, np.random.default_rng(6))
-    imgs = [synthetic_face.render(face, scene, np.random.default_rng(k)) for k in range(3)]
+    imgs = _render(dict(base, hair_color=colour), 5, 6, range(3))
     top[colour] = np.mean([img[18:26, 36:60].mean() for img in imgs])  # crown of the head
   assert top["blond"] > top["black"] + 80
 
@@ -217,8 +222,6 @@ def test_glasses_attribute_draws_dark_frames_around_the_eyes():
   base = dict(sex="m", age="adult", size="medium", skin="light", hair_color="blond", hair_length="short")
   dark = {}
   for glasses in ("no", "yes"):
-    face = synthetic_face.make_face(dict(base, glasses=glasses), np.random.default_rng(2))
-    scene = synthetic_face.make_scene(face, np.random.default_rng(3))
-    img = synthetic_face.render(face, scene, np.random.default_rng(4))
+    [img] = _render(dict(base, glasses=glasses), 2, 3, [4])
     dark[glasses] = (img[30:55, 15:81].max(axis=-1) < 60).mean()  # eye band: near-black pixels
   assert dark["yes"] > dark["no"] + 0.02

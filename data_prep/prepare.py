@@ -1,10 +1,16 @@
-"""`mmvae prep`: corpus layout -> per-example features on all cores -> TFDS array_record + manifest.json."""
+"""`mmvae prep`: corpus layout -> per-example features on all cores -> TFDS array_record + manifest.json.
+
+Everything that can be checked cheaply (arguments, config, the output folder) is checked before the
+slow work; the dataset is built beside OUT and swapped in only when complete (storage.Build).
+"""
 
 import io
 import multiprocessing
 import os
 import pathlib
+import sys
 import time
+import warnings
 
 import ml_collections
 import numpy as np
@@ -38,12 +44,28 @@ def _face(spec: dict, data_cfg) -> np.ndarray:
     Image.fromarray(np.asarray(spec["face_image"], np.uint8)).save(buf, format="PNG")
     one = faces.load_face(buf.getvalue(), size, bool(data_cfg.grayscale))
     return np.repeat(one[None], k, axis=0)
-  return faces.face_stack(spec["faces"], k, size, bool(data_cfg.grayscale))
+  return faces.face_stack(spec["faces"], k, size, bool(data_cfg.grayscale), spec.get("frame_shift", 0.5))
 
 
 def _extract(task):
-  """Worker: (index, spec, data_cfg, strict) -> (index, audio, face, skip record or None)."""
+  """Worker: (index, spec, data_cfg, strict) -> (index, audio, face, skip record or None, warning records)."""
   index, spec, data_cfg, strict = task
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    index, audio_features, face, skip = _extract_one(index, spec, data_cfg, strict)
+  notes = []
+  for w in caught:
+    if issubclass(w.category, (audio.AudioWarning, faces.FaceWarning)):
+      # Inputs changed to fit (resampled up, clipped, padded, upscaled): recorded in manifest['warnings'].
+      face_path = str(pathlib.Path(spec["faces"][0]).parent) if spec.get("faces") else spec["id"]
+      notes.append({"path": spec["wav"] if issubclass(w.category, audio.AudioWarning) else face_path,
+                    "warning": str(w.message)})
+    else:
+      warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+  return index, audio_features, face, skip, notes
+
+
+def _extract_one(index, spec, data_cfg, strict):
   # Seeded by (data seed, example index): the result does not depend on the worker count.
   rng = np.random.default_rng((int(data_cfg.seed), index))
   train = spec["split"] == "train"  # random crops for training, centred crops elsewhere
@@ -92,14 +114,25 @@ class _Extractor:
     yield from tqdm.tqdm(results, total=len(tasks), desc=desc, unit="utt", dynamic_ncols=True)
 
 
-def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, out, config, strict: bool, workers: int,
-             notes: list[str]) -> dict:
-  """Shared back half of every prep: features for every spec, normalisation, TFDS write, manifest."""
-  start = time.time()
+def _checked_config(config):
+  """(config, audio shape, face shape): a config that cannot give features fails before any work."""
   config = _load_config(config)
+  return config, tuple(audio.feature_shape(config.data)), _face_shape(config.data)
+
+
+def _moved(records: list[dict], build: pathlib.Path, out: pathlib.Path) -> list[dict]:
+  """Records naming files inside the build folder (the synthetic corpus), renamed to where they end up."""
+  def move(path):
+    return str(out / pathlib.Path(path).relative_to(build)) if pathlib.Path(path).is_relative_to(build) else path
+  return [dict(r, path=move(r["path"])) for r in records]
+
+
+def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, config, strict: bool, workers: int,
+             notes: list[str]) -> dict:
+  """Shared back half of every prep: features for every spec, normalisation, TFDS write, manifest, swap."""
+  start = time.time()
+  config, audio_shape, face_shape = _checked_config(config)
   data_cfg = config.data
-  audio_shape, face_shape = tuple(audio.feature_shape(data_cfg)), _face_shape(data_cfg)
-  out = storage.start_build(out)  # the old manifest goes first, before any slow work
   tasks = {s: [] for s in SPLITS}
   for index, spec in enumerate(corpus.examples):
     tasks[spec["split"]].append((index, spec, data_cfg, strict))
@@ -107,7 +140,18 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, out, config, strict: bo
   if not tasks:
     raise ValueError(f"no usable examples found for {corpus_name}; skipped: {corpus.skipped[:5]}")
   specs = corpus.examples
-  skipped = list(corpus.skipped)
+  # Paths inside the build folder (the synthetic corpus) are recorded where they will be after the swap.
+  skipped, changed = _moved(corpus.skipped, build.path, build.out), []
+
+  seen = set()
+
+  def keep(skip, notes_) -> bool:
+    for note in _moved(notes_, build.path, build.out):
+      if (note["path"], note["warning"]) not in seen:  # frames shared by utterances warn once, not per utterance
+        seen.add((note["path"], note["warning"]))
+        changed.append(note)
+    skipped.extend(_moved([skip] if skip else [], build.path, build.out))
+    return not skip
   normalisation = None
 
   with _Extractor(workers) as extractor:
@@ -115,10 +159,8 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, out, config, strict: bo
       # Small [F] vectors: keep them all, then standardise every split with the train split's per-bin stats.
       kept = {s: [] for s in tasks}
       for s, split_tasks in tasks.items():
-        for index, a, f, skip in extractor.map(split_tasks, f"{corpus_name} {s}"):
-          if skip:
-            skipped.append(skip)
-          else:
+        for index, a, f, skip, notes_ in extractor.map(split_tasks, f"{corpus_name} {s}"):
+          if keep(skip, notes_):
             kept[s].append((index, a, f))
       if not kept.get("train"):
         raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
@@ -133,18 +175,19 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, out, config, strict: bo
       # Full [T, F] spectrograms can outgrow memory: stream them from the pool straight into TFDS.
       def split_fn(s):
         def generate():
-          for index, a, f, skip in extractor.map(tasks[s], f"{corpus_name} {s}"):
-            if skip:
-              skipped.append(skip)
-            else:
+          for index, a, f, skip, notes_ in extractor.map(tasks[s], f"{corpus_name} {s}"):
+            if keep(skip, notes_):
               yield _record(specs[index], a, f)
         return generate
       split_examples = {s: split_fn(s) for s in tasks}
 
     manifest = {"config": config.name, "data_config": data_cfg.to_dict(), "audio_normalisation": normalisation,
                 "identities": corpus.identities, "attributes": corpus.attributes, "skipped": skipped,
-                "notes": notes}
-    manifest = storage.write_dataset(out, corpus_name, split_examples, audio_shape, face_shape, manifest)
+                "warnings": changed, "notes": notes}
+    if corpus.split_policy:
+      manifest["split_policy"] = corpus.split_policy
+    manifest = storage.write_dataset(build.path, corpus_name, split_examples, audio_shape, face_shape, manifest)
+  out = build.commit()
   _summary(manifest, out, time.time() - start)
   return manifest
 
@@ -153,30 +196,57 @@ def _summary(manifest: dict, out: pathlib.Path, seconds: float) -> None:
   splits = ", ".join(f"{s} {v['examples']}" for s, v in manifest["splits"].items())
   feats = manifest["features"]
   print(f"prepared {manifest['corpus']} ({manifest['config']}): {splits}; skipped {len(manifest['skipped'])}; "
+        f"inputs changed to fit {len(manifest['warnings'])} (manifest warnings); "
         f"audio {feats['audio']['shape']} face {feats['face']['shape']}; {len(manifest['identities'])} identities; "
         f"-> {out} in {seconds:.1f} s")
 
 
 def prepare_voxceleb1(root, out, config="reference", strict: bool = False, workers: int = 0,
-                      corpus: str = "voxceleb1") -> dict:
+                      corpus: str = "voxceleb1", split_policy: str = "closed") -> dict:
   """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT."""
-  layout = voxceleb1.list_examples(root, strict=strict)
+  config = _checked_config(config)[0]
+  with storage.Build(out) as build:
+    layout, notes = _vox_layout(root, strict, corpus, split_policy)
+    return _prepare(layout, corpus, build, config, strict, workers, notes)
+
+
+def _vox_layout(root, strict: bool, corpus: str, split_policy: str) -> tuple[voxceleb1.Corpus, list[str]]:
+  """The corpus's example specs and the manifest notes: conventions, split policy, split warnings."""
+  layout = voxceleb1.list_examples(root, strict=strict, split_policy=split_policy)
   notes = [f"{corpus}: label = index of the identity in the sorted list of identities present; faces per "
-           "utterance (unzippedIntervalFaces) when present, else per video (faces/)"]
-  return _prepare(layout, corpus, out, config, strict, workers, notes)
+           "utterance (unzippedIntervalFaces) when present, else per video (faces/)",
+           voxceleb1.SPLIT_NOTES[split_policy]]
+  for warning in voxceleb1.split_warnings(layout.examples):
+    print(f"mmvae prep: warning: {warning}", file=sys.stderr)
+    notes.append(f"warning: {warning}")
+  return layout, notes
 
 
 def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict: bool = False,
                      workers: int = 0) -> dict:
   """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
-  layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict)
-  return _prepare(layout, "avdigits", out, config, strict, workers, [avdigits.NOTES + f" (seed {seed})"])
+  config = _checked_config(config)[0]
+  with storage.Build(out) as build:
+    layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict)
+    return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed})"])
 
 
 def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "closed", config="synthetic",
                       workers: int = 0) -> dict:
-  """Generates the synthetic corpus into OUT/raw, then prepares it like VoxCeleb1."""
+  """Generates the synthetic corpus into OUT/raw, then prepares it like VoxCeleb1.
+
+  A killed run leaves its build folder beside OUT; the rerun takes a finished corpus from it instead
+  of generating it again.
+  """
   from data_prep import synthetic  # written alongside; imported late so other corpora do not need it
-  out = storage.start_build(out)
-  root = synthetic.generate_corpus(out / "raw", identities=identities, seed=seed, split=split, workers=workers)
-  return prepare_voxceleb1(root, out, config=config, strict=False, workers=workers, corpus="synthetic")
+  args = dict(identities=identities, seed=seed, split=split)
+  synthetic.check_args(**args)
+  config = _checked_config(config)[0]
+  with storage.Build(out, keep_on_error=True) as build:
+    raw = build.path / "raw"
+    if build.adopt("raw", lambda root: synthetic.is_corpus(root, **args)):
+      print(f"reusing the synthetic corpus generated by an interrupted run -> {build.out / 'raw'}")
+    else:
+      synthetic.generate_corpus(raw, workers=workers, **args)
+    layout, notes = _vox_layout(raw, False, "synthetic", "closed")  # the corpus's own iden_split.txt
+    return _prepare(layout, "synthetic", build, config, False, workers, notes)

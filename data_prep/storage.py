@@ -1,23 +1,29 @@
 """Prepared-dataset storage: a TFDS array_record builder directory, then manifest.json written last.
 
-The manifest is the completion marker: it is removed before a build starts and written atomically
-(tmp file + os.replace) only after TFDS has finished, so an interrupted run never leaves a dataset
-that looks complete; rerunning deletes the partial build and starts over.
+Prep never works inside OUT: `Build` makes a fresh folder beside it (`.OUT.partial-PID@HOST`), prep
+fills it, and only a complete dataset is swapped in for OUT (old renamed away, new renamed in, old
+deleted). An interrupted or failed prep leaves the previous dataset untouched. OUT is refused before
+any work when it is a file, unwritable, or a non-empty folder that holds no mmvae dataset.
 """
 
+import hashlib
 import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import shutil
 from typing import Callable, Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmvae import locks
+
 FORMAT = "mmvae-prepared/1"
 VERSION = "1.0.0"
 MANIFEST = "manifest.json"
+MARKER = ".mmvae-build"  # in every folder prep builds: tells an interrupted mmvae build from a user's folder
 TEXT_FEATURES = ("id", "identity", "video", "gender")
 
 
@@ -47,6 +53,13 @@ class _PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     features.update({name: tfds.features.Text() for name in TEXT_FEATURES})
     return tfds.core.DatasetInfo(builder=self, description="mmvae prepared dataset; see manifest.json",
                                  features=tfds.features.FeaturesDict(features), disable_shuffling=True)
+
+  # TFDS prints where it prepared the data: the build folder, which prep renames to OUT (its summary names OUT).
+  def _log_download_bytes(self):
+    pass
+
+  def _log_download_done(self):
+    pass
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(split) for split in self._split_examples}
@@ -93,28 +106,138 @@ def write_json_atomic(path, obj) -> None:
   os.replace(tmp, path)
 
 
-def start_build(out) -> pathlib.Path:
-  """Marks OUT incomplete (manifest removed first) and deletes any previous or partial TFDS build."""
-  out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / MANIFEST).unlink(missing_ok=True)
-  shutil.rmtree(out / "tfds", ignore_errors=True)
+def _is_own(folder: pathlib.Path) -> bool:
+  """Whether prep may replace a folder: empty, a prepared dataset, or a build it left behind."""
+  if not any(folder.iterdir()) or (folder / MARKER).is_file():
+    return True
+  try:
+    return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def check_out(out) -> pathlib.Path:
+  """OUT as an absolute path, or ValueError when prep must not write or replace it; checked before any work."""
+  out = pathlib.Path(os.path.realpath(out))  # a symlinked OUT: build beside the folder it points to
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out} is a file, not a folder")
+  if out.is_dir() and not _is_own(out):
+    raise ValueError(f"--out {out} is not empty and holds no mmvae dataset (no {MANIFEST}); prep replaces only "
+                     "its own datasets: choose an empty or new folder")
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create {out.parent} for --out: {e.strerror}") from None
+  for folder in (out.parent, out) if out.is_dir() else (out.parent,):
+    if not os.access(folder, os.W_OK | os.X_OK):
+      raise ValueError(f"--out {out}: {folder} is not writable")
   return out
+
+
+def _killed_builds(out: pathlib.Path) -> list[pathlib.Path]:
+  """Leftover build folders of OUT (`.OUT.partial-PID@HOST`, `.OUT.old-PID@HOST`) of gone processes, newest first."""
+  found = []
+  for p in out.parent.iterdir():
+    m = re.fullmatch(rf"\.{re.escape(out.name)}\.(partial|old)-(\d+)@(.+)", p.name)
+    if m and p.is_dir() and not locks.is_running({"pid": int(m[2]), "host": m[3]}):
+      found.append(p)
+  return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+class Build:
+  """A fresh folder beside OUT that prep fills; `commit` swaps it in for OUT, leaving nothing half-done.
+
+  Leftovers of killed builds into the same OUT (their process gone) are removed after a commit; until
+  then `adopt` can move finished parts out of them (the synthetic corpus).
+  """
+
+  def __init__(self, out, keep_on_error: bool = False):
+    self.out = check_out(out)
+    me = locks.this_process()
+    self.path = self.out.parent / f".{self.out.name}.partial-{me['pid']}@{me['host']}"
+    self.keep_on_error = keep_on_error
+    self.stale = _killed_builds(self.out)
+    try:
+      self.path.mkdir()
+    except OSError as e:
+      raise ValueError(f"cannot create a build folder beside --out {self.out}: {e.strerror}") from None
+    (self.path / MARKER).write_text(json.dumps(me) + "\n")
+
+  def adopt(self, name: str, accept: Callable[[pathlib.Path], bool]) -> bool:
+    """Moves NAME from the newest killed build that holds an acceptable one into this build."""
+    for stale in self.stale:
+      if (stale / MARKER).is_file() and (stale / name).exists() and accept(stale / name):
+        os.replace(stale / name, self.path / name)
+        return True
+    return False
+
+  def commit(self) -> pathlib.Path:
+    """Replaces OUT by the finished build (old renamed away first, deleted last); returns OUT."""
+    old = None
+    if self.out.exists():
+      if not self.out.is_dir() or not _is_own(self.out):  # changed while prep ran
+        self.keep_on_error = True
+        raise ValueError(f"--out {self.out} was replaced by something else while prep ran; the new dataset is "
+                         f"kept in {self.path}")
+      old = self.path.with_name(self.path.name.replace(".partial-", ".old-", 1))
+      os.replace(self.out, old)
+    os.replace(self.path, self.out)
+    for folder in ([old] if old else []) + self.stale:
+      shutil.rmtree(folder, ignore_errors=True)
+    return self.out
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, *exc):
+    if exc_type is not None and self.path.exists() and not self.keep_on_error:
+      shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _hashed(examples: Callable[[], Iterable[dict]], digest) -> Callable[[], Iterable[dict]]:
+  """The split's generator, feeding every example's decoded content into `digest` as it passes."""
+  def generate():
+    for example in examples():
+      for key in sorted(example):
+        value = np.asarray(example[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape}:".encode())
+        text = value.dtype.kind in "OUS"
+        digest.update(str(example[key]).encode() if text else np.ascontiguousarray(value).tobytes())
+      yield example
+  return generate
+
+
+def fingerprint(manifest: dict, split_digests: dict[str, str]) -> str:
+  """SHA-256 over every stored example (in order, per split) and the manifest's content keys.
+
+  A function of the content, not the path or the file bytes (TFDS's serialisation is not
+  byte-stable): a moved dataset keeps it, a re-prepared one with other inputs or settings gets a
+  new one. Versions, notes, skipped files and warnings do not count.
+  """
+  essentials = {k: manifest.get(k) for k in ("corpus", "data_config", "audio_normalisation", "identities",
+                                              "splits", "features")}
+  text = json.dumps({"examples": split_digests, **essentials}, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Iterable[dict]]],
                   audio_shape, face_shape, manifest: dict) -> dict:
-  """Builds OUT/tfds/<name>/<version> from the split generators, then writes the manifest; returns it."""
-  out = start_build(out)
+  """Builds OUT/tfds/<name>/<version> from the split generators in a fresh folder (see Build), then the manifest."""
+  out = pathlib.Path(out)
+  if (out / "tfds").exists() or (out / MANIFEST).exists():
+    raise ValueError(f"{out} already holds a dataset; write into a fresh folder (storage.Build)")
+  out.mkdir(parents=True, exist_ok=True)
   tfds.disable_progress_bar()  # the caller's feature-extraction bar already counts every example
   if corpus not in BUILDERS:
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(BUILDERS)}")
+  digests = {split: hashlib.sha256() for split in split_examples}
+  split_examples = {split: _hashed(fn, digests[split]) for split, fn in split_examples.items()}
   builder = BUILDERS[corpus](audio_shape=audio_shape, face_shape=face_shape, split_examples=split_examples,
                              data_dir=str(out / "tfds"), file_format="array_record")
   try:
     builder.download_and_prepare(download_dir=str(out / "tfds" / "downloads"))
   except AssertionError as e:  # TFDS asserts on a split whose every example was skipped
-    raise ValueError(f"could not write the prepared dataset to {out}: {e}; see the skipped files") from None
+    raise ValueError(f"could not write the prepared dataset: {e}; see the skipped files") from None
   shutil.rmtree(out / "tfds" / "downloads", ignore_errors=True)
   data_dir = pathlib.Path(builder.data_dir)
   manifest = dict(manifest)
@@ -124,7 +247,9 @@ def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Itera
       "splits": {s: {"examples": int(info.num_examples)} for s, info in builder.info.splits.items()},
       "features": {"audio": {"shape": list(builder._audio_shape), "dtype": "float32"},
                    "face": {"shape": list(builder._face_shape), "dtype": "uint8"}},
-      "versions": versions(), "complete": True})
+      "versions": versions()})
+  manifest["fingerprint"] = fingerprint(manifest, {split: d.hexdigest() for split, d in digests.items()})
+  manifest["complete"] = True
   write_json_atomic(out / MANIFEST, manifest)
   return manifest
 

@@ -6,6 +6,7 @@ a voice carries information about the face; identity-specific timbre and facial 
 identity distinctive in both modalities. See synthetic_voice.py and synthetic_face.py.
 """
 
+import inspect
 import json
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ FIRST_NAMES = {
     "m": ("Adam", "Boris", "Carl", "Dmitri", "Emil", "Felix", "Gustav", "Hugo", "Ivan", "Jonas", "Karl", "Leon"),
     "f": ("Ada", "Berta", "Clara", "Dora", "Edith", "Frida", "Greta", "Hedy", "Irene", "Juno", "Kira", "Lise"),
 }
+_UNFINISHED = ".generating"
 _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 # Stream tags of the SeedSequence entropy: every random draw is a function of (seed, stream, indices).
 _ATTRS, _VOICE, _FACE, _VIDEO_IDS, _CHANNEL, _SCENE, _UTTERANCE, _FRAMES, _SPLIT, _EXTRA = range(10)
@@ -113,16 +115,45 @@ def _check_args(identities, split, videos_per_identity, utterances_per_video, fr
     raise ValueError(f"utterance_seconds must be between 0.5 and 60, got {utterance_seconds}")
 
 
+def _settings(**kwargs) -> dict:
+  """generate_corpus's corpus-defining arguments, defaults filled in."""
+  unknown = set(kwargs) - set(_CORPUS_DEFAULTS)
+  if unknown:
+    raise TypeError(f"unknown synthetic corpus argument(s) {sorted(unknown)}")
+  return {**_CORPUS_DEFAULTS, **kwargs}
+
+
+def check_args(**kwargs) -> None:
+  """Raises ValueError for arguments generate_corpus would refuse, before anything is written."""
+  s = _settings(**kwargs)
+  _check_args(s["identities"], s["split"], s["videos_per_identity"], s["utterances_per_video"],
+              s["frames_per_video"], s["utterance_seconds"])
+
+
+def is_corpus(root, **kwargs) -> bool:
+  """Whether root holds a complete corpus that generate_corpus(root, **kwargs) would write again."""
+  try:
+    params = json.loads((pathlib.Path(root) / "synthetic.json").read_text())
+  except (OSError, ValueError):
+    return False
+  wanted = dict(_settings(**kwargs), generator_version=GENERATOR_VERSION, face_size=FACE_SIZE,
+                sample_rate=synthetic_voice.SAMPLE_RATE)
+  return isinstance(params, dict) and all(params.get(k) == v for k, v in wanted.items())
+
+
 def _prepare_root(root: pathlib.Path) -> None:
-  """Refuses a non-empty folder unless it holds an earlier synthetic corpus, which is replaced."""
+  """Refuses a non-empty folder unless it holds an earlier (or an interrupted) synthetic corpus, which is replaced."""
   if root.exists() and any(root.iterdir()):
-    if not (root / "synthetic.json").is_file():
+    if not (root / "synthetic.json").is_file() and not (root / _UNFINISHED).is_file():
       raise ValueError(f"{root} is not empty and holds no synthetic corpus; choose an empty or new folder")
     for name in ("wav", "faces"):
       shutil.rmtree(root / name, ignore_errors=True)
     for name in ("synthetic.json", "iden_split.txt", "vox1_meta.csv", "README.md"):
       (root / name).unlink(missing_ok=True)
   root.mkdir(parents=True, exist_ok=True)
+  # Until synthetic.json is written, this marks the folder as a corpus being generated: a killed
+  # generation can be rerun into the same folder.
+  (root / _UNFINISHED).write_text("generate_corpus did not finish; rerun it to replace this folder\n")
 
 
 def _write_identity(job: dict) -> None:
@@ -197,7 +228,13 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
   (root / "README.md").write_text(_readme(params))
   # Written last: its presence marks a complete corpus that a later call may replace.
   (root / "synthetic.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+  (root / _UNFINISHED).unlink()
   return root
+
+
+# The arguments that define a corpus (the others only change how it is written), with their defaults.
+_CORPUS_DEFAULTS = {k: p.default for k, p in inspect.signature(generate_corpus).parameters.items()
+                    if k not in ("root", "progress", "workers")}
 
 
 def _readme(p: dict) -> str:

@@ -14,6 +14,11 @@ def _add_prep(sub) -> None:
   vox.add_argument("--config", default="reference", help="experiment config whose input settings to follow")
   vox.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   vox.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
+  vox.add_argument("--split", choices=("closed", "open"), default="closed",
+                   help="closed: iden_split.txt as given (test: new utterances of seen identities); open: the "
+                        "identities with Set=test in vox1_meta.csv (id10270-id10309) are held out, all their "
+                        "utterances in test; the others keep iden_split train/validation and their iden_split test "
+                        "utterances go to validation (nothing dropped)")
 
   avd = corpora.add_parser("avdigits", help="FSDD recordings paired with MNIST digits of the same class")
   avd.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
@@ -37,7 +42,8 @@ def _add_prep(sub) -> None:
 def _run_prep(args) -> None:
   from data_prep import prepare
   if args.corpus == "voxceleb1":
-    prepare.prepare_voxceleb1(args.root, args.out, config=args.config, strict=args.strict, workers=args.workers)
+    prepare.prepare_voxceleb1(args.root, args.out, config=args.config, strict=args.strict, workers=args.workers,
+                              split_policy=args.split)
   elif args.corpus == "avdigits":
     prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=args.config, seed=args.seed,
                              strict=args.strict, workers=args.workers)
@@ -59,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config name (reference, conv, synthetic, avdigits) or path.py[:variant]")
   train.add_argument("--data", required=True, help="prepared dataset folder (holding manifest.json)")
   train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, final.json")
+  train.add_argument("--from", dest="init_from", default=None, metavar="CHECKPOINT",
+                     help="start a new run from the parameters of a kept checkpoint of another run "
+                          "(WORKDIR/checkpoints/last/N or best/N), e.g. to retry with a lower learning rate; the "
+                          "optimizer and the step start fresh, so the whole schedule runs")
+  train.add_argument("--allow-data-change", action="store_true",
+                     help="resume a run on a dataset other than the one it started on (compared by the "
+                          "fingerprint in manifest.json; recorded in run.json); refused otherwise")
 
   analyze = sub.add_parser("analyze", help="retrieval metrics, t-SNE, DBSCAN, generated faces -> WORKDIR/report/")
   analyze.add_argument("--workdir", required=True)
@@ -71,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
   face.add_argument("--workdir", required=True)
   face.add_argument("--wav", required=True)
   face.add_argument("--out", required=True, help="PNG file to write")
+
+  sweep = sub.add_parser(
+      "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",
+      epilog="A sweep file (experiments/sweeps/NAME.py) returns {'rows': [{'name', 'config', 'overrides'}], "
+             "'seeds': [...], 'metrics': [...]} from get_sweep(). Rerunning the same command skips finished runs.")
+  sweep.add_argument("--sweep", required=True, help="sweep name (experiments/sweeps/NAME.py) or path.py")
+  sweep.add_argument("--out", required=True, help="output folder: runs/<row>/seed<s>/, data/, results.{md,json}")
+  source = sweep.add_mutually_exclusive_group(required=True)
+  source.add_argument("--data", help="one prepared dataset for every row")
+  source.add_argument("--root", help="raw VoxCeleb1 root: prepared once per distinct data section into OUT/data/")
+  sweep.add_argument("--parallel", type=int, default=0, help="runs at once (default: half the cores)")
+  sweep.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the sweep's)")
+  sweep.add_argument("--rows", default=None, help="comma-separated row names to run (default: all)")
+  sweep.add_argument("--split", default="test", help="split every run is analysed on")
 
   demo = sub.add_parser("demo", help="generate -> prepare -> train -> analyze on the built-in synthetic corpus")
   demo.add_argument("--workdir", default="runs/demo")
@@ -95,13 +122,21 @@ def main(argv=None) -> int:
       from mmvae import config as config_lib
       config = config_lib.load(args.config, overrides)
       from mmvae.train import trainer
-      trainer.train(config, args.data, args.workdir)
+      trainer.train(config, args.data, args.workdir, allow_data_change=args.allow_data_change,
+                    init_from=args.init_from)
     elif args.command == "analyze":
       from mmvae.analysis import report
       report.analyze(args.workdir, data_dir=args.data, split=args.split)
     elif args.command == "generate":
       from mmvae.analysis import generation
       generation.generate_face_from_wav(args.workdir, args.wav, args.out)
+    elif args.command == "sweep":
+      import shlex
+      from mmvae import sweep
+      results = sweep.run(args.sweep, args.out, data=args.data, root=args.root, parallel=args.parallel,
+                          seeds=args.seeds, rows=args.rows, split=args.split, command=f"mmvae {shlex.join(argv)}")
+      if any(row["failed"] for row in results["rows"]):
+        return 1
     elif args.command == "demo":
       from mmvae import demo
       demo.run(args.workdir, config=args.config, identities=args.identities, seed=args.seed, overrides=overrides)

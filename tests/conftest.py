@@ -19,3 +19,12 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real test data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> pathlib.Path:
+  """A prepared 4-identity synthetic corpus (`mmvae prep synthetic --identities 4`) shared by tests; read only."""
+  from data_prep import prepare
+  out = tmp_path_factory.mktemp("synthetic") / "prepared"
+  prepare.prepare_synthetic(str(out), identities=4, seed=0, config="synthetic", workers=1)
+  return out

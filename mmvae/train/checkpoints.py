@@ -1,14 +1,22 @@
-"""Orbax checkpoints of the train state (last K, and best by validation cross-modal MRR) and loading a finished run."""
+"""Orbax checkpoints of the train state (last K, and best by validation cross-modal MRR) and loading a finished run.
+
+Every checkpoint carries the SHA-256 of its flattened state (Orbax custom metadata, written with the
+step). Restoring verifies it: a damaged checkpoint (flipped bytes, truncated files, unreadable
+metadata) is skipped with a one-line warning for the newest intact one.
+"""
 
 import hashlib
 import json
 import pathlib
+import shutil
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 LAST, BEST = "last", "best"
+DAMAGED = "damaged"  # checkpoints/damaged/: damaged steps set aside by a resuming trainer, kept for inspection
 
 
 def _name(path) -> str:
@@ -56,6 +64,33 @@ def params_sha256(params) -> str:
   return h.hexdigest()
 
 
+def _read(step_dir: pathlib.Path):
+  """(flat state, None) for an intact checkpoint step folder, or (None, what is wrong)."""
+  try:
+    meta = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+    digest = (meta.get("custom_metadata") or {}).get("sha256")  # None: written before digests existed
+    with ocp.StandardCheckpointer() as checkpointer:
+      flat = checkpointer.restore(step_dir / "default")  # as saved: unflatten checks names and shapes
+  except Exception as e:  # noqa: BLE001 (damage surfaces as any of Orbax's, TensorStore's or json's errors)
+    return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'}"
+  if digest is not None and params_sha256(flat) != digest:
+    return None, "its contents differ from the SHA-256 written when it was saved"
+  return flat, None
+
+
+def load_params(checkpoint_dir, template):
+  """The verified params of one kept checkpoint (WORKDIR/checkpoints/last/N) in the structure of `template`."""
+  path = pathlib.Path(checkpoint_dir).absolute()
+  if not path.name.isdigit() or not (path / "_CHECKPOINT_METADATA").is_file():
+    raise FileNotFoundError(f"--from {path}: not a checkpoint (expected a step folder such as "
+                            "WORKDIR/checkpoints/last/200)")
+  flat, problem = _read(path)
+  if problem is not None:
+    raise ValueError(f"--from {path} is damaged ({problem}); choose another kept checkpoint")
+  params = {k.removeprefix("params."): v for k, v in flat.items() if k.startswith("params.")}
+  return unflatten(template, params)
+
+
 class Checkpoints:
   """Two Orbax managers under workdir/checkpoints: `last` keeps the newest K, `best` the highest validation score.
 
@@ -68,6 +103,8 @@ class Checkpoints:
     self.last = ocp.CheckpointManager(root / LAST, options=ocp.CheckpointManagerOptions(max_to_keep=max(1, keep)))
     self.best = ocp.CheckpointManager(
         root / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max"))
+    self.root = root
+    self.last_good = None  # the newest step of `last` known intact: restored or saved by this process
 
   def latest_step(self):
     return self.last.latest_step()
@@ -75,29 +112,82 @@ class Checkpoints:
   def save(self, step: int, host_state, val_score=None) -> None:
     """Saves the last checkpoint (and the best one when a validation score is given); waits until written."""
     flat = flatten(host_state)
-    self.last.save(step, args=ocp.args.StandardSave(flat), force=True)
+    digest = {"sha256": params_sha256(flat)}
+    self.last.save(step, args=ocp.args.StandardSave(flat), custom_metadata=digest, force=True)
     if val_score is not None and np.isfinite(val_score):
       best = self.best.best_step()
       best_score = self.best.metrics(best)["score"] if best is not None else -np.inf
       if val_score > best_score:
-        self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"score": float(val_score)}, force=True)
+        self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"score": float(val_score)},
+                       custom_metadata=digest, force=True)
     self.last.wait_until_finished()
     self.best.wait_until_finished()
+    self.last_good = step
 
-  def restore(self, template, which: str = LAST, step=None):
-    """The state saved at `step` (default: newest / best) in the structure of `template`; None if none saved."""
+  def restore(self, template, which: str = LAST, step=None, set_aside: bool = False):
+    """The newest intact state (best first for BEST, or the one at `step`) shaped like `template`; None if none saved.
+
+    Damaged steps are skipped with one warning line on stderr; set_aside=True (a resuming trainer)
+    moves them to checkpoints/damaged/ so that those steps can be saved again. ValueError if none is intact.
+    """
     manager = self.best if which == BEST else self.last
-    if step is None:
-      step = manager.best_step() if which == BEST else manager.latest_step()
-    if step is None:
-      return None
-    flat_template = flatten(template)
-    flat = manager.restore(step, args=ocp.args.StandardRestore(flat_template))
-    return unflatten(template, flat)
+    steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    if which == BEST and step is None and manager.best_step() is not None:
+      steps.remove(manager.best_step())
+      steps.insert(0, manager.best_step())
+    problems = []
+    for s in steps:
+      flat, problem = _read(self.root / which / str(s))
+      if problem is None:
+        if problems:
+          print(f"mmvae: warning: {self._damaged(which, problems, set_aside)}; using step {s}", file=sys.stderr)
+        for damaged, _ in problems if set_aside else ():
+          self._set_aside(manager, which, damaged)
+        if which == LAST:
+          self.last_good = s
+        return unflatten(template, flat)
+      problems.append((s, problem))
+    if problems:  # left where they are: nothing to resume from, and nothing a rerun should silently restart over
+      raise ValueError(f"no intact checkpoint: {self._damaged(which, problems, False)}; train into a new "
+                       "--workdir, or start one from another run's checkpoint with --from")
+    return None
+
+  def _damaged(self, which: str, problems: list, set_aside: bool) -> str:
+    """One line naming the damaged steps and the first one's problem."""
+    where = self.root / which
+    what = (f"checkpoint {where / str(problems[0][0])} is" if len(problems) == 1 else
+            f"checkpoints {where}/{{{', '.join(str(s) for s, _ in problems)}}} are")
+    moved = f", moved to {self.root / DAMAGED}" if set_aside else ""
+    return f"{what} damaged ({problems[0][1]}{moved})"
+
+  def _set_aside(self, manager, which: str, step: int) -> None:
+    target = self.root / DAMAGED / f"{which}-{step}"
+    while target.exists():
+      target = target.with_name(target.name + "x")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(self.root / which / str(step)), str(target))
+    manager.reload()
 
   def close(self) -> None:
     self.last.close()
     self.best.close()
+
+
+def dataset_of_run(workdir, data_dir=None):
+  """The dataset a run trained on (run.json), refused if it changed since; or `data_dir`, warning if it differs."""
+  from mmvae import data
+  from mmvae.train import resume
+  workdir = pathlib.Path(workdir)
+  run = json.loads((workdir / "run.json").read_text())
+  dataset = data.Dataset(data_dir or run["data_dir"])
+  if not resume.same_dataset(run, dataset):
+    new = str(dataset.manifest.get("fingerprint"))[:12]
+    if data_dir is None:
+      raise ValueError(f"{run['data_dir']} changed since {workdir} trained on it (fingerprint "
+                       f"{str(run.get('data_fingerprint'))[:12]}, now {new}); pass --data to use it anyway")
+    print(f"mmvae: warning: {dataset.data_dir} (fingerprint {new}) is not the dataset {workdir} trained on "
+          f"({run['data_dir']}); using it as asked", file=sys.stderr)
+  return dataset
 
 
 def load_run(workdir, which: str = BEST):
@@ -112,18 +202,24 @@ def load_run(workdir, which: str = BEST):
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name} not found: is {workdir} a training workdir (mmvae train --workdir)?")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  for section, key in (("model", "hidden"), ("model", "conv_channels")):
+  for section, key in (("model", "hidden"), ("model", "conv_channels"), ("loss", "triplet_margins")):
     config[section][key] = tuple(config[section][key])
   run = json.loads((workdir / "run.json").read_text())
   data_dir = run["data_dir"]
   shapes = {k: tuple(v) for k, v in run["input_shapes"].items()} if "input_shapes" in run else \
       data.Dataset(data_dir).input_shapes()
-  model = models.build_model(config, shapes, seed=config.train.seed)
+  model = models.build_model(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
   tx = step_lib.make_optimizer(config.train)
   graphdef, state = step_lib.init_state(model, tx)
   ckpts = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   try:
-    restored = ckpts.restore(state, which)
+    try:
+      restored = ckpts.restore(state, which)
+    except ValueError as e:  # every best checkpoint damaged: the last ones are the next best thing
+      if which != BEST:
+        raise
+      print(f"mmvae: warning: {e}; using the newest intact last checkpoint", file=sys.stderr)
+      restored = None
     if restored is None and which == BEST:  # a run without a validation split has no best checkpoint
       restored = ckpts.restore(state, LAST)
   finally:

@@ -4,7 +4,11 @@ Workdir: config.json, run.json, metrics.jsonl (train rows and validation rows wi
 tb/ (TensorBoard), checkpoints/{last,best}/ (Orbax) and final.json. Rerunning the same command resumes
 from the newest checkpoint. Resuming with a config that differs from config.json in anything but the
 keys of RESUMABLE_CHANGES raises ValueError (those may change: they alter bookkeeping, not the maths;
-`parallel` switches give the same numbers). Multi-host: see mmvae/train/parallel.py.
+`parallel` switches give the same numbers; train.num_steps only under a constant schedule, since the
+cosine schedule decays to zero at num_steps). One trainer per workdir (WORKDIR/.lock); a resume must
+use the same dataset (by fingerprint) and --from; config.json and run.json are written only once the
+config has built a model, so a rejected config never blocks the corrected rerun. See resume.py.
+Multi-host: see mmvae/train/parallel.py.
 """
 
 import datetime
@@ -22,6 +26,7 @@ from mmvae import config as config_lib
 from mmvae import losses, models, modalities
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import parallel
+from mmvae.train import resume
 from mmvae.train import step as step_lib
 from mmvae.train import train_log
 
@@ -44,6 +49,8 @@ def check_config(config) -> None:
     raise ValueError(f"config.train.learning_rate={t.learning_rate} must be > 0")
   if t.lr_schedule not in ("cosine", "constant"):
     raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r} is unknown; use 'cosine' or 'constant'")
+  if t.select_by not in SELECT_BY:
+    raise ValueError(f"config.train.select_by={t.select_by!r} is unknown; use one of {SELECT_BY}")
   if config.parallel not in parallel.MODES:
     raise ValueError(f"config.parallel={config.parallel!r} is unknown; use one of {parallel.MODES}")
   parallel.check_batch_size(t.batch_size, jax.device_count())
@@ -59,62 +66,70 @@ def _flat(d, prefix=""):
   return out
 
 
-def _check_resume_config(path: pathlib.Path, config) -> None:
+def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
   old = _flat(json.loads(path.read_text()))
   new = _flat(json.loads(json.dumps(config_lib.to_dict(config))))
+  # The cosine schedule decays to zero at num_steps: another length would change the rate of every later step.
+  free = [r for r in RESUMABLE_CHANGES if r != "train.num_steps" or config.train.lr_schedule != "cosine"]
   changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-             and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+             and not any(k == r or k.startswith(r + ".") for r in free)]
   if changed:
     diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-    raise ValueError(f"{path.parent} holds a run with a different config ({diffs}); "
-                     "resume with the same config or train into a new --workdir")
+    why = (" (the cosine learning-rate schedule ends at train.num_steps, so its length cannot change on resume)"
+           if "train.num_steps" in changed else "")
+    where = path.parent / "checkpoints" / "last" / (str(step) if step is not None else "N")
+    raise ValueError(f"{path.parent} holds a run with a different config ({diffs}){why}; resume with the same "
+                     f"config, or start a new run from its checkpoint with the new settings: mmvae train --from "
+                     f"{where} --workdir NEW_WORKDIR ...")
 
 
-def _face_float(face):
-  from mmvae import data
-  face = np.asarray(face)
-  if face.ndim == 5:  # [N, K, S, S, C]: the first stored frame of each utterance
-    face = face[:, 0]
-  return data.face_to_float(face) if face.dtype == np.uint8 else face.astype(np.float32)
+SELECT_BY = ("cross_mrr", "loss")
 
 
 class _Validator:
-  """Loss terms and cross-modal MRR (both directions) on the validation split."""
+  """Loss terms (first stored frame) and cross-modal MRR (both directions, all K frames) on the validation split.
+
+  The MRR goes through `inference.encode_split` and the retrieval metric of `mmvae analyze`, so the
+  best checkpoint is chosen by the number the report shows for the validation split.
+  """
 
   def __init__(self, graphdef, config, dataset):
-    self.config = config
+    from mmvae import data
+    self.config, self.graphdef = config, graphdef
     self.arrays = None
     if "validation" in dataset.manifest.get("splits", {}) and dataset.num_examples("validation") > 0:
-      arr = dataset.arrays("validation")
-      self.arrays = {modalities.AUDIO: np.asarray(arr[modalities.AUDIO], np.float32),
-                     modalities.FACE: _face_float(arr[modalities.FACE]), "label": np.asarray(arr["label"])}
+      self.arrays = dataset.arrays("validation")
+      self.first = {modalities.AUDIO: np.asarray(self.arrays[modalities.AUDIO], np.float32),
+                    modalities.FACE: data.face_to_float(self.arrays[modalities.FACE][:, 0]),
+                    "label": np.asarray(self.arrays["label"], np.int32)}
     self.fn = step_lib.make_eval_fn(graphdef, config)
 
   def __call__(self, params) -> dict | None:
     if self.arrays is None:
       return None
+    from mmvae import inference
     from mmvae.analysis import retrieval  # analysis code stays off the import path of training
-    n = len(self.arrays["label"])
+    n = len(self.first["label"])
     size = min(self.config.train.batch_size, n)
-    totals, means, batches = {}, {m: [] for m in modalities.MODALITIES}, 0
-    for start in range(0, n, size):
-      idx = np.arange(start, start + size) % n  # the last chunk wraps around so every chunk has one shape
-      batch = {m: self.arrays[m][idx] for m in modalities.MODALITIES}
-      metrics, mu = self.fn(params, batch, np.arange(size, dtype=np.int32))
-      keep = min(size, n - start)
-      for m in modalities.MODALITIES:
-        means[m].append(np.asarray(mu[m])[:keep])
-      if keep == size:  # loss terms are batch means: only full, unrepeated chunks count
-        for k, v in jax.device_get(metrics).items():
-          totals[k] = totals.get(k, 0.0) + float(v)
-        batches += 1
+    totals, batches = {}, 0
+    for start in range(0, n - size + 1, size):  # loss terms are batch means: full chunks only
+      idx = np.arange(start, start + size)
+      metrics, _ = self.fn(params, {k: v[idx] for k, v in self.first.items()}, np.arange(size, dtype=np.int32))
+      for k, v in jax.device_get(metrics).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+      batches += 1
     row = {k: v / batches for k, v in totals.items()}
-    mu = {m: np.concatenate(means[m]) for m in modalities.MODALITIES}
-    labels = self.arrays["label"]
-    a, v = modalities.AUDIO, modalities.FACE
-    row["mrr_audio_to_face"] = float(retrieval.mean_reciprocal_rank(mu[a], mu[v], labels, labels, score="cosine"))
-    row["mrr_face_to_audio"] = float(retrieval.mean_reciprocal_rank(mu[v], mu[a], labels, labels, score="cosine"))
+    lat = inference.encode_split(inference.params_encoder(self.graphdef, params), self.arrays)
+    labels = self.first["label"]
+    row["mrr_audio_to_face"] = float(retrieval.mean_reciprocal_rank(lat["audio_mu"], lat["face_mu"], labels, labels))
+    row["mrr_face_to_audio"] = float(retrieval.mean_reciprocal_rank(lat["face_mu"], lat["audio_mu"], labels, labels))
     return row
+
+  def score(self, row: dict) -> float:
+    """Higher is better: the selection metric of config.train.select_by."""
+    if self.config.train.select_by == "loss":
+      return -row["loss"]
+    return 0.5 * (row["mrr_audio_to_face"] + row["mrr_face_to_audio"])
 
 
 def _nonfinite(metrics: dict) -> list[str]:
@@ -123,10 +138,21 @@ def _nonfinite(metrics: dict) -> list[str]:
   return [k for k in terms if k in metrics and not np.isfinite(metrics[k])]
 
 
-def train(config, data_dir, workdir) -> dict:
-  """Trains (or resumes) the run in `workdir` on the prepared dataset `data_dir`; returns final.json's contents."""
-  from mmvae import data
+def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
+  """Trains (or resumes) the run in `workdir` on the prepared dataset `data_dir`; returns final.json's contents.
+
+  allow_data_change: resume on a dataset other than the one the run started on (recorded in run.json).
+  init_from: a kept checkpoint (WORKDIR/checkpoints/last/N) whose parameters start a new run; the
+  optimizer state and the step start fresh, so the config's whole schedule runs.
+  """
   parallel.maybe_initialize_distributed()
+  workdir = resume.checked_workdir(workdir)
+  with resume.lock(workdir, owner=jax.process_index() == 0):
+    return _train(config, data_dir, workdir, allow_data_change, init_from)
+
+
+def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, init_from) -> dict:
+  from mmvae import data
   check_config(config)
   dataset = data.Dataset(data_dir)
   dataset.check_config(config)
@@ -135,26 +161,33 @@ def train(config, data_dir, workdir) -> dict:
   if dataset.num_examples("train") < 1:
     raise ValueError(f"{data_dir} has no training examples; prepare a dataset with a train split")
 
-  workdir = pathlib.Path(workdir).absolute()
   log = train_log.RunLog(workdir, enabled=jax.process_index() == 0)
-  if (workdir / "config.json").is_file():
-    _check_resume_config(workdir / "config.json", config)
-  log.write_json("config.json", config_lib.to_dict(config))
-  log.write_json("run.json", {
-      "data_dir": str(pathlib.Path(data_dir).absolute()), "devices": jax.device_count(),
-      "device_kind": jax.devices()[0].device_kind, "process_count": jax.process_count(),
-      "mmvae": mmvae.__version__, "jax": jax.__version__, "parallel": config.parallel,
-      "input_shapes": {k: list(v) for k, v in shapes.items()},
-      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-
-  model = models.build_model(config, shapes, seed=t.seed)
+  model = models.build_model(config, shapes, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(t)
   schedule = step_lib.make_schedule(t)
   graphdef, state = step_lib.init_state(model, tx)
   host_template = jax.tree.map(np.asarray, state)
   del model
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
-  restored = ckpts.restore(host_template)
+  history = {}
+  if ckpts.latest_step() is not None:  # a resume: only the run that was started may continue
+    if (workdir / "config.json").is_file():
+      _check_resume_config(workdir / "config.json", config, ckpts.latest_step())
+    history = resume.check_resume(workdir, dataset, allow_data_change, init_from)
+    restored = ckpts.restore(host_template, set_aside=True)
+  else:  # nothing trained yet: whatever a failed earlier attempt wrote is replaced
+    restored = None
+    if init_from:
+      host_template = dict(host_template, params=ckpt_lib.load_params(init_from, host_template["params"]))
+      history = {"init_from": str(pathlib.Path(init_from).absolute())}
+  # Written only now: a config that cannot build a model, or a refused resume, leaves them as they were.
+  log.write_json("config.json", config_lib.to_dict(config))
+  log.write_json("run.json", {
+      **resume.dataset_record(dataset), **history, "devices": jax.device_count(),
+      "device_kind": jax.devices()[0].device_kind, "process_count": jax.process_count(),
+      "mmvae": mmvae.__version__, "jax": jax.__version__, "parallel": config.parallel,
+      "input_shapes": {k: list(v) for k, v in shapes.items()}, "num_classes": len(dataset.manifest["identities"]),
+      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
   start = int(restored["step"]) if restored is not None else 0
   if start > t.num_steps:
     raise ValueError(f"{workdir} already holds step {start} > config.train.num_steps={t.num_steps}")
@@ -171,7 +204,7 @@ def train(config, data_dir, workdir) -> dict:
   previous = signal.getsignal(signal.SIGTERM)
   signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   batches = data.batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, num_devices=1,
-                         prefetch=t.prefetch)
+                         prefetch=t.prefetch, pairing=config.data.pairing)
   last_metrics, last_val, wait_s, timed_from, timed_steps = {}, None, 0.0, None, 0
   t_start = time.perf_counter()
   bar = tqdm.tqdm(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
@@ -183,11 +216,9 @@ def train(config, data_dir, workdir) -> dict:
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     bad = _nonfinite(host)
     if bad:
-      kept = ckpts.latest_step()
       raise NonFiniteError(
           f"non-finite loss at step {step}: {', '.join(f'{k}={host[k]}' for k in bad)}; stopped without "
-          f"saving. The last good checkpoint "
-          f"(step {kept}) is kept in {workdir / 'checkpoints'}; lower config.train.learning_rate or check the data")
+          f"saving; {resume.restart_hint(workdir, ckpts.last_good)}; or check the data")
     last_metrics = host
     if step % t.log_every == 0 or step == t.num_steps:
       elapsed = time.perf_counter() - t_start
@@ -223,14 +254,14 @@ def train(config, data_dir, workdir) -> dict:
       bad = [k for k, v in ckpt_lib.flatten(host["params"]).items() if not np.all(np.isfinite(v))]
       if bad:
         raise NonFiniteError(f"parameter {bad[0]} became non-finite after step {done} (loss terms were finite); "
-                             f"stopped without saving; the last good checkpoint (step {ckpts.latest_step()}) is "
-                             "kept; lower config.train.learning_rate or config.train.grad_clip")
+                             f"stopped without saving; {resume.restart_hint(workdir, ckpts.last_good)} "
+                             "(or set config.train.grad_clip)")
       val_score = None
       if due_eval:
         last_val = validator(host["params"])
         if last_val is not None:
           log.row({"step": done, "split": "validation", **last_val})
-          val_score = 0.5 * (last_val["mrr_audio_to_face"] + last_val["mrr_face_to_audio"])
+          val_score = validator.score(last_val)
       if due_ckpt:
         ckpts.save(done, host, val_score=val_score)
       if stop["signal"] is not None:

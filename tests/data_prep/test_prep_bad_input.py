@@ -1,5 +1,5 @@
 """Bad input gives clear messages, is recorded in manifest['skipped'] (or raises with strict=True),
-and an interrupted preparation never leaves a dataset that looks complete."""
+and a failed preparation neither leaves a dataset that looks complete nor touches the previous one."""
 
 import re
 import shutil
@@ -145,15 +145,17 @@ def test_interrupted_build_never_looks_complete_and_rerun_finishes(mini, tmp_pat
   victim = root / "wav/id10118/bZyPBCVCYxw/00001.wav"
   saved = victim.read_bytes()
   victim.write_bytes(b"RIFF\x00\x01garbage")
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
   with pytest.raises(audio.AudioError):
     prepare.prepare_voxceleb1(root, out, config=cfg, strict=True, workers=1)
-  assert not (out / "manifest.json").exists()
-  assert not (out / "tfds/mmvae_voxceleb1/1.0.0/dataset_info.json").exists()
-  with pytest.raises(FileNotFoundError, match="did not finish"):
-    data.Dataset(out)
+  # The failed rebuild happened beside OUT: the previous complete dataset is untouched, nothing is left over.
+  assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "root"]
+  assert data.Dataset(out).manifest["fingerprint"] == first["fingerprint"]
   victim.write_bytes(saved)
   again = prepare.prepare_voxceleb1(root, out, config=cfg, workers=1)
   assert again["splits"] == first["splits"] and (out / "manifest.json").exists()
+  assert again["fingerprint"] == first["fingerprint"]  # a function of the content: same inputs, same print
   # A stale, manifest-less build directory that TFDS alone would happily reuse is rebuilt too.
   (out / "manifest.json").unlink()
   stale = out / "tfds/mmvae_voxceleb1/1.0.0"

@@ -1,0 +1,1 @@
+"""Sweep definitions for `mmvae sweep` (experiments/sweeps/*.py): rows of configs x seeds."""

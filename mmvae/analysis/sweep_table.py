@@ -1,0 +1,152 @@
+"""A sweep's table: per row and metric, mean ± std over seeds beside its chance level -> results.json and .md."""
+
+import datetime
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+
+DEFAULT_COLUMNS = [
+    ("retrieval.voice_to_face.mrr", "voice->face MRR"),
+    ("retrieval.face_to_voice.mrr", "face->voice MRR"),
+    ("retrieval.voice_to_face.recall@1", "voice->face R@1"),
+    ("retrieval.face_to_voice.recall@1", "face->voice R@1"),
+    ("retrieval.voice_to_face.matching_1v2", "voice->face 1:2 matching"),
+    ("coherence.identity_accuracy", "faces from voices: identity acc."),
+]
+TIMING = [("train_seconds", "train (s)", 1), ("step_ms", "step (ms)", 2)]
+OK = ("done", "skipped")  # statuses of runs whose report exists
+STD_NOTE = "sample standard deviation over seeds (ddof=1); null with fewer than two finished runs"
+
+
+def columns(metrics=None) -> list[dict]:
+  """The metric columns: a sweep's 'metrics' (keys, or (key, title) pairs) or DEFAULT_COLUMNS."""
+  titles = dict(DEFAULT_COLUMNS)
+  items = DEFAULT_COLUMNS if metrics is None else metrics
+  if not isinstance(items, (list, tuple)) or not items:
+    raise ValueError(f"a sweep's 'metrics' must be a non-empty list of metrics.json keys, got {metrics!r}")
+  out = []
+  for item in items:
+    pair = (item, titles.get(item, item)) if isinstance(item, str) else item
+    if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+      raise TypeError(f"a sweep metric must be a metrics.json key or a (key, title) pair, got {item!r}")
+    key, title = pair
+    out.append({"key": key, "title": title})
+  return out
+
+
+def summary(values, seeds=None) -> dict:
+  """Mean, sample std, n and the values over the finite ones (with the seeds they came from)."""
+  seeds = list(range(len(values))) if seeds is None else list(seeds)
+  kept = [(s, float(v)) for s, v in zip(seeds, values)
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+  vals = [v for _, v in kept]
+  return {"mean": float(np.mean(vals)) if vals else None,
+          "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+          "n": len(vals), "values": vals, "seeds": [s for s, _ in kept]}
+
+
+def aggregate_row(row: dict, records: list[dict], cols: list[dict]) -> dict:
+  """One row of results.json from its runs' records (seed, status, error, workdir, metrics, timing)."""
+  ok = [r for r in records if r["status"] in OK]
+  seeds = [r["seed"] for r in ok]
+  metrics = {}
+  for col in cols:
+    key = col["key"]
+    chance = summary([r["metrics"].get(f"{key}_chance") for r in ok], seeds)
+    metrics[key] = {**summary([r["metrics"].get(key) for r in ok], seeds), "chance": chance["mean"],
+                    "chance_values": chance["values"]}
+  timing = {k: summary([r.get("timing", {}).get(k) for r in ok], seeds)
+            for k in ("train_seconds", "step_ms", "samples_per_second", "run_seconds")}
+  runs = [{k: v for k, v in r.items() if k != "metrics"} for r in records]
+  return {"name": row["name"], "slug": row["slug"], "config": row["config"], "overrides": row["overrides"],
+          "seeds": [r["seed"] for r in records], "finished": len(ok),
+          "failed": sum(r["status"] == "failed" for r in records), "metrics": metrics, "timing": timing,
+          "runs": runs}
+
+
+def _num(v, digits: int = 3) -> str:
+  return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _cell(s: dict, digits: int = 3) -> str:
+  if not s["n"]:
+    return "—"
+  return _num(s["mean"], digits) + ("" if s["std"] is None else f" ± {_num(s['std'], digits)}")
+
+
+def _esc(text: str) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _status(row: dict) -> str:
+  failed = [r for r in row["runs"] if r["status"] == "failed"]
+  if failed:
+    return _esc(f"failed {len(failed)}/{len(row['runs'])}: seed {failed[-1]['seed']}: {failed[-1]['error']}")
+  waiting = [r["status"] for r in row["runs"] if r["status"] not in OK]
+  return ", ".join(sorted(set(waiting))) if waiting else "ok"
+
+
+def _chance_cell(rows: list[dict], key: str) -> str:
+  values = [r["metrics"][key]["chance"] for r in rows if r["metrics"][key]["chance"] is not None]
+  if not values:
+    return "—"
+  lo, hi = min(values), max(values)
+  return _num(float(np.mean(values))) if hi - lo < 5e-4 else f"{_num(lo)}–{_num(hi)}"
+
+
+def markdown(results: dict) -> str:
+  """results.md: one table line per row, a chance line, what each row is, and the failed runs."""
+  cols, rows = results["columns"], results["rows"]
+  lines = [f"# Sweep `{pathlib.Path(results['sweep']).stem}`", ""]
+  if results.get("description"):
+    lines += [results["description"], ""]
+  source = f"prepared dataset `{results['data']}`" if results.get("data") else f"raw corpus `{results['root']}`"
+  lines += [f"Made by `{results['command']}`" if results.get("command") else "", "",
+            f"Split `{results['split']}` of the {source}; seeds {', '.join(map(str, results['seeds']))}. Each cell "
+            "is the mean ± sample standard deviation (n − 1) over the seeds whose run finished (`runs`); "
+            "the last line is the chance level (a range when it differs between rows).", ""]
+  head = ["row", "runs"] + [c["title"] for c in cols] + [t for _, t, _ in TIMING] + ["status"]
+  lines += ["| " + " | ".join(_esc(h) for h in head) + " |",
+            "|---|---:|" + "---:|" * (len(cols) + len(TIMING)) + "---|"]
+  for row in rows:
+    cells = [_esc(row["name"]), f"{row['finished']}/{len(row['runs'])}"]
+    cells += [_cell(row["metrics"][c["key"]]) for c in cols]
+    cells += [_cell(row["timing"][k], d) for k, _, d in TIMING]
+    lines.append("| " + " | ".join(cells + [_status(row)]) + " |")
+  chance = ["*chance*", ""] + [_chance_cell(rows, c["key"]) for c in cols] + [""] * (len(TIMING) + 1)
+  lines.append("| " + " | ".join(chance) + " |")
+  lines += ["", "## Rows", ""]
+  for row in rows:
+    overrides = "".join(f" `--config.{o}`" for o in row["overrides"])
+    lines.append(f"- **{row['name']}** (`runs/{row['slug']}/`): `{row['config']}`{overrides}")
+  failed = [(row, r) for row in rows for r in row["runs"] if r["status"] == "failed"]
+  if failed:
+    lines += ["", "## Failed runs", ""]
+    for row, r in failed:
+      lines.append(f"- **{row['name']}**, seed {r['seed']}: {r['error']} (log: `{r.get('log', '')}`)")
+  lines += ["", f"Train (s) is the training loop's wall time (final.json `elapsed_seconds`); step (ms) is "
+            "batch size / samples per second after the first (compiling) step. Per-run reports: "
+            "`runs/<row>/seed<s>/report/report.md`.", ""]
+  return "\n".join(lines)
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def write(out, rows: list[dict], context: dict) -> dict:
+  """Aggregates rows [{'row': row, 'records': [...]}] and writes OUT/results.json and OUT/results.md."""
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  cols = context["columns"]
+  results = {**context, "std": STD_NOTE,
+             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "rows": [aggregate_row(r["row"], r["records"], cols) for r in rows]}
+  _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+  _write_atomic(out / "results.md", markdown(results))
+  return results

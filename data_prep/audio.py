@@ -16,16 +16,31 @@ The recipe (the reference experiment, `config.data`):
      first `n_bins` bins; magnitude ('linear') or log1p(magnitude) ('log').
   4. `normalise_per_bin`: each frequency bin to zero mean, unit variance over time (VGGVox).
 
-Normalisation order with `time_average`: the time-average of a per-bin-normalised spectrogram
-is identically zero, so `utterance_features` averages the UN-normalised spectrogram over time
-and the dataset-level per-bin standardisation (train-split mean/std) is applied afterwards by
-`data_prep.prepare` (recorded as `audio_normalisation` in the manifest).
+Pooling over time (`time_average`), chosen by `data.pooling`:
+  - 'mfcc_stats' (speaker features, the default): the same unit-RMS segment's power spectrum through
+    `n_mels` triangular mel filters (HTK mel scale, MEL_FMIN to 0.975 x Nyquist), log, DCT-II,
+    coefficients 1..n_mfcc (c0, the level, is dropped), pooled into their mean and standard
+    deviation over time: [2 n_mfcc], the x-vector/i-vector front end in its simplest form. On the
+    VoxCeleb1 mini set a linear probe names the speaker of unseen videos far more often from these
+    40 numbers than from the 1024 of 'stats' (docs/ARCHITECTURE.md).
+  - 'stats': the segment is scaled to unit RMS after DC removal
+    (so gain, and the dither relative to it, cannot change anything), the log magnitude
+    log(|X| + LOG_FLOOR) is taken, and each bin is pooled into the mean over time minus the
+    utterance's mean over all bins and frames (its spectral shape) and the standard deviation over
+    time (x-vector statistics pooling): a [2F] vector, invariant to the utterance's gain.
+  - 'magnitude_mean' (the seed report's recipe, kept to reproduce it): the time-average of the
+    UN-normalised magnitude. It scales with the utterance's gain, so it encodes loudness more than
+    the speaker.
+Either way the dataset-level per-bin standardisation (train-split mean/std) is applied afterwards
+by `data_prep.prepare` (recorded as `audio_normalisation` in the manifest): averaging a
+per-bin-normalised spectrogram over time would give exactly zero in every bin.
 """
 
 import functools
 import math
 import os
 import struct
+import warnings
 
 import numpy as np
 import scipy.fft
@@ -33,6 +48,10 @@ import scipy.signal
 import soundfile
 
 MAGNITUDES = ("linear", "log")
+POOLINGS = ("mfcc_stats", "stats", "magnitude_mean")
+LOG_FLOOR = 1e-3  # added to |X| of a unit-RMS segment before the log: silence stays finite
+MEL_FLOOR = 1e-6  # added to the mel power of a unit-RMS segment before the log
+MEL_FMIN = 20.0
 SHORT_CLIPS = ("pad", "skip")
 CROP_MODES = ("random", "center")
 _SILENCE_PEAK = 1e-6  # below one int16 step (3e-5): nothing but rounding noise
@@ -40,6 +59,10 @@ _SILENCE_PEAK = 1e-6  # below one int16 step (3e-5): nothing but rounding noise
 
 class AudioError(ValueError):
   """An audio file or clip that cannot be turned into features; the message names it."""
+
+
+class AudioWarning(UserWarning):
+  """An input changed to fit (resampled up, clipped, zero-padded); prep records it in manifest['warnings']."""
 
 
 def _declared_wav_data_bytes(path):
@@ -77,6 +100,12 @@ def load_wav(path, sample_rate=16000):
   if wave.shape[0] == 0:
     raise AudioError(f"{path}: empty audio clip (0 samples)")
   wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+  peak = float(np.max(np.abs(wave), initial=0.0, where=np.isfinite(wave)))
+  if peak > 1.0:
+    warnings.warn(f"{path}: samples up to {peak:.3g} outside [-1, 1] clipped", AudioWarning, stacklevel=2)
+  if rate < sample_rate:
+    warnings.warn(f"{path}: resampled up from {rate} Hz to {sample_rate} Hz (nothing above {rate // 2} Hz)",
+                  AudioWarning, stacklevel=2)
   if rate != sample_rate:
     g = math.gcd(int(rate), int(sample_rate))
     wave = scipy.signal.resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
@@ -102,6 +131,7 @@ def crop_segment(wave, segment_samples, mode, rng=None, short_clips="pad"):
       raise AudioError(f"clip of {n} samples is shorter than the segment of {segment_samples} "
                        "samples (data.short_clips='skip'; use 'pad' to zero-pad)")
     left = (segment_samples - n) // 2
+    warnings.warn(f"clip of {n} samples zero-padded to the segment of {segment_samples}", AudioWarning, stacklevel=2)
     return np.pad(wave, (left, segment_samples - n - left))
   if mode == "random":
     if rng is None:
@@ -156,8 +186,12 @@ def dc_alpha(sample_rate):
   return 0.99 ** (16000.0 / sample_rate)
 
 
-def spectrogram(segment, data_cfg, rng=None):
-  """Un-normalised float32 [T, F] spectrogram of one segment (recipe in the module docstring)."""
+def spectrogram(segment, data_cfg, rng=None, unit_rms=False, magnitude=None):
+  """Un-normalised float32 [T, F] spectrogram of one segment (recipe in the module docstring).
+
+  unit_rms scales the filtered segment to unit RMS before the dither, which makes the result
+  independent of the segment's gain; magnitude overrides data.magnitude.
+  """
   sr, frame_len, hop = _settings(data_cfg)
   n_fft, n_bins = int(data_cfg.n_fft), int(data_cfg.n_bins)
   x = np.asarray(segment, np.float64)
@@ -169,6 +203,8 @@ def spectrogram(segment, data_cfg, rng=None):
   # Mean first so the filter starts without a DC step; the high-pass then removes slow drift.
   a = dc_alpha(sr)
   x = scipy.signal.lfilter([1.0, -1.0], [1.0, -a], x - x.mean())
+  if unit_rms:
+    x = x / max(float(np.sqrt(np.mean(x * x))), 1e-12)
   x = x.astype(np.float32)
   dither = float(_cfg(data_cfg, "dither"))
   if dither < 0:
@@ -182,7 +218,7 @@ def spectrogram(segment, data_cfg, rng=None):
   frames_TxL = np.lib.stride_tricks.as_strided(
       x, shape=(n_frames, frame_len), strides=(hop * x.strides[0], x.strides[0]), writeable=False)
   spec_TxF = np.abs(scipy.fft.rfft(frames_TxL * _hamming(frame_len), n=n_fft, axis=1)[:, :n_bins])
-  if data_cfg.magnitude == "log":
+  if (magnitude or data_cfg.magnitude) == "log":
     spec_TxF = np.log1p(spec_TxF)
   return spec_TxF.astype(np.float32, copy=False)
 
@@ -202,6 +238,44 @@ def apply_normalisation(features, normalisation):
   return ((np.asarray(features, np.float64) - mean) / std).astype(np.float32)
 
 
+def _pooling(data_cfg):
+  pooling = _cfg(data_cfg, "pooling")
+  if pooling not in POOLINGS:
+    raise ValueError(f"data.pooling must be one of {POOLINGS}, got {pooling!r}")
+  return pooling
+
+
+def stats_pool(logmag_TxF):
+  """[2F]: per-bin mean over time minus the overall mean (spectral shape), then per-bin std over time."""
+  logmag_TxF = np.asarray(logmag_TxF, np.float64)
+  mean_F = logmag_TxF.mean(axis=0)
+  return np.concatenate([mean_F - mean_F.mean(), logmag_TxF.std(axis=0)]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(n_mels, n_fft, n_bins, sample_rate):
+  """[n_mels, n_bins] triangular filters, equally spaced on the HTK mel scale, peak 1."""
+  if n_mels < 1:
+    raise ValueError(f"data.n_mels must be >= 1, got {n_mels}")
+  mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)
+  hz = lambda m: 700.0 * (10.0**(m / 2595.0) - 1.0)
+  edges = hz(np.linspace(mel(MEL_FMIN), mel(0.975 * sample_rate / 2), n_mels + 2))
+  f = np.arange(n_bins) * sample_rate / n_fft
+  lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+  return np.maximum(0.0, np.minimum((f - lo) / (mid - lo), (hi - f) / (hi - mid))).astype(np.float32)
+
+
+def mfcc_stats(mag_TxF, data_cfg):
+  """[2 n_mfcc]: mean and std over time of MFCCs 1..n_mfcc of a magnitude spectrogram."""
+  n_mfcc, n_mels = int(_cfg(data_cfg, "n_mfcc")), int(_cfg(data_cfg, "n_mels"))
+  if not 1 <= n_mfcc < n_mels:
+    raise ValueError(f"data.n_mfcc={n_mfcc} must be in [1, data.n_mels={n_mels})")
+  fb = mel_filterbank(n_mels, int(data_cfg.n_fft), mag_TxF.shape[1], int(data_cfg.sample_rate))
+  logmel_TxM = np.log(np.asarray(mag_TxF, np.float64)**2 @ fb.T + MEL_FLOOR)
+  mfcc_TxC = scipy.fft.dct(logmel_TxM, type=2, norm="ortho", axis=1)[:, 1:n_mfcc + 1]
+  return np.concatenate([mfcc_TxC.mean(axis=0), mfcc_TxC.std(axis=0)]).astype(np.float32)
+
+
 def feature_shape(data_cfg):
   """Shape `utterance_features` returns for this config, computed without audio."""
   _, frame_len, hop = _settings(data_cfg)
@@ -209,12 +283,15 @@ def feature_shape(data_cfg):
   if seg < frame_len:
     raise ValueError(f"data.segment_samples={seg} is shorter than one {frame_len}-sample window")
   if _cfg(data_cfg, "time_average"):
-    return (int(data_cfg.n_bins),)
+    pooling = _pooling(data_cfg)
+    if pooling == "mfcc_stats":
+      return (2 * int(_cfg(data_cfg, "n_mfcc")),)
+    return (2 * int(data_cfg.n_bins),) if pooling == "stats" else (int(data_cfg.n_bins),)
   return (1 + (seg - frame_len) // hop, int(data_cfg.n_bins))
 
 
 def utterance_features(path_or_wave, data_cfg, train, rng=None):
-  """Audio features of one utterance: [F] time-average (un-normalised) or normalised [T, F].
+  """Audio features of one utterance: a pooled vector (see `data.pooling`) or a normalised [T, F].
 
   A wave given directly must already be mono at `data_cfg.sample_rate`.
   """
@@ -230,7 +307,15 @@ def utterance_features(path_or_wave, data_cfg, train, rng=None):
                        rng, short)
   except AudioError as e:
     raise AudioError(f"{name}: {e}") from None
+  if data_cfg.time_average and _pooling(data_cfg) != "magnitude_mean":
+    # The magnitude itself, whatever data.magnitude says: the log is taken here with a floor relative
+    # to the unit-RMS segment, so that it does not depend on the gain either.
+    mag_TxF = spectrogram(seg, data_cfg, rng, unit_rms=True, magnitude="linear")
+    if _pooling(data_cfg) == "mfcc_stats":
+      return mfcc_stats(mag_TxF, data_cfg)
+    return stats_pool(np.log(mag_TxF + LOG_FLOOR))
   spec_TxF = spectrogram(seg, data_cfg, rng)
   if data_cfg.time_average:
     return spec_TxF.mean(axis=0)
   return normalise_per_bin(spec_TxF)
+

@@ -15,6 +15,7 @@ gray[H, W] uint8 -> boxes (x, y, w, h).
 
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,10 @@ _FACE_MARGIN = 0.2  # extra side length around a detected box: detectors crop ti
 
 class FaceError(ValueError):
   """A face image or video that cannot be turned into face arrays; the message names it."""
+
+
+class FaceWarning(UserWarning):
+  """A face changed to fit (smaller than the target size, upscaled); prep records it in manifest['warnings']."""
 
 
 def _finish(img, size, grayscale):
@@ -59,21 +64,29 @@ def load_face(path_or_bytes, size, grayscale):
     raise FaceError(f"{name}: not a readable image ({e})") from e
   if min(img.size) < 1:
     raise FaceError(f"{name}: empty image")
+  if min(img.size) < size:  # JPEG draft mode never decodes below the requested size: the file is this small
+    warnings.warn(f"{name}: {img.size[0]}x{img.size[1]} image upscaled to a {size}x{size} face", FaceWarning,
+                  stacklevel=2)
   return _finish(img, size, grayscale)
 
 
-def _pick(n, k):
-  """k indices into n items: centres of k equal bins, or all items repeated cyclically."""
+def _pick(n, k, shift=0.5):
+  """k indices into n items: the point at `shift` (0 <= shift < 1) of each of k equal bins, or all items cyclically.
+
+  Utterance u of U sharing one video's frames takes shift (u + 0.5) / U, so different utterances get
+  different frames wherever the folder has enough of them.
+  """
   if n >= k:
-    return [int((i + 0.5) * n / k) for i in range(k)]
-  return [i % n for i in range(k)]
+    return [min(n - 1, int((i + shift) * n / k)) for i in range(k)]
+  return [(i + int(shift * n)) % n for i in range(k)]
 
 
-def face_stack_info(paths, k, size, grayscale):
+def face_stack_info(paths, k, size, grayscale, shift=0.5):
   """(uint8 [K, S, S, C] stack, paths used, [(path, reason)] skipped) from a video's frames.
 
-  The k frames are evenly spaced over the sorted paths (repeated cyclically when there are
-  fewer than k); a corrupt frame is dropped and the choice redone over the remaining ones.
+  The k frames are evenly spaced over the sorted paths at `shift` within each bin (repeated
+  cyclically when there are fewer than k); a corrupt frame is dropped and the choice redone over
+  the remaining ones.
   """
   if k < 1:
     raise ValueError(f"frames per utterance must be >= 1, got {k}")
@@ -82,7 +95,7 @@ def face_stack_info(paths, k, size, grayscale):
     raise FaceError("no face frames given")
   loaded, skipped = {}, []
   while candidates:
-    chosen = [candidates[i] for i in _pick(len(candidates), k)]
+    chosen = [candidates[i] for i in _pick(len(candidates), k, shift)]
     bad = None
     for p in dict.fromkeys(chosen):
       if p not in loaded:
@@ -99,9 +112,9 @@ def face_stack_info(paths, k, size, grayscale):
   raise FaceError(f"all {len(skipped)} face frames are unreadable, e.g. {skipped[0][1]}")
 
 
-def face_stack(paths, k, size, grayscale):
+def face_stack(paths, k, size, grayscale, shift=0.5):
   """uint8 [K, S, S, C]: k frames evenly spaced over the sorted paths (see face_stack_info)."""
-  return face_stack_info(paths, k, size, grayscale)[0]
+  return face_stack_info(paths, k, size, grayscale, shift)[0]
 
 
 def _haar(cascade_path=None):

@@ -4,6 +4,9 @@ Face frames are looked up per utterance first, in the official face release layo
 `unzippedIntervalFaces/data/<VGGFace1 ID>/1.6/<ytid>/<n>/*.jpg`, where `n` is the utterance
 number without zero padding (`00003.wav` -> `3`, as in the official release; `00003` is
 accepted too), then per video in `faces/<VGGFace1 ID>/<ytid>/*.jpg`.
+
+Split policies: `closed` keeps iden_split.txt (closed-set identification); `open` holds out the
+identities marked Set=test in vox1_meta.csv (VoxCeleb1's verification test identities) for test.
 """
 
 import csv
@@ -16,6 +19,17 @@ SPLIT_CODES = {"1": "train", "2": "validation", "3": "test"}
 META_COLUMNS = {"VoxCeleb1 ID": "identity", "VGGFace1 ID": "name", "Gender": "gender",
                 "Nationality": "nationality", "Set": "set"}
 FACE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLIT_POLICIES = ("closed", "open")
+SPLIT_NOTES = {
+    "closed": "split_policy closed: iden_split.txt as given (1 train, 2 validation, 3 test), closed-set "
+              "identification: test holds other utterances of identities seen in training",
+    "open": "split_policy open: the identities with Set=test in vox1_meta.csv (in VoxCeleb1 the verification "
+            "test identities, id10270-id10309) are held out: every utterance of theirs is in test and none is in "
+            "train or validation; the other identities keep their iden_split.txt train and validation "
+            "utterances, and their iden_split.txt test utterances go to validation, so no utterance is dropped "
+            "and test measures unseen identities only (validation: new utterances of seen identities)",
+}
+MIN_RETRIEVAL_IDENTITIES = 2  # retrieval ranks a query's own identity against at least one other
 
 
 @dataclasses.dataclass
@@ -25,12 +39,13 @@ class Corpus:
   identities: list[dict]
   attributes: list[str]
   skipped: list[dict]
+  split_policy: str | None = None  # closed|open for VoxCeleb1-layout corpora; None for other corpora
 
 
 def read_meta(path) -> tuple[dict[str, dict], list[str]]:
   """vox1_meta.csv (tab-separated) -> ({VoxCeleb1 ID: row}, names of the extra columns)."""
   path = pathlib.Path(path)
-  with open(path, newline="", encoding="utf-8") as f:
+  with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not part of the header
     reader = csv.reader(f, delimiter="\t")
     header = [h.strip() for h in next(reader, [])]
     missing = [c for c in META_COLUMNS if c not in header]
@@ -54,7 +69,7 @@ def read_split(path) -> list[tuple[str, str]]:
   """iden_split.txt -> [(split, 'id/ytid/utt.wav')] with split in train|validation|test."""
   path = pathlib.Path(path)
   out = []
-  for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+  for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
     if not line.strip():
       continue
     parts = line.split()
@@ -99,8 +114,33 @@ def check_root(root) -> pathlib.Path:
   return root
 
 
-def list_examples(root, strict: bool = False) -> Corpus:
+def open_split(split: str, row: dict) -> str:
+  """An utterance's open-set split: test for a Set=test identity, else its iden_split one with test -> validation."""
+  if row["set"].strip().lower() == "test":
+    return "test"
+  return "validation" if split == "test" else split
+
+
+def split_warnings(examples: list[dict]) -> list[str]:
+  """Problems of a split assignment that do not stop preparation (a test split too small for retrieval)."""
+  held = sorted({e["identity"] for e in examples if e["split"] == "test"})
+  if 0 < len(held) < MIN_RETRIEVAL_IDENTITIES:
+    return [f"the test split holds {len(held)} identity ({', '.join(held)}): retrieval and clusters on the test "
+            f"split need >= {MIN_RETRIEVAL_IDENTITIES} identities"]
+  return []
+
+
+def _check_open(kept: list[tuple], meta_path: pathlib.Path) -> None:
+  for split, what in (("test", f"no usable utterance of an identity with Set=test in {meta_path}"),
+                      ("train", "no usable train utterance of an identity that is not held out")):
+    if not any(k[0] == split for k in kept):
+      raise ValueError(f"the open split leaves {split} empty: {what}; use --split closed")
+
+
+def list_examples(root, strict: bool = False, split_policy: str = "closed") -> Corpus:
   """Parses a VoxCeleb1 root into example specs; bad entries are skipped (or raise when strict)."""
+  if split_policy not in SPLIT_POLICIES:
+    raise ValueError(f"split_policy must be one of {SPLIT_POLICIES}, got {split_policy!r}")
   root = check_root(root)
   meta, extras = read_meta(root / "vox1_meta.csv")
   listed = read_split(root / "iden_split.txt")
@@ -142,6 +182,10 @@ def list_examples(root, strict: bool = False) -> Corpus:
     skip(root / "wav" / identity / video, f"no face frames for this video: looked in {root / 'faces' / name / video} "
          f"and {root / 'unzippedIntervalFaces/data' / name / '1.6' / video} ({n} utterances skipped)")
 
+  if split_policy == "open":
+    kept = [(open_split(k[0], meta[k[2]]), *k[1:]) for k in kept]
+    _check_open(kept, root / "vox1_meta.csv")
+
   ids = sorted({k[2] for k in kept})
   label_of = {identity: i for i, identity in enumerate(ids)}
   identities = []
@@ -151,9 +195,16 @@ def list_examples(root, strict: bool = False) -> Corpus:
     entry.update({k: row[k] for k in extras})
     identities.append(entry)
   examples = []
+  # Utterances that share one folder of frames (per-video faces) each take a different offset into it.
+  sharing: dict[tuple, list[str]] = {}
+  for k in kept:
+    sharing.setdefault(tuple(k[5]), []).append(k[1])
   for split, rel, identity, video, wav, faces in sorted(kept, key=lambda k: k[1]):
     row = meta[identity]
+    group = sorted(sharing[tuple(faces)])
     examples.append({"id": rel, "wav": str(wav), "faces": faces, "split": split, "identity": identity,
                      "name": row["name"], "gender": row["gender"], "nationality": row["nationality"],
-                     "video": video, "label": label_of[identity]})
-  return Corpus(examples=examples, identities=identities, attributes=extras, skipped=skipped)
+                     "video": video, "label": label_of[identity],
+                     "frame_shift": (group.index(rel) + 0.5) / len(group)})
+  return Corpus(examples=examples, identities=identities, attributes=extras, skipped=skipped,
+                split_policy=split_policy)

@@ -14,7 +14,9 @@ FORMAT = "mmvae-prepared/1"
 TEXT_FEATURES = ("id", "identity", "video", "gender")
 # data.* keys that change the stored features; the rest (dither, seed, ...) only change sampling.
 FEATURE_KEYS = ("sample_rate", "segment_samples", "window_ms", "hop_ms", "n_fft", "n_bins", "magnitude",
-                "time_average", "face_size", "grayscale")
+                "time_average", "pooling", "n_mels", "n_mfcc", "face_size", "grayscale")
+PAIRINGS = ("utterance", "video", "identity")
+_GROUP_KEY = {"video": "video", "identity": "label"}
 IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access instead
 
 
@@ -95,6 +97,13 @@ class Dataset:
       return {k: v[indices] for k, v in self.arrays(split).items()}
     return self.read(split, indices)  # prep writes examples in id order, so stored order == id order
 
+  def column(self, split: str, name: str) -> np.ndarray:
+    """One per-example field of `split` in id order (label, video, ...)."""
+    if split in self._arrays or self.in_memory(split):
+      return self.arrays(split)[name]
+    n = self.num_examples(split)
+    return np.concatenate([self.read(split, range(lo, min(n, lo + 4096)))[name] for lo in range(0, n, 4096)])
+
   def check_config(self, config) -> None:
     """ValueError saying what to change when `config.data` does not match how this dataset was prepared."""
     prepared = self.manifest.get("data_config", {})
@@ -104,6 +113,9 @@ class Dataset:
       fix = " ".join(f"--config.data.{k}={prepared[k]}" for k in wrong)
       raise ValueError(f"the prepared dataset {self.data_dir} (config {self.manifest.get('config')!r}) was built "
                        f"with {found}. Train with {fix}, or re-run `mmvae prep` with this config")
+    pairing = config.data.get("pairing", "utterance")
+    if pairing not in PAIRINGS:
+      raise ValueError(f"config.data.pairing={pairing!r} is unknown; use one of {PAIRINGS}")
     for modality in modalities.MODALITIES:
       if modality not in self.manifest.get("features", {}):
         raise ValueError(f"the prepared dataset {self.data_dir} has no {modality!r} features; re-run `mmvae prep`")
@@ -137,16 +149,44 @@ def _indices(perms: _Permutations, global_batch_size: int, step: int) -> np.ndar
   return np.array([perms(int(e))[w] for e, w in zip(epochs, within)], dtype=np.int64)
 
 
+class Pairing:
+  """Which example's face each voice is paired with: itself, or a member of its video or identity group."""
+
+  def __init__(self, dataset: Dataset, split: str, policy: str = "utterance"):
+    if policy not in PAIRINGS:
+      raise ValueError(f"config.data.pairing={policy!r} is unknown; use one of {PAIRINGS}")
+    self.policy = policy
+    if policy != "utterance":
+      keys = dataset.column(split, _GROUP_KEY[policy])
+      _, self.group_of = np.unique(keys, return_inverse=True)
+      order = np.argsort(self.group_of, kind="stable")
+      bounds = np.r_[0, np.cumsum(np.bincount(self.group_of))]
+      self.members = [order[bounds[g]:bounds[g + 1]] for g in range(len(bounds) - 1)]
+
+  def __call__(self, indices: np.ndarray, seed: int, step: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(partner example, frame) per batch position j, drawn from (seed, step, j) only."""
+    partners, chosen = np.empty(len(indices), np.int64), np.zeros(len(indices), np.int64)
+    for j, i in enumerate(indices):
+      if self.policy == "utterance" and frames == 1:
+        partners[j] = i
+        continue
+      rng = np.random.default_rng((seed, step, j))
+      if self.policy == "utterance":
+        partners[j] = i
+      else:
+        group = self.members[self.group_of[i]]
+        partners[j] = group[rng.integers(len(group))]
+      chosen[j] = rng.integers(frames)
+    return partners, chosen
+
+
 def _batch(dataset: Dataset, split: str, perms: _Permutations, global_batch_size: int, seed: int,
-           step: int) -> dict[str, np.ndarray]:
+           step: int, pairing: Pairing) -> dict[str, np.ndarray]:
   idx = _indices(perms, global_batch_size, step)
   data = dataset.take(split, idx)
-  face = data[modalities.FACE]
-  k = face.shape[1]
-  if k > 1:  # one frame per example, drawn from (seed, step, j): independent of devices and workers
-    frames = np.array([np.random.default_rng((seed, step, j)).integers(k) for j in range(global_batch_size)])
-  else:
-    frames = np.zeros(global_batch_size, np.int64)
+  k = data[modalities.FACE].shape[1]
+  partners, frames = pairing(idx, seed, step, k)
+  face = data[modalities.FACE] if pairing.policy == "utterance" else dataset.take(split, partners)[modalities.FACE]
   return {modalities.AUDIO: np.asarray(data[modalities.AUDIO], np.float32),
           modalities.FACE: face_to_float(face[np.arange(global_batch_size), frames]),
           "label": np.asarray(data["label"], np.int32)}
@@ -164,21 +204,23 @@ def _check_batch(dataset: Dataset, split: str, global_batch_size: int, num_devic
   return n
 
 
-def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, step: int,
+             pairing: str = "utterance") -> dict[str, np.ndarray]:
   """Batch number `step` of the (seed)-ordered stream: audio float32, face float32 [B,S,S,C] in [0,1], label."""
   n = _check_batch(dataset, split, global_batch_size)
-  return _batch(dataset, split, _Permutations(n, seed), global_batch_size, seed, step)
+  return _batch(dataset, split, _Permutations(n, seed), global_batch_size, seed, step, Pairing(dataset, split, pairing))
 
 
 def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
-            num_devices: int = 1, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+            num_devices: int = 1, prefetch: int = 2, pairing: str = "utterance") -> Iterator[dict[str, np.ndarray]]:
   """batch_at(step) for step = start_step, start_step + 1, ..., built ahead by a background thread."""
   n = _check_batch(dataset, split, global_batch_size, num_devices)
   perms = _Permutations(n, seed)
+  pair = Pairing(dataset, split, pairing)
   if prefetch < 1:
     step = start_step
     while True:
-      yield _batch(dataset, split, perms, global_batch_size, seed, step)
+      yield _batch(dataset, split, perms, global_batch_size, seed, step, pair)
       step += 1
   buffer: queue.Queue = queue.Queue(maxsize=prefetch)
   stop = threading.Event()
@@ -187,7 +229,7 @@ def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, sta
     step = start_step
     try:
       while not stop.is_set():
-        item = _batch(dataset, split, perms, global_batch_size, seed, step)
+        item = _batch(dataset, split, perms, global_batch_size, seed, step, pair)
         while not stop.is_set():
           try:
             buffer.put(item, timeout=0.1)

@@ -1,22 +1,35 @@
-"""The MS-VAE objective: self and cross reconstruction, KL to N(0, I) and a Wasserstein alignment term.
+"""The MS-VAE objective: per-encoder ELBOs (self and cross reconstruction, KL to N(0, I)) plus alignment terms.
 
-For each modality m of a pair (x_audio, x_face), with z_m ~ q_m(z | x_m):
-  (1) self reconstruction   ||dec_m(z_m) - x_m||^2
-  (2) cross reconstruction  ||dec_n(z_m) - x_n||^2 for the other modality n
-  (3) KL(q_m || N(0, I))
-and once per pair
-  (4) a Wasserstein alignment between q_audio and q_face.
-Reconstructions are summed squared errors per example (a unit-variance Gaussian likelihood up to
-constants), so their scale matches the summed KL; every term is a mean over the batch.
+For each modality m of a pair (x_audio, x_face), with z_m ~ q_m(z | x_m), the shared decoder gives
+one ELBO on log p(x_audio, x_face) per encoder:
+  ELBO_m = E_q_m[log p(x_m | z_m)]          (1) self reconstruction
+         + E_q_m[log p(x_n | z_m)]          (2) cross reconstruction, n the other modality
+         - KL(q_m(z | x_m) || N(0, I))      (3)
+with p(x_n | z) = N(dec_n(z), sigma_n^2 I): a Gaussian with a per-modality scale sigma_n (fixed by
+config, or learned), so -log p is a negative log-likelihood in nats and the loss with unit weights
+is -(ELBO_audio + ELBO_face). The logged `elbo` is the mean of the two bounds per example.
+`loss.likelihood='sse'` keeps the seed report's summed squared error (twice the unit-variance NLL
+up to a constant) to reproduce it.
+Alignment of the two posteriors of a pair, each with its own weight and combinable:
+  (4) a Wasserstein term: exact W2^2 between the Gaussians, L2 between samples, or sliced W2,
+  (5) symmetric InfoNCE between the posterior means of the global batch (CLIP/VATT),
+  (6) the M-CVS triplet loss (within each modality and across, batch-hard, global batch),
+  (7) identity cross-entropy of a linear head on both posterior means.
+Every term is a mean over the batch; batch-level terms (sliced, InfoNCE, triplet) see the whole
+global batch so 1 and 4 devices give the same loss.
 """
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from mmvae import modalities
 
 WASSERSTEIN_VARIANTS = ("w2_gaussian", "sample_l2", "sliced")
+LIKELIHOODS = ("gaussian", "sse")
+POSITIVES = ("pair", "identity")
+_LOG_2PI = float(jnp.log(2.0 * jnp.pi))
 
 
 def gaussian_kl(mu_BxZ, logvar_BxZ):
@@ -54,6 +67,56 @@ def reconstruction(pred, target):
   return jnp.sum(diff**2, axis=-1)
 
 
+def gaussian_nll(pred, target, log_sigma):
+  """-log N(target | pred, sigma^2 I) per example, summed over its dimensions (nats)."""
+  sse_B = reconstruction(pred, target)
+  dims = pred[0].size
+  return 0.5 * sse_B * jnp.exp(-2.0 * log_sigma) + dims * (log_sigma + 0.5 * _LOG_2PI)
+
+
+def _unit(x_BxZ):
+  return x_BxZ / jnp.maximum(jnp.linalg.norm(x_BxZ, axis=-1, keepdims=True), 1e-12)
+
+
+def info_nce(u_BxZ, v_BxZ, temperature, labels_B=None):
+  """Symmetric InfoNCE on cosine similarity / temperature: mean of the u->v and v->u cross-entropies.
+
+  Positives of row i: its own pair (labels None), or every item with the same label (then the
+  log-probability of the positive set, so same-identity items in the batch are not pushed apart).
+  """
+  logits_BxB = _unit(u_BxZ) @ _unit(v_BxZ).T / temperature
+  if labels_B is None:
+    pos_BxB = jnp.eye(u_BxZ.shape[0], dtype=bool)
+  else:
+    pos_BxB = labels_B[:, None] == labels_B[None, :]
+
+  def one_way(l_BxB, p_BxB):
+    log_all_B = jax.nn.logsumexp(l_BxB, axis=1)
+    log_pos_B = jax.nn.logsumexp(jnp.where(p_BxB, l_BxB, -jnp.inf), axis=1)
+    return jnp.mean(log_all_B - log_pos_B)
+
+  return 0.5 * (one_way(logits_BxB, pos_BxB) + one_way(logits_BxB.T, pos_BxB.T))
+
+
+def triplet(anchor_BxZ, other_BxZ, labels_B, margin, same_set: bool):
+  """Batch-hard triplet loss on unit vectors: max(0, margin + d(a, hardest p) - d(a, hardest n)), mean over anchors.
+
+  d is the squared Euclidean distance of the l2-normalised vectors (2 - 2 cos). same_set: the
+  other set is the anchors' own modality, so an anchor is not its own positive. Anchors without a
+  positive or a negative in the batch do not count.
+  """
+  a, o = _unit(anchor_BxZ), _unit(other_BxZ)
+  d_BxB = jnp.maximum(2.0 - 2.0 * a @ o.T, 0.0)
+  same_BxB = labels_B[:, None] == labels_B[None, :]
+  pos_BxB = same_BxB & ~jnp.eye(len(labels_B), dtype=bool) if same_set else same_BxB
+  neg_BxB = ~same_BxB
+  hardest_pos_B = jnp.max(jnp.where(pos_BxB, d_BxB, -jnp.inf), axis=1)
+  hardest_neg_B = jnp.min(jnp.where(neg_BxB, d_BxB, jnp.inf), axis=1)
+  valid_B = pos_BxB.any(axis=1) & neg_BxB.any(axis=1)
+  hinge_B = jnp.where(valid_B, jnp.maximum(0.0, margin + hardest_pos_B - hardest_neg_B), 0.0)
+  return jnp.sum(hinge_B) / jnp.maximum(jnp.sum(valid_B), 1)
+
+
 def kl_weight(loss_cfg, step):
   """The annealed KL weight: a linear ramp from 0 to kl_weight over kl_anneal_steps (0 = off)."""
   if loss_cfg.kl_anneal_steps <= 0:
@@ -71,6 +134,20 @@ def check_loss_config(loss_cfg) -> None:
       raise ValueError(f"config.loss.{name}={loss_cfg[name]} must be >= 0")
   if loss_cfg.sliced_projections < 1:
     raise ValueError(f"config.loss.sliced_projections={loss_cfg.sliced_projections} must be >= 1")
+  if loss_cfg.likelihood not in LIKELIHOODS:
+    raise ValueError(f"config.loss.likelihood={loss_cfg.likelihood!r} is unknown; use one of {LIKELIHOODS}")
+  if loss_cfg.infonce_positives not in POSITIVES:
+    raise ValueError(f"config.loss.infonce_positives={loss_cfg.infonce_positives!r} is unknown; use one of {POSITIVES}")
+  for name in ("infonce_weight", "triplet_weight", "identity_weight"):
+    if loss_cfg[name] < 0:
+      raise ValueError(f"config.loss.{name}={loss_cfg[name]} must be >= 0")
+  if not loss_cfg.temperature > 0:
+    raise ValueError(f"config.loss.temperature={loss_cfg.temperature} must be > 0")
+  if not loss_cfg.min_sigma > 0 or any(not v > 0 for v in loss_cfg.sigma.values()):
+    raise ValueError(f"config.loss.sigma ({dict(loss_cfg.sigma)}) and min_sigma={loss_cfg.min_sigma} must be > 0")
+  if len(loss_cfg.triplet_margins) != 3:
+    raise ValueError(f"config.loss.triplet_margins={loss_cfg.triplet_margins} needs 3 margins: within audio, "
+                     "within face, across")
 
 
 def _gather(x, axis_name):
@@ -78,9 +155,52 @@ def _gather(x, axis_name):
   return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
 
 
+def log_sigmas(model, loss_cfg) -> dict:
+  """log sigma of each modality's Gaussian likelihood: the config's value, times the model's learned factor."""
+  out = {}
+  for m in modalities.MODALITIES:
+    log_s = jnp.log(jnp.float32(loss_cfg.sigma[m]))
+    if loss_cfg.learn_sigma:
+      log_s = log_s + model.decoder.log_sigma_offset[m][...]
+    out[m] = jnp.maximum(log_s, jnp.log(jnp.float32(loss_cfg.min_sigma)))
+  return out
+
+
+def _alignment(post, z, labels_B, step_key, loss_cfg, axis_name) -> dict:
+  """(4)-(6): the alignment terms between the audio and face posteriors that have a weight."""
+  a, v = modalities.AUDIO, modalities.FACE
+  out = {}
+  if loss_cfg.wasserstein_weight > 0 or loss_cfg.wasserstein == "w2_gaussian":
+    if loss_cfg.wasserstein == "w2_gaussian":  # (4)
+      out["wasserstein"] = jnp.mean(w2_gaussian(*post[a], *post[v]))
+    elif loss_cfg.wasserstein == "sample_l2":
+      out["wasserstein"] = jnp.mean(sample_l2(z[a], z[v]))
+    else:  # a batch-level distance: on the whole global batch so it is the same on any device count
+      out["wasserstein"] = sliced_w2(_gather(z[a], axis_name), _gather(z[v], axis_name), step_key,
+                                     loss_cfg.sliced_projections)
+  if loss_cfg.infonce_weight > 0 or loss_cfg.triplet_weight > 0:
+    mu = {m: _gather(post[m][0], axis_name) for m in (a, v)}
+    labels = _gather(labels_B, axis_name)
+    if loss_cfg.infonce_weight > 0:  # (5)
+      pos_labels = labels if loss_cfg.infonce_positives == "identity" else None
+      out["infonce"] = info_nce(mu[a], mu[v], loss_cfg.temperature, pos_labels)
+    if loss_cfg.triplet_weight > 0:  # (6)
+      m_a, m_v, m_x = loss_cfg.triplet_margins
+      out["triplet"] = (triplet(mu[a], mu[a], labels, m_a, True) + triplet(mu[v], mu[v], labels, m_v, True)
+                        + 0.5 * (triplet(mu[a], mu[v], labels, m_x, False)
+                                 + triplet(mu[v], mu[a], labels, m_x, False)))
+  return out
+
+
 def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
   """The MS-VAE loss of a batch: (total, {term: value}); keys give each example its own noise."""
   a, v = modalities.AUDIO, modalities.FACE
+  needs = [name for name, on in (("identity_weight", loss_cfg.identity_weight > 0),
+                                 ("triplet_weight", loss_cfg.triplet_weight > 0),
+                                 ("infonce_positives='identity'",
+                                  loss_cfg.infonce_weight > 0 and loss_cfg.infonce_positives == "identity")) if on]
+  if needs and "label" not in batch:
+    raise ValueError(f"config.loss {', '.join(needs)} needs identity labels, but the batch has no 'label'")
   post = {m: model.encode(m, batch[m]) for m in (a, v)}
   # Noise per example and modality from its own key, so it does not depend on the device layout.
   eps_keys = jax.vmap(lambda k: jax.random.split(k, 2))(example_keys_B)
@@ -90,30 +210,36 @@ def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name
     eps_BxZ = jax.vmap(lambda k: jax.random.normal(k, mu_BxZ.shape[1:]))(eps_keys[:, i])
     z[m] = mu_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ
 
-  terms = {}
+  log_sigma = log_sigmas(model, loss_cfg)
+  terms, nll = {}, {}
   for m in (a, v):
     out = model.decode(z[m])
     for n in (a, v):
-      terms[f"recon_{n}_from_{m}"] = reconstruction(out[n], batch[n])  # (1) n == m, (2) n != m
+      nll[(n, m)] = gaussian_nll(out[n], batch[n], log_sigma[n])  # (1) n == m, (2) n != m
+      # The optimised reconstruction term: the NLL, or the seed recipe's summed squared error.
+      recon = nll[(n, m)] if loss_cfg.likelihood == "gaussian" else reconstruction(out[n], batch[n])
+      terms[f"recon_{n}_from_{m}"] = recon
     terms[f"kl_{m}"] = gaussian_kl(*post[m])  # (3)
-
-  if loss_cfg.wasserstein == "w2_gaussian":  # (4)
-    wass = jnp.mean(w2_gaussian(*post[a], *post[v]))
-  elif loss_cfg.wasserstein == "sample_l2":
-    wass = jnp.mean(sample_l2(z[a], z[v]))
-  elif loss_cfg.wasserstein == "sliced":
-    # A batch-level distance: computed on the whole global batch so it is the same on any device count.
-    wass = sliced_w2(_gather(z[a], axis_name), _gather(z[v], axis_name), step_key, loss_cfg.sliced_projections)
-  else:
-    raise ValueError(f"config.loss.wasserstein={loss_cfg.wasserstein!r} is unknown; use one of {WASSERSTEIN_VARIANTS}")
+  elbo_B = -0.5 * sum(nll[(n, m)] for n in (a, v) for m in (a, v)) - 0.5 * (terms[f"kl_{a}"] + terms[f"kl_{v}"])
 
   metrics = {name: jnp.mean(value) for name, value in terms.items()}
-  metrics["wasserstein"] = wass
+  metrics.update(_alignment(post, z, batch["label"] if "label" in batch else None, step_key, loss_cfg, axis_name))
   beta = kl_weight(loss_cfg, step)
   total = (loss_cfg.self_recon_weight * (metrics[f"recon_{a}_from_{a}"] + metrics[f"recon_{v}_from_{v}"])
            + loss_cfg.cross_recon_weight * (metrics[f"recon_{v}_from_{a}"] + metrics[f"recon_{a}_from_{v}"])
-           + beta * (metrics[f"kl_{a}"] + metrics[f"kl_{v}"])
-           + loss_cfg.wasserstein_weight * wass)
+           + beta * (metrics[f"kl_{a}"] + metrics[f"kl_{v}"]))
+  for name, weight in (("wasserstein", loss_cfg.wasserstein_weight), ("infonce", loss_cfg.infonce_weight),
+                       ("triplet", loss_cfg.triplet_weight)):
+    if name in metrics:
+      total = total + weight * metrics[name]
+  if loss_cfg.identity_weight > 0:  # (7)
+    ce = sum(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(model.identity_logits(post[m][0]),
+                                                                      batch["label"])) for m in (a, v))
+    metrics["identity_ce"] = 0.5 * ce
+    total = total + loss_cfg.identity_weight * metrics["identity_ce"]
   metrics["loss"] = total
+  metrics["elbo"] = jnp.mean(elbo_B)
   metrics["kl_scale"] = beta
+  for m in (a, v):
+    metrics[f"sigma_{m}"] = jnp.exp(log_sigma[m])
   return total, metrics

@@ -129,6 +129,8 @@ class SharedDecoder(nnx.Module):
       else:  # a time-averaged audio vector has no grid to deconvolve into
         heads[m] = MLPHead(widths[-1], out_shapes[m], dtype, rngs)
     self.heads = nnx.Dict(heads)
+    # A learned factor on each modality's likelihood scale (log space, starts at 0: the config's sigma).
+    self.log_sigma_offset = nnx.Dict({m: nnx.Param(jnp.zeros((), jnp.float32)) for m in modalities.MODALITIES})
     self.dtype = dtype
 
   def __call__(self, z_BxZ):
@@ -141,11 +143,16 @@ class SharedDecoder(nnx.Module):
 
 
 class MSVAE(nnx.Module):
-  """Per-modality encoders (in an nnx.Dict) and one shared decoder."""
+  """Per-modality encoders (in an nnx.Dict), one shared decoder and an optional identity head on the latent."""
 
-  def __init__(self, encoders: dict, decoder: SharedDecoder):
+  def __init__(self, encoders: dict, decoder: SharedDecoder, identity_head=None):
     self.encoders = nnx.Dict(encoders)
     self.decoder = decoder
+    self.identity_head = identity_head
+
+  def identity_logits(self, mu_BxZ):
+    """Identity logits of latent means (the optional cross-entropy objective)."""
+    return self.identity_head(mu_BxZ).astype(jnp.float32)
 
   def encode(self, modality: str, x):
     """(mu_BxZ, logvar_BxZ) of q(z | x) for one modality."""
@@ -167,16 +174,24 @@ def _encoder(kind, modality, shape, mc, dtype, rngs):
   raise ValueError(f"config.model.{modality}_encoder={kind!r} is unknown; use 'mlp' or 'conv'")
 
 
-def build_model(config, input_shapes: dict, seed: int) -> MSVAE:
-  """The MS-VAE for `config.model` and input shapes {'audio': (F,) or (T, F), 'face': (S, S, C)}."""
+def build_model(config, input_shapes: dict, seed: int, num_classes: int = 0) -> MSVAE:
+  """The MS-VAE for `config.model` and input shapes {'audio': (F,) or (T, F), 'face': (S, S, C)}.
+
+  num_classes: training identities, for the identity head (built when config.loss.identity_weight > 0).
+  """
   mc = config.model
   missing = [m for m in modalities.MODALITIES if m not in input_shapes]
   if missing:
     raise ValueError(f"input_shapes lacks {missing}; expected keys {modalities.MODALITIES}")
   if mc.decoder not in ("mlp", "conv"):
     raise ValueError(f"config.model.decoder={mc.decoder!r} is unknown; use 'mlp' or 'conv'")
-  if mc.latent_dim < 1 or not mc.hidden or not mc.conv_channels:
-    raise ValueError("config.model needs latent_dim >= 1 and non-empty hidden and conv_channels")
+  if mc.latent_dim < 1 or not mc.hidden or not mc.conv_channels or min(*mc.hidden, *mc.conv_channels) < 1:
+    raise ValueError(f"config.model needs latent_dim >= 1 and non-empty hidden and conv_channels of widths >= 1, "
+                     f"got latent_dim={mc.latent_dim}, hidden={tuple(mc.hidden)}, "
+                     f"conv_channels={tuple(mc.conv_channels)}")
+  with_head = config.loss.get("identity_weight", 0.0) > 0
+  if with_head and num_classes < 2:
+    raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")
   dtype = _dtype(mc.dtype)
   shapes = {m: tuple(int(d) for d in input_shapes[m]) for m in modalities.MODALITIES}
   kinds = {modalities.AUDIO: mc.audio_encoder, modalities.FACE: mc.face_encoder}
@@ -185,7 +200,8 @@ def build_model(config, input_shapes: dict, seed: int) -> MSVAE:
     rngs = nnx.Rngs(params=seed)
     encoders = {m: _encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
     decoder = SharedDecoder(mc.latent_dim, shapes, mc.hidden, mc.conv_channels, mc.decoder, dtype, rngs)
-    return MSVAE(encoders, decoder)
+    head = nnx.Linear(mc.latent_dim, num_classes, dtype=dtype, rngs=rngs) if with_head else None
+    return MSVAE(encoders, decoder, head)
 
   graphdef, abstract = nnx.split(nnx.eval_shape(build))  # config errors surface here, nothing allocated
   return nnx.merge(graphdef, _init_params(abstract, seed))

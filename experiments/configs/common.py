@@ -18,12 +18,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.n_fft = 1024
   c.data.n_bins = 512
   c.data.magnitude = "linear"  # 'linear' (VGGVox) or 'log' (log1p of the magnitude)
-  c.data.time_average = True  # [T, F] -> [F]; see data_prep/audio.py for the normalisation order
+  c.data.time_average = True  # [T, F] -> a vector pooled over time (data.pooling); see data_prep/audio.py
+  # 'mfcc_stats': mean and std over time of MFCCs 1..n_mfcc of the gain-normalised segment, [2 n_mfcc];
+  # 'stats': mean and std over time of its log spectrogram, [2F]; both invariant to the utterance's
+  # gain. 'magnitude_mean': the seed report's average magnitude, [F] (it encodes loudness).
+  c.data.pooling = "mfcc_stats"
+  c.data.n_mels = 40
+  c.data.n_mfcc = 20
   c.data.dither = 1.0  # dither amplitude relative to VGGVox's 1e-6 * std scale
   c.data.short_clips = "pad"  # 'pad' (zero-pad to the segment) or 'skip'
   c.data.face_size = 23
   c.data.grayscale = True
-  c.data.frames_per_utterance = 1
+  c.data.frames_per_utterance = 1  # K face frames stored per utterance; training draws one per step
+  # Which face a training voice is paired with, drawn per step from (seed, step, position):
+  # 'utterance' (one of its own K frames), 'video' (a frame of any utterance of its video) or
+  # 'identity' (a frame of any training video of the same identity).
+  c.data.pairing = "utterance"
   c.data.seed = 0  # train-crop and dither generator seed at preparation time
 
   c.model = ml_collections.ConfigDict()
@@ -36,6 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
 
   c.loss = ml_collections.ConfigDict()
+  # Reconstruction: 'gaussian' (NLL in nats with a per-modality scale sigma, so the loss is a true
+  # negative ELBO) or 'sse' (summed squared error: the seed report's recipe).
+  c.loss.likelihood = "gaussian"
+  c.loss.sigma = ml_collections.ConfigDict({"audio": 1.0, "face": 0.1})  # fixed, or the initial value when learned
+  c.loss.learn_sigma = True  # one learned scale per modality (a calibrated decoder)
+  c.loss.min_sigma = 0.01
   c.loss.wasserstein = "w2_gaussian"  # 'w2_gaussian' | 'sample_l2' | 'sliced'
   c.loss.self_recon_weight = 1.0
   c.loss.cross_recon_weight = 1.0
@@ -43,6 +59,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.wasserstein_weight = 1.0
   c.loss.kl_anneal_steps = 0  # linear KL warm-up from 0 to kl_weight; 0 = off
   c.loss.sliced_projections = 64
+  # Further alignment objectives (weight 0 = off), computed over the global batch of posterior means.
+  c.loss.infonce_weight = 0.0  # symmetric InfoNCE (CLIP/VATT)
+  c.loss.temperature = 0.1
+  c.loss.infonce_positives = "identity"  # 'pair' (only its own pair) or 'identity' (every same-identity item)
+  c.loss.triplet_weight = 0.0  # M-CVS triplet loss, batch-hard
+  c.loss.triplet_margins = (0.2, 0.2, 0.2)  # within audio, within face, across
+  c.loss.identity_weight = 0.0  # identity cross-entropy of a linear head on the latent means
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0
@@ -57,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2
+  # Which checkpoint is 'best': 'cross_mrr' (mean validation MRR voice->face and face->voice, the
+  # numbers the analysis reports, scored the same way) or 'loss' (lowest validation loss).
+  c.train.select_by = "cross_mrr"
 
   c.parallel = "pmap"  # 'pmap' or 'sharded' (jit + NamedSharding)
 

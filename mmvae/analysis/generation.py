@@ -7,68 +7,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import tqdm  # noqa: E402
 
-from mmvae import modalities  # noqa: E402
+from mmvae import inference, modalities  # noqa: E402
 
 DPI = 120
-BATCH = 256
+BATCH = inference.BATCH
 
 
-def _batched(fn, x, batch_size: int, desc: str):
-  """fn over fixed-size batches (the last padded, so a jitted fn compiles once), concatenated."""
-  import jax
-  n = len(x)
-  outs = []
-  for lo in tqdm.tqdm(range(0, n, batch_size), desc=desc, disable=n <= 4 * batch_size):
-    chunk = x[lo:lo + batch_size]
-    pad = batch_size - len(chunk) if n > batch_size else 0
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    out = jax.tree.map(lambda a: np.asarray(a)[:len(chunk) - pad], fn(chunk))
-    outs.append(out)
-  return jax.tree.map(lambda *a: np.concatenate(a), *outs)
-
-
-def _jitted(model):
+def _decoder(model):
   from flax import nnx
-
-  @nnx.jit(static_argnums=1)
-  def encode(m, modality, x):
-    return m.encode(modality, x)
 
   @nnx.jit
   def decode(m, z):
     return m.decode(z)
 
-  return (lambda modality: lambda x: encode(model, modality, x)), (lambda z: decode(model, z))
-
-
-def encode_split(model, arrays: dict, batch_size: int = BATCH) -> dict:
-  """Posterior means and log-variances of every example's voice and face.
-
-  An example's face posterior averages its K frames' posteriors (mean of means, log of mean variance):
-  training sees one random frame per step, so no frame is privileged.
-  """
-  from mmvae import data
-  encode, _ = _jitted(model)
-  a_mu, a_lv = _batched(encode(modalities.AUDIO), np.asarray(arrays[modalities.AUDIO], np.float32),
-                        batch_size, "encode voices")
-  faces = np.asarray(arrays[modalities.FACE])
-  mus, variances = [], []
-  for k in range(faces.shape[1]):
-    mu, lv = _batched(encode(modalities.FACE), data.face_to_float(faces[:, k]), batch_size, f"encode faces {k}")
-    mus.append(mu)
-    variances.append(np.exp(lv))
-  return {"audio_mu": a_mu, "audio_logvar": a_lv, "face_mu": np.mean(mus, 0),
-          "face_logvar": np.log(np.mean(variances, 0))}
+  return lambda z: decode(model, z)
 
 
 def cross_generate(model, latents: dict, batch_size: int = BATCH) -> dict:
   """Decodes each example's voice and face posterior means into both modalities."""
-  _, decode = _jitted(model)
-  from_voice = _batched(decode, np.asarray(latents["audio_mu"], np.float32), batch_size, "decode voices")
-  from_face = _batched(decode, np.asarray(latents["face_mu"], np.float32), batch_size, "decode faces")
+  decode = _decoder(model)
+  from_voice = inference.batched(decode, np.asarray(latents["audio_mu"], np.float32), batch_size, "decode voices")
+  from_face = inference.batched(decode, np.asarray(latents["face_mu"], np.float32), batch_size, "decode faces")
   return {"face_from_voice": from_voice[modalities.FACE], "audio_from_voice": from_voice[modalities.AUDIO],
           "face_from_face": from_face[modalities.FACE], "audio_from_face": from_face[modalities.AUDIO]}
 
@@ -174,12 +134,17 @@ def voice_features(wav, data_cfg, manifest: dict, seed: int = 0) -> np.ndarray:
 
 def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
   """Writes the face a trained run generates for one WAV file; returns it as float [S, S, C]."""
-  from mmvae import data
+  from PIL import Image
+
   from mmvae.train import checkpoints
   if not pathlib.Path(wav).is_file():
     raise FileNotFoundError(f"WAV file {wav} not found")
-  model, config, data_dir = checkpoints.load_run(workdir)
-  manifest = data.Dataset(data_dir).manifest
+  Image.init()
+  if pathlib.Path(out).is_dir() or pathlib.Path(out).suffix.lower() not in Image.registered_extensions():
+    raise ValueError(f"--out {out} must name an image file such as face.png"
+                     f"{' (it is a folder)' if pathlib.Path(out).is_dir() else ''}")
+  model, config, _ = checkpoints.load_run(workdir)
+  manifest = checkpoints.dataset_of_run(workdir).manifest
   x = voice_features(wav, config.data, manifest)[None]
   mu, _ = model.encode(modalities.AUDIO, x)
   face = np.asarray(model.decode(mu)[modalities.FACE])[0]

@@ -5,12 +5,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.sparse import csgraph  # noqa: E402
 from sklearn import cluster, manifold, metrics, neighbors  # noqa: E402
 
 from mmvae.analysis import retrieval  # noqa: E402
 
 DPI = 120
 MAX_LEGEND = 48  # beyond this a legend hides the plot; colours still separate identities
+# Rows closer than this share of the set's spread count as copies: float32 encoders can return a
+# repeated input with last-bit differences (batch position), which would still land the knee near 0.
+DUPLICATE_RTOL = 1e-6
 
 
 def adapted_perplexity(n: int, perplexity: float = -1.0) -> float:
@@ -38,9 +42,22 @@ def k_distances(x_NxZ, k: int) -> np.ndarray:
   return np.sort(nn.kneighbors(x_NxZ)[0][:, -1])
 
 
-def knee_eps(x_NxZ, min_samples: int) -> float:
-  """eps at the knee of the sorted k-distance curve: the point farthest below its end-to-end chord."""
-  d = k_distances(x_NxZ, min_samples)
+def distinct(x_NxZ) -> tuple[np.ndarray, int]:
+  """(one row per group of copies, in first-seen order; how many rows copy an earlier one)."""
+  x = np.asarray(x_NxZ, np.float64)
+  if len(x) < 2:
+    return x, 0
+  spread = float(np.sqrt(np.mean(np.sum((x - x.mean(0)) ** 2, axis=1))))
+  if spread == 0.0:
+    return x[:1], len(x) - 1
+  graph = neighbors.radius_neighbors_graph(x, DUPLICATE_RTOL * spread, include_self=False)
+  _, group = csgraph.connected_components(graph, directed=False)
+  _, first = np.unique(group, return_index=True)
+  return x[np.sort(first)], len(x) - len(first)
+
+
+def _knee(d) -> float:
+  """The point of a sorted curve farthest below its end-to-end chord (never 0)."""
   if len(d) < 3 or d[-1] <= d[0]:
     return float(max(d[-1], 1e-6))
   t = np.linspace(0.0, 1.0, len(d))
@@ -49,12 +66,21 @@ def knee_eps(x_NxZ, min_samples: int) -> float:
   return eps if eps > 0 else float(d[d > 0].min()) if (d > 0).any() else 1e-6
 
 
+def knee_eps(x_NxZ, min_samples: int) -> float:
+  """eps at the knee of the k-distance curve of the distinct points (copies would pull the knee to 0)."""
+  return _knee(k_distances(distinct(x_NxZ)[0], min_samples))
+
+
 def dbscan(x_NxZ, labels, eps: float = -1.0, min_samples: int = 3, seed: int = 0) -> dict:
-  """DBSCAN (eps from the knee when eps <= 0) scored against identity with ARI and NMI."""
+  """DBSCAN of every point (eps from the distinct points' knee when eps <= 0) scored with ARI and NMI."""
   x = np.asarray(x_NxZ, np.float64)
   labels = np.asarray(labels)
+  rows, duplicates = distinct(x)
   if eps <= 0:
-    eps = knee_eps(x, min_samples)
+    eps = _knee(k_distances(rows, min_samples))
+  # DBSCAN still sees every row, and copies count toward min_samples: a row repeated min_samples
+  # times is a core point at any eps. eps from the distinct points keeps the radius at the scale of
+  # different neighbours, so clusters have to join different points, not only copies of one.
   found = cluster.DBSCAN(eps=eps, min_samples=min_samples).fit_predict(x)
   nmi = metrics.normalized_mutual_info_score(labels, found)
   # NMI is positive for unrelated labelings of a finite set: its chance is estimated by permutation.
@@ -63,6 +89,7 @@ def dbscan(x_NxZ, labels, eps: float = -1.0, min_samples: int = 3, seed: int = 0
                               for _ in range(20)]))
   return {"eps": float(eps), "min_samples": int(min_samples), "clusters": int(len(set(found) - {-1})),
           "identities": int(len(set(labels.tolist()))), "noise_fraction": float(np.mean(found == -1)),
+          "duplicates": int(duplicates),
           "ari": float(metrics.adjusted_rand_score(labels, found)), "ari_chance": 0.0,
           "nmi": float(nmi), "nmi_chance": nmi_chance, "assignment": found}
 
@@ -132,7 +159,7 @@ def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str)
 
 
 def plot_dbscan(path, points_by_space: dict, results: dict, kdist: dict) -> None:
-  """Top row: t-SNE coloured by DBSCAN cluster (noise grey); bottom row: k-distance curve and eps."""
+  """Top row: t-SNE coloured by DBSCAN cluster (noise grey); bottom row: the distinct points' k-distance and eps."""
   spaces = list(points_by_space)
   fig, axes = plt.subplots(2, len(spaces), figsize=(5.0 * len(spaces), 8.4), squeeze=False)
   for col, space in enumerate(spaces):
@@ -152,7 +179,8 @@ def plot_dbscan(path, points_by_space: dict, results: dict, kdist: dict) -> None
     ax.axhline(res["eps"], color="r", ls="--", label=f"eps = {res['eps']:.3g}")
     ax.set_xlabel("points, sorted")
     ax.set_ylabel(f"distance to {res['min_samples']}-th neighbour")
-    ax.set_title(f"{space}: k-distance curve")
+    ax.set_title(f"{space}: k-distance curve of {len(kdist[space])} distinct points\n"
+                 f"({res['duplicates']} duplicates left out)")
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=DPI)

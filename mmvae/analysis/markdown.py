@@ -90,7 +90,8 @@ def write_report(path, metrics: dict, near: dict, names: dict, notes: list, mani
   """Writes report.md."""
   run_info = run_info or {}
   lines = ["# mmvae analysis report", "",
-           f"Run `{run_info.get('workdir', '?')}`, checkpoint: {run_info.get('checkpoint', '?')}, "
+           f"Run `{run_info.get('workdir', '?')}`, checkpoint: {run_info.get('checkpoint', '?')}, dataset "
+           f"`{run_info.get('data_dir', '?')}` (fingerprint {str(manifest.get('fingerprint'))[:12]}), "
            f"split `{run_info.get('split', '?')}`: {metrics['examples']} examples of {metrics['identities']} "
            "identities. Every number is shown with its chance level for this gallery.", "",
            "## Retrieval", "", "Query: one test example's latent of one modality; gallery: every test example's "
@@ -99,12 +100,18 @@ def write_report(path, metrics: dict, near: dict, names: dict, notes: list, mani
   lines += [f"- {text}" for _, text in DEFINITIONS] + [""]
   lines += _retrieval_tables(metrics)
   lines += ["## Latent space", "", "![t-SNE](tsne.png)", "", "*" + FIGURES[0][1] + "*", "",
-            "| space | eps | clusters | identities | noise | ARI (chance) | NMI (chance, by permutation) |",
-            "|---|---|---|---|---|---|---|"]
+            "DBSCAN clusters every point; eps is read at the knee of the k-distance curve of the distinct "
+            "points, since copies (e.g. face latents of utterances that share their video's frames) would put "
+            "the knee at 0. Duplicates: points equal (to float precision) to an earlier one; they still count "
+            "toward min_samples.", "",
+            "| space | eps | clusters | identities | noise | duplicates | ARI (chance) "
+            "| NMI (chance, by permutation) |",
+            "|---|---|---|---|---|---|---|---|"]
   for s in ("audio", "face", "joint"):
     g = lambda k: metrics.get(f"clusters.{s}.{k}")  # noqa: E731
     lines.append(f"| {s} | {_fmt(g('eps'))} | {g('clusters')} | {g('identities')} | {_fmt(g('noise_fraction'))} "
-                 f"| {_fmt(g('ari'))} ({_fmt(g('ari_chance'))}) | {_fmt(g('nmi'))} ({_fmt(g('nmi_chance'))}) |")
+                 f"| {g('duplicates')} | {_fmt(g('ari'))} ({_fmt(g('ari_chance'))}) "
+                 f"| {_fmt(g('nmi'))} ({_fmt(g('nmi_chance'))}) |")
   lines += ["", "![DBSCAN](dbscan.png)", "", "*" + FIGURES[1][1] + "*", "", "### Nearest identities", "",
             "Identity centroids of the posterior means, compared by cosine. Own rank 1 is best.", ""]
   for d in ("face_to_voice", "voice_to_face"):

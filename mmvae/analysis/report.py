@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import tqdm
 
+from mmvae import inference
 from mmvae.analysis import coherence, generation, latent_space, markdown, retrieval
 
 DIRECTIONS = {  # name: (query modality, gallery modality)
@@ -55,7 +56,8 @@ def latent_section(latents: dict, names: dict, acfg: dict, report_dir: pathlib.P
     emb[space] = latent_space.tsne(spaces[space], acfg["tsne_perplexity"], acfg["seed"])
     clusters[space] = latent_space.dbscan(spaces[space], space_labels[space], acfg["dbscan_eps"],
                                           acfg["dbscan_min_samples"], acfg["seed"])
-    kdist[space] = latent_space.k_distances(spaces[space], acfg["dbscan_min_samples"])
+    # The curve the knee was read from: distinct points only (copies are counted in the results).
+    kdist[space] = latent_space.k_distances(latent_space.distinct(spaces[space])[0], acfg["dbscan_min_samples"])
     out.update({f"clusters.{space}.{k}": v for k, v in clusters[space].items() if k != "assignment"})
   latent_space.plot_embedding(report_dir / "tsne.png", emb, labels, names,
                               "t-SNE of posterior means, coloured by identity")
@@ -93,7 +95,8 @@ def _analyze_arrays(report_dir, latents, generated, test_real, train_faces, trai
   labels = np.asarray(latents["label"])
   if len(np.unique(labels)) < 2:
     raise ValueError("the analysed split holds fewer than two identities: retrieval and clusters are undefined")
-  metrics = {"examples": int(len(labels)), "identities": int(len(np.unique(labels)))}
+  metrics = {"examples": int(len(labels)), "identities": int(len(np.unique(labels))),
+             "dataset.path": (run_info or {}).get("data_dir"), "dataset.fingerprint": manifest.get("fingerprint")}
   metrics.update(retrieval_section(latents, acfg["seed"]))
   lat_metrics, near = latent_section(latents, names, acfg, report_dir)
   metrics.update(lat_metrics)
@@ -120,18 +123,17 @@ def _save_latents(report_dir: pathlib.Path, latents: dict, arrays: dict) -> dict
 
 def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") -> dict:
   """Loads a trained run, encodes `split`, cross-generates, and writes WORKDIR/report/."""
-  from mmvae import data
   from mmvae.train import checkpoints
   workdir = pathlib.Path(workdir)
-  model, config, run_data_dir = checkpoints.load_run(workdir, which=which)
-  dataset = data.Dataset(data_dir or run_data_dir)
+  model, config, _ = checkpoints.load_run(workdir, which=which)
+  dataset = checkpoints.dataset_of_run(workdir, data_dir)  # refuses a dataset that changed since training
   dataset.check_config(config)
   if split not in dataset.splits:
     raise ValueError(f"split {split!r} is not in {dataset.data_dir} (it has {dataset.splits}); use --split")
   test = dataset.arrays(split)
   report_dir = workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
-  latents = _save_latents(report_dir, generation.encode_split(model, test), test)
+  latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test), test)
   generated = generation.cross_generate(model, latents)
   np.savez_compressed(report_dir / "generated.npz", **generated)
   train = dataset.arrays("train")
@@ -151,7 +153,7 @@ def _run_info(workdir: pathlib.Path, data_dir, split: str, which: str) -> dict:
 def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
   """Recomputes report/ from latents.npz and generated.npz without the model (real faces from the dataset)."""
   import ml_collections
-  from mmvae import data
+  from mmvae.train import checkpoints
   workdir = pathlib.Path(workdir)
   report_dir = workdir / "report"
   for name in ("latents.npz", "generated.npz"):
@@ -160,8 +162,7 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
   latents = dict(np.load(report_dir / "latents.npz"))
   generated = dict(np.load(report_dir / "generated.npz"))
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  run = json.loads((workdir / "run.json").read_text())
-  dataset = data.Dataset(data_dir or run["data_dir"])
+  dataset = checkpoints.dataset_of_run(workdir, data_dir)
   test, train = dataset.arrays(split), dataset.arrays("train")
   if not np.array_equal(test["id"], latents["id"]):
     raise ValueError(f"latents.npz does not match split {split!r} of {dataset.data_dir} (example ids differ)")

@@ -88,7 +88,7 @@ class Runner:
     """Runs one update on the global batch (this process's rows of it); metrics stay on device."""
     rows = self.local_slice()
     local = {k: np.asarray(v)[rows] if np.shape(v)[0] == self.global_batch else np.asarray(v)
-             for k, v in batch.items() if k != "label"}
+             for k, v in batch.items()}
     positions = np.arange(self.global_batch, dtype=np.int32)[rows]
     state, metrics = self._step(state, {k: self._shard(v) for k, v in local.items()}, self._shard(positions))
     if self.mode == "pmap":
@@ -98,5 +98,5 @@ class Runner:
   def lower(self, state, batch: dict):
     """The lowered step for cost analysis (FLOPs)."""
     positions = np.arange(self.global_batch, dtype=np.int32)
-    local = {k: self._shard(np.asarray(v)) for k, v in batch.items() if k != "label"}
+    local = {k: self._shard(np.asarray(v)) for k, v in batch.items()}
     return self._step.lower(state, local, self._shard(positions))

@@ -19,16 +19,22 @@ def _cfg(**kw):
   return c
 
 
-def _loop_spectrogram(seg, alpha=0.99, noise=None, log=False):
-  """The recipe written plainly: explicit recursion, per-frame window and complex FFT."""
+def _loop_highpass(seg, alpha=0.99):
+  """Mean removal, then the DC-removal recursion y[n] = x[n] - x[n-1] + alpha y[n-1] sample by sample."""
   x = np.asarray(seg, np.float64)
   x = x - x.mean()
   y = np.zeros_like(x)
   px = py = 0.0
-  for n in range(x.shape[0]):  # y[n] = x[n] - x[n-1] + alpha y[n-1]
+  for n in range(x.shape[0]):
     py = x[n] - px + alpha * py
     px = x[n]
     y[n] = py
+  return y
+
+
+def _loop_spectrogram(seg, alpha=0.99, noise=None, log=False):
+  """The recipe written plainly: explicit recursion, per-frame window and complex FFT."""
+  y = _loop_highpass(seg, alpha)
   if noise is not None:
     y = y + noise
   win = np.array([0.54 - 0.46 * math.cos(2 * math.pi * n / 399) for n in range(400)])
@@ -97,10 +103,18 @@ def test_utterance_features_real_path(tmp_path):
   loaded = soundfile.read(str(path), dtype="float32")[0]
   start = (60000 - SEG) // 2
   ref = _loop_spectrogram(loaded[start:start + SEG])
-  avg = audio.utterance_features(path, _cfg(dither=0.0), train=False, rng=None)
-  assert avg.shape == (512,) == audio.feature_shape(_cfg())
+  avg = audio.utterance_features(path, _cfg(dither=0.0, pooling="magnitude_mean"), train=False, rng=None)
+  assert avg.shape == (512,) == audio.feature_shape(_cfg(pooling="magnitude_mean"))
   assert np.abs(avg).max() > 0
   np.testing.assert_allclose(avg, ref.mean(0), rtol=1e-3, atol=1e-4 * ref.max())
+  # 'stats': log magnitude of the unit-RMS filtered segment (|FFT| is linear in the scale), then per-bin
+  # mean over time minus its overall mean, and per-bin std over time.
+  stats_feats = audio.utterance_features(path, _cfg(dither=0.0, pooling="stats"), train=False, rng=None)
+  assert stats_feats.shape == (1024,) == audio.feature_shape(_cfg(pooling="stats"))
+  rms = np.sqrt(np.mean(_loop_highpass(loaded[start:start + SEG])**2))
+  logmag = np.log(ref / rms + audio.LOG_FLOOR)
+  mean_f = logmag.mean(axis=0)
+  np.testing.assert_allclose(stats_feats, np.r_[mean_f - mean_f.mean(), logmag.std(axis=0)], atol=2e-3)
   full = audio.utterance_features(path, _cfg(dither=0.0, time_average=False), False, None)
   assert full.shape == (297, 512) == audio.feature_shape(_cfg(time_average=False))
   norm = (ref - ref.mean(0)) / np.maximum(ref.std(0), 1e-5)
@@ -161,7 +175,9 @@ def test_crop_segment_modes():
 
 def test_short_clip_through_utterance_features(tmp_path):
   path = _write(tmp_path / "short.wav", _speechlike(8000), 16000)
-  assert audio.utterance_features(path, _cfg(), True, np.random.default_rng(0)).shape == (512,)
+  assert audio.utterance_features(path, _cfg(), True, np.random.default_rng(0)).shape == audio.feature_shape(_cfg())
+  assert audio.utterance_features(path, _cfg(pooling="stats"), True, np.random.default_rng(0)).shape == (1024,)
+  assert audio.utterance_features(path, _cfg(pooling="magnitude_mean"), True, np.random.default_rng(0)).shape == (512,)
   with pytest.raises(audio.AudioError, match="short.wav.*shorter than the segment"):
     audio.utterance_features(path, _cfg(short_clips="skip"), True, np.random.default_rng(0))
 
@@ -214,3 +230,32 @@ def test_plain_object_config():
   del cfg["short_clips"]
   with pytest.raises(ValueError, match="short_clips"):
     audio.utterance_features(_speechlike(SEG), cfg, False, np.random.default_rng(0))
+
+
+def test_stats_pooling_is_invariant_to_gain(shared_data, tmp_path):
+  wavs = sorted((shared_data / "voxceleb1-mini" / "wav").glob("*/*/*.wav"))
+  if not wavs:
+    pytest.skip("no VoxCeleb1 wavs in shared data")
+  wave = soundfile.read(str(wavs[0]), dtype="float64")[0]
+  wave = wave * (0.005 / np.abs(wave).max())  # a quiet recording: peak 0.005
+  gains = (0.01, 0.1, 1.0, 10.0, 100.0)  # peaks from 5e-5 to 0.5
+  paths = {g: _write(tmp_path / f"gain{g}.wav", (wave * g).astype(np.float32), 16000, "FLOAT") for g in gains}
+
+  def features(pooling):
+    return {g: audio.utterance_features(p, _cfg(pooling=pooling), True, np.random.default_rng(3))
+            for g, p in paths.items()}
+
+  def rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+  for pooling in [p for p in audio.POOLINGS if p != "magnitude_mean"]:  # 'stats' and, where present, 'mfcc_stats'
+    pooled = features(pooling)
+    assert pooled[1.0].shape == audio.feature_shape(_cfg(pooling=pooling)) and np.isfinite(pooled[1.0]).all()
+    for g in gains:
+      assert rel(pooled[g], pooled[1.0]) < 1e-3, (pooling, g)
+  # The seed recipe is not invariant: its features scale with the gain.
+  old = features("magnitude_mean")
+  for g in gains:
+    assert np.linalg.norm(old[g]) / np.linalg.norm(old[1.0]) == pytest.approx(g, rel=0.05), g
+    if g != 1.0:
+      assert rel(old[g], old[1.0]) > 0.5, g

@@ -48,7 +48,7 @@ def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
   manifest = prepare.prepare_avdigits(root, shared_data / "mnist-t10k", tmp_path / "out", config="avdigits:tiny",
                                       workers=1)
   assert {s: v["examples"] for s, v in manifest["splits"].items()} == {"train": 10, "validation": 10, "test": 10}
-  assert manifest["features"]["face"]["shape"] == [1, 28, 28, 1] and manifest["features"]["audio"]["shape"] == [512]
+  assert manifest["features"]["face"]["shape"] == [1, 28, 28, 1] and manifest["features"]["audio"]["shape"] == [40]
   assert [i["identity"] for i in manifest["identities"]] == [str(d) for d in range(10)]
   assert "speaker" in " ".join(manifest["notes"])
   images, labels = raw_mnist(shared_data / "mnist-t10k")

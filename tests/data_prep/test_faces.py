@@ -108,8 +108,13 @@ def test_face_stack_spacing_and_cycling(tmp_path):
   assert ids(faces.face_stack(paths, 1, 4, True)) == [2]
   assert ids(faces.face_stack(paths, 5, 4, False)) == [0, 1, 2, 3, 4]
   stack, used, skipped = faces.face_stack_info(paths[:3], 7, 4, False)
-  assert stack.shape == (7, 4, 4, 3) and ids(stack) == [0, 1, 2, 0, 1, 2, 0]
+  # Cycling starts at the frame the shift points to (the middle one by default), as the bins do.
+  assert stack.shape == (7, 4, 4, 3) and ids(stack) == [1, 2, 0, 1, 2, 0, 1]
   assert len(used) == 3 and skipped == []
+  assert ids(faces.face_stack(paths[:3], 4, 4, False, shift=0.0)) == [0, 1, 2, 0]
+  # Two utterances sharing a video's five frames (shifts 1/4 and 3/4 of a bin) take different frames.
+  assert ids(faces.face_stack(paths, 2, 4, False, shift=0.25)) == [0, 3]
+  assert ids(faces.face_stack(paths, 2, 4, False, shift=0.75)) == [1, 4]
 
 
 def test_face_stack_skips_corrupt_frames(tmp_path):

@@ -14,15 +14,17 @@ from mmvae import data
 # A 2-identity subset with every split: {identity: {video: utterances to keep}}.
 SUBSET = {"id10001": {"1zcIwhmdeo4": 2, "Y8hIVOBuels": 1, "utrA-v8pPm4": 1},
           "id10118": {"03ZaSobFZTs": 2, "UsHbVNFrjVQ": 1, "bZyPBCVCYxw": 1}}
-NAMES = {"id10001": "A.J._Buckley", "id10118": "Caitriona_Balfe"}
+NAMES = {"id10001": "A.J._Buckley", "id10118": "Caitriona_Balfe", "id10278": "Edward_Asner"}
+# SUBSET plus id10278, the mini set's one Set=test identity, with a video of each iden_split code.
+OPEN_SUBSET = dict(SUBSET, id10278={"DSGE2F5sTcg": 1, "pJsgUla1_1I": 1, "shA_TsV-PFs": 1})
 
 
-def make_small_root(mini, dst, frames=3):
-  """Copies SUBSET (wavs, a few face frames per video, its iden_split lines, the full meta) into dst."""
+def make_small_root(mini, dst, frames=3, subset=SUBSET):
+  """Copies `subset` (wavs, a few face frames per video, its iden_split lines, the full meta) into dst."""
   kept, counts = [], collections.Counter()
   for line in (mini / "iden_split.txt").read_text().splitlines():
     identity, video, utt = line.split()[1].split("/")
-    if counts[video] < SUBSET.get(identity, {}).get(video, 0):
+    if counts[video] < subset.get(identity, {}).get(video, 0):
       counts[video] += 1
       kept.append(line)
       (dst / "wav" / identity / video).mkdir(parents=True, exist_ok=True)
@@ -39,7 +41,15 @@ def make_small_root(mini, dst, frames=3):
 
 def parse_meta(path):
   rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
-  return {r[0]: {"name": r[1], "gender": r[2], "nationality": r[3]} for r in rows}
+  return {r[0]: {"name": r[1], "gender": r[2], "nationality": r[3], "set": r[4].strip()} for r in rows}
+
+
+def split_by_video(examples):
+  """{split: {identity/video}} from example specs or arrays."""
+  out = collections.defaultdict(set)
+  for e in examples:
+    out[e["split"]].add(e["id"].rsplit("/", 1)[0])
+  return out
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +147,74 @@ def test_extra_meta_columns_become_attributes(shared_data, tmp_path):
   row = {line.split("\t")[0]: line.split("\t") for line in extra[1:]}
   for entry in layout.identities:
     assert entry["sex"] == row[entry["identity"]][5] and entry["age"] == row[entry["identity"]][6]
+
+
+def test_open_split_holds_out_exactly_the_set_test_identities(shared_data):
+  mini = shared_data / "voxceleb1-mini"
+  meta = parse_meta(mini / "vox1_meta.csv")
+  listed = {rel: {"1": "train", "2": "validation", "3": "test"}[code]
+            for code, rel in (line.split() for line in (mini / "iden_split.txt").read_text().splitlines())}
+  held = {rel.split("/")[0] for rel in listed if meta[rel.split("/")[0]]["set"] == "test"}
+  assert held == {"id10278"}
+  closed = voxceleb1.list_examples(mini)
+  open_ = voxceleb1.list_examples(mini, split_policy="open")
+  assert closed.split_policy == "closed" and open_.split_policy == "open"
+  # Closed: iden_split.txt as given.
+  assert {e["id"]: e["split"] for e in closed.examples} == listed
+  # Open: every utterance kept; held-out identities only and entirely in test; others' test -> validation.
+  got = {e["id"]: e["split"] for e in open_.examples}
+  assert set(got) == set(listed)
+  for rel, split in got.items():
+    if rel.split("/")[0] in held:
+      assert split == "test"
+    else:
+      assert split == {"test": "validation"}.get(listed[rel], listed[rel])
+  assert {e["identity"] for e in open_.examples if e["split"] == "test"} == held
+  videos = split_by_video(open_.examples)
+  assert not (videos["train"] & videos["validation"] or videos["train"] & videos["test"]
+              or videos["validation"] & videos["test"])
+  # Labels still index the sorted identities, whatever the policy.
+  assert [(e["id"], e["label"]) for e in open_.examples] == [(e["id"], e["label"]) for e in closed.examples]
+  assert voxceleb1.split_warnings(open_.examples) and not voxceleb1.split_warnings(closed.examples)
+  with pytest.raises(ValueError, match="split_policy must be one of"):
+    voxceleb1.list_examples(mini, split_policy="verification")
+
+
+def test_open_split_prepared_records_policy_and_warns(shared_data, tmp_path, capsys):
+  root = make_small_root(shared_data / "voxceleb1-mini", tmp_path / "root", frames=1, subset=OPEN_SUBSET)
+  manifest = prepare.prepare_voxceleb1(root, tmp_path / "out", config="reference:tiny", workers=1,
+                                       split_policy="open")
+  assert manifest["split_policy"] == "open"
+  # SUBSET's train 4, validation 2 and test 2 (moved to validation), plus id10278's 3 utterances in test.
+  assert manifest["splits"] == {"train": {"examples": 4}, "validation": {"examples": 4}, "test": {"examples": 3}}
+  assert any(n.startswith("split_policy open") for n in manifest["notes"])
+  assert any("warning" in n and "id10278" in n and ">= 2 identities" in n for n in manifest["notes"])
+  assert "id10278" in capsys.readouterr().err
+  ds = data.Dataset(tmp_path / "out")
+  ids = sorted(OPEN_SUBSET)
+  arrays = {s: ds.arrays(s) for s in ds.splits}
+  assert set(arrays["test"]["identity"]) == {"id10278"}
+  assert "id10278" not in set(arrays["train"]["identity"]) | set(arrays["validation"]["identity"])
+  videos = split_by_video({"id": i, "split": s} for s in arrays for i in arrays[s]["id"])
+  assert sum(len(v) for v in videos.values()) == len(set().union(*videos.values()))
+  for split in arrays:
+    assert [ids.index(i) for i in arrays[split]["identity"]] == list(arrays[split]["label"])
+  # Two held-out identities: no warning. None: a clear error.
+  meta = (root / "vox1_meta.csv").read_text()
+  marked = meta.replace("id10118\tCaitriona_Balfe\tf\tIreland\tdev", "id10118\tCaitriona_Balfe\tf\tIreland\ttest")
+  assert marked != meta
+  (root / "vox1_meta.csv").write_text(marked)
+  two = voxceleb1.list_examples(root, split_policy="open")
+  assert {e["identity"] for e in two.examples if e["split"] == "test"} == {"id10118", "id10278"}
+  assert voxceleb1.split_warnings(two.examples) == []
+  small = make_small_root(shared_data / "voxceleb1-mini", tmp_path / "dev_only", frames=1)
+  with pytest.raises(ValueError, match="the open split leaves test empty"):
+    voxceleb1.list_examples(small, split_policy="open")
+  assert voxceleb1.list_examples(small).split_policy == "closed"
+
+
+def test_closed_split_records_its_policy(mini_prepared):
+  manifest, _ = mini_prepared
+  assert manifest["split_policy"] == "closed"
+  assert any(n.startswith("split_policy closed") for n in manifest["notes"])
+  assert not any(n.startswith("warning") for n in manifest["notes"])

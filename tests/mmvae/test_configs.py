@@ -19,7 +19,8 @@ def input_shapes(cfg) -> dict:
   win = int(d.sample_rate * d.window_ms / 1000)
   hop = int(d.sample_rate * d.hop_ms / 1000)
   frames = 1 + (d.segment_samples - win) // hop
-  audio = (d.n_bins,) if d.time_average else (frames, d.n_bins)
+  pooled = {"magnitude_mean": d.n_bins, "stats": 2 * d.n_bins, "mfcc_stats": 2 * d.n_mfcc}
+  audio = (pooled[d.pooling],) if d.time_average else (frames, d.n_bins)
   return {modalities.AUDIO: audio, modalities.FACE: (d.face_size, d.face_size, 1 if d.grayscale else 3)}
 
 
@@ -31,12 +32,13 @@ def test_reference_frames():
 def test_tiny_variant_runs_one_step(name):
   cfg = config_lib.load(f"{name}:tiny")
   shapes = input_shapes(cfg)
-  model = models.build_model(cfg, shapes, seed=0)
+  model = models.build_model(cfg, shapes, seed=0, num_classes=3)
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   rng = np.random.default_rng(0)
   b = 2
   batch = {m: rng.uniform(size=(b,) + shapes[m]).astype(np.float32) for m in modalities.MODALITIES}
+  batch["label"] = np.array([0, 2], np.int32)
   step = jax.jit(functools.partial(step_lib.train_step, graphdef, tx, cfg))
   new_state, metrics = step(state, batch, np.arange(b, dtype=np.int32))
   assert int(new_state["step"]) == 1
@@ -47,7 +49,7 @@ def test_tiny_variant_runs_one_step(name):
 def test_full_variant_builds_abstractly(name):
   cfg = config_lib.load(name)
   shapes = input_shapes(cfg)
-  abstract = nnx.eval_shape(lambda: models.build_model(cfg, shapes, seed=0))
+  abstract = nnx.eval_shape(lambda: models.build_model(cfg, shapes, seed=0, num_classes=3))
   params = nnx.state(abstract, nnx.Param)
   sizes = {".".join(map(str, p)): v.shape for p, v in params.flat_state()}
   z = cfg.model.latent_dim
@@ -55,5 +57,6 @@ def test_full_variant_builds_abstractly(name):
     head = f"encoders.{m}.head.kernel"
     assert sizes[head][-1] == 2 * z, head  # mean and log-variance
   assert sizes["decoder.trunk.0.kernel"][0] == z
+  assert (sizes.get("identity_head.kernel") == (z, 3)) == (cfg.loss.identity_weight > 0), name
   total = sum(math.prod(s) for s in sizes.values())
   assert 10_000 < total < 30_000_000, (name, total)

@@ -129,3 +129,101 @@ def test_check_config_says_what_to_change(prepared, tmp_path):
     ds.check_config(bad)
   with pytest.raises(FileNotFoundError, match="manifest.json not found"):
     data.Dataset(tmp_path)
+
+
+# A corpus with nested groups: 3 identities x 2 videos x 3 utterances in train (plus test utterances of the
+# same identities, which training must never pair with). Face frame f of example g has pixel value 40 f + g.
+GN, GK = 18, 3
+
+
+def _grouped_examples(n, offset):
+  def generate():
+    for i in range(n):
+      g = offset + i
+      ident, video = i % 3, (i // 3) % 2
+      yield {"audio": np.array([g, 0.0, 0.0], np.float32),
+             "face": (np.arange(GK, dtype=np.uint8)[:, None, None, None] * 40 + np.uint8(g)
+                      + np.zeros((GK, S, S, 1), np.uint8)),
+             "label": ident, "id": f"ex{g:03d}", "identity": f"id{ident}", "video": f"id{ident}_v{video}",
+             "gender": "mf"[ident % 2]}
+  return generate
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+  out = tmp_path_factory.mktemp("grouped")
+  cfg = config_lib.load("reference:tiny")
+  cfg.data.face_size, cfg.data.frames_per_utterance = S, GK
+  storage.write_dataset(out, "synthetic", {"train": _grouped_examples(GN, 0), "test": _grouped_examples(6, 100)},
+                        (3,), (GK, S, S, 1), {"config": "t", "data_config": cfg.data.to_dict(),
+                                              "audio_normalisation": None, "identities": [], "attributes": [],
+                                              "skipped": []})
+  return out
+
+
+def _brute_force_pairs(ds, pairing, seed, step, b):
+  """(voice example, face example, frame) per position, from the contract and group lists built by a loop."""
+  arr = ds.arrays("train")
+  key = {"video": arr["video"], "identity": arr["label"]}.get(pairing)
+  out = []
+  for j in range(b):
+    p = step * b + j
+    voice = int(np.random.default_rng((seed, p // GN)).permutation(GN)[p % GN])
+    rng = np.random.default_rng((seed, step, j))
+    if pairing == "utterance":
+      partner = voice
+    else:
+      group = [k for k in range(GN) if key[k] == key[voice]]
+      partner = group[int(rng.integers(len(group)))]
+    out.append((voice, partner, int(rng.integers(GK))))
+  return out
+
+
+def _decode(batch, j):
+  """(voice example, face example, frame) of batch row j, read back from the stored values."""
+  pixel = int(round(float(batch["face"][j, 0, 0, 0]) * 255))
+  return int(batch["audio"][j, 0]), pixel % 40, pixel // 40
+
+
+@pytest.mark.parametrize("pairing", ["utterance", "video", "identity"])
+def test_pairing_matches_brute_force_and_stays_in_group(grouped, pairing):
+  ds = data.Dataset(grouped)
+  arr = ds.arrays("train")
+  partners = set()
+  for seed, step in [(0, 0), (3, 1), (3, 7), (11, 4)]:
+    batch = data.batch_at(ds, "train", 8, seed, step, pairing=pairing)
+    assert np.all(batch["face"] == batch["face"][:, :1, :1])  # every row is one stored frame
+    for j, expected in enumerate(_brute_force_pairs(ds, pairing, seed, step, 8)):
+      voice, face, frame = _decode(batch, j)
+      assert (voice, face, frame) == expected, (seed, step, j)
+      assert batch["label"][j] == arr["label"][voice]
+      assert face < GN  # never a test-split face
+      if pairing == "identity":
+        assert arr["label"][face] == arr["label"][voice]
+      elif pairing == "video":
+        assert arr["video"][face] == arr["video"][voice]
+      else:
+        assert face == voice
+      partners.add((voice, face))
+  if pairing == "identity":  # another video of the same identity does occur
+    assert any(arr["video"][v] != arr["video"][f] for v, f in partners)
+  if pairing != "utterance":
+    assert any(v != f for v, f in partners)
+
+
+@pytest.mark.parametrize("pairing", ["video", "identity"])
+def test_pairing_is_a_function_of_seed_step_position(grouped, pairing, monkeypatch):
+  ds = data.Dataset(grouped)
+  direct = [data.batch_at(ds, "train", 6, 5, s, pairing=pairing) for s in range(3, 7)]
+  resumed = list(itertools.islice(data.batches(ds, "train", 6, seed=5, start_step=3, num_devices=2, prefetch=1,
+                                               pairing=pairing), 4))
+  from_zero = list(itertools.islice(data.batches(ds, "train", 6, seed=5, prefetch=0, pairing=pairing), 7))[3:]
+  for a, b, c in zip(direct, resumed, from_zero):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+      np.testing.assert_array_equal(a[key], c[key])
+  monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)  # group lists read by random access give the same pairs
+  from_disk = data.Dataset(grouped)
+  assert not from_disk.in_memory("train")
+  for key, value in data.batch_at(from_disk, "train", 6, 5, 4, pairing=pairing).items():
+    np.testing.assert_array_equal(value, direct[1][key])

@@ -73,7 +73,7 @@ def test_voice_features_apply_the_dataset_normalisation(tmp_path):
                   subtype="PCM_16")
   from data_prep import audio
   raw = audio.utterance_features(str(wav), cfg, train=False, rng=np.random.default_rng(0))
-  mean, std = rng.normal(size=cfg.n_bins), rng.uniform(0.5, 2, cfg.n_bins)
+  mean, std = rng.normal(size=raw.shape), rng.uniform(0.5, 2, raw.shape)
   got = generation.voice_features(wav, cfg, {"audio_normalisation": {"mean": mean.tolist(), "std": std.tolist()}})
   np.testing.assert_allclose(got, (raw - mean) / std, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(generation.voice_features(wav, cfg, {"audio_normalisation": None}), raw, rtol=1e-6)

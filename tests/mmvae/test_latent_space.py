@@ -49,6 +49,42 @@ def test_dbscan_summary_matches_sklearn_and_recovers_blobs():
   assert fixed["eps"] == 0.01 and fixed["noise_fraction"] == 1.0 and fixed["clusters"] == 0
 
 
+def _plain_knee(x, k):
+  """The k-distance knee by plain loops over every row, copies included (the old eps rule)."""
+  kd = sorted(sorted(math.dist(a, b) for b in x)[k - 1] for a in x)
+  gaps = [i / (len(kd) - 1) - (v - kd[0]) / (kd[-1] - kd[0]) for i, v in enumerate(kd)]
+  return kd[gaps.index(max(gaps))]
+
+
+def test_copies_do_not_move_eps_but_are_clustered_and_counted():
+  x, labels = _blobs()
+  # Like face latents: 40 of the 60 points come three times (utterances sharing their video's frames).
+  copies = np.r_[np.arange(60), np.repeat(np.arange(40), 2)]
+  order = np.random.default_rng(3).permutation(len(copies))
+  rep, rep_labels = x[copies[order]], labels[copies[order]]
+  assert _plain_knee(rep.tolist(), 3) == 0.0  # what the knee of all rows gives: eps collapses
+  assert _plain_knee(x.tolist(), 3) > 0.05
+  rows, dups = latent_space.distinct(rep)
+  assert dups == 80 and len(rows) == 60
+  np.testing.assert_array_equal(np.unique(rows, axis=0), np.unique(x, axis=0))
+  plain = latent_space.dbscan(x, labels, min_samples=3)
+  res = latent_space.dbscan(rep, rep_labels, min_samples=3)
+  assert plain["duplicates"] == 0 and res["duplicates"] == 80
+  assert res["eps"] == plain["eps"] == pytest.approx(_plain_knee(x.tolist(), 3))
+  # Every row, copies included, is clustered with that eps, exactly as sklearn does it.
+  ref = cluster.DBSCAN(eps=res["eps"], min_samples=3).fit_predict(rep)
+  np.testing.assert_array_equal(res["assignment"], ref)
+  # A copied point is a core point by itself (copies count toward min_samples), so a few isolated
+  # triples may form their own small clusters; the identities still dominate.
+  assert len(res["assignment"]) == 140 and 4 <= res["clusters"] <= 8 and res["ari"] > 0.85
+  # Last-bit differences (an encoder batching a repeated input differently) are still copies...
+  noisy = rep + 1e-12 * np.random.default_rng(4).normal(size=rep.shape)
+  res_noisy = latent_space.dbscan(noisy, rep_labels, min_samples=3)
+  assert res_noisy["duplicates"] == 80 and res_noisy["eps"] == pytest.approx(plain["eps"], rel=1e-9)
+  # ...but close, different points are not.
+  assert latent_space.distinct(np.vstack([x, x[:5] + 1e-3]))[1] == 0
+
+
 def test_nearest_identities_match_brute_force():
   rng = np.random.default_rng(1)
   labels = np.repeat(np.arange(7), 3)

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from mmvae import config as config_lib
-from mmvae import models, modalities
+from mmvae import losses, models, modalities
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
 
@@ -76,3 +76,81 @@ def test_batch_size_not_divisible_by_devices_is_a_clear_error(setup):
     parallel.Runner(graphdef, tx, bad, "pmap", devices=jax.devices()[:4])
   with pytest.raises(ValueError, match="parallel"):
     parallel.Runner(graphdef, tx, cfg, "ddp", devices=jax.devices()[:4])
+
+
+# Labels with repeats that straddle the 4 shards of 2: most positives of an example live on another device.
+LABELS = np.array([0, 1, 2, 0, 1, 3, 3, 2], np.int32)
+_ONLY = ["loss.self_recon_weight=0.0", "loss.cross_recon_weight=0.0", "loss.kl_weight=0.0",
+         "loss.wasserstein_weight=0.0"]
+_TERMS = {
+    # One batch-level term alone, so its gradient is not hidden by the others.
+    "infonce": _ONLY + ["loss.infonce_weight=1.0", "loss.infonce_positives=identity"],
+    "triplet": _ONLY + ["loss.triplet_weight=1.0", "loss.triplet_margins=(0.5, 0.5, 0.8)"],
+    # Everything at once: Gaussian likelihood with learned scales, sliced W2, InfoNCE, triplet, identity CE.
+    "all": ["loss.likelihood=gaussian", "loss.learn_sigma=True", "loss.wasserstein=sliced", "loss.infonce_weight=0.5",
+            "loss.infonce_positives=pair", "loss.triplet_weight=0.7", "loss.identity_weight=0.3"],
+}
+
+
+@pytest.mark.parametrize("term", list(_TERMS))
+def test_pmap_batch_level_terms_equal_single_device(term):
+  if jax.device_count() < 4:
+    pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
+  cfg = config_lib.load("reference:tiny", _TERMS[term])
+  shapes = {modalities.AUDIO: (16,), modalities.FACE: (5, 5, 1)}
+  model = models.build_model(cfg, shapes, seed=1, num_classes=4)
+  rng = np.random.default_rng(1)
+  batch = {modalities.AUDIO: rng.normal(size=(8, 16)).astype(np.float32),
+           modalities.FACE: rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
+  graphdef, params = nnx.split(model, nnx.Param)
+  params = jax.tree.map(np.asarray, params)
+  positions, step = np.arange(8, dtype=np.int32), np.int32(2)
+  g1, m1 = jax.jit(functools.partial(step_lib.grads_and_metrics, graphdef, cfg))(params, batch, positions, step)
+  pm = jax.pmap(functools.partial(step_lib.grads_and_metrics, graphdef, cfg, axis_name="d"), axis_name="d",
+                in_axes=(None, 0, 0, None), devices=jax.devices()[:4])
+  shard = lambda x: x.reshape((4, 2) + x.shape[1:])
+  g4, m4 = pm(params, {k: shard(v) for k, v in batch.items()}, shard(positions), step)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
+    np.testing.assert_allclose(np.asarray(b)[0], np.asarray(b)[3], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(b)[0], np.asarray(a), atol=1e-5, rtol=1e-4)
+  for k in m1:
+    assert float(m4[k][0]) == pytest.approx(float(m1[k]), rel=1e-5, abs=1e-6), k
+  assert float(m1["grad_norm"]) > 1e-3  # the compared gradients are not all zero
+  # The comparison can fail: the same term on each device's 2 rows alone differs from the global one.
+  mu = {m: np.asarray(model.encode(m, batch[m])[0]) for m in (modalities.AUDIO, modalities.FACE)}
+  if term == "infonce":
+    local = np.mean([float(losses.info_nce(shard(mu["audio"])[d], shard(mu["face"])[d], cfg.loss.temperature,
+                                           shard(LABELS)[d])) for d in range(4)])
+    assert abs(local - float(m1["infonce"])) > 1e-2
+  if term == "triplet":
+    local = np.mean([float(losses.triplet(shard(mu["audio"])[d], shard(mu["audio"])[d], shard(LABELS)[d], 0.5, True))
+                     for d in range(4)])
+    assert abs(local - float(losses.triplet(mu["audio"], mu["audio"], LABELS, 0.5, True))) > 1e-2
+
+
+def test_runner_with_labels_matches_one_device_over_steps():
+  if jax.device_count() < 4:
+    pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
+  cfg = config_lib.load("reference:tiny", _TERMS["all"] + ["train.lr_schedule=constant", "train.warmup_steps=0"])
+  shapes = {modalities.AUDIO: (16,), modalities.FACE: (5, 5, 1)}
+  tx = step_lib.make_optimizer(cfg.train)
+  graphdef, state = step_lib.init_state(models.build_model(cfg, shapes, seed=2, num_classes=4), tx)
+  state = jax.tree.map(np.asarray, state)
+  rng = np.random.default_rng(2)
+  batch = {modalities.AUDIO: rng.normal(size=(8, 16)).astype(np.float32),
+           modalities.FACE: rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
+  results = {}
+  for n in (1, 4):
+    runner = parallel.Runner(graphdef, tx, cfg, "pmap", devices=jax.devices()[:n])
+    dev_state = runner.put_state(state)
+    history = []
+    for _ in range(2):
+      dev_state, metrics = runner.step(dev_state, batch)
+      history.append({k: float(metrics[k]) for k in ("loss", "infonce", "triplet", "identity_ce")})
+    results[n] = (history, runner.host_state(dev_state))
+  for h1, h4 in zip(results[1][0], results[4][0]):
+    for k in h1:
+      assert h4[k] == pytest.approx(h1[k], rel=1e-5), k
+  assert results[1][0][1]["loss"] != results[1][0][0]["loss"]
+  for a, b in zip(jax.tree.leaves(results[1][1]["params"]), jax.tree.leaves(results[4][1]["params"])):
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -20,11 +20,8 @@ OVERRIDES = ["train.num_steps=40", "train.checkpoint_every=8", "train.eval_every
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-  from data_prep import prepare
-  out = tmp_path_factory.mktemp("synthetic") / "prepared"
-  prepare.prepare_synthetic(str(out), identities=4, seed=0, config="synthetic", workers=1)
-  return out
+def dataset_dir(synthetic_dataset):
+  return synthetic_dataset
 
 
 @pytest.fixture(scope="module")

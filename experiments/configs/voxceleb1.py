@@ -1,10 +1,11 @@
 """MS-VAE on real VoxCeleb1 voices and faces: the settings that make cross-modal retrieval work.
 
-Against the seed recipe (`reference`): gain-invariant statistics-pooled log spectra, four face
-frames per utterance with each voice paired to a face of any training video of its identity, a
-Gaussian likelihood with learned scales (a true ELBO), and contrastive + identity alignment beside
-the exact W2. The decoder is still shared, so faces are generated from voices as before.
-`voxceleb1.py:tiny` is the same pipeline with a tiny model and a few steps, for tests.
+Against the seed recipe (`reference`): gain-invariant MFCC statistics of the whole clip (6 s), eight
+32x32 RGB face frames per utterance with each voice paired to a face from any training video of its
+identity, faces mirrored at random in training, weight decay, a Gaussian likelihood with learned scales (a true
+ELBO), and contrastive + identity alignment beside the exact W2. The decoder is still shared, so
+faces are generated from voices as before. The table in the README (experiments/sweeps/voxceleb1.py)
+adds these one at a time. `voxceleb1.py:tiny` is the same pipeline with a tiny model, for tests.
 """
 
 from experiments.configs import common
@@ -14,15 +15,27 @@ def get_config(variant: str = ""):
   c = common.base_config()
   c.name = "voxceleb1"
   c.data.pooling = "mfcc_stats"
-  c.data.frames_per_utterance = 4
+  # The whole clip: statistics over 6 s name the speaker better than over 3 s (linear probe on the mini
+  # set, test accuracy 0.77 either way, probe-based voice -> face MRR 0.77 -> 0.82). Shorter clips are
+  # zero-padded and listed in the manifest's warnings.
+  c.data.segment_samples = 96_000
+  c.data.face_size = 32
+  c.data.grayscale = False
+  c.data.frames_per_utterance = 8
   c.data.pairing = "identity"
   c.loss.infonce_weight = 1.0
   c.loss.identity_weight = 1.0
+  # Regularisation for ~100 training videos per identity set: mirrored faces and decoupled weight decay
+  # (mini set, seed 0, 2,000 steps: voice -> face MRR 0.67 -> 0.89 with mirroring, 0.93 with both).
+  c.train.face_flip = True
+  c.train.weight_decay = 0.05
   c.train.batch_size = 64
-  c.train.num_steps = 2000
-  c.train.eval_every = 250
-  c.train.checkpoint_every = 250
-  c.train.log_every = 50
+  # As `reference`: 8 epochs of full VoxCeleb1's ~138k training utterances at batch 64. On the mini sample
+  # (98 training utterances) use the sweep's 1,000 steps validated every 100 (experiments/sweeps/voxceleb1.py).
+  c.train.num_steps = 17_300
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 1000
+  c.train.log_every = 100
   if variant == "tiny":
     c.name = "voxceleb1_tiny"
     c.model.hidden = (32, 16)

@@ -8,10 +8,11 @@ import optax
 from flax import nnx
 from jax import lax
 
-from mmvae import losses
+from mmvae import losses, modalities
 
 # Tags folded into the step key so the per-example stream and the per-step stream never collide.
 _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
+_AUGMENT_TAG = 2  # folded into an example's key for its augmentation draws
 
 
 def make_schedule(train_cfg):
@@ -29,10 +30,13 @@ def make_schedule(train_cfg):
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """Adam on the warmup schedule, after global-norm clipping (grad_clip <= 0: none)."""
+  """Adam (AdamW when weight_decay > 0) on the warmup schedule, after global-norm clipping (grad_clip <= 0: none)."""
   schedule = make_schedule(train_cfg)
   parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip > 0 else []
-  return optax.chain(*parts, optax.adam(schedule))
+  decay = float(train_cfg.get("weight_decay", 0.0))
+  if decay < 0:
+    raise ValueError(f"config.train.weight_decay={decay} must be >= 0")
+  return optax.chain(*parts, optax.adamw(schedule, weight_decay=decay) if decay > 0 else optax.adam(schedule))
 
 
 def init_state(model, tx):
@@ -61,8 +65,22 @@ def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_na
                            axis_name)
 
 
+def augment(batch, seed: int, step, positions_B, train_cfg):
+  """Training-time augmentation: each face mirrored left-right with probability 1/2 (train.face_flip).
+
+  Drawn from the example's (seed, step, global position) key, so it does not depend on the device count.
+  """
+  if not train_cfg.get("face_flip", False):
+    return batch
+  keys_B = jax.vmap(lambda k: jax.random.fold_in(k, _AUGMENT_TAG))(example_keys(seed, step, positions_B))
+  flip_B = jax.vmap(jax.random.bernoulli)(keys_B)
+  face = batch[modalities.FACE]
+  return {**batch, modalities.FACE: jnp.where(flip_B[:, None, None, None], face[:, :, ::-1, :], face)}
+
+
 def grads_and_metrics(graphdef, config, params, batch, positions_B, step, axis_name=None):
   """Gradients of the global-batch loss and its metrics; under pmap averaged over devices."""
+  batch = augment(batch, config.train.seed, step, positions_B, config.train)
   grad_fn = jax.value_and_grad(
       lambda p: loss_and_metrics(graphdef, p, batch, positions_B, step, config, axis_name), has_aux=True)
   (_, metrics), grads = grad_fn(params)

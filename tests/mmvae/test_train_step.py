@@ -154,3 +154,22 @@ def test_runner_with_labels_matches_one_device_over_steps():
   assert results[1][0][1]["loss"] != results[1][0][0]["loss"]
   for a, b in zip(jax.tree.leaves(results[1][1]["params"]), jax.tree.leaves(results[4][1]["params"])):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_face_flip_mirrors_about_half_by_example_key():
+  import ml_collections
+  rng = np.random.default_rng(0)
+  face = rng.uniform(size=(64, 4, 5, 3)).astype(np.float32)
+  batch = {"face": face, "audio": np.zeros((64, 2), np.float32)}
+  cfg = ml_collections.ConfigDict({"face_flip": True})
+  pos = np.arange(64, dtype=np.int32)
+  out = np.asarray(step_lib.augment(batch, 0, 3, pos, cfg)["face"])
+  mirrored = np.array([np.array_equal(o, f[:, ::-1]) for o, f in zip(out, face)])
+  kept = np.array([np.array_equal(o, f) for o, f in zip(out, face)])
+  assert np.all(mirrored ^ kept) and 20 <= mirrored.sum() <= 44  # Binomial(64, 1/2): 4 sd either side
+  # The draw belongs to the example's global position, not to where it sits in a device's shard.
+  half = np.asarray(step_lib.augment({"face": face[32:]}, 0, 3, pos[32:], cfg)["face"])
+  np.testing.assert_array_equal(half, out[32:])
+  assert not np.array_equal(np.asarray(step_lib.augment(batch, 0, 4, pos, cfg)["face"]), out)
+  off = ml_collections.ConfigDict({"face_flip": False})
+  assert step_lib.augment(batch, 0, 3, pos, off) is batch

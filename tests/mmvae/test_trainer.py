@@ -134,3 +134,14 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir
   assert saved[-1] == 4
   assert all(np.all(np.isfinite(np.asarray(v))) for _, v in nnx.state(model, nnx.Param).flat_state())
   assert not (tmp_path / "final.json").exists()
+
+
+def test_validation_and_analysis_score_a_checkpoint_alike(full_run, dataset_dir):
+  """The MRR that picked the best checkpoint is the MRR `mmvae analyze` reports for that split and step."""
+  from mmvae.analysis import report
+  workdir, _ = full_run
+  val = [r for r in _rows(workdir) if r["split"] == "validation"]
+  assert val[-1]["step"] == 40 and config_lib.load("synthetic:tiny").data.frames_per_utterance > 1  # all K frames
+  metrics = report.analyze(workdir, data_dir=dataset_dir, split="validation", which="last")
+  assert metrics["retrieval.voice_to_face.mrr"] == pytest.approx(val[-1]["mrr_audio_to_face"], abs=1e-6)
+  assert metrics["retrieval.face_to_voice.mrr"] == pytest.approx(val[-1]["mrr_face_to_audio"], abs=1e-6)

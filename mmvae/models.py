@@ -1,6 +1,5 @@
 """The MS-VAE: per-modality Gaussian encoders and one shared decoder with a head per modality."""
 
-import hashlib
 import math
 
 import jax
@@ -94,6 +93,7 @@ class ConvHead(nnx.Module):
     out = math.prod(self.grid[1:]) if self.time_invariant else math.prod(self.grid)
     self.linear = nnx.Linear(in_dim, out, dtype=dtype, rngs=rngs)
     if self.time_invariant:
+      # Zero on purpose, like any bias: the head starts as the plain broadcast profile.
       self.grid_bias = nnx.Param(jnp.zeros(self.grid, jnp.float32))
     outs = tuple(reversed(channels[:-1])) + (c,)
     ins = tuple(reversed(channels))
@@ -129,7 +129,8 @@ class SharedDecoder(nnx.Module):
       else:  # a time-averaged audio vector has no grid to deconvolve into
         heads[m] = MLPHead(widths[-1], out_shapes[m], dtype, rngs)
     self.heads = nnx.Dict(heads)
-    # A learned factor on each modality's likelihood scale (log space, starts at 0: the config's sigma).
+    # A learned factor on each modality's likelihood scale. Zero on purpose, not from an initialiser:
+    # log-offset 0 means training starts at exactly the config's sigma.
     self.log_sigma_offset = nnx.Dict({m: nnx.Param(jnp.zeros((), jnp.float32)) for m in modalities.MODALITIES})
     self.dtype = dtype
 
@@ -196,36 +197,34 @@ def build_model(config, input_shapes: dict, seed: int, num_classes: int = 0) -> 
   shapes = {m: tuple(int(d) for d in input_shapes[m]) for m in modalities.MODALITIES}
   kinds = {modalities.AUDIO: mc.audio_encoder, modalities.FACE: mc.face_encoder}
 
-  def build():
-    rngs = nnx.Rngs(params=seed)
+  def build(rngs: nnx.Rngs):
     encoders = {m: _encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
     decoder = SharedDecoder(mc.latent_dim, shapes, mc.hidden, mc.conv_channels, mc.decoder, dtype, rngs)
     head = nnx.Linear(mc.latent_dim, num_classes, dtype=dtype, rngs=rngs) if with_head else None
     return MSVAE(encoders, decoder, head)
 
-  graphdef, abstract = nnx.split(nnx.eval_shape(build))  # config errors surface here, nothing allocated
-  return nnx.merge(graphdef, _init_params(abstract, seed))
+  return init_module(build, seed)
 
 
-def _init_params(abstract, seed: int):
-  """Flax's default distributions (LeCun-normal kernels, zero biases) drawn with NumPy, per parameter name.
+# XLA's default CPU optimisation passes take seconds to compile the random-number programs of a
+# large model; for a one-off initialisation the unoptimised program runs in a fraction of that.
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-  XLA's threefry initialisers take many seconds per shape to compile on CPU; NumPy draws are instant
-  and do not depend on the device set.
+
+def init_module(build, seed: int):
+  """The module `build(rngs)` returns, each parameter drawn by its own layer's Flax initialiser.
+
+  Every parameter kind starts as its layer declares (by default: Linear/Conv kernels LeCun-normal,
+  biases zero, LayerNorm/BatchNorm scales one), and a parameter a module creates from a value (the
+  zero log-sigma offsets, the zero grid bias) keeps that value. Keys come from nnx.Rngs(params=seed),
+  so the draw depends on the seed and the module's structure, not on the device set.
+
+  Start-up stays fast: the structure is traced once abstractly (config errors surface there, nothing
+  allocated) and all initialisers run in one jitted program, compiled once instead of once per shape.
   """
-  import numpy as np
-  from scipy import stats
-
-  def init(path, var):
-    name = ".".join(str(p) for p in path)
-    shape = var.shape
-    if path[-1] != "kernel":
-      return var.replace(jnp.zeros(shape, jnp.float32))
-    fan_in = math.prod(shape[:-1])
-    # Truncated at 2 std and rescaled so the variance is 1 / fan_in, as jax.nn.initializers.lecun_normal.
-    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")])
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    value = stats.truncnorm.rvs(-2, 2, size=shape, random_state=rng) * std
-    return var.replace(jnp.asarray(value, jnp.float32))
-
-  return nnx.map_state(init, abstract)
+  if isinstance(jnp.zeros(()), jax.core.Tracer):  # inside an eval_shape or jit: part of that program
+    return build(nnx.Rngs(params=seed))
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(params=seed))))
+  options = _INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  state = jax.jit(lambda: nnx.state(build(nnx.Rngs(params=seed))), compiler_options=options)()
+  return nnx.merge(graphdef, state)

@@ -7,16 +7,11 @@ import pathlib
 import numpy as np
 import pytest
 
-try:
-  from data_prep import prepare, synthetic
-  from mmvae import config as config_lib
-  from mmvae import data
-  from mmvae.train import checkpoints, trainer
-except ImportError as e:  # pragma: no cover - only while a stage is missing
-  pytest.skip(f"end-to-end analysis needs data_prep and mmvae.train: {e}", allow_module_level=True)
-
-from mmvae import cli, modalities
+from data_prep import prepare, synthetic
+from mmvae import cli, data, modalities
+from mmvae import config as config_lib
 from mmvae.analysis import report
+from mmvae.train import checkpoints, trainer
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_prep import audio
 from mmvae import config as config_lib
 from mmvae import models, modalities
 from mmvae.train import step as step_lib
@@ -25,7 +26,24 @@ def input_shapes(cfg) -> dict:
 
 
 def test_reference_frames():
-  assert input_shapes(config_lib.load("conv"))[modalities.AUDIO] == (297, 512)
+  """The library's [T, F] for the conv config, against the recipe's numbers worked out by hand."""
+  d = config_lib.load("conv").data
+  # 16 kHz, 25 ms windows (400 samples) every 10 ms (160 samples) over 47760-sample segments, 512 bins:
+  assert (d.sample_rate, d.window_ms, d.hop_ms, d.segment_samples, d.n_bins) == (16000, 25.0, 10.0, 47760, 512)
+  assert not d.time_average
+  frames = 1 + (47760 - 400) // 160
+  assert frames == 297 and (47760 - 400) % 160 == 0  # the segment holds exactly 297 windows
+  assert tuple(audio.feature_shape(d)) == (frames, 512)
+
+
+CONFIGS = [f"{name}{variant}" for name in config_lib.available() for variant in ("", ":tiny")]
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+def test_input_shapes_helper_matches_the_library(spec):
+  """The other tests here build models for `input_shapes`: it must be what data_prep produces."""
+  cfg = config_lib.load(spec)
+  assert input_shapes(cfg)[modalities.AUDIO] == tuple(audio.feature_shape(cfg.data))
 
 
 @pytest.mark.parametrize("name", config_lib.available())

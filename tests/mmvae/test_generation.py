@@ -27,21 +27,43 @@ def _faces(seed, per_identity):
   return np.stack(faces), np.array(labels)
 
 
-def test_coherence_classifier_beats_chance_on_real_faces():
+def test_coherence_scores_faces_the_classifier_never_saw():
   train_f, train_l = _faces(0, 10)
   test_f, test_l = _faces(1, 5)
+  held_out, held_l = _faces(2, 5)  # new renders (new scenes) of the test identities, in the test order
+  np.testing.assert_array_equal(held_l, test_l)
+  assert not any(np.array_equal(h, t) for h in held_out[:, 0] for t in np.concatenate([train_f, test_f])[:, 0])
+  # "Generated" faces are float images in [0, 1], as a decoder returns them.
+  generated = held_out[:, 0].astype(np.float32) / 255.0
   identities = [dict(name=f"p{i}", gender=p["sex"], **p) for i, p in enumerate(PEOPLE)]
-  # "Generated" faces here are the real test faces with their frames reversed in label order: a decoder
-  # that mixes identities up must score near chance, and one that returns the right faces must not.
-  metrics, notes = coherence.coherence_scores(train_f, train_l, test_f, test_l, test_f[:, 0], identities,
-                                              ("gender", "hair_color"))
-  assert metrics["coherence.real_identity_accuracy"] >= 0.8 > metrics["coherence.real_identity_accuracy_chance"] + 0.4
-  assert metrics["coherence.real_gender_accuracy"] > metrics["coherence.real_gender_accuracy_chance"] + 0.3
-  assert metrics["coherence.identity_accuracy"] == metrics["coherence.real_identity_accuracy"]
-  wrong = test_f[np.argsort((test_l + 1) % 4, kind="stable"), 0]  # every face of another identity
-  bad, _ = coherence.coherence_scores(train_f, train_l, test_f, test_l, wrong, identities, ("gender",))
-  assert bad["coherence.identity_accuracy"] <= 0.2
+
+  def score(gen, labels=test_l, attributes=("gender",), train_labels=train_l):
+    return coherence.coherence_scores(train_f, train_labels, test_f, labels, gen, identities, attributes)
+
+  metrics, notes = score(generated, attributes=("gender", "hair_color"))
   assert not metrics["coherence.open_set"] and notes == []
+  # Balanced labels (5 per identity) make chance 1/4 whatever the predictions: sum_c P(pred=c) * 1/4.
+  assert metrics["coherence.identity_accuracy_chance"] == pytest.approx(0.25)
+  assert metrics["coherence.identity_accuracy"] >= 0.8 and metrics["coherence.real_identity_accuracy"] >= 0.8
+  assert metrics["coherence.real_identity_accuracy_chance"] == pytest.approx(0.25)
+  assert metrics["coherence.gender_accuracy"] >= 0.8 and metrics["coherence.gender_accuracy_chance"] == 0.5
+  assert metrics["coherence.hair_color_accuracy"] >= 0.8
+  # Faces of the wrong person score near 0, a collapsed decoder (one face for all) exactly 1/4 = chance,
+  # a shuffled order about chance.
+  wrong, _ = score(generated[np.argsort((test_l + 1) % 4, kind="stable")])
+  assert wrong["coherence.identity_accuracy"] <= 0.2
+  collapsed, _ = score(np.repeat(generated[:1], len(generated), axis=0))
+  assert collapsed["coherence.identity_accuracy"] == collapsed["coherence.identity_accuracy_chance"] == 0.25
+  assert collapsed["coherence.gender_accuracy"] == collapsed["coherence.gender_accuracy_chance"] == 0.5
+  shuffled, _ = score(generated[np.random.default_rng(0).permutation(len(generated))])
+  assert abs(shuffled["coherence.identity_accuracy"] - 0.25) <= 0.2
+  # Real test faces under the wrong labels: the real-face accuracy comes from the classifier, not the labels.
+  mislabelled, _ = score(generated, labels=(test_l + 1) % 4)
+  assert mislabelled["coherence.real_identity_accuracy"] <= 0.2 and mislabelled["coherence.identity_accuracy"] <= 0.2
+  # A classifier trained on shuffled training labels has nothing to learn: about chance on every face.
+  untrained, _ = score(generated, train_labels=np.random.default_rng(0).permutation(train_l))
+  assert abs(untrained["coherence.identity_accuracy"] - 0.25) <= 0.2
+  assert abs(untrained["coherence.real_identity_accuracy"] - 0.25) <= 0.2
 
 
 def test_open_set_reports_attributes_only():

@@ -37,19 +37,47 @@ def test_encode_decode_shapes_and_face_range(spec, shapes):
     assert float(out[V].min()) >= 0.0 and float(out[V].max()) <= 1.0
 
 
-def test_one_shared_decoder_trunk():
-  cfg = config_lib.load("reference:tiny")
-  model = models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
-  shapes = _param_shapes(model)
-  trunk = [k for k in shapes if k.startswith("decoder.trunk")]
-  heads = {k.split(".")[2] for k in shapes if k.startswith("decoder.heads")}
-  assert trunk and heads == {A, V}
-  # Changing only the face head leaves the decoded audio unchanged: the heads sit on one trunk.
-  z = jnp.ones((1, cfg.model.latent_dim))
-  before = model.decode(z)[A]
-  head = model.decoder.heads[V].linear
-  head.kernel[...] = head.kernel[...] + 1.0
-  np.testing.assert_array_equal(model.decode(z)[A], before)
+def _params_each_head_uses(decoder, z_BxZ):
+  """{modality: paths of the decoder parameters its output has a non-zero gradient for}."""
+  graphdef, params, rest = nnx.split(decoder, nnx.Param, ...)
+  probe = np.random.default_rng(1)
+  used = {}
+  for m in (A, V):
+    out_shape = jax.eval_shape(lambda p: nnx.merge(graphdef, p, rest)(z_BxZ)[m], params).shape
+    w = jnp.asarray(probe.normal(size=out_shape), jnp.float32)  # a random projection: no unit cancels out
+    grads = jax.grad(lambda p: jnp.sum(w * nnx.merge(graphdef, p, rest)(z_BxZ)[m]))(params)
+    used[m] = {".".join(map(str, path)) for path, g in grads.flat_state() if np.any(np.asarray(g[...]) != 0)}
+  return used
+
+
+@pytest.mark.parametrize("spec,shapes", [("reference:tiny", {A: (512,), V: (23, 23, 1)}),
+                                         ("conv:tiny", {A: (29, 24), V: (16, 16, 3)})])
+def test_heads_sit_on_one_shared_trunk(spec, shapes):
+  cfg = config_lib.load(spec)
+  model = models.build_model(cfg, shapes, seed=0)
+  decoder = model.decoder
+  trunk = {".".join(map(str, p)) for p, _ in nnx.state(decoder.trunk, nnx.Param).flat_state()}
+  trunk = {"trunk." + k for k in trunk}
+  assert trunk
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(8, cfg.model.latent_dim)), jnp.float32)
+  # The parameters both heads' outputs depend on are exactly the trunk's, every one of them:
+  # two independent decoders would share none, a second trunk would leave this one unused by a head.
+  used = _params_each_head_uses(decoder, z)
+  assert used[A] & used[V] == trunk, sorted(used[A] & used[V] ^ trunk)
+  assert all(k.startswith(f"heads.{m}.") or k in trunk for m in (A, V) for k in used[m])
+  assert all(any(k.startswith(f"heads.{m}.") for k in used[m]) for m in (A, V))  # each has its own head
+  # The same by perturbation: a trunk weight moves both outputs, a face-head weight only the face.
+  before = model.decode(z)
+  first, kernel = decoder.trunk[0], decoder.trunk[0].kernel[...]
+  first.kernel[...] = kernel + 0.5
+  after = model.decode(z)
+  assert not np.allclose(after[A], before[A]) and not np.allclose(after[V], before[V])
+  first.kernel[...] = kernel
+  face_head = nnx.state(decoder.heads[V], nnx.Param)
+  nnx.update(decoder.heads[V], jax.tree.map(lambda v: v + 0.5, face_head))
+  after = model.decode(z)
+  np.testing.assert_array_equal(after[A], before[A])
+  assert not np.allclose(after[V], before[V])
 
 
 def test_reference_full_param_shapes_without_allocation():
@@ -106,3 +134,51 @@ def test_init_follows_lecun_normal_and_seed():
   np.testing.assert_array_equal(k, again)
   assert not np.allclose(k, other)
   assert not np.allclose(k[:, :100], np.asarray(model.encoders[V].layers[0].kernel[...])[:512, :100])
+
+
+class _Block(nnx.Module):
+  """Every parameter kind a model may use, each with its layer's default or configured initialiser."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(400, 300, rngs=rngs)
+    self.conv = nnx.Conv(16, 256, (3, 3), rngs=rngs)
+    self.norm = nnx.LayerNorm(300, rngs=rngs)
+    self.batch_norm = nnx.BatchNorm(256, rngs=rngs)
+    self.custom = nnx.Linear(200, 100, kernel_init=nnx.initializers.normal(0.5), bias_init=nnx.initializers.ones,
+                             rngs=rngs)
+    self.offset = nnx.Param(jnp.full((3,), 0.25))  # a parameter made from a value keeps it
+
+
+def test_init_module_uses_each_layers_flax_initialiser():
+  block = models.init_module(_Block, seed=0)
+  np.testing.assert_array_equal(block.norm.scale[...], np.ones(300))  # not 0: a LayerNorm would output zeros
+  np.testing.assert_array_equal(block.norm.bias[...], np.zeros(300))
+  np.testing.assert_array_equal(block.batch_norm.scale[...], np.ones(256))
+  np.testing.assert_array_equal(block.batch_norm.bias[...], np.zeros(256))
+  np.testing.assert_array_equal(block.batch_norm.mean[...], np.zeros(256))  # batch statistics too
+  np.testing.assert_array_equal(block.batch_norm.var[...], np.ones(256))
+  np.testing.assert_array_equal(block.linear.bias[...], np.zeros(300))
+  np.testing.assert_array_equal(block.conv.bias[...], np.zeros(256))
+  np.testing.assert_array_equal(block.custom.bias[...], np.ones(100))
+  np.testing.assert_array_equal(block.offset[...], np.full(3, 0.25))
+  # LeCun normal, worked out here: variance 1 / fan_in (fan_in = receptive field x input channels), from a
+  # normal truncated at +-2 of its own standard deviations, whose variance is 0.87962566^2 of the untruncated.
+  # Tolerances are ~5 sampling standard errors (120000 and 36864 draws).
+  for kernel, fan_in in ((block.linear.kernel, 400), (block.conv.kernel, 3 * 3 * 16)):
+    k = np.asarray(kernel[...], np.float64)
+    assert abs(k.mean()) < 5 * np.sqrt(1 / fan_in / k.size)
+    assert k.var() == pytest.approx(1 / fan_in, rel=0.04), (kernel.shape, k.var() * fan_in)
+    assert np.abs(k).max() <= 2 * np.sqrt(1 / fan_in) / 0.87962566 * (1 + 1e-6)
+  c = np.asarray(block.custom.kernel[...])  # the configured N(0, 0.5^2), not truncated
+  assert c.std() == pytest.approx(0.5, rel=0.03) and np.abs(c).max() > 2 * 0.5
+  # The draw follows the seed.
+  np.testing.assert_array_equal(models.init_module(_Block, seed=0).linear.kernel[...], block.linear.kernel[...])
+  assert not np.allclose(models.init_module(_Block, seed=1).linear.kernel[...], block.linear.kernel[...])
+
+
+def test_deliberate_zero_starts_stay_zero():
+  cfg = config_lib.load("conv:tiny")
+  model = models.build_model(cfg, {A: (29, 24), V: (16, 16, 3)}, seed=0)
+  for m in (A, V):  # the likelihood scale starts at exactly the config's sigma
+    assert float(model.decoder.log_sigma_offset[m][...]) == 0.0
+  np.testing.assert_array_equal(model.decoder.heads[A].grid_bias[...], 0.0)

@@ -14,12 +14,11 @@ import warnings
 
 import ml_collections
 import numpy as np
-import tqdm
 from PIL import Image
 
 from data_prep import audio, avdigits, faces, storage, voxceleb1
 from mmvae import config as config_lib
-from mmvae import modalities
+from mmvae import modalities, progress
 
 SPLITS = ("train", "validation", "test")
 STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
@@ -111,7 +110,7 @@ class _Extractor:
   def map(self, tasks: list, desc: str):
     chunk = max(1, min(64, len(tasks) // (self.workers * 8)))
     results = self.pool.imap(_extract, tasks, chunk) if self.pool else map(_extract, tasks)
-    yield from tqdm.tqdm(results, total=len(tasks), desc=desc, unit="utt", dynamic_ncols=True)
+    yield from progress.bar(results, total=len(tasks), desc=desc, unit="utt", dynamic_ncols=True)
 
 
 def _checked_config(config):

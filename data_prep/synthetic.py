@@ -16,9 +16,9 @@ import shutil
 import numpy as np
 import soundfile
 from PIL import Image
-from tqdm import tqdm
 
 from data_prep import synthetic_face, synthetic_voice
+from mmvae import progress as progress_lib
 
 GENERATOR_VERSION = 1
 FACE_SIZE = 96
@@ -197,7 +197,7 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
                      videos=_video_ids(seed, i, videos_per_identity), utterances=utterances_per_video,
                      frames=frames_per_video, seconds=utterance_seconds))
   workers = min(workers or len(os.sched_getaffinity(0)), identities)
-  bar = tqdm(total=identities, desc="synthetic corpus", unit="identity", disable=not progress)
+  bar = progress_lib.bar(total=identities, desc="synthetic corpus", unit="identity", disable=not progress)
   if workers > 1:
     # spawn, not fork: the caller may have started JAX threads, which fork does not survive.
     with multiprocessing.get_context("spawn").Pool(workers) as pool:

@@ -1,3 +1,87 @@
-"""mmvae: multimodal VAEs for voices and faces in JAX/Flax NNX."""
+"""mmvae: multimodal VAEs for voices and faces in JAX/Flax NNX.
+
+The Python API mirrors the command line (see experiments/quickstart.py):
+
+  manifest = mmvae.prepare("synthetic", "data", identities=8)          # mmvae prep synthetic --out data
+  final = mmvae.train("synthetic:tiny", "data", "run")                  # mmvae train ...
+  metrics = mmvae.analyze("run")                                        # mmvae analyze --workdir run
+  model, config, data_dir = mmvae.load_run("run")
+
+Each function imports its stage on first call, so `import mmvae` stays fast.
+"""
+
+import os
+import types
+from typing import Sequence
 
 __version__ = "0.1.0"
+
+
+def prepare(corpus: str, out, config=None, overrides: Sequence[str] = (), **kwargs) -> dict:
+  """Prepares a corpus into OUT (TFDS array_record + manifest.json) like `mmvae prep CORPUS`; returns the manifest.
+
+  corpus: 'synthetic' (kwargs: identities, seed, split, workers), 'voxceleb1' (root, strict, workers,
+  split_policy) or 'avdigits' (fsdd, mnist, seed, strict, workers); see data_prep.prepare.prepare_<corpus>.
+  config: whose input settings to follow: a name, 'NAME:variant', 'path.py[:variant]' or a ConfigDict
+  (default: the command's: reference, synthetic or avdigits). overrides: 'a.b=value' strings.
+  """
+  from data_prep import prepare as prepare_lib
+  functions = {"synthetic": prepare_lib.prepare_synthetic, "voxceleb1": prepare_lib.prepare_voxceleb1,
+               "avdigits": prepare_lib.prepare_avdigits}
+  if corpus not in functions:
+    raise ValueError(f"unknown corpus {corpus!r}; use one of {', '.join(functions)}")
+  if config is not None or overrides:
+    kwargs["config"] = _config(config if config is not None else {"synthetic": "synthetic", "voxceleb1": "reference",
+                                                                  "avdigits": "avdigits"}[corpus], overrides)
+  return functions[corpus](out=out, **kwargs)
+
+
+def analyze(workdir, data_dir=None, split: str = "test", checkpoint: str = "best") -> dict:
+  """Writes WORKDIR/report/ for a trained run like `mmvae analyze`; returns the metrics (metrics.json).
+
+  checkpoint: 'best' (highest validation score) or 'last'; data_dir: default the dataset the run trained on.
+  Headline keys: 'retrieval.voice_to_face.mrr' and 'retrieval.face_to_voice.mrr', each with '..._chance'.
+  """
+  from mmvae.analysis import report
+  return report.analyze(workdir, data_dir=data_dir, split=split, which=checkpoint)
+
+
+def load_run(workdir, checkpoint: str = "best"):
+  """(model, config, data_dir) of a trained run: an NNX model with encode/decode, its ConfigDict, its dataset."""
+  from mmvae.train import checkpoints
+  return checkpoints.load_run(workdir, which=checkpoint)
+
+
+def _config(config, overrides: Sequence[str]):
+  from mmvae import config as config_lib
+  if isinstance(config, (str, os.PathLike)):
+    return config_lib.load(str(config), overrides)
+  config = config.copy_and_resolve_references() if overrides else config
+  for item in overrides:
+    config_lib.apply_override(config, item)
+  return config
+
+
+class _Train(types.ModuleType):
+  """The mmvae.train subpackage, callable as the training function: `mmvae.train(config, data_dir, workdir)`."""
+
+  def __call__(self, config, data_dir, workdir, overrides: Sequence[str] = (), **kwargs) -> dict:
+    """Trains (or resumes) a run in WORKDIR on a prepared dataset like `mmvae train`; returns final.json's contents.
+
+    config: a name ('reference', 'synthetic:tiny'), 'path.py[:variant]' or a ConfigDict; overrides:
+    'a.b=value' strings. kwargs: allow_data_change, init_from (see mmvae.train.trainer.train).
+    """
+    from mmvae.train import trainer
+    return trainer.train(_config(config, overrides), data_dir, workdir, **kwargs)
+
+
+# `mmvae.train` is both the subpackage (mmvae/train/) and the API function: the import system binds the
+# name to the subpackage whenever it is imported, so the subpackage itself is made callable. Its
+# __init__ imports nothing, so `import mmvae` stays fast.
+from mmvae import train  # noqa: E402  pylint: disable=wrong-import-position
+
+train.__class__ = _Train
+train.__doc__ = f"{train.__doc__}\n\nmmvae.train(config, data_dir, workdir, overrides=(), **kwargs): " \
+                f"{_Train.__call__.__doc__}"
+
+__all__ = ["__version__", "analyze", "load_run", "prepare", "train"]

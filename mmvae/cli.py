@@ -1,92 +1,135 @@
-"""The `mmvae` command: prep, train, analyze, generate, demo. Logic lives in the modules it calls."""
+"""The `mmvae` command: prep, train, analyze, generate, sweep, demo. Logic lives in the modules it calls."""
 
 import argparse
+import pathlib
 import sys
+from typing import Sequence
+
+import mmvae
+
+CONFIG_COMMANDS = ("prep", "train", "demo")  # the commands that take --config, and so --config.KEY overrides
+CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1"  # experiments/configs/ (a test keeps this true)
+
+
+def _overrides_epilog(example: str) -> str:
+  return f"Any config key can be overridden, as --config.KEY=VALUE or --config.KEY VALUE, e.g. {example}."
+
+
+TRAIN_EPILOG = _overrides_epilog("--config.train.batch_size=256 --config.parallel sharded")
+PREP_EPILOG = _overrides_epilog("--config.data.face_size=64 --config.data.grayscale False")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows every option's default, except where the help already says it or the option is required."""
+
+  def _get_help_string(self, action):
+    if action.required or action.default is None or "default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
+def _parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+  return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+
+def _add_config(parser, default: str) -> None:
+  parser.add_argument("--config", default=default,
+                      help=f"experiment config whose input settings to follow: a name ({CONFIG_NAMES}), NAME:tiny, "
+                           "or path.py[:variant]")
 
 
 def _add_prep(sub) -> None:
-  prep = sub.add_parser("prep", help="prepare a raw corpus into a TFDS array_record dataset")
+  prep = _parser(sub, "prep", help="prepare a raw corpus into a TFDS array_record dataset", epilog=PREP_EPILOG)
   corpora = prep.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
 
-  vox = corpora.add_parser("voxceleb1", help="VoxCeleb1 layout: wav/, faces/, vox1_meta.csv, iden_split.txt")
+  vox = _parser(corpora, "voxceleb1", help="VoxCeleb1 layout: wav/, faces/, vox1_meta.csv, iden_split.txt",
+                epilog=PREP_EPILOG)
   vox.add_argument("--root", required=True, help="corpus root holding wav/, a face folder and the split/meta files")
   vox.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  vox.add_argument("--config", default="reference", help="experiment config whose input settings to follow")
+  _add_config(vox, "reference")
   vox.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
-  vox.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
+  vox.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
   vox.add_argument("--split", choices=("closed", "open"), default="closed",
                    help="closed: iden_split.txt as given (test: new utterances of seen identities); open: the "
                         "identities with Set=test in vox1_meta.csv (id10270-id10309) are held out, all their "
                         "utterances in test; the others keep iden_split train/validation and their iden_split test "
                         "utterances go to validation (nothing dropped)")
 
-  avd = corpora.add_parser("avdigits", help="FSDD recordings paired with MNIST digits of the same class")
+  avd = _parser(corpora, "avdigits", help="FSDD recordings paired with MNIST digits of the same class",
+                epilog=PREP_EPILOG)
   avd.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
   avd.add_argument("--mnist", required=True, help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
-  avd.add_argument("--out", required=True)
-  avd.add_argument("--config", default="avdigits")
+  avd.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
+  _add_config(avd, "avdigits")
   avd.add_argument("--seed", type=int, default=0, help="seed of the audio-image pairing")
-  avd.add_argument("--strict", action="store_true")
-  avd.add_argument("--workers", type=int, default=0)
+  avd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
+  avd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
 
-  syn = corpora.add_parser("synthetic", help="generate the built-in synthetic corpus and prepare it")
+  syn = _parser(corpora, "synthetic", help="generate the built-in synthetic corpus and prepare it",
+                epilog=PREP_EPILOG)
   syn.add_argument("--out", required=True, help="output folder; the raw corpus goes to OUT/raw")
-  syn.add_argument("--identities", type=int, default=24)
-  syn.add_argument("--seed", type=int, default=0)
+  syn.add_argument("--identities", type=int, default=24, help="number of synthetic identities")
+  syn.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
   syn.add_argument("--split", choices=("closed", "open"), default="closed",
                    help="closed: new videos of seen identities in test; open: unseen identities in test")
-  syn.add_argument("--config", default="synthetic")
-  syn.add_argument("--workers", type=int, default=0)
+  _add_config(syn, "synthetic")
+  syn.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
 
 
-def _run_prep(args) -> None:
+def _run_prep(args, config) -> None:
   from data_prep import prepare
   if args.corpus == "voxceleb1":
-    prepare.prepare_voxceleb1(args.root, args.out, config=args.config, strict=args.strict, workers=args.workers,
+    prepare.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
                               split_policy=args.split)
   elif args.corpus == "avdigits":
-    prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=args.config, seed=args.seed,
+    prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
                              strict=args.strict, workers=args.workers)
   else:
     prepare.prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split,
-                              config=args.config, workers=args.workers)
+                              config=config, workers=args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="mmvae", description="Multimodal VAEs for voices and faces: prepare, train, analyze, generate.")
+      prog="mmvae", description="Multimodal VAEs for voices and faces: prepare, train, analyze, generate.",
+      formatter_class=_HelpFormatter)
+  parser.add_argument("--version", action="version", version=f"%(prog)s {mmvae.__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_prep(sub)
 
-  train = sub.add_parser(
-      "train", help="train an MS-VAE (resumes from WORKDIR if it holds checkpoints)",
-      epilog="Any config key can be overridden: --config.train.batch_size=256 --config.parallel=sharded")
+  train = _parser(sub, "train", help="train an MS-VAE (resumes from WORKDIR if it holds checkpoints)",
+                  epilog=TRAIN_EPILOG)
   train.add_argument("--config", required=True,
-                     help="config name (reference, conv, synthetic, avdigits) or path.py[:variant]")
+                     help=f"config name ({CONFIG_NAMES}), NAME:tiny, or path.py[:variant]")
   train.add_argument("--data", required=True, help="prepared dataset folder (holding manifest.json)")
   train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, final.json")
   train.add_argument("--from", dest="init_from", default=None, metavar="CHECKPOINT",
                      help="start a new run from the parameters of a kept checkpoint of another run "
                           "(WORKDIR/checkpoints/last/N or best/N), e.g. to retry with a lower learning rate; the "
-                          "optimizer and the step start fresh, so the whole schedule runs")
+                          "optimizer and the step start fresh, so the whole schedule runs (default: none, "
+                          "a fresh initialisation)")
   train.add_argument("--allow-data-change", action="store_true",
                      help="resume a run on a dataset other than the one it started on (compared by the "
                           "fingerprint in manifest.json; recorded in run.json); refused otherwise")
 
-  analyze = sub.add_parser("analyze", help="retrieval metrics, t-SNE, DBSCAN, generated faces -> WORKDIR/report/")
-  analyze.add_argument("--workdir", required=True)
-  analyze.add_argument("--data", default=None, help="prepared dataset (default: the one the run trained on)")
-  analyze.add_argument("--split", default="test")
+  analyze = _parser(sub, "analyze", help="retrieval metrics, t-SNE, DBSCAN, generated faces -> WORKDIR/report/")
+  analyze.add_argument("--workdir", required=True, help="run folder written by mmvae train")
+  analyze.add_argument("--data", default=None,
+                       help="prepared dataset (default: the one the run trained on, from WORKDIR/run.json)")
+  analyze.add_argument("--split", default="test", help="split to analyse")
+  analyze.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                       help="best: the checkpoint with the highest validation score (config.train.select_by; "
+                            "the newest one when the run has no validation split); last: the newest step")
 
-  generate = sub.add_parser("generate", help="generate one modality from the other with a trained run")
+  generate = _parser(sub, "generate", help="generate one modality from the other with a trained run")
   gen_sub = generate.add_subparsers(dest="target", required=True, metavar="TARGET")
-  face = gen_sub.add_parser("face", help="a face from a voice (one WAV file)")
-  face.add_argument("--workdir", required=True)
-  face.add_argument("--wav", required=True)
+  face = _parser(gen_sub, "face", help="a face from a voice (one WAV file), with the run's best checkpoint")
+  face.add_argument("--workdir", required=True, help="run folder written by mmvae train")
+  face.add_argument("--wav", required=True, help="WAV file of one utterance")
   face.add_argument("--out", required=True, help="PNG file to write")
 
-  sweep = sub.add_parser(
-      "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",
+  sweep = _parser(
+      sub, "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",
       epilog="A sweep file (experiments/sweeps/NAME.py) returns {'rows': [{'name', 'config', 'overrides'}], "
              "'seeds': [...], 'metrics': [...]} from get_sweep(). Rerunning the same command skips finished runs.")
   sweep.add_argument("--sweep", required=True, help="sweep name (experiments/sweeps/NAME.py) or path.py")
@@ -94,39 +137,121 @@ def build_parser() -> argparse.ArgumentParser:
   source = sweep.add_mutually_exclusive_group(required=True)
   source.add_argument("--data", help="one prepared dataset for every row")
   source.add_argument("--root", help="raw VoxCeleb1 root: prepared once per distinct data section into OUT/data/")
-  sweep.add_argument("--parallel", type=int, default=0, help="runs at once (default: half the cores)")
+  sweep.add_argument("--parallel", type=int, default=0, help="runs at once (default: 0, half the cores)")
   sweep.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the sweep's)")
   sweep.add_argument("--rows", default=None, help="comma-separated row names to run (default: all)")
   sweep.add_argument("--split", default="test", help="split every run is analysed on")
 
-  demo = sub.add_parser("demo", help="generate -> prepare -> train -> analyze on the built-in synthetic corpus")
-  demo.add_argument("--workdir", default="runs/demo")
-  demo.add_argument("--config", default="synthetic")
-  demo.add_argument("--identities", type=int, default=24)
-  demo.add_argument("--seed", type=int, default=0)
+  demo = _parser(sub, "demo", help="generate -> prepare -> train -> analyze on the built-in synthetic corpus",
+                 epilog=TRAIN_EPILOG)
+  demo.add_argument("--workdir", default="runs/demo", help="folder for the corpus (data/) and the run (run/)")
+  demo.add_argument("--config", default="synthetic",
+                    help=f"config name ({CONFIG_NAMES}), NAME:tiny, or path.py[:variant]")
+  demo.add_argument("--identities", type=int, default=24, help="number of synthetic identities")
+  demo.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
   return parser
+
+
+def _mrr_chance(labels) -> float:
+  """Chance MRR of cross-modal retrieval among `labels`: each query ranks all items, its label's count relevant."""
+  import numpy as np
+  from mmvae.analysis import chance
+  _, index, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+  return float(np.mean([chance.mrr(len(index), int(counts[i])) for i in index]))
+
+
+def _with_chance(value, chance_value) -> str:
+  return f"{value:.3f} ({value / chance_value:.1f}x chance {chance_value:.3f})" if chance_value else f"{value:.3f}"
+
+
+def train_summary(final: dict, workdir, data_dir) -> str:
+  """Where the run's files are and its headline numbers (validation MRR beside chance)."""
+  workdir = pathlib.Path(workdir)
+  ckpt = workdir / "checkpoints"
+  best = final.get("best_step")
+  lines = [f"mmvae train: step {final['step']} done in {final['elapsed_seconds'] / 60:.1f} min -> {workdir}",
+           f"  checkpoints  {ckpt / 'last'} (newest: step {final['step']})"
+           + (f", {ckpt / 'best'} (step {best})" if best is not None else ""),
+           f"  metrics      {workdir / 'metrics.jsonl'}, {workdir / 'final.json'}, TensorBoard {workdir / 'tb'}"]
+  val = final.get("validation")
+  if val and "mrr_audio_to_face" in val:
+    from mmvae import data
+    chance_value = _mrr_chance(data.Dataset(data_dir).column("validation", "label"))
+    lines += [f"  validation   voice -> face MRR {_with_chance(val['mrr_audio_to_face'], chance_value)} at step "
+              f"{final['step']}",
+              f"               face -> voice MRR {_with_chance(val['mrr_face_to_audio'], chance_value)}"]
+  if "loss" in (final.get("losses") or {}):
+    lines.append(f"  train loss   {final['losses']['loss']:.4g} (last step)")
+  lines.append(f"  next         mmvae analyze --workdir {workdir}")
+  return "\n".join(lines)
+
+
+def analyze_summary(metrics: dict, workdir, checkpoint: str, split: str) -> str:
+  """Where the report is and the cross-modal retrieval numbers beside chance."""
+  report = pathlib.Path(workdir) / "report"
+  lines = [f"mmvae analyze: {checkpoint} checkpoint, {split} split: {metrics['examples']} examples of "
+           f"{metrics['identities']} identities",
+           f"  report       {report / 'report.md'}", f"  metrics      {report / 'metrics.json'}"]
+  for key, label in (("voice_to_face", "voice -> face"), ("face_to_voice", "face -> voice")):
+    value = metrics.get(f"retrieval.{key}.mrr")
+    if value is not None:
+      lines.append(f"  {label} MRR {_with_chance(value, metrics.get(f'retrieval.{key}.mrr_chance'))}")
+  return "\n".join(lines)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(other arguments, ['a.b=value', ...]) from a command line holding --config.a.b=value or --config.a.b value."""
+  rest, overrides = [], []
+  args = iter(argv)
+  for arg in args:
+    if arg == "--":  # everything after it is positional
+      rest += [arg, *args]
+      break
+    if not arg.startswith("--config."):
+      rest.append(arg)
+      continue
+    key, sep, value = arg.removeprefix("--config.").partition("=")
+    if not sep:
+      value = next(args, None)
+      if value is None or value.startswith("--"):
+        raise ValueError(f"config override {arg} needs a value: {arg}=VALUE or {arg} VALUE")
+    overrides.append(f"{key}={value}")
+  return rest, overrides
+
+
+def _error_text(e: Exception) -> str:
+  # str(KeyError('x')) is "'x'": show the message itself.
+  return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = build_parser()
-  args, extra = parser.parse_known_args(argv)
-  overrides = [a for a in extra if a.startswith("--config.")]
-  unknown = [a for a in extra if not a.startswith("--config.")]
-  if unknown or (overrides and args.command not in ("train", "demo")):
-    parser.error(f"unrecognised arguments: {' '.join(unknown or overrides)}")
+  try:
+    rest, overrides = split_overrides(argv)
+  except ValueError as e:
+    parser.error(str(e))
+  args = parser.parse_args(rest)
+  if overrides and args.command not in CONFIG_COMMANDS:
+    parser.error(f"--config.KEY overrides apply to the commands that take --config ({', '.join(CONFIG_COMMANDS)}), "
+                 f"not to {args.command}")
   try:
     if args.command == "prep":
-      _run_prep(args)
+      from mmvae import config as config_lib
+      _run_prep(args, config_lib.load(args.config, overrides))
     elif args.command == "train":
       from mmvae import config as config_lib
       config = config_lib.load(args.config, overrides)
       from mmvae.train import trainer
-      trainer.train(config, args.data, args.workdir, allow_data_change=args.allow_data_change,
-                    init_from=args.init_from)
+      final = trainer.train(config, args.data, args.workdir, allow_data_change=args.allow_data_change,
+                            init_from=args.init_from)
+      import jax
+      if jax.process_index() == 0:
+        print(train_summary(final, args.workdir, args.data), flush=True)
     elif args.command == "analyze":
       from mmvae.analysis import report
-      report.analyze(args.workdir, data_dir=args.data, split=args.split)
+      metrics = report.analyze(args.workdir, data_dir=args.data, split=args.split, which=args.checkpoint)
+      print(analyze_summary(metrics, args.workdir, args.checkpoint, args.split), flush=True)
     elif args.command == "generate":
       from mmvae.analysis import generation
       generation.generate_face_from_wav(args.workdir, args.wav, args.out)
@@ -145,7 +270,7 @@ def main(argv=None) -> int:
     import os
     if os.environ.get("MMVAE_DEBUG"):
       raise
-    print(f"mmvae {args.command}: error: {e}", file=sys.stderr)
+    print(f"mmvae {args.command}: error: {_error_text(e)}", file=sys.stderr)
     return 2
   return 0
 

@@ -1,6 +1,7 @@
 """Load experiment configs by name or `path.py[:variant]`, and apply `--config.a.b=value` overrides."""
 
 import ast
+import difflib
 import importlib.util
 import pathlib
 from typing import Sequence
@@ -48,8 +49,28 @@ def _parse_value(text: str):
     return text  # a bare string such as sharded or w2_gaussian
 
 
+def keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every dotted key of `config`, e.g. 'train.batch_size'."""
+  out = []
+  for name, value in config.items():
+    out += keys(value, f"{prefix}{name}.") if isinstance(value, ml_collections.ConfigDict) else [prefix + name]
+  return out
+
+
+def _did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
+  """'did you mean X?' naming the closest existing key(s), or '' when none is close."""
+  known = keys(config)
+  parent, _, leaf = key.rpartition(".")
+  close = [k for k in known if k.rpartition(".")[2] == leaf]  # the right name in another section
+  siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+  close += [siblings[n] for n in difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)]  # a misspelt name
+  close += difflib.get_close_matches(key, known, n=1, cutoff=0.8)  # a misspelt section
+  close = list(dict.fromkeys(close))[:2]
+  return f"did you mean {' or '.join(repr(k) for k in close)}?" if close else ""
+
+
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-  """Sets one 'a.b.c=value' override, refusing unknown keys and wrong types with a clear message."""
+  """Sets one 'a.b.c=value' override; refuses unknown keys (naming the closest) and wrong types in one line."""
   key, sep, text = item.partition("=")
   key = key.removeprefix("--").removeprefix("config.")
   if not sep:
@@ -58,10 +79,12 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   node = config
   for i, part in enumerate(parents):
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise KeyError(f"unknown config section {'.'.join(parents[:i + 1])!r} in override {item!r}")
+      hint = _did_you_mean(config, key) or f"top-level keys: {', '.join(sorted(config.keys()))}"
+      raise KeyError(f"unknown config section {'.'.join(parents[:i + 1])!r} in override {item!r}; {hint}")
     node = node[part]
   if leaf not in node:
-    raise KeyError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node.keys()))}")
+    hint = _did_you_mean(config, key) or f"known keys here: {', '.join(sorted(node.keys()))}"
+    raise KeyError(f"unknown config key {key!r}; {hint}")
   value = _parse_value(text)
   old = node[leaf]
   if isinstance(old, tuple) and isinstance(value, list):

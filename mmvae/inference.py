@@ -9,9 +9,8 @@ as best is chosen by the measurement the report shows.
 from typing import Callable
 
 import numpy as np
-import tqdm
 
-from mmvae import modalities
+from mmvae import modalities, progress
 
 BATCH = 256
 Encoder = Callable[[str], Callable[[np.ndarray], tuple]]  # modality -> (x -> (mu, logvar))
@@ -22,7 +21,7 @@ def batched(fn, x, batch_size: int, desc: str):
   import jax
   n = len(x)
   outs = []
-  for lo in tqdm.tqdm(range(0, n, batch_size), desc=desc, disable=n <= 4 * batch_size):
+  for lo in progress.bar(range(0, n, batch_size), desc=desc, disable=n <= 4 * batch_size):
     chunk = x[lo:lo + batch_size]
     pad = batch_size - len(chunk) if n > batch_size else 0
     if pad:

@@ -312,9 +312,9 @@ def _assign_data(runs: list[Run], out: pathlib.Path, data, root) -> None:
 
 def _execute(runs: list[Run], todo: list[Run], parallel: int, split: str, context: dict) -> bool:
   """Runs `todo` with a progress bar, rewriting the results after each; False when interrupted (Ctrl-C, SIGTERM)."""
-  import tqdm
+  from mmvae import progress
   failed = sum(r.status == "failed" for r in runs)
-  bar = tqdm.tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", dynamic_ncols=True)
+  bar = progress.bar(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", dynamic_ncols=True)
   bar.set_postfix(failed=failed, skipped=sum(r.status == "skipped" for r in runs))
   launcher = _Launcher(min(parallel, max(1, len(todo))), split)
   main_thread = threading.current_thread() is threading.main_thread()

@@ -4,9 +4,8 @@ import json
 import pathlib
 
 import numpy as np
-import tqdm
 
-from mmvae import inference
+from mmvae import inference, progress
 from mmvae.analysis import coherence, generation, latent_space, markdown, retrieval
 
 DIRECTIONS = {  # name: (query modality, gallery modality)
@@ -52,7 +51,7 @@ def latent_section(latents: dict, names: dict, acfg: dict, report_dir: pathlib.P
             "joint": np.vstack([latents["audio_mu"], latents["face_mu"]])}
   space_labels = {"audio": labels, "face": labels, "joint": np.r_[labels, labels]}
   emb, clusters, kdist, out = {}, {}, {}, {}
-  for space in tqdm.tqdm(spaces, desc="t-SNE + DBSCAN"):
+  for space in progress.bar(spaces, desc="t-SNE + DBSCAN"):
     emb[space] = latent_space.tsne(spaces[space], acfg["tsne_perplexity"], acfg["seed"])
     clusters[space] = latent_space.dbscan(spaces[space], space_labels[space], acfg["dbscan_eps"],
                                           acfg["dbscan_min_samples"], acfg["seed"])
@@ -122,10 +121,10 @@ def _save_latents(report_dir: pathlib.Path, latents: dict, arrays: dict) -> dict
 
 
 def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") -> dict:
-  """Loads a trained run, encodes `split`, cross-generates, and writes WORKDIR/report/."""
+  """Loads a run's `which` checkpoint ('best' or 'last'), encodes `split`, cross-generates, writes WORKDIR/report/."""
   from mmvae.train import checkpoints
   workdir = pathlib.Path(workdir)
-  model, config, _ = checkpoints.load_run(workdir, which=which)
+  model, config, _, step = checkpoints.load_run(workdir, which=which, return_step=True)
   dataset = checkpoints.dataset_of_run(workdir, data_dir)  # refuses a dataset that changed since training
   dataset.check_config(config)
   if split not in dataset.splits:
@@ -137,7 +136,7 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
   generated = generation.cross_generate(model, latents)
   np.savez_compressed(report_dir / "generated.npz", **generated)
   train = dataset.arrays("train")
-  run_info = _run_info(workdir, dataset.data_dir, split, which)
+  run_info = _run_info(workdir, dataset.data_dir, split, f"{which} (step {step})")
   return analyze_arrays(report_dir, latents, generated, test, train["face"], train["label"], dataset.manifest,
                         config, run_info)
 

@@ -18,8 +18,8 @@ score is set to -inf and it is neither relevant nor a negative, and the gallery 
 """
 
 import numpy as np
-import tqdm
 
+from mmvae import progress as progress_lib
 from mmvae.analysis import chance
 
 SCORES = ("cosine", "euclidean", "w2")
@@ -143,7 +143,7 @@ def rank_queries(query_NxD, gallery_MxD, query_labels, gallery_labels, score="co
   rows = max(1, chunk_elems // m)
   per = {}
   starts = range(0, n, rows)
-  for lo in tqdm.tqdm(starts, desc=f"retrieval ({score})", disable=not progress or len(starts) < 4):
+  for lo in progress_lib.bar(starts, desc=f"retrieval ({score})", disable=not progress or len(starts) < 4):
     hi = min(n, lo + rows)
     s = score_matrix(query_NxD[lo:hi], gallery_MxD, score)
     rel = q_lab[lo:hi, None] == g_lab[None, :]

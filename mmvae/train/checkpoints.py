@@ -190,8 +190,12 @@ def dataset_of_run(workdir, data_dir=None):
   return dataset
 
 
-def load_run(workdir, which: str = BEST):
-  """(model, config, data_dir) of a trained run, from its config.json, run.json and checkpoints."""
+def load_run(workdir, which: str = BEST, return_step: bool = False):
+  """(model, config, data_dir) of a trained run, from its config.json, run.json and checkpoints.
+
+  which: 'best' (the highest validation score; the newest intact 'last' one when there is none) or 'last'.
+  return_step: also return the training step of the checkpoint loaded, as a fourth element.
+  """
   import ml_collections
   from mmvae import data, models
   from mmvae.train import step as step_lib
@@ -227,4 +231,5 @@ def load_run(workdir, which: str = BEST):
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first (mmvae train --workdir {workdir})")
   from flax import nnx
-  return nnx.merge(graphdef, restored["params"]), config, data_dir
+  model = nnx.merge(graphdef, restored["params"])
+  return (model, config, data_dir, int(restored["step"])) if return_step else (model, config, data_dir)

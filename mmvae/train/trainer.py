@@ -19,11 +19,10 @@ import time
 
 import jax
 import numpy as np
-import tqdm
 
 import mmvae
 from mmvae import config as config_lib
-from mmvae import losses, models, modalities
+from mmvae import losses, models, modalities, progress
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import parallel
 from mmvae.train import resume
@@ -207,7 +206,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
                          prefetch=t.prefetch, pairing=config.data.pairing)
   last_metrics, last_val, wait_s, timed_from, timed_steps = {}, None, 0.0, None, 0
   t_start = time.perf_counter()
-  bar = tqdm.tqdm(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
+  bar = progress.bar(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
 
   def finish(step, metrics):

@@ -52,7 +52,7 @@ POOLINGS = ("mfcc_stats", "stats", "magnitude_mean")
 LOG_FLOOR = 1e-3  # added to |X| of a unit-RMS segment before the log: silence stays finite
 MEL_FLOOR = 1e-6  # added to the mel power of a unit-RMS segment before the log
 MEL_FMIN = 20.0
-SHORT_CLIPS = ("pad", "skip")
+SHORT_CLIPS = ("pad", "skip", "whole")
 CROP_MODES = ("random", "center")
 _SILENCE_PEAK = 1e-6  # below one int16 step (3e-5): nothing but rounding noise
 
@@ -127,9 +127,11 @@ def crop_segment(wave, segment_samples, mode, rng=None, short_clips="pad"):
   wave = np.asarray(wave, np.float32)
   n = wave.shape[0]
   if n < segment_samples:
+    if short_clips == "whole":  # pooled statistics need no fixed length: padding would only add silence
+      return wave
     if short_clips == "skip":
       raise AudioError(f"clip of {n} samples is shorter than the segment of {segment_samples} "
-                       "samples (data.short_clips='skip'; use 'pad' to zero-pad)")
+                       "samples (data.short_clips='skip'; use 'pad' to zero-pad or 'whole' for pooled features)")
     left = (segment_samples - n) // 2
     warnings.warn(f"clip of {n} samples zero-padded to the segment of {segment_samples}", AudioWarning, stacklevel=2)
     return np.pad(wave, (left, segment_samples - n - left))
@@ -282,6 +284,9 @@ def feature_shape(data_cfg):
   seg = int(_cfg(data_cfg, "segment_samples"))
   if seg < frame_len:
     raise ValueError(f"data.segment_samples={seg} is shorter than one {frame_len}-sample window")
+  if _cfg(data_cfg, "short_clips") == "whole" and not _cfg(data_cfg, "time_average"):
+    raise ValueError("data.short_clips='whole' keeps a short clip's own length, which only pooled features "
+                     "(data.time_average=True) allow; use 'pad' or 'skip'")
   if _cfg(data_cfg, "time_average"):
     pooling = _pooling(data_cfg)
     if pooling == "mfcc_stats":

@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.n_mels = 40
   c.data.n_mfcc = 20
   c.data.dither = 1.0  # dither amplitude relative to VGGVox's 1e-6 * std scale
-  c.data.short_clips = "pad"  # 'pad' (zero-pad to the segment) or 'skip'
+  c.data.short_clips = "pad"  # 'pad' (zero-pad to the segment), 'skip', or 'whole' (pooled features only)
   c.data.face_size = 23
   c.data.grayscale = True
   c.data.frames_per_utterance = 1  # K face frames stored per utterance; training draws one per step

@@ -13,9 +13,9 @@ MINI_SET_TRAINING for the full corpus. Rows whose data section differs get their
 # (measured), and validating every 100 steps lets the best checkpoint (the one analysed) stop there.
 MINI_SET_TRAINING = ["train.num_steps=1000", "train.eval_every=100", "train.checkpoint_every=100",
                      "train.log_every=50"]
-# The new features: gain-invariant MFCC statistics of the whole 6 s clip and eight 32x32 RGB face frames.
-FEATURES = ["data.pooling=mfcc_stats", "data.segment_samples=96000", "data.face_size=32", "data.grayscale=False",
-            "data.frames_per_utterance=8"]
+# The new features: gain-invariant MFCC statistics of up to 6 s of each clip (never padded) and eight 32x32 RGB face frames.
+FEATURES = ["data.pooling=mfcc_stats", "data.segment_samples=96000", "data.short_clips=whole", "data.face_size=32",
+            "data.grayscale=False", "data.frames_per_utterance=8"]
 PAIRING = ["data.pairing=identity"]
 REGULARISE = ["train.face_flip=True", "train.weight_decay=0.05"]
 LIKELIHOOD = ["loss.likelihood=gaussian", "loss.learn_sigma=True", "loss.sigma.face=0.1"]

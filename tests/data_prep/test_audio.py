@@ -259,3 +259,20 @@ def test_stats_pooling_is_invariant_to_gain(shared_data, tmp_path):
     assert np.linalg.norm(old[g]) / np.linalg.norm(old[1.0]) == pytest.approx(g, rel=0.05), g
     if g != 1.0:
       assert rel(old[g], old[1.0]) > 0.5, g
+
+
+def test_whole_short_clip_pools_only_its_own_frames(tmp_path):
+  import warnings as warnings_lib
+  wave = _speechlike(12000)
+  path = _write(tmp_path / "short.wav", wave, 16000)
+  cfg = _cfg(short_clips="whole", dither=0.0)
+  with warnings_lib.catch_warnings():
+    warnings_lib.simplefilter("error", audio.AudioWarning)  # nothing padded, so nothing to warn about
+    got = audio.utterance_features(path, cfg, False)
+  # The same statistics computed by hand on the clip as stored (no segment, no padding).
+  own = audio.mfcc_stats(audio.spectrogram(audio.load_wav(path), cfg, None, unit_rms=True, magnitude="linear"), cfg)
+  np.testing.assert_allclose(got, own, rtol=1e-6)
+  padded = audio.utterance_features(path, _cfg(dither=0.0), False)
+  assert np.abs(padded - own).max() > 1e-2  # padding does change them: silence enters the statistics
+  with pytest.raises(ValueError, match="short_clips='whole'.*pooled"):
+    audio.feature_shape(_cfg(short_clips="whole", time_average=False))

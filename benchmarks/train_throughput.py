@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from mmvae import config as config_lib
-from mmvae import models, modalities
+from mmvae import modalities, zoo
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
 
@@ -47,7 +47,7 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="pmap"):
   else:
     shapes = _shapes(cfg)
     it = _random_batches(shapes, batch_size)
-  model = models.build_model(cfg, shapes, seed=0)
+  model = zoo.of(cfg).build(cfg, shapes, seed=0, num_classes=0)
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   runner = parallel.Runner(graphdef, tx, cfg, mode)

@@ -47,7 +47,10 @@ def analyze(workdir, data_dir=None, split: str = "test", checkpoint: str = "best
 
 
 def load_run(workdir, checkpoint: str = "best"):
-  """(model, config, data_dir) of a trained run: an NNX model with encode/decode, its ConfigDict, its dataset."""
+  """(model, config, data_dir) of a trained run: an NNX model of the run's kind, its ConfigDict, its dataset.
+
+  The model offers encode(modality, x) -> (mu, logvar), can_generate, and decode(z) when it can generate.
+  """
   from mmvae.train import checkpoints
   return checkpoints.load_run(workdir, which=checkpoint)
 

@@ -15,7 +15,8 @@ def _overrides_epilog(example: str) -> str:
   return f"Any config key can be overridden, as --config.KEY=VALUE or --config.KEY VALUE, e.g. {example}."
 
 
-TRAIN_EPILOG = _overrides_epilog("--config.train.batch_size=256 --config.parallel sharded")
+TRAIN_EPILOG = _overrides_epilog("--config.train.batch_size=256 --config.parallel sharded "
+                                 "--config.model.kind=contrastive")
 PREP_EPILOG = _overrides_epilog("--config.data.face_size=64 --config.data.grayscale False")
 
 
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_prep(sub)
 
-  train = _parser(sub, "train", help="train an MS-VAE (resumes from WORKDIR if it holds checkpoints)",
-                  epilog=TRAIN_EPILOG)
+  train = _parser(sub, "train", help="train a model of config.model.kind (resumes from WORKDIR if it holds "
+                  "checkpoints)", epilog=TRAIN_EPILOG)
   train.add_argument("--config", required=True,
                      help=f"config name ({CONFIG_NAMES}), NAME:tiny, or path.py[:variant]")
   train.add_argument("--data", required=True, help="prepared dataset folder (holding manifest.json)")

@@ -11,7 +11,8 @@ from mmvae import modalities
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _dtype(name: str):
+def compute_dtype(name: str):
+  """The JAX dtype of config.model.dtype."""
   if name not in _DTYPES:
     raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {sorted(_DTYPES)}")
   return _DTYPES[name]
@@ -146,6 +147,8 @@ class SharedDecoder(nnx.Module):
 class MSVAE(nnx.Module):
   """Per-modality encoders (in an nnx.Dict), one shared decoder and an optional identity head on the latent."""
 
+  can_generate = True  # the shared decoder maps any modality's latent to every modality
+
   def __init__(self, encoders: dict, decoder: SharedDecoder, identity_head=None):
     self.encoders = nnx.Dict(encoders)
     self.decoder = decoder
@@ -164,7 +167,8 @@ class MSVAE(nnx.Module):
     return self.decoder(z_BxZ)
 
 
-def _encoder(kind, modality, shape, mc, dtype, rngs):
+def build_encoder(kind, modality, shape, mc, dtype, rngs):
+  """The encoder of one modality: `kind` 'mlp' or 'conv' (a conv encoder pools a spectrogram over time)."""
   if kind == "mlp":
     return MLPEncoder(shape, mc.hidden, mc.latent_dim, dtype, rngs)
   if kind == "conv":
@@ -175,33 +179,57 @@ def _encoder(kind, modality, shape, mc, dtype, rngs):
   raise ValueError(f"config.model.{modality}_encoder={kind!r} is unknown; use 'mlp' or 'conv'")
 
 
+def encoder_kinds(mc) -> dict:
+  """{modality: 'mlp' | 'conv'} from config.model."""
+  return {modalities.AUDIO: mc.audio_encoder, modalities.FACE: mc.face_encoder}
+
+
+def input_shapes_of(input_shapes: dict) -> dict:
+  """{modality: shape as a tuple of ints}; ValueError when a modality is missing."""
+  missing = [m for m in modalities.MODALITIES if m not in input_shapes]
+  if missing:
+    raise ValueError(f"input_shapes lacks {missing}; expected keys {modalities.MODALITIES}")
+  return {m: tuple(int(d) for d in input_shapes[m]) for m in modalities.MODALITIES}
+
+
+def check_model_config(mc, decoder: bool = True) -> None:
+  """Raises ValueError naming the config.model key to change (decoder=False: the encoders' keys only)."""
+  if decoder and mc.decoder not in ("mlp", "conv"):
+    raise ValueError(f"config.model.decoder={mc.decoder!r} is unknown; use 'mlp' or 'conv'")
+  if mc.latent_dim < 1 or not mc.hidden or not mc.conv_channels or min(*mc.hidden, *mc.conv_channels) < 1:
+    raise ValueError(f"config.model needs latent_dim >= 1 and non-empty hidden and conv_channels of widths >= 1, "
+                     f"got latent_dim={mc.latent_dim}, hidden={tuple(mc.hidden)}, "
+                     f"conv_channels={tuple(mc.conv_channels)}")
+  compute_dtype(mc.dtype)
+
+
+def identity_head(config, num_classes: int, rngs: nnx.Rngs):
+  """The linear identity head on the latent means when config.loss.identity_weight > 0, else None."""
+  if not config.loss.get("identity_weight", 0.0) > 0:
+    return None
+  if num_classes < 2:
+    raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")
+  return nnx.Linear(config.model.latent_dim, num_classes, dtype=compute_dtype(config.model.dtype), rngs=rngs)
+
+
 def build_model(config, input_shapes: dict, seed: int, num_classes: int = 0) -> MSVAE:
   """The MS-VAE for `config.model` and input shapes {'audio': (F,) or (T, F), 'face': (S, S, C)}.
 
   num_classes: training identities, for the identity head (built when config.loss.identity_weight > 0).
   """
   mc = config.model
-  missing = [m for m in modalities.MODALITIES if m not in input_shapes]
-  if missing:
-    raise ValueError(f"input_shapes lacks {missing}; expected keys {modalities.MODALITIES}")
-  if mc.decoder not in ("mlp", "conv"):
-    raise ValueError(f"config.model.decoder={mc.decoder!r} is unknown; use 'mlp' or 'conv'")
-  if mc.latent_dim < 1 or not mc.hidden or not mc.conv_channels or min(*mc.hidden, *mc.conv_channels) < 1:
-    raise ValueError(f"config.model needs latent_dim >= 1 and non-empty hidden and conv_channels of widths >= 1, "
-                     f"got latent_dim={mc.latent_dim}, hidden={tuple(mc.hidden)}, "
-                     f"conv_channels={tuple(mc.conv_channels)}")
-  with_head = config.loss.get("identity_weight", 0.0) > 0
-  if with_head and num_classes < 2:
+  shapes = input_shapes_of(input_shapes)
+  check_model_config(mc)
+  if config.loss.get("identity_weight", 0.0) > 0 and num_classes < 2:
     raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")
-  dtype = _dtype(mc.dtype)
-  shapes = {m: tuple(int(d) for d in input_shapes[m]) for m in modalities.MODALITIES}
-  kinds = {modalities.AUDIO: mc.audio_encoder, modalities.FACE: mc.face_encoder}
+  dtype = compute_dtype(mc.dtype)
+  kinds = encoder_kinds(mc)
 
   def build(rngs: nnx.Rngs):
-    encoders = {m: _encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
+    # Draw order (encoders, decoder, head) fixes every parameter's key: keep it.
+    encoders = {m: build_encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
     decoder = SharedDecoder(mc.latent_dim, shapes, mc.hidden, mc.conv_channels, mc.decoder, dtype, rngs)
-    head = nnx.Linear(mc.latent_dim, num_classes, dtype=dtype, rngs=rngs) if with_head else None
-    return MSVAE(encoders, decoder, head)
+    return MSVAE(encoders, decoder, identity_head(config, num_classes, rngs))
 
   return init_module(build, seed)
 

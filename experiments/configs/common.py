@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seed = 0  # train-crop and dither generator seed at preparation time
 
   c.model = ml_collections.ConfigDict()
+  # Which registered model (mmvae/zoo/): 'msvae' (encoders + shared decoder, ELBO + alignment) or
+  # 'contrastive' (encoders only, symmetric InfoNCE over every modality pair as the whole objective, so
+  # loss.infonce_weight does not apply; cannot generate).
+  c.model.kind = "msvae"
   c.model.latent_dim = 100
   c.model.audio_encoder = "mlp"  # 'mlp' or 'conv'
   c.model.face_encoder = "mlp"  # 'mlp' or 'conv'

@@ -136,6 +136,7 @@ def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
   """Writes the face a trained run generates for one WAV file; returns it as float [S, S, C]."""
   from PIL import Image
 
+  from mmvae import zoo
   from mmvae.train import checkpoints
   if not pathlib.Path(wav).is_file():
     raise FileNotFoundError(f"WAV file {wav} not found")
@@ -144,6 +145,9 @@ def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
     raise ValueError(f"--out {out} must name an image file such as face.png"
                      f"{' (it is a folder)' if pathlib.Path(out).is_dir() else ''}")
   model, config, _ = checkpoints.load_run(workdir)
+  if not model.can_generate:
+    raise ValueError(f"{workdir} holds a model of kind {zoo.kind_of(config)!r}, which cannot generate (it has no "
+                     "decoder); generate with a run of a generative kind")
   manifest = checkpoints.dataset_of_run(workdir).manifest
   x = voice_features(wav, config.data, manifest)[None]
   mu, _ = model.encode(modalities.AUDIO, x)

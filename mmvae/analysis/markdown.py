@@ -85,6 +85,22 @@ def _dataset_lines(manifest: dict) -> list[str]:
           f"- skipped files at preparation: {len(manifest.get('skipped', []))}"]
 
 
+def _generation_lines(metrics: dict, notes: list) -> list[str]:
+  """The cross-generation figures and the coherence table."""
+  lines = ["## Cross generation", "", "![faces](faces_from_voices.png)", "", "*" + FIGURES[2][1] + "*", "",
+           "![spectra](spectra_from_faces.png)", "", "*" + FIGURES[3][1] + "*", "", "### Coherence", "",
+           "A logistic-regression classifier on the pixels of real training faces, applied to faces generated "
+           "from test voices ('generated') and, as its ceiling, to real test faces ('real'). Chance = "
+           "sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.", "",
+           "| target | generated (chance) | real test faces (chance) | classes |", "|---|---|---|---|"]
+  for key in sorted(k for k in metrics if k.startswith("coherence.real_") and k.endswith("_accuracy")):
+    t = key[len("coherence.real_"):-len("_accuracy")]
+    lines.append(f"| {t} | {_fmt(metrics[f'coherence.{t}_accuracy'])} ({_fmt(metrics[f'coherence.{t}_accuracy_chance'])}) "
+                 f"| {_fmt(metrics[key])} ({_fmt(metrics[f'coherence.real_{t}_accuracy_chance'])}) "
+                 f"| {metrics[f'coherence.{t}_classes']} |")
+  return lines + [""] + [f"- {n}" for n in notes] + [""]
+
+
 def write_report(path, metrics: dict, near: dict, names: dict, notes: list, manifest: dict, config,
                  run_info: dict | None) -> None:
   """Writes report.md."""
@@ -119,25 +135,20 @@ def write_report(path, metrics: dict, near: dict, names: dict, notes: list, mani
                  f"{_fmt(metrics[f'nearest.{d}.own_rank_mean_chance'])}), own identity in top 5 "
                  f"{_fmt(metrics[f'nearest.{d}.own_in_top5'])} (chance {_fmt(metrics[f'nearest.{d}.own_in_top5_chance'])})")
   lines += [""] + _nearest_table(near, names) + [""]
-  lines += ["## Cross generation", "", "![faces](faces_from_voices.png)", "", "*" + FIGURES[2][1] + "*", "",
-            "![spectra](spectra_from_faces.png)", "", "*" + FIGURES[3][1] + "*", "", "### Coherence", "",
-            "A logistic-regression classifier on the pixels of real training faces, applied to faces generated "
-            "from test voices ('generated') and, as its ceiling, to real test faces ('real'). Chance = "
-            "sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.", "",
-            "| target | generated (chance) | real test faces (chance) | classes |", "|---|---|---|---|"]
-  for key in sorted(k for k in metrics if k.startswith("coherence.real_") and k.endswith("_accuracy")):
-    t = key[len("coherence.real_"):-len("_accuracy")]
-    lines.append(f"| {t} | {_fmt(metrics[f'coherence.{t}_accuracy'])} ({_fmt(metrics[f'coherence.{t}_accuracy_chance'])}) "
-                 f"| {_fmt(metrics[key])} ({_fmt(metrics[f'coherence.real_{t}_accuracy_chance'])}) "
-                 f"| {metrics[f'coherence.{t}_classes']} |")
-  lines += [""] + [f"- {n}" for n in notes] + ["", "## Dataset", ""] + _dataset_lines(manifest) + [""]
+  if metrics.get("model.can_generate") is False:
+    lines += ["## Cross generation", "", f"Skipped: the model (kind `{metrics.get('model.kind')}`) cannot generate, "
+              "so there are no generated faces or spectra and no coherence scores.", ""]
+  else:
+    lines += _generation_lines(metrics, notes)
+  lines += ["## Dataset", ""] + _dataset_lines(manifest) + [""]
   if "final" in run_info:
     lines += ["## Training summary (final.json)", "", "```json", json.dumps(run_info["final"], indent=1), "```", ""]
   if config is not None:
     cfg = config.to_dict() if hasattr(config, "to_dict") else config
     lines += ["## Config", "", "<details><summary>config.json</summary>", "", "```json",
               json.dumps(cfg, indent=1, default=str), "```", "", "</details>", ""]
-  lines += ["All numbers are in `metrics.json`; latents in `latents.npz`, generated arrays in `generated.npz`, "
+  generated = ", generated arrays in `generated.npz`" if metrics.get("model.can_generate") is not False else ""
+  lines += [f"All numbers are in `metrics.json`; latents in `latents.npz`{generated}, "
             "t-SNE maps and DBSCAN assignments in `embeddings.npz` (`mmvae.analysis.report.rebuild` recomputes "
             "this report from them without the model)."]
   with open(path, "w", encoding="utf-8") as f:

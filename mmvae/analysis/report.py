@@ -5,7 +5,7 @@ import pathlib
 
 import numpy as np
 
-from mmvae import inference, progress
+from mmvae import inference, progress, zoo
 from mmvae.analysis import coherence, generation, latent_space, markdown, retrieval
 
 DIRECTIONS = {  # name: (query modality, gallery modality)
@@ -13,6 +13,7 @@ DIRECTIONS = {  # name: (query modality, gallery modality)
     "voice_to_voice": ("audio", "audio"), "face_to_face": ("face", "face")}
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
 TEXT_KEYS = ("id", "identity", "video", "gender")
+GENERATED_FILES = ("generated.npz", "faces_from_voices.png", "spectra_from_faces.png")
 
 
 def _analysis_cfg(config) -> dict:
@@ -74,9 +75,12 @@ def latent_section(latents: dict, names: dict, acfg: dict, report_dir: pathlib.P
   return out, near
 
 
-def analyze_arrays(report_dir, latents: dict, generated: dict, test_real: dict, train_faces, train_labels,
+def analyze_arrays(report_dir, latents: dict, generated: dict | None, test_real: dict, train_faces, train_labels,
                    manifest: dict, config=None, run_info: dict | None = None) -> dict:
-  """Every metric and figure from saved arrays (no model needed); writes metrics.json and report.md."""
+  """Every metric and figure from saved arrays (no model needed); writes metrics.json and report.md.
+
+  generated None: the model cannot generate, so cross generation, its figures and coherence are skipped.
+  """
   from threadpoolctl import threadpool_limits
   # Small runs gain nothing from BLAS/OpenMP threads and lose a lot to them on a busy machine.
   with threadpool_limits(limits=1 if len(latents["label"]) < 2000 else None):
@@ -95,18 +99,25 @@ def _analyze_arrays(report_dir, latents, generated, test_real, train_faces, trai
   if len(np.unique(labels)) < 2:
     raise ValueError("the analysed split holds fewer than two identities: retrieval and clusters are undefined")
   metrics = {"examples": int(len(labels)), "identities": int(len(np.unique(labels))),
-             "dataset.path": (run_info or {}).get("data_dir"), "dataset.fingerprint": manifest.get("fingerprint")}
+             "dataset.path": (run_info or {}).get("data_dir"), "dataset.fingerprint": manifest.get("fingerprint"),
+             "model.kind": zoo.kind_of(config) if config is not None else None,
+             "model.can_generate": generated is not None}
   metrics.update(retrieval_section(latents, acfg["seed"]))
   lat_metrics, near = latent_section(latents, names, acfg, report_dir)
   metrics.update(lat_metrics)
-  attrs = ["gender"] + [a for a in manifest.get("attributes", []) if a != "gender"]
-  coh, notes = coherence.coherence_scores(train_faces, train_labels, test_real["face"], labels,
-                                          generated["face_from_voice"], identities, attrs, acfg["seed"])
-  metrics.update(coh)
-  generation.plot_face_grid(report_dir / "faces_from_voices.png", test_real["face"], generated["face_from_face"],
-                            generated["face_from_voice"], labels, names)
-  generation.plot_spectra(report_dir / "spectra_from_faces.png", test_real["audio"], generated["audio_from_face"],
-                          generated["audio_from_voice"], labels, names)
+  notes = []
+  if generated is not None:
+    attrs = ["gender"] + [a for a in manifest.get("attributes", []) if a != "gender"]
+    coh, notes = coherence.coherence_scores(train_faces, train_labels, test_real["face"], labels,
+                                            generated["face_from_voice"], identities, attrs, acfg["seed"])
+    metrics.update(coh)
+    generation.plot_face_grid(report_dir / "faces_from_voices.png", test_real["face"], generated["face_from_face"],
+                              generated["face_from_voice"], labels, names)
+    generation.plot_spectra(report_dir / "spectra_from_faces.png", test_real["audio"],
+                            generated["audio_from_face"], generated["audio_from_voice"], labels, names)
+  else:  # figures of an earlier analysis in this (our own) report folder would contradict the report
+    for name in GENERATED_FILES:
+      (report_dir / name).unlink(missing_ok=True)
   metrics = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
   (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
   markdown.write_report(report_dir / "report.md", metrics, near, names, notes, manifest, config, run_info)
@@ -133,8 +144,9 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
   report_dir = workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
   latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test), test)
-  generated = generation.cross_generate(model, latents)
-  np.savez_compressed(report_dir / "generated.npz", **generated)
+  generated = generation.cross_generate(model, latents) if model.can_generate else None
+  if generated is not None:
+    np.savez_compressed(report_dir / "generated.npz", **generated)
   train = dataset.arrays("train")
   run_info = _run_info(workdir, dataset.data_dir, split, f"{which} (step {step})")
   return analyze_arrays(report_dir, latents, generated, test, train["face"], train["label"], dataset.manifest,
@@ -150,16 +162,19 @@ def _run_info(workdir: pathlib.Path, data_dir, split: str, which: str) -> dict:
 
 
 def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
-  """Recomputes report/ from latents.npz and generated.npz without the model (real faces from the dataset)."""
+  """Recomputes report/ from latents.npz (and generated.npz) without the model (real faces from the dataset)."""
   import ml_collections
   from mmvae.train import checkpoints
   workdir = pathlib.Path(workdir)
   report_dir = workdir / "report"
-  for name in ("latents.npz", "generated.npz"):
+  # The analysis that wrote the arrays recorded whether the model generates (no generated.npz then).
+  previous = report_dir / "metrics.json"
+  can_generate = json.loads(previous.read_text()).get("model.can_generate", True) if previous.is_file() else True
+  for name in ("latents.npz",) + (("generated.npz",) if can_generate else ()):
     if not (report_dir / name).is_file():
       raise FileNotFoundError(f"{report_dir / name} not found; run `mmvae analyze --workdir {workdir}` first")
   latents = dict(np.load(report_dir / "latents.npz"))
-  generated = dict(np.load(report_dir / "generated.npz"))
+  generated = dict(np.load(report_dir / "generated.npz")) if can_generate else None
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   dataset = checkpoints.dataset_of_run(workdir, data_dir)
   test, train = dataset.arrays(split), dataset.arrays("train")

@@ -197,7 +197,7 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
   return_step: also return the training step of the checkpoint loaded, as a fourth element.
   """
   import ml_collections
-  from mmvae import data, models
+  from mmvae import data, zoo
   from mmvae.train import step as step_lib
   if which not in (BEST, LAST):
     raise ValueError(f"which={which!r}: use 'best' or 'last'")
@@ -212,7 +212,8 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
   data_dir = run["data_dir"]
   shapes = {k: tuple(v) for k, v in run["input_shapes"].items()} if "input_shapes" in run else \
       data.Dataset(data_dir).input_shapes()
-  model = models.build_model(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
+  # The run's own kind (config.json), so any registered model reloads without the caller naming it.
+  model = zoo.of(config).build(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
   tx = step_lib.make_optimizer(config.train)
   graphdef, state = step_lib.init_state(model, tx)
   ckpts = Checkpoints(workdir, keep=config.train.keep_checkpoints)

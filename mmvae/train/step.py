@@ -8,7 +8,7 @@ import optax
 from flax import nnx
 from jax import lax
 
-from mmvae import losses, modalities
+from mmvae import modalities, zoo
 
 # Tags folded into the step key so the per-example stream and the per-step stream never collide.
 _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
@@ -61,8 +61,8 @@ def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_na
   model = nnx.merge(graphdef, params)
   noise_step = step if noise_step is None else noise_step
   keys_B = example_keys(config.train.seed, noise_step, positions_B)
-  return losses.msvae_loss(model, batch, keys_B, step_key(config.train.seed, noise_step), step, config.loss,
-                           axis_name)
+  return zoo.of(config).loss(model, batch, keys_B, step_key(config.train.seed, noise_step), step, config.loss,
+                            axis_name)
 
 
 def augment(batch, seed: int, step, positions_B, train_cfg):

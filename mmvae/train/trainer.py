@@ -22,7 +22,7 @@ import numpy as np
 
 import mmvae
 from mmvae import config as config_lib
-from mmvae import losses, models, modalities, progress
+from mmvae import modalities, progress, zoo
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import parallel
 from mmvae.train import resume
@@ -39,7 +39,7 @@ class NonFiniteError(ValueError):
 
 def check_config(config) -> None:
   """Raises ValueError naming the key to change when the config cannot train."""
-  losses.check_loss_config(config.loss)
+  zoo.of(config).check_config(config)
   t = config.train
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if t[key] < 1:
@@ -66,7 +66,10 @@ def _flat(d, prefix=""):
 
 
 def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
-  old = _flat(json.loads(path.read_text()))
+  old = json.loads(path.read_text())
+  # A run started before config.model.kind existed is of the default kind, not a different config.
+  old.setdefault("model", {}).setdefault("kind", zoo.DEFAULT_KIND)
+  old = _flat(old)
   new = _flat(json.loads(json.dumps(config_lib.to_dict(config))))
   # The cosine schedule decays to zero at num_steps: another length would change the rate of every later step.
   free = [r for r in RESUMABLE_CHANGES if r != "train.num_steps" or config.train.lr_schedule != "cosine"]
@@ -161,7 +164,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
     raise ValueError(f"{data_dir} has no training examples; prepare a dataset with a train split")
 
   log = train_log.RunLog(workdir, enabled=jax.process_index() == 0)
-  model = models.build_model(config, shapes, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
+  model = zoo.of(config).build(config, shapes, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(t)
   schedule = step_lib.make_schedule(t)
   graphdef, state = step_lib.init_state(model, tx)

@@ -1,0 +1,105 @@
+"""The model registry: `config.model.kind` names an entry, and every stage reaches the model through it.
+
+A model kind is a module (or any object) with three functions:
+
+  build(config, input_shapes, seed, num_classes) -> nnx.Module
+      input_shapes: {modality: shape of one example}; num_classes: training identities (for
+      optional identity heads). Parameters should start from `models.init_module(build, seed)`.
+  loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name) -> (total, {name: scalar})
+      A pure function of one (device-local) batch {modality: x, 'label': ...}; `example_keys_B`
+      give each example its own noise, `step_key` is shared by the step; a term over the whole
+      batch gathers it with `losses.gather(x, axis_name)` so 1 and 4 devices agree. The metrics
+      must hold 'loss'.
+  check_config(config) -> None
+      Raises ValueError naming the config key to change.
+
+and the module `build` returns offers:
+
+  encode(modality, x_Bx...) -> (mu_BxZ, logvar_BxZ)   the posterior of one modality
+  can_generate: bool                                  whether decode exists
+  decode(z_BxZ) -> {modality: output}                 when can_generate
+
+Registering makes a kind usable by `mmvae train --config.model.kind=NAME` in this process:
+
+  from mmvae import zoo
+  zoo.register("mine", my_module)
+
+The trainer, the parallel runner, checkpoints (`load_run` rebuilds a run's kind from its
+config.json), inference and analysis only call these, so they never name a model.
+"""
+
+import difflib
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+DEFAULT_KIND = "msvae"  # the kind of a run whose config.json predates config.model.kind
+# Built-in kinds import on first use, so `import mmvae` stays free of JAX.
+_BUILTIN = {"msvae": "mmvae.zoo.msvae", "contrastive": "mmvae.zoo.contrastive"}
+_REGISTRY: dict[str, Any] = {}
+_FUNCTIONS = ("build", "loss", "check_config")
+
+
+@runtime_checkable
+class Model(Protocol):
+  """What a built model offers the trainer, inference and analysis."""
+
+  can_generate: bool
+
+  def encode(self, modality: str, x) -> tuple:
+    """(mu_BxZ, logvar_BxZ) of q(z | x) for one modality."""
+
+
+@runtime_checkable
+class ModelKind(Protocol):
+  """What a registered kind offers: a builder, a loss and a config check."""
+
+  def build(self, config, input_shapes: dict, seed: int, num_classes: int) -> Model:
+    """The initialised model for the config and per-modality example shapes."""
+
+  def loss(self, model, batch: dict, example_keys_B, step_key, step, loss_cfg, axis_name) -> tuple:
+    """(total loss, {name: scalar}) of one batch."""
+
+  def check_config(self, config) -> None:
+    """Raises ValueError naming the key to change when the config is unusable."""
+
+
+def register(kind: str, module_or_object) -> None:
+  """Makes `kind` name `module_or_object` (it must offer build, loss and check_config)."""
+  if not isinstance(kind, str) or not kind:
+    raise ValueError(f"a model kind is a non-empty string, got {kind!r}")
+  missing = [f for f in _FUNCTIONS if not callable(getattr(module_or_object, f, None))]
+  if missing:
+    raise ValueError(f"model kind {kind!r} lacks {', '.join(missing)}; a kind offers {', '.join(_FUNCTIONS)} "
+                     "(see mmvae.zoo.ModelKind)")
+  if _REGISTRY.get(kind, module_or_object) is not module_or_object:
+    raise ValueError(f"model kind {kind!r} is already registered to {_REGISTRY[kind]!r}")
+  _REGISTRY[kind] = module_or_object
+
+
+def kinds() -> list[str]:
+  """Every known kind: the built-in ones and those registered in this process."""
+  return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def get(kind: str):
+  """The registered kind; ValueError naming the known kinds (and the closest) when there is none."""
+  if kind not in _REGISTRY and kind in _BUILTIN:
+    import jax
+    # The first get may come from inside a traced train step; module-level constants (jnp) must stay concrete.
+    with jax.ensure_compile_time_eval():
+      importlib.import_module(_BUILTIN[kind])  # registers itself
+  if kind not in _REGISTRY:
+    close = difflib.get_close_matches(str(kind), kinds(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"config.model.kind={kind!r} is unknown; {hint}known kinds: {', '.join(kinds())}")
+  return _REGISTRY[kind]
+
+
+def kind_of(config) -> str:
+  """config.model.kind, or the default for a config written before the key existed."""
+  return config.model.get("kind", DEFAULT_KIND)
+
+
+def of(config):
+  """The kind `config` names."""
+  return get(kind_of(config))

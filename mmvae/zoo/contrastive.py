@@ -1,0 +1,87 @@
+"""`contrastive`: per-modality encoders only, trained by a CLIP/VATT-style symmetric InfoNCE over every modality pair.
+
+For every pair (m, n) of modalities, with u_m the posterior mean of the m encoder on the global batch:
+  L = mean over pairs of InfoNCE(u_m, u_n)        (1) symmetric, cosine / loss.temperature
+    + loss.identity_weight * identity CE           (2) optional, a linear head on every u_m
+Positives (loss.infonce_positives): a row's own pair, or every row of its identity. InfoNCE is the
+whole objective here, so loss.infonce_weight does not apply. There is no decoder: runs of this kind
+are analysed by retrieval, t-SNE and DBSCAN only.
+"""
+
+import itertools
+import sys
+
+import jax.numpy as jnp
+from flax import nnx
+
+from mmvae import losses, models, modalities, zoo
+
+
+class Contrastive(nnx.Module):
+  """One encoder per modality (an nnx.Dict) and an optional identity head; no decoder."""
+
+  can_generate = False
+
+  def __init__(self, encoders: dict, identity_head=None):
+    self.encoders = nnx.Dict(encoders)
+    self.modalities = tuple(encoders)
+    self.identity_head = identity_head
+
+  def identity_logits(self, mu_BxZ):
+    """Identity logits of embeddings (the optional cross-entropy objective)."""
+    return self.identity_head(mu_BxZ).astype(jnp.float32)
+
+  def encode(self, modality: str, x):
+    """(mu_BxZ, logvar_BxZ): the embedding as the mean, and logvar 0, since the model learns no spread."""
+    mu_BxZ, _ = self.encoders[modality](x)
+    return mu_BxZ, jnp.zeros_like(mu_BxZ)
+
+
+def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> Contrastive:
+  """The encoders of config.model (audio_encoder, face_encoder, hidden, latent_dim) and the optional head."""
+  mc = config.model
+  shapes = models.input_shapes_of(input_shapes)
+  models.check_model_config(mc, decoder=False)
+  dtype = models.compute_dtype(mc.dtype)
+  kinds = models.encoder_kinds(mc)
+
+  def build_module(rngs: nnx.Rngs):
+    encoders = {m: models.build_encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
+    return Contrastive(encoders, models.identity_head(config, num_classes, rngs))
+
+  return models.init_module(build_module, seed)
+
+
+def pairwise_info_nce(mu: dict, temperature: float, labels_B=None):
+  """(1) The mean over every unordered modality pair of the symmetric InfoNCE between their embeddings."""
+  pairs = list(itertools.combinations(mu, 2))
+  return sum(losses.info_nce(mu[m], mu[n], temperature, labels_B) for m, n in pairs) / len(pairs)
+
+
+def loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
+  """(total, {'loss', 'infonce'[, 'identity_ce']}); keys and step are unused (nothing is sampled)."""
+  del example_keys_B, step_key, step
+  by_identity = loss_cfg.infonce_positives == "identity"
+  if (by_identity or loss_cfg.identity_weight > 0) and "label" not in batch:
+    raise ValueError("config.loss.infonce_positives='identity' or identity_weight > 0 needs identity labels, "
+                     "but the batch has no 'label'")
+  mu_local = {m: model.encode(m, batch[m])[0] for m in model.modalities}
+  # Negatives come from the whole global batch, so the loss is the same on any device count.
+  mu = {m: losses.gather(v, axis_name) for m, v in mu_local.items()}
+  labels = losses.gather(batch["label"], axis_name) if "label" in batch else None
+  metrics = {"infonce": pairwise_info_nce(mu, loss_cfg.temperature, labels if by_identity else None)}
+  total = metrics["infonce"]
+  if loss_cfg.identity_weight > 0:  # (2): a per-example term, a mean over the local rows like msvae's
+    metrics["identity_ce"] = losses.identity_ce(model, list(mu_local.values()), batch["label"])
+    total = total + loss_cfg.identity_weight * metrics["identity_ce"]
+  metrics["loss"] = total
+  return total, metrics
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the key to change in the model or loss section."""
+  losses.check_loss_config(config.loss)
+  models.check_model_config(config.model, decoder=False)
+
+
+zoo.register("contrastive", sys.modules[__name__])

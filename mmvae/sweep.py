@@ -239,6 +239,27 @@ def _last_line(text: str) -> str:
   return lines[-1][:400] if lines else "no output"
 
 
+def set_aside_if_changed(workdir: pathlib.Path, job: dict) -> pathlib.Path | None:
+  """Moves a run folder planned with another config to WORKDIR.superseded-TIME (never deleted); returns it.
+
+  A row whose definition changed must train from scratch: resuming its old checkpoints would mix two configs
+  (and the trainer refuses it).
+  """
+  previous = workdir / JOB
+  if not previous.is_file():
+    return None
+  try:
+    old = json.loads(previous.read_text()).get("config_dict")
+  except ValueError:
+    old = None
+  if old == job["config_dict"]:
+    return None
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  aside = workdir.with_name(f"{workdir.name}.superseded-{stamp}")
+  workdir.rename(aside)
+  return aside
+
+
 class _Launcher:
   """Runs jobs as subprocesses, at most `parallel` at once, and can stop them all (SIGTERM: they checkpoint)."""
 
@@ -255,8 +276,10 @@ class _Launcher:
       return run
 
   def _launch(self, run: Run) -> Run:
+    job = run.job(self.split)
+    set_aside_if_changed(run.workdir, job)
     run.workdir.mkdir(parents=True, exist_ok=True)
-    (run.workdir / JOB).write_text(json.dumps(run.job(self.split), indent=1) + "\n")
+    (run.workdir / JOB).write_text(json.dumps(job, indent=1) + "\n")
     log_path = run.workdir / LOG
     with open(log_path, "a") as log:
       log.write(f"\n=== mmvae sweep: run {run.row['name']!r} seed {run.seed}, "

@@ -187,3 +187,20 @@ def test_summary_std_and_missing_values():
   assert (s["n"], s["seeds"], s["values"]) == (2, [0, 3], [0.5, 0.7])
   assert s["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
   assert sweep_table.summary([0.5])["std"] is None and sweep_table.summary([])["mean"] is None
+
+
+def test_a_run_planned_with_another_config_is_set_aside_not_resumed(swept, dataset, sweep_file, tmp_path):
+  import shutil
+  out, _ = swept
+  workdir = tmp_path / "runs" / "plain" / "seed0"
+  shutil.copytree(_run_dir(out, "plain", 0), workdir)
+  spec = sweep.load_sweep(str(sweep_file))
+  plain = sweep.plan(spec, out, [0])[0]
+  plain.data_dir = dataset.absolute()
+  job = plain.job("test")
+  assert sweep.set_aside_if_changed(workdir, job) is None and (workdir / "final.json").is_file()  # same plan
+  plain.config.train.num_steps += 1  # the row now asks for another run
+  aside = sweep.set_aside_if_changed(workdir, plain.job("test"))
+  assert not workdir.exists() and aside.parent == workdir.parent and aside.name.startswith("seed0.superseded-")
+  old = json.loads((aside / "sweep_job.json").read_text())
+  assert old["config_dict"] == job["config_dict"] and (aside / "final.json").is_file()  # nothing deleted

@@ -28,15 +28,14 @@ The trainer, the parallel runner, checkpoints (`load_run` rebuilds a run's kind 
 config.json), inference and analysis only call these, so they never name a model.
 """
 
-import difflib
-import importlib
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from mmvae import registry
 
 DEFAULT_KIND = "msvae"  # the kind of a run whose config.json predates config.model.kind
 # Built-in kinds import on first use, so `import mmvae` stays free of JAX.
-_BUILTIN = {"msvae": "mmvae.zoo.msvae", "contrastive": "mmvae.zoo.contrastive"}
-_REGISTRY: dict[str, Any] = {}
-_FUNCTIONS = ("build", "loss", "check_config")
+_BUILTIN = {k: f"mmvae.zoo.{k}" for k in ("msvae", "contrastive", "mvae", "mmvae", "mopoe")}
+_REGISTRY = registry.Registry("model kind", "config.model.kind", _BUILTIN, ("build", "loss", "check_config"))
 
 
 @runtime_checkable
@@ -64,35 +63,18 @@ class ModelKind(Protocol):
 
 
 def register(kind: str, module_or_object) -> None:
-  """Makes `kind` name `module_or_object` (it must offer build, loss and check_config)."""
-  if not isinstance(kind, str) or not kind:
-    raise ValueError(f"a model kind is a non-empty string, got {kind!r}")
-  missing = [f for f in _FUNCTIONS if not callable(getattr(module_or_object, f, None))]
-  if missing:
-    raise ValueError(f"model kind {kind!r} lacks {', '.join(missing)}; a kind offers {', '.join(_FUNCTIONS)} "
-                     "(see mmvae.zoo.ModelKind)")
-  if _REGISTRY.get(kind, module_or_object) is not module_or_object:
-    raise ValueError(f"model kind {kind!r} is already registered to {_REGISTRY[kind]!r}")
-  _REGISTRY[kind] = module_or_object
+  """Makes `kind` name `module_or_object` (it must offer build, loss and check_config; see ModelKind)."""
+  _REGISTRY.register(kind, module_or_object)
 
 
 def kinds() -> list[str]:
   """Every known kind: the built-in ones and those registered in this process."""
-  return sorted(set(_BUILTIN) | set(_REGISTRY))
+  return _REGISTRY.names()
 
 
 def get(kind: str):
   """The registered kind; ValueError naming the known kinds (and the closest) when there is none."""
-  if kind not in _REGISTRY and kind in _BUILTIN:
-    import jax
-    # The first get may come from inside a traced train step; module-level constants (jnp) must stay concrete.
-    with jax.ensure_compile_time_eval():
-      importlib.import_module(_BUILTIN[kind])  # registers itself
-  if kind not in _REGISTRY:
-    close = difflib.get_close_matches(str(kind), kinds(), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"config.model.kind={kind!r} is unknown; {hint}known kinds: {', '.join(kinds())}")
-  return _REGISTRY[kind]
+  return _REGISTRY.get(kind)
 
 
 def kind_of(config) -> str:

@@ -17,14 +17,14 @@ from flax import nnx
 from mmvae import losses, models, modalities, zoo
 
 
-class Contrastive(nnx.Module):
+class Contrastive(models.Multimodal):
   """One encoder per modality (an nnx.Dict) and an optional identity head; no decoder."""
 
   can_generate = False
 
-  def __init__(self, encoders: dict, identity_head=None):
+  def __init__(self, specs: dict, encoders: dict, identity_head=None):
+    super().__init__(specs)
     self.encoders = nnx.Dict(encoders)
-    self.modalities = tuple(encoders)
     self.identity_head = identity_head
 
   def identity_logits(self, mu_BxZ):
@@ -38,16 +38,17 @@ class Contrastive(nnx.Module):
 
 
 def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> Contrastive:
-  """The encoders of config.model (audio_encoder, face_encoder, hidden, latent_dim) and the optional head."""
+  """The encoders of config.model (encoders, hidden, latent_dim) and the optional head."""
   mc = config.model
-  shapes = models.input_shapes_of(input_shapes)
+  specs = modalities.specs(input_shapes)
   models.check_model_config(mc, decoder=False)
   dtype = models.compute_dtype(mc.dtype)
-  kinds = models.encoder_kinds(mc)
+  for m in specs.values():
+    modalities.encoder_choice(mc, m)
 
   def build_module(rngs: nnx.Rngs):
-    encoders = {m: models.build_encoder(kinds[m], m, shapes[m], mc, dtype, rngs) for m in modalities.MODALITIES}
-    return Contrastive(encoders, models.identity_head(config, num_classes, rngs))
+    encoders = models.build_encoders(mc, specs, dtype, rngs)
+    return Contrastive(specs, encoders, models.identity_head(config, num_classes, rngs))
 
   return models.init_module(build_module, seed)
 
@@ -65,7 +66,7 @@ def loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None)
   if (by_identity or loss_cfg.identity_weight > 0) and "label" not in batch:
     raise ValueError("config.loss.infonce_positives='identity' or identity_weight > 0 needs identity labels, "
                      "but the batch has no 'label'")
-  mu_local = {m: model.encode(m, batch[m])[0] for m in model.modalities}
+  mu_local = {m: model.encode(m, batch[m])[0] for m in model.specs}
   # Negatives come from the whole global batch, so the loss is the same on any device count.
   mu = {m: losses.gather(v, axis_name) for m, v in mu_local.items()}
   labels = losses.gather(batch["label"], axis_name) if "label" in batch else None

@@ -3,6 +3,9 @@
 Every checkpoint carries the SHA-256 of its flattened state (Orbax custom metadata, written with the
 step). Restoring verifies it: a damaged checkpoint (flipped bytes, truncated files, unreadable
 metadata) is skipped with a one-line warning for the newest intact one.
+
+Multi-host: every process calls the same methods in the same order (Orbax's save is collective: process
+0 writes, the others wait at its barriers); all of them read the checkpoints from the shared workdir.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 LAST, BEST = "last", "best"
 DAMAGED = "damaged"  # checkpoints/damaged/: damaged steps set aside by a resuming trainer, kept for inspection
@@ -100,9 +104,14 @@ class Checkpoints:
 
   def __init__(self, workdir, keep: int):
     root = pathlib.Path(workdir).absolute() / "checkpoints"
-    self.last = ocp.CheckpointManager(root / LAST, options=ocp.CheckpointManagerOptions(max_to_keep=max(1, keep)))
-    self.best = ocp.CheckpointManager(
-        root / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max"))
+    # Multi-host: each manager its own barrier names, or the two managers' saves collide at the same barrier
+    # ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing").
+    self.last = ocp.CheckpointManager(root / LAST, options=ocp.CheckpointManagerOptions(
+        max_to_keep=max(1, keep), multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=LAST)))
+    self.best = ocp.CheckpointManager(root / BEST, options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=BEST)))
     self.root = root
     self.last_good = None  # the newest step of `last` known intact: restored or saved by this process
 
@@ -117,7 +126,7 @@ class Checkpoints:
     if val_score is not None and np.isfinite(val_score):
       best = self.best.best_step()
       best_score = self.best.metrics(best)["score"] if best is not None else -np.inf
-      if val_score > best_score:
+      if _same_everywhere(val_score > best_score):
         self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"score": float(val_score)},
                        custom_metadata=digest, force=True)
     self.last.wait_until_finished()
@@ -161,16 +170,26 @@ class Checkpoints:
     return f"{what} damaged ({problems[0][1]}{moved})"
 
   def _set_aside(self, manager, which: str, step: int) -> None:
-    target = self.root / DAMAGED / f"{which}-{step}"
-    while target.exists():
-      target = target.with_name(target.name + "x")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(self.root / which / str(step)), str(target))
+    if jax.process_index() == 0:  # one shared workdir: one process moves, the others wait for it
+      target = self.root / DAMAGED / f"{which}-{step}"
+      while target.exists():
+        target = target.with_name(target.name + "x")
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.root / which / str(step)), str(target))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"mmvae_set_aside_{which}_{step}")
     manager.reload()
 
   def close(self) -> None:
     self.last.close()
     self.best.close()
+
+
+def _same_everywhere(decision: bool) -> bool:
+  """Process 0's decision on every process: a collective save taken by some processes only would hang."""
+  if jax.process_count() == 1:
+    return bool(decision)
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
 
 
 def dataset_of_run(workdir, data_dir=None):
@@ -210,8 +229,12 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
     config[section][key] = tuple(config[section][key])
   run = json.loads((workdir / "run.json").read_text())
   data_dir = run["data_dir"]
-  shapes = {k: tuple(v) for k, v in run["input_shapes"].items()} if "input_shapes" in run else \
-      data.Dataset(data_dir).input_shapes()
+  from mmvae import modalities
+  if "modalities" in run:  # the run's modalities as its dataset declared them
+    shapes = modalities.specs({d["name"]: d for d in run["modalities"]})
+  else:  # runs from before run.json recorded them: the two legacy modalities' shapes
+    shapes = {k: tuple(v) for k, v in run["input_shapes"].items()} if "input_shapes" in run else \
+        data.Dataset(data_dir).input_shapes()
   # The run's own kind (config.json), so any registered model reloads without the caller naming it.
   model = zoo.of(config).build(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
   tx = step_lib.make_optimizer(config.train)

@@ -1,8 +1,11 @@
-"""Data parallelism over the same pure step: `jax.pmap` with lax.pmean, or `jit` over a 1-D NamedSharding mesh.
+"""Data parallelism over the same pure step: `jit` over a 1-D NamedSharding mesh (default), or `jax.pmap`.
 
-Multi-host: set MMVAE_DISTRIBUTED=1 (or JAX_COORDINATOR_ADDRESS, as cluster launchers do) and every
-process calls `jax.distributed.initialize()` before touching devices; each process then feeds its
-own slice of the global batch (see `Runner.local_slice`).
+Multi-host: every process runs the same command and calls `jax.distributed.initialize()` before touching
+devices (see `maybe_initialize_distributed`); each process then feeds only its own rows of every global
+batch (`Runner.local_slice`). Both modes map over the devices of all processes, in process order, so
+process p's rows sit on its own devices: `jit` gets them via `make_array_from_process_local_data`,
+`pmap` (given the global device list, as JAX asks of multi-process runs) via its host-local inputs.
+Proven on CPU with 2 processes x 2 devices against 1 x 4 (tests/mmvae/train/test_multihost.py).
 """
 
 import functools
@@ -18,14 +21,34 @@ AXIS = "batch"
 MODES = ("pmap", "sharded")
 
 
+def _env(*names: str):
+  """The first of the environment variables `names` that is set and not empty."""
+  return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
 def maybe_initialize_distributed() -> bool:
-  """Calls jax.distributed.initialize() only when a multi-host launch asks for it via the environment."""
-  if os.environ.get("MMVAE_DISTRIBUTED") == "1" or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    if not getattr(maybe_initialize_distributed, "done", False):
-      jax.distributed.initialize()
-      maybe_initialize_distributed.done = True
-    return True
-  return False
+  """Calls jax.distributed.initialize() once, when the environment asks for a multi-process launch.
+
+  MMVAE_COORDINATOR (or JAX_COORDINATOR_ADDRESS) = HOST:PORT of process 0, MMVAE_NUM_PROCESSES (or
+  JAX_NUM_PROCESSES) and MMVAE_PROCESS_ID (or JAX_PROCESS_ID); JAX reads only the address itself, so
+  a plain launch (several processes on localhost, or hosts without a cluster manager) needs all three.
+  MMVAE_DISTRIBUTED=1 alone leaves them to JAX's cluster detection (SLURM, Open MPI, TPU pods).
+  """
+  coordinator = _env("MMVAE_COORDINATOR", "JAX_COORDINATOR_ADDRESS")
+  if os.environ.get("MMVAE_DISTRIBUTED") != "1" and not coordinator:
+    return False
+  if not jax.distributed.is_initialized():
+    num_processes = _env("MMVAE_NUM_PROCESSES", "JAX_NUM_PROCESSES")
+    process_id = _env("MMVAE_PROCESS_ID", "JAX_PROCESS_ID")
+    jax.distributed.initialize(coordinator_address=coordinator,
+                               num_processes=int(num_processes) if num_processes else None,
+                               process_id=int(process_id) if process_id else None)
+  return True
+
+
+def process_major(devices) -> list:
+  """`devices` ordered by process, then id: process p's devices hold global-batch rows local_slice() of p."""
+  return sorted(devices, key=lambda d: (d.process_index, d.id))
 
 
 def check_batch_size(global_batch: int, num_devices: int) -> None:
@@ -36,22 +59,24 @@ def check_batch_size(global_batch: int, num_devices: int) -> None:
 
 
 class Runner:
-  """Places the train state on devices and runs the step in 'pmap' or 'sharded' mode."""
+  """Places the train state on devices and runs the step in 'sharded' (the default) or 'pmap' mode."""
 
   def __init__(self, graphdef, tx, config, mode: str, devices=None):
     if mode not in MODES:
       raise ValueError(f"config.parallel={mode!r} is unknown; use one of {MODES}")
     self.mode = mode
-    self.devices = list(devices) if devices is not None else jax.devices()
+    self.devices = list(devices) if devices is not None else process_major(jax.devices())
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     check_batch_size(config.train.batch_size, len(self.devices))
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
     fn = functools.partial(step_lib.train_step, graphdef, tx, config)
     if mode == "pmap":
-      # Per-device copies stacked on a leading axis, as pmap expects them.
+      # Per-device copies of this process's devices stacked on a leading axis, as pmap expects them. pmap
+      # gets every process's devices (the same list everywhere): given only the local ones, a multi-process
+      # run would average gradients over this process's devices alone.
       self._stacked = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), PartitionSpec(AXIS))
-      self._step = jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS, devices=self.local_devices,
+      self._step = jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS, devices=self.devices,
                             donate_argnums=(0,))
     else:
       self.mesh = Mesh(np.array(self.devices), (AXIS,))
@@ -75,8 +100,8 @@ class Runner:
 
   def host_state(self, state):
     """One copy of the state as NumPy arrays."""
-    if self.mode == "pmap":
-      state = jax.tree.map(lambda x: x[0], state)
+    if self.mode == "pmap":  # the first local device's copy, read on the host: no device program per leaf
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], state)
     return jax.tree.map(np.asarray, jax.device_get(state))
 
   def _shard(self, x):
@@ -84,19 +109,21 @@ class Runner:
       return x.reshape((len(self.local_devices), -1) + x.shape[1:])
     return jax.make_array_from_process_local_data(self._split, x)
 
-  def step(self, state, batch: dict):
-    """Runs one update on the global batch (this process's rows of it); metrics stay on device."""
+  def _inputs(self, batch: dict):
+    """(batch, positions) of this process's rows of the global batch, laid out for the step."""
     rows = self.local_slice()
     local = {k: np.asarray(v)[rows] if np.shape(v)[0] == self.global_batch else np.asarray(v)
              for k, v in batch.items()}
     positions = np.arange(self.global_batch, dtype=np.int32)[rows]
-    state, metrics = self._step(state, {k: self._shard(v) for k, v in local.items()}, self._shard(positions))
+    return {k: self._shard(v) for k, v in local.items()}, self._shard(positions)
+
+  def step(self, state, batch: dict):
+    """Runs one update on the global batch (this process's rows of it); metrics stay on device."""
+    state, metrics = self._step(state, *self._inputs(batch))
     if self.mode == "pmap":
       metrics = jax.tree.map(lambda x: x[0], metrics)
     return state, metrics
 
   def lower(self, state, batch: dict):
     """The lowered step for cost analysis (FLOPs)."""
-    positions = np.arange(self.global_batch, dtype=np.int32)
-    local = {k: self._shard(np.asarray(v)) for k, v in batch.items()}
-    return self._step.lower(state, local, self._shard(positions))
+    return self._step.lower(state, *self._inputs(batch))

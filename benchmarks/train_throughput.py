@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from mmvae import config as config_lib
-from mmvae import modalities, zoo
+from mmvae import zoo
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
 
@@ -23,7 +23,7 @@ def _shapes(cfg):
   d = cfg.data
   frames = 1 + (d.segment_samples - int(d.sample_rate * d.window_ms / 1000)) // int(d.sample_rate * d.hop_ms / 1000)
   audio = (d.n_bins,) if d.time_average else (frames, d.n_bins)
-  return {modalities.AUDIO: audio, modalities.FACE: (d.face_size, d.face_size, 1 if d.grayscale else 3)}
+  return {"audio": audio, "face": (d.face_size, d.face_size, 1 if d.grayscale else 3)}
 
 
 def _random_batches(shapes, batch_size, seed=0):
@@ -36,7 +36,7 @@ def _random_batches(shapes, batch_size, seed=0):
     step += 1
 
 
-def measure(name, batch_size, steps, tiny, data_dir=None, mode="pmap"):
+def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded"):
   cfg = config_lib.load(f"{name}:tiny" if tiny else name, [f"train.batch_size={batch_size}"])
   if data_dir:
     from mmvae import data
@@ -55,8 +55,8 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="pmap"):
   first = next(it)
   cost = runner.lower(dev_state, first).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # pmap's cost is per device program: scale to the global batch.
-  flops = float(cost.get("flops", 0.0)) * (len(runner.local_devices) if mode == "pmap" else 1)
+  # The cost is of one device's program in both modes (pmap, and jit once SPMD-partitioned): scale to all devices.
+  flops = float(cost.get("flops", 0.0)) * len(runner.devices)
   dev_state, m = runner.step(dev_state, first)  # compile and warm up
   jax.block_until_ready(m)
   wait = 0.0
@@ -81,7 +81,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--tiny", action="store_true", help="tiny model variants (CPU smoke runs)")
   p.add_argument("--data", default=None, help="a prepared dataset to read batches from (must fit the config)")
-  p.add_argument("--parallel", default="pmap", choices=parallel.MODES)
+  p.add_argument("--parallel", default="sharded", choices=parallel.MODES)
   args = p.parse_args(argv)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; parallel={args.parallel}")
   cols = ("config", "batch", "step_ms", "samples_per_s", "mflop_per_sample", "gflop_per_s", "data_wait")

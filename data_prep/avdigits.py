@@ -1,4 +1,7 @@
-"""AV-digits layout -> example specs: FSDD recordings paired with MNIST t10k images of the same digit.
+"""AV-digits layout -> example specs: FSDD recordings paired with MNIST t10k images and text of the same digit.
+
+Three modalities: `audio` (the recording), `image` (an MNIST digit) and `text` (a short description of
+the digit from data_prep/digit_text.py's grammar, e.g. "7", "seven", "the digit seven").
 
 Splits follow FSDD's own convention (takes 0-4 of every speaker and digit are the test set),
 and carve a validation set out of the rest: takes 5-9 -> validation, takes 10+ -> train.
@@ -13,6 +16,7 @@ import re
 
 import numpy as np
 
+from data_prep import digit_text
 from data_prep.voxceleb1 import Corpus
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -21,7 +25,8 @@ MNIST_IMAGES = "t10k-images-idx3-ubyte.gz"
 MNIST_LABELS = "t10k-labels-idx1-ubyte.gz"
 NOTES = ("avdigits: label = identity = spoken digit; video = FSDD speaker; splits by take: 0-4 test "
          "(FSDD convention), 5-9 validation, 10+ train; each recording is paired with a distinct MNIST t10k "
-         "image of its digit drawn by np.random.default_rng(seed)")
+         "image of its digit drawn by np.random.default_rng(seed) and a text description of the digit drawn by "
+         "np.random.default_rng((seed, 1)) from data_prep/digit_text.py's grammar")
 
 
 def split_of_take(take: int) -> str:
@@ -80,6 +85,7 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False) -> 
   parsed.sort(key=lambda r: r[:3])
 
   rng = np.random.default_rng(seed)
+  text_rng = np.random.default_rng((seed, 1))  # its own stream: the image draws stay as they were
   pools = {d: rng.permutation(np.flatnonzero(labels == d)) for d in range(10)}
   used = {d: 0 for d in range(10)}
   examples = []
@@ -90,8 +96,10 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False) -> 
     index = int(pool[used[digit]])
     used[digit] += 1
     examples.append({"id": path.name, "wav": str(path), "face_image": images[index], "mnist_index": index,
+                     "text": digit_text.describe(digit, text_rng),
                      "split": split_of_take(take), "identity": str(digit), "name": DIGIT_NAMES[digit],
                      "gender": "", "nationality": "", "video": speaker, "label": digit})
   examples.sort(key=lambda e: e["id"])
   identities = [{"identity": str(d), "name": DIGIT_NAMES[d], "gender": "", "nationality": ""} for d in range(10)]
-  return Corpus(examples=examples, identities=identities, attributes=[], skipped=skipped)
+  return Corpus(examples=examples, identities=identities, attributes=[], skipped=skipped, image_name="image",
+                text_vocab=digit_text.VOCAB, relevance="same digit")

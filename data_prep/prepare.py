@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data_prep import audio, avdigits, faces, storage, voxceleb1
+from data_prep import audio, avdigits, digit_text, faces, storage, voxceleb1
 from mmvae import config as config_lib
-from mmvae import modalities, progress
+from mmvae import progress
 
 SPLITS = ("train", "validation", "test")
 STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
@@ -84,9 +84,22 @@ def _extract_one(index, spec, data_cfg, strict):
   return index, audio_features, face, None
 
 
-def _record(spec: dict, audio_features, face) -> dict:
-  return {modalities.AUDIO: audio_features, modalities.FACE: face, "label": int(spec["label"]), "id": spec["id"],
-          "identity": spec["identity"], "video": spec["video"], "gender": spec["gender"]}
+def _modalities(corpus: voxceleb1.Corpus, audio_shape, face_shape) -> list[dict]:
+  """The manifest entries of what the corpus stores: audio, its image modality, and text when it has one."""
+  entries = storage.audio_and_face(audio_shape, face_shape)
+  entries[1]["name"] = corpus.image_name
+  if corpus.text_vocab:
+    entries.append({"name": "text", "kind": "tokens", "shape": [digit_text.MAX_TOKENS], "dtype": "int32",
+                    "vocab": list(corpus.text_vocab)})
+  return entries
+
+
+def _record(spec: dict, audio_features, face, corpus: voxceleb1.Corpus) -> dict:
+  record = {"audio": audio_features, corpus.image_name: face, "label": int(spec["label"]), "id": spec["id"],
+            "identity": spec["identity"], "video": spec["video"], "gender": spec["gender"]}
+  if corpus.text_vocab:
+    record["text"] = digit_text.encode(spec["text"])
+  return record
 
 
 class _Extractor:
@@ -168,7 +181,7 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
       normalisation = {"mean": mean.tolist(), "std": std.tolist()}
 
       def split_fn(s):
-        return lambda: (_record(specs[i], audio.apply_normalisation(a, normalisation), f) for i, a, f in kept[s])
+        return lambda: (_record(specs[i], audio.apply_normalisation(a, normalisation), f, corpus) for i, a, f in kept[s])
       split_examples = {s: split_fn(s) for s in kept if kept[s]}
     else:
       # Full [T, F] spectrograms can outgrow memory: stream them from the pool straight into TFDS.
@@ -176,16 +189,18 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
         def generate():
           for index, a, f, skip, notes_ in extractor.map(tasks[s], f"{corpus_name} {s}"):
             if keep(skip, notes_):
-              yield _record(specs[index], a, f)
+              yield _record(specs[index], a, f, corpus)
         return generate
       split_examples = {s: split_fn(s) for s in tasks}
 
     manifest = {"config": config.name, "data_config": data_cfg.to_dict(), "audio_normalisation": normalisation,
+                "relevance": corpus.relevance,
                 "identities": corpus.identities, "attributes": corpus.attributes, "skipped": skipped,
                 "warnings": changed, "notes": notes}
     if corpus.split_policy:
       manifest["split_policy"] = corpus.split_policy
-    manifest = storage.write_dataset(build.path, corpus_name, split_examples, audio_shape, face_shape, manifest)
+    manifest = storage.write_dataset(build.path, corpus_name, split_examples,
+                                     _modalities(corpus, audio_shape, face_shape), manifest)
   out = build.commit()
   _summary(manifest, out, time.time() - start)
   return manifest
@@ -193,10 +208,10 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
 
 def _summary(manifest: dict, out: pathlib.Path, seconds: float) -> None:
   splits = ", ".join(f"{s} {v['examples']}" for s, v in manifest["splits"].items())
-  feats = manifest["features"]
+  shapes = " ".join(f"{m['name']} {m['shape']}" for m in manifest["modalities"])
   print(f"prepared {manifest['corpus']} ({manifest['config']}): {splits}; skipped {len(manifest['skipped'])}; "
         f"inputs changed to fit {len(manifest['warnings'])} (manifest warnings); "
-        f"audio {feats['audio']['shape']} face {feats['face']['shape']}; {len(manifest['identities'])} identities; "
+        f"{shapes}; {len(manifest['identities'])} identities; "
         f"-> {out} in {seconds:.1f} s")
 
 

@@ -39,17 +39,16 @@ class _PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # builders defined inside a regular package, which is not a dependency here.
     return None
 
-  def __init__(self, *, audio_shape, face_shape, split_examples: dict[str, Callable[[], Iterable[dict]]], **kwargs):
-    self._audio_shape = tuple(int(d) for d in audio_shape)
-    self._face_shape = tuple(int(d) for d in face_shape)
+  def __init__(self, *, modalities: list[dict], split_examples: dict[str, Callable[[], Iterable[dict]]], **kwargs):
+    self._modalities = [dict(m, shape=[int(d) for d in m["shape"]]) for m in modalities]
     self._split_examples = split_examples
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     # DatasetInfo(builder=self) rather than dataset_info_from_configs: this builder lives outside a TFDS package.
-    features = {"audio": tfds.features.Tensor(shape=self._audio_shape, dtype=np.float32),
-                "face": tfds.features.Tensor(shape=self._face_shape, dtype=np.uint8),
-                "label": np.int64}
+    features = {m["name"]: tfds.features.Tensor(shape=tuple(m["shape"]), dtype=np.dtype(m["dtype"]))
+                for m in self._modalities}
+    features["label"] = np.int64
     features.update({name: tfds.features.Text() for name in TEXT_FEATURES})
     return tfds.core.DatasetInfo(builder=self, description="mmvae prepared dataset; see manifest.json",
                                  features=tfds.features.FeaturesDict(features), disable_shuffling=True)
@@ -216,13 +215,28 @@ def fingerprint(manifest: dict, split_digests: dict[str, str]) -> str:
   """
   essentials = {k: manifest.get(k) for k in ("corpus", "data_config", "audio_normalisation", "identities",
                                               "splits", "features")}
+  # Kinds and vocabularies count too; a voice-and-face dataset keeps the fingerprint it had before
+  # manifests declared modalities (its two entries follow from `features`).
+  features = manifest.get("features") or {}
+  if manifest.get("modalities") and manifest["modalities"] != audio_and_face(
+      features.get("audio", {}).get("shape", []), features.get("face", {}).get("shape", [])):
+    essentials["modalities"] = manifest["modalities"]
   text = json.dumps({"examples": split_digests, **essentials}, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()
 
 
+def audio_and_face(audio_shape, face_shape) -> list[dict]:
+  """The manifest modalities of a voice-and-face corpus: `audio` (a spectrogram) and `face` (K image frames)."""
+  return [{"name": "audio", "kind": "spectrogram", "shape": [int(d) for d in audio_shape], "dtype": "float32"},
+          {"name": "face", "kind": "image", "shape": [int(d) for d in face_shape], "dtype": "uint8"}]
+
+
 def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Iterable[dict]]],
-                  audio_shape, face_shape, manifest: dict) -> dict:
-  """Builds OUT/tfds/<name>/<version> from the split generators in a fresh folder (see Build), then the manifest."""
+                  modalities: list[dict], manifest: dict) -> dict:
+  """Builds OUT/tfds/<name>/<version> from the split generators in a fresh folder (see Build), then the manifest.
+
+  modalities: the manifest entries {name, kind, shape, dtype, ...} of the stored modalities, in order.
+  """
   out = pathlib.Path(out)
   if (out / "tfds").exists() or (out / MANIFEST).exists():
     raise ValueError(f"{out} already holds a dataset; write into a fresh folder (storage.Build)")
@@ -232,7 +246,7 @@ def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Itera
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(BUILDERS)}")
   digests = {split: hashlib.sha256() for split in split_examples}
   split_examples = {split: _hashed(fn, digests[split]) for split, fn in split_examples.items()}
-  builder = BUILDERS[corpus](audio_shape=audio_shape, face_shape=face_shape, split_examples=split_examples,
+  builder = BUILDERS[corpus](modalities=modalities, split_examples=split_examples,
                              data_dir=str(out / "tfds"), file_format="array_record")
   try:
     builder.download_and_prepare(download_dir=str(out / "tfds" / "downloads"))
@@ -245,8 +259,8 @@ def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Itera
       "format": FORMAT, "corpus": corpus, "tfds_dir": str(data_dir.relative_to(out)),
       "tfds_name": builder.name, "tfds_version": VERSION,
       "splits": {s: {"examples": int(info.num_examples)} for s, info in builder.info.splits.items()},
-      "features": {"audio": {"shape": list(builder._audio_shape), "dtype": "float32"},
-                   "face": {"shape": list(builder._face_shape), "dtype": "uint8"}},
+      "features": {m["name"]: {"shape": m["shape"], "dtype": m["dtype"]} for m in builder._modalities},
+      "modalities": builder._modalities,
       "versions": versions()})
   manifest["fingerprint"] = fingerprint(manifest, {split: d.hexdigest() for split, d in digests.items()})
   manifest["complete"] = True

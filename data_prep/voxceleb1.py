@@ -40,6 +40,9 @@ class Corpus:
   attributes: list[str]
   skipped: list[dict]
   split_policy: str | None = None  # closed|open for VoxCeleb1-layout corpora; None for other corpora
+  image_name: str = "face"  # the name of the image modality (AV-digits: 'image')
+  text_vocab: tuple | None = None  # a `text` token modality over this vocabulary (specs carry 'text')
+  relevance: str = "same identity"  # what makes a retrieved item relevant (same label), in words
 
 
 def read_meta(path) -> tuple[dict[str, dict], list[str]]:

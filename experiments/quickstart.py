@@ -23,8 +23,10 @@ def main(workdir=None, identities: int = 4) -> dict:
   final = mmvae.train("synthetic:tiny", root / "data", root / "run", overrides=TRAIN)
   print(f"trained {final['step']} steps; checkpoints in {root / 'run' / 'checkpoints'}")
   metrics = mmvae.analyze(root / "run", checkpoint="best")
-  for key, label in (("voice_to_face", "voice -> face"), ("face_to_voice", "face -> voice")):
-    print(f"{label} MRR {metrics[f'retrieval.{key}.mrr']:.3f} (chance {metrics[f'retrieval.{key}.mrr_chance']:.3f})")
+  # Keys are retrieval.<query modality>_to_<gallery modality>.<metric>; synthetic voices are the `audio` modality.
+  for (q, g), label in ((("audio", "face"), "voice -> face"), (("face", "audio"), "face -> voice")):
+    key = f"retrieval.{q}_to_{g}.mrr"
+    print(f"{label} MRR {metrics[key]:.3f} (chance {metrics[f'{key}_chance']:.3f})")
   print(f"report: {root / 'run' / 'report' / 'report.md'}")
   model, config, _ = mmvae.load_run(root / "run")  # the trained NNX model, e.g. for model.encode(...)
   print(f"loaded {config.name}: latent size {config.model.latent_dim}")

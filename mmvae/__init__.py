@@ -40,7 +40,9 @@ def analyze(workdir, data_dir=None, split: str = "test", checkpoint: str = "best
   """Writes WORKDIR/report/ for a trained run like `mmvae analyze`; returns the metrics (metrics.json).
 
   checkpoint: 'best' (highest validation score) or 'last'; data_dir: default the dataset the run trained on.
-  Headline keys: 'retrieval.voice_to_face.mrr' and 'retrieval.face_to_voice.mrr', each with '..._chance'.
+  Keys name the dataset's modalities: 'retrieval.<q>_to_<g>.mrr' for every ordered pair (e.g.
+  'retrieval.audio_to_face.mrr'), 'coherence.<q>_to_<g>.accuracy', 'coherence.joint.accuracy' and
+  'likelihood.iwae_k<K>' for models that generate; each score with '..._chance' beside it.
   """
   from mmvae.analysis import report
   return report.analyze(workdir, data_dir=data_dir, split=split, which=checkpoint)

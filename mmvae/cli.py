@@ -1,6 +1,7 @@
 """The `mmvae` command: prep, train, analyze, generate, sweep, demo. Logic lives in the modules it calls."""
 
 import argparse
+import itertools
 import pathlib
 import sys
 from typing import Sequence
@@ -15,7 +16,7 @@ def _overrides_epilog(example: str) -> str:
   return f"Any config key can be overridden, as --config.KEY=VALUE or --config.KEY VALUE, e.g. {example}."
 
 
-TRAIN_EPILOG = _overrides_epilog("--config.train.batch_size=256 --config.parallel sharded "
+TRAIN_EPILOG = _overrides_epilog("--config.train.batch_size=256 --config.parallel pmap "
                                  "--config.model.kind=contrastive")
 PREP_EPILOG = _overrides_epilog("--config.data.face_size=64 --config.data.grayscale False")
 
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume a run on a dataset other than the one it started on (compared by the "
                           "fingerprint in manifest.json; recorded in run.json); refused otherwise")
 
-  analyze = _parser(sub, "analyze", help="retrieval metrics, t-SNE, DBSCAN, generated faces -> WORKDIR/report/")
+  analyze = _parser(sub, "analyze", help="retrieval for every pair of modalities, t-SNE, DBSCAN, cross generation, "
+                    "coherence, likelihood -> WORKDIR/report/")
   analyze.add_argument("--workdir", required=True, help="run folder written by mmvae train")
   analyze.add_argument("--data", default=None,
                        help="prepared dataset (default: the one the run trained on, from WORKDIR/run.json)")
@@ -122,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="best: the checkpoint with the highest validation score (config.train.select_by; "
                             "the newest one when the run has no validation split); last: the newest step")
 
-  generate = _parser(sub, "generate", help="generate one modality from the other with a trained run")
+  generate = _parser(sub, "generate", help="generate one modality from another with a trained run")
   gen_sub = generate.add_subparsers(dest="target", required=True, metavar="TARGET")
-  face = _parser(gen_sub, "face", help="a face from a voice (one WAV file), with the run's best checkpoint")
+  face = _parser(gen_sub, "face", help="a face from a voice: the run's first image modality decoded from one WAV "
+                 "file's audio (its first spectrogram modality), with the run's best checkpoint")
   face.add_argument("--workdir", required=True, help="run folder written by mmvae train")
   face.add_argument("--wav", required=True, help="WAV file of one utterance")
   face.add_argument("--out", required=True, help="PNG file to write")
@@ -175,12 +178,18 @@ def train_summary(final: dict, workdir, data_dir) -> str:
            + (f", {ckpt / 'best'} (step {best})" if best is not None else ""),
            f"  metrics      {workdir / 'metrics.jsonl'}, {workdir / 'final.json'}, TensorBoard {workdir / 'tb'}"]
   val = final.get("validation")
-  if val and "mrr_audio_to_face" in val:
+  pairs = [k for k in sorted(val or {}) if k.startswith("mrr_") and "_to_" in k]
+  if pairs:
     from mmvae import data
+    from mmvae.analysis import markdown
     chance_value = _mrr_chance(data.Dataset(data_dir).column("validation", "label"))
-    lines += [f"  validation   voice -> face MRR {_with_chance(val['mrr_audio_to_face'], chance_value)} at step "
-              f"{final['step']}",
-              f"               face -> voice MRR {_with_chance(val['mrr_face_to_audio'], chance_value)}"]
+    names = list(dict.fromkeys(n for k in pairs for n in k[len("mrr_"):].split("_to_")))
+    label = markdown.display_labels(names)
+    for i, key in enumerate(pairs):
+      q, g = key[len("mrr_"):].split("_to_")
+      head = "  validation   " if i == 0 else " " * 15
+      lines.append(f"{head}{label.get(q, q)} -> {label.get(g, g)} MRR {_with_chance(val[key], chance_value)}"
+                   + (f" at step {final['step']}" if i == 0 else ""))
   if "loss" in (final.get("losses") or {}):
     lines.append(f"  train loss   {final['losses']['loss']:.4g} (last step)")
   lines.append(f"  next         mmvae analyze --workdir {workdir}")
@@ -193,10 +202,24 @@ def analyze_summary(metrics: dict, workdir, checkpoint: str, split: str) -> str:
   lines = [f"mmvae analyze: {checkpoint} checkpoint, {split} split: {metrics['examples']} examples of "
            f"{metrics['identities']} identities",
            f"  report       {report / 'report.md'}", f"  metrics      {report / 'metrics.json'}"]
-  for key, label in (("voice_to_face", "voice -> face"), ("face_to_voice", "face -> voice")):
-    value = metrics.get(f"retrieval.{key}.mrr")
+  from mmvae.analysis import markdown
+  names = list(metrics.get("modalities") or ())
+  display = markdown.display_labels(names)
+  for q, g in itertools.permutations(names, 2):  # every ordered pair of modalities
+    value = metrics.get(f"retrieval.{q}_to_{g}.mrr")
     if value is not None:
-      lines.append(f"  {label} MRR {_with_chance(value, metrics.get(f'retrieval.{key}.mrr_chance'))}")
+      lines.append(f"  {display[q]} -> {display[g]} MRR "
+                   f"{_with_chance(value, metrics.get(f'retrieval.{q}_to_{g}.mrr_chance'))}")
+  for q, g in itertools.permutations(names, 2):
+    value = metrics.get(f"coherence.{q}_to_{g}.accuracy")
+    if value is not None:
+      lines.append(f"  {display[g]} from {display[q]}: coherence "
+                   f"{_with_chance(value, metrics.get(f'coherence.{q}_to_{g}.accuracy_chance'))}")
+  if "coherence.joint.accuracy" in metrics:
+    joint = _with_chance(metrics["coherence.joint.accuracy"], metrics.get("coherence.joint.accuracy_chance"))
+    lines.append(f"  joint coherence {joint}")
+  for key in sorted(k for k in metrics if k.startswith("likelihood.iwae_k")):
+    lines.append(f"  test log p(x) {metrics[key]:.1f} nats per example (IWAE, K={key[len('likelihood.iwae_k'):]})")
   return "\n".join(lines)
 
 
@@ -254,8 +277,8 @@ def main(argv=None) -> int:
       metrics = report.analyze(args.workdir, data_dir=args.data, split=args.split, which=args.checkpoint)
       print(analyze_summary(metrics, args.workdir, args.checkpoint, args.split), flush=True)
     elif args.command == "generate":
-      from mmvae.analysis import generation
-      generation.generate_face_from_wav(args.workdir, args.wav, args.out)
+      from mmvae.analysis import from_wav
+      from_wav.generate_face_from_wav(args.workdir, args.wav, args.out)
     elif args.command == "sweep":
       import shlex
       from mmvae import sweep

@@ -69,6 +69,10 @@ def _did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
   return f"did you mean {' or '.join(repr(k) for k in close)}?" if close else ""
 
 
+# Sections keyed by modality name: an override may add a modality the defaults do not name.
+OPEN_SECTIONS = ("model.encoders", "loss.sigma")
+
+
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   """Sets one 'a.b.c=value' override; refuses unknown keys (naming the closest) and wrong types in one line."""
   key, sep, text = item.partition("=")
@@ -82,6 +86,10 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
       hint = _did_you_mean(config, key) or f"top-level keys: {', '.join(sorted(config.keys()))}"
       raise KeyError(f"unknown config section {'.'.join(parents[:i + 1])!r} in override {item!r}; {hint}")
     node = node[part]
+  if leaf not in node and ".".join(parents) in OPEN_SECTIONS:  # per-modality tables: any modality name ...
+    if not difflib.get_close_matches(leaf, list(node.keys()), n=1, cutoff=0.75):  # ... that is not a typo
+      node[leaf] = _parse_value(text)
+      return
   if leaf not in node:
     hint = _did_you_mean(config, key) or f"known keys here: {', '.join(sorted(node.keys()))}"
     raise KeyError(f"unknown config key {key!r}; {hint}")

@@ -20,11 +20,6 @@ _GROUP_KEY = {"video": "video", "identity": "label"}
 IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access instead
 
 
-def face_to_float(face_uint8: np.ndarray) -> np.ndarray:
-  """uint8 pixels -> float32 in [0, 1]."""
-  return np.asarray(face_uint8, np.float32) / np.float32(255.0)
-
-
 class Dataset:
   """A prepared dataset folder (manifest.json + TFDS array_record builder directory)."""
 
@@ -46,14 +41,13 @@ class Dataset:
     self._check_split(split)
     return int(self.manifest["splits"][split]["examples"])
 
-  def input_shapes(self) -> dict[str, tuple[int, ...]]:
-    """{'audio': per-example audio shape, 'face': (S, S, C)} as the model sees them."""
-    feats = self.manifest["features"]
-    return {modalities.AUDIO: tuple(feats[modalities.AUDIO]["shape"]),
-            modalities.FACE: tuple(feats[modalities.FACE]["shape"][1:])}
+  def modalities(self, names=()) -> dict[str, modalities.Modality]:
+    """{name: Modality} the manifest declares, in its order; `names` (config.data.modalities) picks some."""
+    return {m.name: m for m in modalities.selected(modalities.of_manifest(self.manifest), names)}
 
-  def frames_per_example(self) -> int:
-    return int(self.manifest["features"][modalities.FACE]["shape"][0])
+  def input_shapes(self) -> dict[str, tuple[int, ...]]:
+    """{name: shape of one example as the model sees it} for every modality."""
+    return {m.name: m.model_shape for m in modalities.of_manifest(self.manifest)}
 
   def _check_split(self, split: str) -> None:
     if split not in self.manifest["splits"]:
@@ -68,23 +62,21 @@ class Dataset:
 
   def in_memory(self, split: str) -> bool:
     """Whether a split is small enough to hold whole (the normal case)."""
-    feats = self.manifest["features"]
-    per_example = 4 * int(np.prod(feats[modalities.AUDIO]["shape"])) + int(np.prod(feats[modalities.FACE]["shape"]))
+    per_example = sum(np.dtype(m.dtype).itemsize * int(np.prod(m.shape)) for m in modalities.of_manifest(self.manifest))
     return self.num_examples(split) * per_example <= IN_MEMORY_BYTES
 
   def read(self, split: str, indices) -> dict[str, np.ndarray]:
     """Examples at `indices` of the stored order (sorted by id), read from disk."""
     self._check_split(split)
     records = self._source(split).__getitems__([int(i) for i in indices])
-    out = {modalities.AUDIO: np.stack([r[modalities.AUDIO] for r in records]).astype(np.float32),
-           modalities.FACE: np.stack([r[modalities.FACE] for r in records]).astype(np.uint8),
-           "label": np.array([r["label"] for r in records], np.int32)}
+    out = {m.name: np.stack([r[m.name] for r in records]).astype(m.dtype) for m in modalities.of_manifest(self.manifest)}
+    out["label"] = np.array([r["label"] for r in records], np.int32)
     for name in TEXT_FEATURES:
       out[name] = np.array([r[name].decode() if isinstance(r[name], bytes) else str(r[name]) for r in records])
     return out
 
   def arrays(self, split: str) -> dict[str, np.ndarray]:
-    """Every example of `split`, sorted by id: audio, face [N,K,S,S,C] uint8, label int32, text as str arrays."""
+    """Every example of `split`, sorted by id: each modality as stored, label int32, text fields as str arrays."""
     if split not in self._arrays:
       data = self.read(split, range(self.num_examples(split)))
       order = np.argsort(data["id"], kind="stable")
@@ -116,9 +108,10 @@ class Dataset:
     pairing = config.data.get("pairing", "utterance")
     if pairing not in PAIRINGS:
       raise ValueError(f"config.data.pairing={pairing!r} is unknown; use one of {PAIRINGS}")
-    for modality in modalities.MODALITIES:
-      if modality not in self.manifest.get("features", {}):
-        raise ValueError(f"the prepared dataset {self.data_dir} has no {modality!r} features; re-run `mmvae prep`")
+    try:
+      self.modalities(config.data.get("modalities", ()))
+    except ValueError as e:
+      raise ValueError(f"the prepared dataset {self.data_dir}: {e}") from None
     needed = ["train"]
     if "analysis" in config and "split" in config.analysis:
       needed.append(config.analysis.split)
@@ -150,7 +143,11 @@ def _indices(perms: _Permutations, global_batch_size: int, step: int) -> np.ndar
 
 
 class Pairing:
-  """Which example's face each voice is paired with: itself, or a member of its video or identity group."""
+  """Which example gives each other modality of a training row: the row's own, or a member of its video or identity group.
+
+  The first modality of a run is the anchor; every other modality comes from a partner example
+  (and one of its stored frames), drawn for each modality in order from (seed, step, position).
+  """
 
   def __init__(self, dataset: Dataset, split: str, policy: str = "utterance"):
     if policy not in PAIRINGS:
@@ -163,33 +160,43 @@ class Pairing:
       bounds = np.r_[0, np.cumsum(np.bincount(self.group_of))]
       self.members = [order[bounds[g]:bounds[g + 1]] for g in range(len(bounds) - 1)]
 
-  def __call__(self, indices: np.ndarray, seed: int, step: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(partner example, frame) per batch position j, drawn from (seed, step, j) only."""
-    partners, chosen = np.empty(len(indices), np.int64), np.zeros(len(indices), np.int64)
+  def __call__(self, indices: np.ndarray, seed: int, step: int, frames: list[int], anchor_frames: int = 1):
+    """([(partner, frame) per other modality], anchor frame) per batch position j, drawn from (seed, step, j) only."""
+    n = len(indices)
+    partners = [np.array(indices, np.int64) for _ in frames]
+    chosen = [np.zeros(n, np.int64) for _ in frames]
+    anchor = np.zeros(n, np.int64)
+    if self.policy == "utterance" and max(frames, default=1) == 1 and anchor_frames == 1:
+      return list(zip(partners, chosen)), anchor
     for j, i in enumerate(indices):
-      if self.policy == "utterance" and frames == 1:
-        partners[j] = i
-        continue
       rng = np.random.default_rng((seed, step, j))
-      if self.policy == "utterance":
-        partners[j] = i
-      else:
-        group = self.members[self.group_of[i]]
-        partners[j] = group[rng.integers(len(group))]
-      chosen[j] = rng.integers(frames)
-    return partners, chosen
+      for partner, frame, k in zip(partners, chosen, frames):
+        if self.policy != "utterance":
+          group = self.members[self.group_of[i]]
+          partner[j] = group[rng.integers(len(group))]
+        frame[j] = rng.integers(k)
+      if anchor_frames > 1:
+        anchor[j] = rng.integers(anchor_frames)
+    return list(zip(partners, chosen)), anchor
 
 
 def _batch(dataset: Dataset, split: str, perms: _Permutations, global_batch_size: int, seed: int,
-           step: int, pairing: Pairing) -> dict[str, np.ndarray]:
+           step: int, pairing: Pairing, specs: dict) -> dict[str, np.ndarray]:
   idx = _indices(perms, global_batch_size, step)
   data = dataset.take(split, idx)
-  k = data[modalities.FACE].shape[1]
-  partners, frames = pairing(idx, seed, step, k)
-  face = data[modalities.FACE] if pairing.policy == "utterance" else dataset.take(split, partners)[modalities.FACE]
-  return {modalities.AUDIO: np.asarray(data[modalities.AUDIO], np.float32),
-          modalities.FACE: face_to_float(face[np.arange(global_batch_size), frames]),
-          "label": np.asarray(data["label"], np.int32)}
+  first, *others = specs.values()
+  drawn, anchor_frame = pairing(idx, seed, step, [m.frames for m in others], first.frames)
+  batch = {first.name: first.kind_module.inputs(first, data[first.name], anchor_frame)}
+  for m, (partners, frames) in zip(others, drawn):
+    stored = data[m.name] if pairing.policy == "utterance" else dataset.take(split, partners)[m.name]
+    batch[m.name] = m.kind_module.inputs(m, stored, frames)
+  batch["label"] = np.asarray(data["label"], np.int32)
+  return batch
+
+
+def model_inputs(specs: dict, arrays: dict, frame: int = 0) -> dict[str, np.ndarray]:
+  """{name: model input} of whole stored arrays, each example's `frame` for multi-frame modalities."""
+  return {name: m.kind_module.inputs(m, arrays[name], np.full(len(arrays[name]), frame)) for name, m in specs.items()}
 
 
 def _check_batch(dataset: Dataset, split: str, global_batch_size: int, num_devices: int = 1) -> int:
@@ -205,22 +212,25 @@ def _check_batch(dataset: Dataset, split: str, global_batch_size: int, num_devic
 
 
 def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, step: int,
-             pairing: str = "utterance") -> dict[str, np.ndarray]:
-  """Batch number `step` of the (seed)-ordered stream: audio float32, face float32 [B,S,S,C] in [0,1], label."""
+             pairing: str = "utterance", modality_names=()) -> dict[str, np.ndarray]:
+  """Batch number `step` of the (seed)-ordered stream: {modality: model input} (an image float32 [B,S,S,C] in [0,1]), label."""
   n = _check_batch(dataset, split, global_batch_size)
-  return _batch(dataset, split, _Permutations(n, seed), global_batch_size, seed, step, Pairing(dataset, split, pairing))
+  return _batch(dataset, split, _Permutations(n, seed), global_batch_size, seed, step, Pairing(dataset, split, pairing),
+                dataset.modalities(modality_names))
 
 
 def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
-            num_devices: int = 1, prefetch: int = 2, pairing: str = "utterance") -> Iterator[dict[str, np.ndarray]]:
+            num_devices: int = 1, prefetch: int = 2, pairing: str = "utterance",
+            modality_names=()) -> Iterator[dict[str, np.ndarray]]:
   """batch_at(step) for step = start_step, start_step + 1, ..., built ahead by a background thread."""
   n = _check_batch(dataset, split, global_batch_size, num_devices)
   perms = _Permutations(n, seed)
   pair = Pairing(dataset, split, pairing)
+  specs = dataset.modalities(modality_names)
   if prefetch < 1:
     step = start_step
     while True:
-      yield _batch(dataset, split, perms, global_batch_size, seed, step, pair)
+      yield _batch(dataset, split, perms, global_batch_size, seed, step, pair, specs)
       step += 1
   buffer: queue.Queue = queue.Queue(maxsize=prefetch)
   stop = threading.Event()
@@ -229,7 +239,7 @@ def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, sta
     step = start_step
     try:
       while not stop.is_set():
-        item = _batch(dataset, split, perms, global_batch_size, seed, step, pair)
+        item = _batch(dataset, split, perms, global_batch_size, seed, step, pair, specs)
         while not stop.is_set():
           try:
             buffer.put(item, timeout=0.1)

@@ -1,5 +1,6 @@
 """`mmvae demo`: generate -> prepare -> train -> analyze on the built-in synthetic corpus."""
 
+import itertools
 import json
 import pathlib
 import time
@@ -18,14 +19,17 @@ def _line(metrics: dict, key: str, label: str) -> str:
 
 def summary(metrics: dict, report_dir: pathlib.Path, seconds: float) -> str:
   """The few numbers a newcomer should look at, each beside its chance level."""
-  lines = [
-      f"mmvae demo finished in {seconds / 60:.1f} min. Report: {report_dir / 'report.md'}",
-      _line(metrics, "retrieval.voice_to_face.mrr", "voice -> face MRR"),
-      _line(metrics, "retrieval.face_to_voice.mrr", "face -> voice MRR"),
-      _line(metrics, "retrieval.voice_to_face.recall@1", "voice -> face Recall@1"),
-      _line(metrics, "coherence.identity_accuracy", "faces from voices: identity acc."),
-      _line(metrics, "coherence.gender_accuracy", "faces from voices: gender acc."),
-  ]
+  from mmvae.analysis import markdown
+  names = list(metrics.get("modalities") or ())
+  display = markdown.display_labels(names)
+  lines = [f"mmvae demo finished in {seconds / 60:.1f} min. Report: {report_dir / 'report.md'}"]
+  pairs = list(itertools.permutations(names, 2))
+  for q, g in pairs:
+    lines.append(_line(metrics, f"retrieval.{q}_to_{g}.mrr", f"{display[q]} -> {display[g]} MRR"))
+  for q, g in pairs:
+    lines.append(_line(metrics, f"coherence.{q}_to_{g}.accuracy", f"{display[g]} from {display[q]}: label acc."))
+  if "coherence.joint.accuracy" in metrics:
+    lines.append(_line(metrics, "coherence.joint.accuracy", "joint coherence (prior samples)"))
   return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Encoding a whole split into posteriors: the one scoring path shared by validation and analysis.
 
-An example's face posterior averages its K stored frames' posteriors (mean of means, log of the
-mean variance): training draws one frame per step, so no frame is privileged. The trainer's
+A multi-frame modality's posterior (an image's K stored frames) averages the frames' posteriors
+(mean of means, log of the mean variance): training draws one frame per step, so no frame is privileged. The trainer's
 validation MRR and `mmvae analyze` both encode through `encode_split`, so the checkpoint chosen
 as best is chosen by the measurement the report shows.
 """
@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from mmvae import modalities, progress
+from mmvae import progress
 
 BATCH = 256
 Encoder = Callable[[str], Callable[[np.ndarray], tuple]]  # modality -> (x -> (mu, logvar))
@@ -59,20 +59,20 @@ def _params_encode(graphdef):
   return _CACHE[graphdef]
 
 
-def encode_split(encode: Encoder, arrays: dict, batch_size: int = BATCH) -> dict:
-  """{'audio_mu', 'audio_logvar', 'face_mu', 'face_logvar'} of every example (faces averaged over K frames)."""
-  from mmvae import data
-  a_mu, a_lv = batched(encode(modalities.AUDIO), np.asarray(arrays[modalities.AUDIO], np.float32),
-                       batch_size, "encode voices")
-  faces = np.asarray(arrays[modalities.FACE])
-  if faces.ndim == 4:  # one frame per example: [N, S, S, C]
-    faces = faces[:, None]
-  mus, variances = [], []
-  for k in range(faces.shape[1]):
-    frame = faces[:, k]
-    frame = data.face_to_float(frame) if frame.dtype == np.uint8 else np.asarray(frame, np.float32)
-    mu, lv = batched(encode(modalities.FACE), frame, batch_size, f"encode faces {k}")
-    mus.append(mu)
-    variances.append(np.exp(lv))
-  return {"audio_mu": a_mu, "audio_logvar": a_lv, "face_mu": np.mean(mus, 0),
-          "face_logvar": np.log(np.mean(variances, 0))}
+def encode_split(encode: Encoder, arrays: dict, specs: dict, batch_size: int = BATCH) -> dict:
+  """{'<m>_mu', '<m>_logvar'} of every example for each modality m of `specs` (multi-frame ones averaged over frames)."""
+  out = {}
+  for name, m in specs.items():
+    stored = np.asarray(arrays[name])
+    k = m.frames if stored.ndim == len(m.shape) + 1 else 1  # arrays may hold one frame per example already
+    mus, variances = [], []
+    for frame in range(k):
+      x = m.kind_module.inputs(m, stored, np.full(len(stored), frame) if k > 1 else None)
+      desc = f"encode {name}" + (f" frame {frame}" if k > 1 else "")
+      mu, lv = batched(encode(name), x, batch_size, desc)
+      mus.append(mu)
+      variances.append(np.exp(lv))
+    # One frame: the posterior as it is (bitwise); several: mean of means, log of the mean variance.
+    out[f"{name}_mu"] = mus[0] if k == 1 else np.mean(mus, 0)
+    out[f"{name}_logvar"] = lv if k == 1 else np.log(np.mean(variances, 0))
+  return out

@@ -19,17 +19,19 @@ Every term is a mean over the batch; batch-level terms (sliced, InfoNCE, triplet
 global batch so 1 and 4 devices give the same loss.
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
 from mmvae import modalities
+from mmvae.likelihoods import gaussian_nll, reconstruction  # noqa: F401  (the loss terms' likelihoods)
 
 WASSERSTEIN_VARIANTS = ("w2_gaussian", "sample_l2", "sliced")
 LIKELIHOODS = ("gaussian", "sse")
 POSITIVES = ("pair", "identity")
-_LOG_2PI = float(jnp.log(2.0 * jnp.pi))
 
 
 def gaussian_kl(mu_BxZ, logvar_BxZ):
@@ -59,19 +61,6 @@ def sliced_w2(z_a_NxZ, z_v_NxZ, key, num_projections: int):
   proj_v_PxN = jnp.sort(theta_PxZ @ z_v_NxZ.T, axis=-1)
   # A random unit direction carries 1/Z of a vector's squared norm on average.
   return dim * jnp.mean((proj_a_PxN - proj_v_PxN)**2)
-
-
-def reconstruction(pred, target):
-  """Summed squared error per example."""
-  diff = (pred - target).reshape(pred.shape[0], -1)
-  return jnp.sum(diff**2, axis=-1)
-
-
-def gaussian_nll(pred, target, log_sigma):
-  """-log N(target | pred, sigma^2 I) per example, summed over its dimensions (nats)."""
-  sse_B = reconstruction(pred, target)
-  dims = pred[0].size
-  return 0.5 * sse_B * jnp.exp(-2.0 * log_sigma) + dims * (log_sigma + 0.5 * _LOG_2PI)
 
 
 def _unit(x_BxZ):
@@ -146,8 +135,8 @@ def check_loss_config(loss_cfg) -> None:
   if not loss_cfg.min_sigma > 0 or any(not v > 0 for v in loss_cfg.sigma.values()):
     raise ValueError(f"config.loss.sigma ({dict(loss_cfg.sigma)}) and min_sigma={loss_cfg.min_sigma} must be > 0")
   if len(loss_cfg.triplet_margins) != 3:
-    raise ValueError(f"config.loss.triplet_margins={loss_cfg.triplet_margins} needs 3 margins: within audio, "
-                     "within face, across")
+    raise ValueError(f"config.loss.triplet_margins={loss_cfg.triplet_margins} needs 3 margins: within the first "
+                     "modality, within each other modality, across modalities")
 
 
 def gather(x, axis_name):
@@ -156,40 +145,51 @@ def gather(x, axis_name):
 
 
 def log_sigmas(model, loss_cfg) -> dict:
-  """log sigma of each modality's Gaussian likelihood: the config's value, times the model's learned factor."""
+  """log sigma of each Gaussian modality's likelihood: the config's value, times the model's learned factor."""
   out = {}
-  for m in modalities.MODALITIES:
-    log_s = jnp.log(jnp.float32(loss_cfg.sigma[m]))
+  for name, m in model.specs.items():
+    initial = modalities.sigma(loss_cfg, m)
+    if initial is None:  # e.g. tokens: a categorical likelihood
+      continue
+    log_s = jnp.log(jnp.float32(initial))
     if loss_cfg.learn_sigma:
-      log_s = log_s + model.decoder.log_sigma_offset[m][...]
-    out[m] = jnp.maximum(log_s, jnp.log(jnp.float32(loss_cfg.min_sigma)))
+      log_s = log_s + model.decoder.log_sigma_offset[name][...]
+    out[name] = jnp.maximum(log_s, jnp.log(jnp.float32(loss_cfg.min_sigma)))
   return out
 
 
 def _alignment(post, z, labels_B, step_key, loss_cfg, axis_name) -> dict:
-  """(4)-(6): the alignment terms between the audio and face posteriors that have a weight."""
-  a, v = modalities.AUDIO, modalities.FACE
+  """(4)-(6): the alignment terms that have a weight, each a mean over every modality pair (one pair: that pair)."""
+  names = list(post)
+  pairs = list(itertools.combinations(names, 2))
   out = {}
   if loss_cfg.wasserstein_weight > 0 or loss_cfg.wasserstein == "w2_gaussian":
-    if loss_cfg.wasserstein == "w2_gaussian":  # (4)
-      out["wasserstein"] = jnp.mean(w2_gaussian(*post[a], *post[v]))
-    elif loss_cfg.wasserstein == "sample_l2":
-      out["wasserstein"] = jnp.mean(sample_l2(z[a], z[v]))
-    else:  # a batch-level distance: on the whole global batch so it is the same on any device count
-      out["wasserstein"] = sliced_w2(gather(z[a], axis_name), gather(z[v], axis_name), step_key,
-                                     loss_cfg.sliced_projections)
+    def distance(a, v):
+      if loss_cfg.wasserstein == "w2_gaussian":  # (4)
+        return jnp.mean(w2_gaussian(*post[a], *post[v]))
+      if loss_cfg.wasserstein == "sample_l2":
+        return jnp.mean(sample_l2(z[a], z[v]))
+      # A batch-level distance: on the whole global batch so it is the same on any device count.
+      return sliced_w2(gather(z[a], axis_name), gather(z[v], axis_name), step_key, loss_cfg.sliced_projections)
+    out["wasserstein"] = _mean([distance(a, v) for a, v in pairs])
   if loss_cfg.infonce_weight > 0 or loss_cfg.triplet_weight > 0:
-    mu = {m: gather(post[m][0], axis_name) for m in (a, v)}
+    mu = {m: gather(post[m][0], axis_name) for m in names}
     labels = gather(labels_B, axis_name)
     if loss_cfg.infonce_weight > 0:  # (5)
       pos_labels = labels if loss_cfg.infonce_positives == "identity" else None
-      out["infonce"] = info_nce(mu[a], mu[v], loss_cfg.temperature, pos_labels)
+      out["infonce"] = _mean([info_nce(mu[a], mu[v], loss_cfg.temperature, pos_labels) for a, v in pairs])
     if loss_cfg.triplet_weight > 0:  # (6)
-      m_a, m_v, m_x = loss_cfg.triplet_margins
-      out["triplet"] = (triplet(mu[a], mu[a], labels, m_a, True) + triplet(mu[v], mu[v], labels, m_v, True)
-                        + 0.5 * (triplet(mu[a], mu[v], labels, m_x, False)
-                                 + triplet(mu[v], mu[a], labels, m_x, False)))
+      m_first, m_other, m_x = loss_cfg.triplet_margins
+      within = sum(triplet(mu[m], mu[m], labels, m_first if i == 0 else m_other, True) for i, m in enumerate(names))
+      across = _mean([0.5 * (triplet(mu[a], mu[v], labels, m_x, False) + triplet(mu[v], mu[a], labels, m_x, False))
+                      for a, v in pairs])
+      out["triplet"] = within + across
   return out
+
+
+def _mean(values: list):
+  """The mean of a list of terms; a single term is returned as it is (bitwise)."""
+  return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 def identity_ce(model, mus_BxZ: list, labels_B):
@@ -201,50 +201,54 @@ def identity_ce(model, mus_BxZ: list, labels_B):
 
 def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
   """The MS-VAE loss of a batch: (total, {term: value}); keys give each example its own noise."""
-  a, v = modalities.AUDIO, modalities.FACE
+  specs = model.specs
+  names = list(specs)
   needs = [name for name, on in (("identity_weight", loss_cfg.identity_weight > 0),
                                  ("triplet_weight", loss_cfg.triplet_weight > 0),
                                  ("infonce_positives='identity'",
                                   loss_cfg.infonce_weight > 0 and loss_cfg.infonce_positives == "identity")) if on]
   if needs and "label" not in batch:
     raise ValueError(f"config.loss {', '.join(needs)} needs identity labels, but the batch has no 'label'")
-  post = {m: model.encode(m, batch[m]) for m in (a, v)}
+  post = {m: model.encode(m, batch[m]) for m in names}
   # Noise per example and modality from its own key, so it does not depend on the device layout.
-  eps_keys = jax.vmap(lambda k: jax.random.split(k, 2))(example_keys_B)
+  eps_keys = jax.vmap(lambda k: jax.random.split(k, len(names)))(example_keys_B)
   z = {}
-  for i, m in enumerate((a, v)):
+  for i, m in enumerate(names):
     mu_BxZ, logvar_BxZ = post[m]
     eps_BxZ = jax.vmap(lambda k: jax.random.normal(k, mu_BxZ.shape[1:]))(eps_keys[:, i])
     z[m] = mu_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ
 
   log_sigma = log_sigmas(model, loss_cfg)
   terms, nll = {}, {}
-  for m in (a, v):
+  for m in names:
     out = model.decode(z[m])
-    for n in (a, v):
-      nll[(n, m)] = gaussian_nll(out[n], batch[n], log_sigma[n])  # (1) n == m, (2) n != m
+    for n in names:
+      kind = specs[n].kind_module
+      nll[(n, m)] = kind.nll(out[n], batch[n], log_sigma.get(n))  # (1) n == m, (2) n != m
       # The optimised reconstruction term: the NLL, or the seed recipe's summed squared error.
-      recon = nll[(n, m)] if loss_cfg.likelihood == "gaussian" else reconstruction(out[n], batch[n])
-      terms[f"recon_{n}_from_{m}"] = recon
+      sse = loss_cfg.likelihood == "sse" and n in log_sigma
+      terms[f"recon_{n}_from_{m}"] = reconstruction(out[n], batch[n]) if sse else nll[(n, m)]
     terms[f"kl_{m}"] = gaussian_kl(*post[m])  # (3)
-  elbo_B = -0.5 * sum(nll[(n, m)] for n in (a, v) for m in (a, v)) - 0.5 * (terms[f"kl_{a}"] + terms[f"kl_{v}"])
+  per_encoder = 1.0 / len(names)  # the logged bound is the mean of the encoders' ELBOs
+  elbo_B = (-per_encoder * sum(nll[(n, m)] for n in names for m in names)
+            - per_encoder * sum(terms[f"kl_{m}"] for m in names))
 
   metrics = {name: jnp.mean(value) for name, value in terms.items()}
   metrics.update(_alignment(post, z, batch["label"] if "label" in batch else None, step_key, loss_cfg, axis_name))
   beta = kl_weight(loss_cfg, step)
-  total = (loss_cfg.self_recon_weight * (metrics[f"recon_{a}_from_{a}"] + metrics[f"recon_{v}_from_{v}"])
-           + loss_cfg.cross_recon_weight * (metrics[f"recon_{v}_from_{a}"] + metrics[f"recon_{a}_from_{v}"])
-           + beta * (metrics[f"kl_{a}"] + metrics[f"kl_{v}"]))
+  total = (loss_cfg.self_recon_weight * sum(metrics[f"recon_{m}_from_{m}"] for m in names)
+           + loss_cfg.cross_recon_weight * sum(metrics[f"recon_{n}_from_{m}"] for m in names for n in names if n != m)
+           + beta * sum(metrics[f"kl_{m}"] for m in names))
   for name, weight in (("wasserstein", loss_cfg.wasserstein_weight), ("infonce", loss_cfg.infonce_weight),
                        ("triplet", loss_cfg.triplet_weight)):
     if name in metrics:
       total = total + weight * metrics[name]
   if loss_cfg.identity_weight > 0:  # (7)
-    metrics["identity_ce"] = identity_ce(model, [post[m][0] for m in (a, v)], batch["label"])
+    metrics["identity_ce"] = identity_ce(model, [post[m][0] for m in names], batch["label"])
     total = total + loss_cfg.identity_weight * metrics["identity_ce"]
   metrics["loss"] = total
   metrics["elbo"] = jnp.mean(elbo_B)
   metrics["kl_scale"] = beta
-  for m in (a, v):
-    metrics[f"sigma_{m}"] = jnp.exp(log_sigma[m])
+  for m, value in log_sigma.items():
+    metrics[f"sigma_{m}"] = jnp.exp(value)
   return total, metrics

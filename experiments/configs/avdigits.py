@@ -1,4 +1,4 @@
-"""AV-digits: FSDD spoken digits paired with MNIST images of the same digit (28x28 gray)."""
+"""AV-digits: FSDD spoken digits, MNIST images (28x28 gray) and text descriptions of the same digit: three modalities."""
 
 from experiments.configs import common
 
@@ -7,7 +7,6 @@ def get_config(variant: str = ""):
   c = common.base_config()
   c.name = "avdigits"
   c.data.segment_samples = 16000  # FSDD clips are ~0.5 s: 1 s segments, zero-padded
-  c.data.magnitude = "log"
   c.data.face_size = 28
   c.data.grayscale = True
   c.data.frames_per_utterance = 1

@@ -35,15 +35,22 @@ def base_config() -> ml_collections.ConfigDict:
   # 'identity' (a frame of any training video of the same identity).
   c.data.pairing = "utterance"
   c.data.seed = 0  # train-crop and dither generator seed at preparation time
+  # Which of the dataset's modalities a run uses, by name (the manifest lists them); () = all of them.
+  # The first one used is the anchor that data.pairing draws the others' partners for.
+  c.data.modalities = ()
 
   c.model = ml_collections.ConfigDict()
-  # Which registered model (mmvae/zoo/): 'msvae' (encoders + shared decoder, ELBO + alignment) or
+  # Which registered model (mmvae/zoo/): 'msvae' (encoders + shared decoder, ELBO + alignment),
   # 'contrastive' (encoders only, symmetric InfoNCE over every modality pair as the whole objective, so
-  # loss.infonce_weight does not apply; cannot generate).
+  # loss.infonce_weight does not apply; cannot generate), or the multimodal-VAE baselines with one
+  # decoder per modality: 'mvae' (product of experts), 'mmvae' (mixture of experts), 'mopoe' (mixture
+  # of the products of every subset). The baselines read loss.likelihood='gaussian', loss.sigma,
+  # learn_sigma, min_sigma, kl_weight, kl_anneal_steps, identity_weight and the keys below.
   c.model.kind = "msvae"
   c.model.latent_dim = 100
-  c.model.audio_encoder = "mlp"  # 'mlp' or 'conv'
-  c.model.face_encoder = "mlp"  # 'mlp' or 'conv'
+  # The encoder of each modality, by name; a modality not named gets its kind's first choice.
+  # spectrogram and image: 'mlp' or 'conv'; vector: 'mlp'; tokens: 'bow' or 'conv'.
+  c.model.encoders = ml_collections.ConfigDict({"audio": "mlp", "face": "mlp", "image": "mlp", "text": "bow"})
   c.model.decoder = "mlp"  # 'mlp' or 'conv'
   c.model.hidden = (512, 256)  # MLP widths (encoder order; the decoder mirrors them)
   c.model.conv_channels = (32, 64, 128, 256)
@@ -53,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Reconstruction: 'gaussian' (NLL in nats with a per-modality scale sigma, so the loss is a true
   # negative ELBO) or 'sse' (summed squared error: the seed report's recipe).
   c.loss.likelihood = "gaussian"
-  c.loss.sigma = ml_collections.ConfigDict({"audio": 1.0, "face": 0.1})  # fixed, or the initial value when learned
+  # Per modality, fixed or the initial value when learned; a modality not named gets its kind's default.
+  c.loss.sigma = ml_collections.ConfigDict({"audio": 1.0, "face": 0.1, "image": 0.1})
   c.loss.learn_sigma = True  # one learned scale per modality (a calibrated decoder)
   c.loss.min_sigma = 0.01
   c.loss.wasserstein = "w2_gaussian"  # 'w2_gaussian' | 'sample_l2' | 'sliced'
@@ -68,8 +76,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.temperature = 0.1
   c.loss.infonce_positives = "identity"  # 'pair' (only its own pair) or 'identity' (every same-identity item)
   c.loss.triplet_weight = 0.0  # M-CVS triplet loss, batch-hard
-  c.loss.triplet_margins = (0.2, 0.2, 0.2)  # within audio, within face, across
+  c.loss.triplet_margins = (0.2, 0.2, 0.2)  # within the first modality, within each other one, across
   c.loss.identity_weight = 0.0  # identity cross-entropy of a linear head on the latent means
+  # The multimodal-VAE baselines (mvae, mmvae, mopoe; see mmvae/zoo/):
+  c.loss.num_samples = 1  # K reparameterised draws per posterior: per ELBO term, mixture component or subset
+  # mmvae's bound: 'elbo' (stratified ELBO), 'iwae' (stratified IWAE) or 'dreg' (IWAE with DReG
+  # gradients; Shi et al. trained with dreg and K = 30). Other kinds need 'elbo'.
+  c.loss.estimator = "elbo"
+  c.loss.subsampled_elbos = 0  # mvae: ELBO terms of k random subsets beyond the joint and unimodal ones
+  c.loss.subset_sampling = "one"  # mopoe: 'one' subset per example (from its key) or 'stratified' (every subset)
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0
@@ -86,11 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2
-  # Which checkpoint is 'best': 'cross_mrr' (mean validation MRR voice->face and face->voice, the
-  # numbers the analysis reports, scored the same way) or 'loss' (lowest validation loss).
+  # Which checkpoint is 'best': 'cross_mrr' (mean validation MRR over every ordered pair of modalities,
+  # e.g. voice->face and face->voice, the numbers the analysis reports, scored the same way) or 'loss'.
   c.train.select_by = "cross_mrr"
 
-  c.parallel = "pmap"  # 'pmap' or 'sharded' (jit + NamedSharding)
+  c.parallel = "sharded"  # 'sharded' (jit over a NamedSharding mesh) or 'pmap' (jax.pmap; same numbers)
 
   c.analysis = ml_collections.ConfigDict()
   c.analysis.split = "test"
@@ -98,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.analysis.dbscan_min_samples = 3
   c.analysis.tsne_perplexity = -1.0  # <= 0: adapt to the set size
   c.analysis.seed = 0
+  c.analysis.likelihood_samples = 16  # K of the importance-weighted test log-likelihood (models with a joint posterior)
+  c.analysis.joint_samples = 1000  # draws from the prior scored for joint coherence
   return c
 
 

@@ -21,6 +21,12 @@ PAIRING = ["data.pairing=identity"]
 REGULARISE = ["train.face_flip=True", "train.weight_decay=0.05"]
 LIKELIHOOD = ["loss.likelihood=gaussian", "loss.learn_sigma=True", "loss.sigma.face=0.1"]
 NO_DECODER = ["model.kind=contrastive", "loss.identity_weight=0.0"]  # encoders and symmetric InfoNCE only
+# The table's columns (metrics.json keys name the modalities: audio is the voice).
+METRICS = [("retrieval.audio_to_face.mrr", "voice->face MRR"), ("retrieval.face_to_audio.mrr", "face->voice MRR"),
+           ("retrieval.audio_to_face.recall@1", "voice->face R@1"),
+           ("retrieval.face_to_audio.recall@1", "face->voice R@1"),
+           ("retrieval.audio_to_face.matching_1v2", "voice->face 1:2 matching"),
+           ("coherence.audio_to_face.accuracy", "faces from voices: identity acc.")]
 
 
 def _row(name: str, *overrides: str, config: str = "reference") -> dict:
@@ -45,4 +51,5 @@ def get_sweep() -> dict:
           _row("10 contrastive only (no decoder)", *NO_DECODER, config="voxceleb1"),
       ],
       "seeds": [0, 1, 2],
+      "metrics": METRICS,
   }

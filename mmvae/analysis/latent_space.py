@@ -101,23 +101,20 @@ def identity_centroids(mu_NxZ, labels):
   return ids, np.stack([np.asarray(mu_NxZ)[labels == i].mean(0) for i in ids])
 
 
-def nearest_identities(face_mu, audio_mu, labels, top: int = 5, score: str = "cosine") -> dict:
-  """For each identity's face centroid, the identities whose voice centroids lie nearest (and reverse).
+def nearest_identities(query_mu, gallery_mu, labels, top: int = 5, score: str = "cosine") -> dict:
+  """For each identity's centroid in the query space, the identities whose gallery centroids lie nearest.
 
-  Returns {'face_to_voice'|'voice_to_face': {identity: [top identities]}, '<dir>_own_rank': {identity: rank}}.
+  Returns {'nearest': {identity: [top identities]}, 'own_rank': {identity: rank of itself}} (ties: the
+  average of the optimistic and pessimistic rank, as in retrieval).
   """
-  ids, face_c = identity_centroids(face_mu, labels)
-  _, voice_c = identity_centroids(audio_mu, labels)
-  out = {}
-  for name, q, g in (("face_to_voice", face_c, voice_c), ("voice_to_face", voice_c, face_c)):
-    s = retrieval.score_matrix(q, g, score)
-    order = np.argsort(-s, axis=1, kind="stable")
-    out[name] = {int(ids[i]): [int(ids[j]) for j in order[i, :top]] for i in range(len(ids))}
-    # Rank of the identity itself, ties counted pessimistically-optimistically averaged as in retrieval.
-    own = np.diag(s)
-    ranks = (s > own[:, None]).sum(1) + 1 + ((s == own[:, None]).sum(1) - 1) / 2
-    out[f"{name}_own_rank"] = {int(ids[i]): float(ranks[i]) for i in range(len(ids))}
-  return out
+  ids, q = identity_centroids(query_mu, labels)
+  _, g = identity_centroids(gallery_mu, labels)
+  s = retrieval.score_matrix(q, g, score)
+  order = np.argsort(-s, axis=1, kind="stable")
+  own = np.diag(s)
+  ranks = (s > own[:, None]).sum(1) + 1 + ((s == own[:, None]).sum(1) - 1) / 2
+  return {"nearest": {int(ids[i]): [int(ids[j]) for j in order[i, :top]] for i in range(len(ids))},
+          "own_rank": {int(ids[i]): float(ranks[i]) for i in range(len(ids))}}
 
 
 def _legend(ax, n):
@@ -125,8 +122,15 @@ def _legend(ax, n):
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, ncol=1 + n // 20)
 
 
-def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str) -> None:
-  """t-SNE panels, one per space, coloured by identity; the joint panel marks modality."""
+MARKERS = "o^sDvP*Xh<>"  # one per modality in the joint panel
+
+
+def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str, joint: dict | None = None) -> None:
+  """t-SNE panels, one per space, coloured by identity; `joint` names a panel holding every modality stacked.
+
+  joint: {panel: [modality display label, ...]}: that panel's points are the modalities' points in that
+  order (len(labels) each), drawn with one marker per modality.
+  """
   labels = np.asarray(labels)
   ids = np.unique(labels)
   if len(ids) <= 20:
@@ -135,19 +139,18 @@ def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str)
     colour = {i: plt.get_cmap("hsv")(k / len(ids)) for k, i in enumerate(ids)}
   fig, axes = plt.subplots(1, len(points_by_space), figsize=(5.2 * len(points_by_space) + 1.5, 4.8))
   axes = np.atleast_1d(axes)
+  n = len(labels)
   for ax, (space, pts) in zip(axes, points_by_space.items()):
-    if space == "joint":
-      n = len(labels)
+    parts = (joint or {}).get(space) or [None]
+    for k, part in enumerate(parts):
+      block = pts[k * n:(k + 1) * n]
+      marker = MARKERS[k % len(MARKERS)]
       for i in ids:
         sel = labels == i
-        ax.scatter(pts[:n][sel, 0], pts[:n][sel, 1], color=colour[i], marker="o", s=14, label=names.get(i, str(i)))
-        ax.scatter(pts[n:][sel, 0], pts[n:][sel, 1], color=colour[i], marker="^", s=14)
-      ax.scatter([], [], color="k", marker="o", label="voice (o)")
-      ax.scatter([], [], color="k", marker="^", label="face (^)")
-    else:
-      for i in ids:
-        sel = labels == i
-        ax.scatter(pts[sel, 0], pts[sel, 1], color=colour[i], s=14, label=names.get(i, str(i)))
+        ax.scatter(block[sel, 0], block[sel, 1], color=colour[i], marker=marker, s=14,
+                   label=names.get(i, str(i)) if k == 0 else None)
+      if part is not None:
+        ax.scatter([], [], color="k", marker=marker, label=f"{part} ({marker})")
     ax.set_title(f"{space} latents")
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")

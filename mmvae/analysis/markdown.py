@@ -1,32 +1,37 @@
-"""report.md: every metric beside its chance level, every figure, the config and the dataset."""
+"""report.md: every metric beside its chance level, every figure, the config and the dataset, for any modalities."""
 
 import json
 
+# The one place a modality name becomes a display label: on a dataset whose modalities are exactly these
+# (VoxCeleb-style), audio is shown as "voice". Metric keys and file names always use the modality names.
+VOICE_FACE = {"audio": "voice", "face": "face"}
 
 TIE_POLICY = (
     "Ties are broken uniformly at random and every ranking metric is its exact expectation over tie "
     "orders (for a single rank: the average of the optimistic and pessimistic rank); a constant score "
     "therefore scores exactly the chance level.")
 DEFINITIONS = [
-    ("mrr", "MRR: mean of 1 / rank of the first item of the query's identity"),
-    ("recall@1", "Recall@K: share of queries with an item of their identity in the top K"),
+    ("mrr", "MRR: mean of 1 / rank of the first relevant item"),
+    ("recall@1", "Recall@K: share of queries with a relevant item in the top K"),
     ("map", "mAP: mean average precision over the whole ranking"),
     ("map@50", "mAP@50: precision summed at relevant ranks <= 50, divided by min(R, 50) (M-CVS style)"),
-    ("auc", "AUC / EER: verification on (query, gallery) pairs, same identity vs different"),
+    ("auc", "AUC / EER: verification on (query, gallery) pairs, relevant vs not"),
     ("matching_1v2", "1:2 matching: P(the right item outscores a wrong one), over all pairs of them"),
     ("matching_1v2_gender", "1:2 matching with the wrong item of the query's gender"),
 ]
 METRICS = ["mrr", "recall@1", "recall@5", "recall@10", "map", "map@50", "auc", "eer", "matching_1v2",
            "matching_1v2_gender"]
-DIRECTIONS = ["voice_to_face", "face_to_voice", "voice_to_voice", "face_to_face"]
+QUERY_TABLES = [("mrr", "MRR"), ("map@50", "mAP@50")]  # the M-CVS Tables III/IV layout
 SCORES = [("retrieval", "cosine between posterior means (default)"),
           ("retrieval_euclidean", "negative Euclidean distance between means"),
           ("retrieval_w2", "negative 2-Wasserstein distance between the Gaussian posteriors")]
-FIGURES = [("tsne.png", "t-SNE of the voice, face and joint latent spaces (colour: identity)"),
-           ("dbscan.png", "DBSCAN clusters on the t-SNE maps, and the k-distance curves that chose eps"),
-           ("faces_from_voices.png", "Faces generated from voices"),
-           ("spectra_from_faces.png", "Spectra generated from faces")]
 MAX_NEAREST_ROWS = 40
+
+
+def display_labels(names) -> dict:
+  """{modality: how report.md, figures and summaries show it} (its name, but 'voice' for audio beside face)."""
+  names = list(names)
+  return dict(VOICE_FACE) if set(names) == set(VOICE_FACE) else {n: n for n in names}
 
 
 def _fmt(v) -> str:
@@ -37,85 +42,174 @@ def _fmt(v) -> str:
   return str(v)
 
 
-def _retrieval_tables(metrics: dict) -> list[str]:
-  lines = []
+def _with_chance(metrics: dict, key: str) -> str:
+  v = metrics.get(key)
+  return "-" if v is None else f"{_fmt(v)} ({_fmt(metrics.get(f'{key}_chance'))})"
+
+
+def _esc(text) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _matrix(metrics: dict, names: list, display: dict, key_of, corner: str) -> list[str]:
+  """A table with one row per query (source) modality and one column per gallery (target) modality."""
+  lines = [f"| {corner} | " + " | ".join(display[g] for g in names) + " |", "|---|" + "---|" * len(names)]
+  for q in names:
+    lines.append(f"| {display[q]} | " + " | ".join(_with_chance(metrics, key_of(q, g)) for g in names) + " |")
+  return lines
+
+
+def _retrieval_lines(metrics: dict, names: list, display: dict) -> list[str]:
+  lines = ["### Query by retrieval", "",
+           "Cosine score. Rows: query modality; columns: gallery modality; each cell: value (chance). "
+           "The diagonal is retrieval within one modality (the query left out of the gallery), for reference.", ""]
+  for metric, title in QUERY_TABLES:
+    lines += [f"**{title}**", ""]
+    lines += _matrix(metrics, names, display, lambda q, g, m=metric: f"retrieval.{q}_to_{g}.{m}", "query \\ gallery")
+    lines.append("")
+  pairs = [(q, g) for q in names for g in names if q != g] + [(q, q) for q in names]  # across, then within
   for prefix, desc in SCORES:
-    if f"{prefix}.voice_to_face.mrr" not in metrics:
+    present = [(q, g) for q, g in pairs if f"{prefix}.{q}_to_{g}.mrr" in metrics]
+    if not present:
       continue
-    lines += [f"### Score: {desc}", "", "| metric | " + " | ".join(DIRECTIONS) + " |",
-              "|---|" + "---|" * len(DIRECTIONS)]
-    for m in METRICS:
-      cells = []
-      for d in DIRECTIONS:
-        v, c = metrics.get(f"{prefix}.{d}.{m}"), metrics.get(f"{prefix}.{d}.{m}_chance")
-        cells.append("-" if v is None else f"{_fmt(v)} (chance {_fmt(c)})")
-      if any(c != "-" for c in cells):
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    q = [str(metrics.get(f"{prefix}.{d}.queries", "-")) for d in DIRECTIONS]
-    lines += ["| queries | " + " | ".join(q) + " |", ""]
-    pairs = metrics.get(f"{prefix}.voice_to_face.verification_pairs")
-    sampled = metrics.get(f"{prefix}.voice_to_face.verification_pairs_sampled")
-    lines += [f"Verification used {pairs} pairs per direction" + (" (a seeded uniform sample)." if sampled else
-                                                                  " (every pair)."), ""]
+    shown = [m for m in METRICS if any(f"{prefix}.{q}_to_{g}.{m}" in metrics for q, g in present)]
+    lines += [f"### Score: {desc}", "", "Each cell: value (chance).", "",
+              "| query -> gallery | " + " | ".join(shown) + " | queries |", "|---|" + "---|" * (len(shown) + 1)]
+    for q, g in present:
+      cells = [_with_chance(metrics, f"{prefix}.{q}_to_{g}.{m}") for m in shown]
+      lines.append(f"| {display[q]} -> {display[g]} | " + " | ".join(cells)
+                   + f" | {metrics.get(f'{prefix}.{q}_to_{g}.queries', '-')} |")
+    q, g = present[0]
+    pairs_used = metrics.get(f"{prefix}.{q}_to_{g}.verification_pairs")
+    sampled = metrics.get(f"{prefix}.{q}_to_{g}.verification_pairs_sampled")
+    lines += ["", f"Verification used {pairs_used} pairs per direction"
+              + (" (a seeded uniform sample)." if sampled else " (every pair)."), ""]
   return lines
 
 
-def _nearest_table(near: dict, names: dict) -> list[str]:
-  lines = ["| identity | own voice rank (from face) | nearest voices to the face | own face rank (from voice) "
-           "| nearest faces to the voice |", "|---|---|---|---|---|"]
-  for k, i in enumerate(sorted(near["face_to_voice"])):
-    if k >= MAX_NEAREST_ROWS:
-      lines.append(f"| ... {len(near['face_to_voice']) - MAX_NEAREST_ROWS} more identities | | | | |")
-      break
-    fv = ", ".join(names.get(j, str(j)) for j in near["face_to_voice"][i])
-    vf = ", ".join(names.get(j, str(j)) for j in near["voice_to_face"][i])
-    lines.append(f"| {names.get(i, i)} | {near['face_to_voice_own_rank'][i]:g} | {fv} | "
-                 f"{near['voice_to_face_own_rank'][i]:g} | {vf} |")
+def _nearest_lines(metrics: dict, near: dict, id_names: dict, names: list, display: dict) -> list[str]:
+  lines = ["### Nearest identities", "",
+           "Identity centroids of the posterior means, compared by cosine. Own rank 1 is best.", ""]
+  for (q, g) in near:
+    d = f"nearest.{q}_to_{g}"
+    lines.append(f"- {display[q]} -> {display[g]}: mean own rank {_fmt(metrics[f'{d}.own_rank_mean'])} (chance "
+                 f"{_fmt(metrics[f'{d}.own_rank_mean_chance'])}), own identity in top 5 "
+                 f"{_fmt(metrics[f'{d}.own_in_top5'])} (chance {_fmt(metrics[f'{d}.own_in_top5_chance'])})")
+  lines.append("")
+  for i, a in enumerate(names):  # one table per unordered pair, both directions
+    for b in names[i + 1:]:
+      if (a, b) not in near or (b, a) not in near:
+        continue
+      ab, ba = near[(a, b)], near[(b, a)]
+      lines += [f"| identity | own {display[b]} rank (from {display[a]}) | nearest {display[b]} to the {display[a]} "
+                f"| own {display[a]} rank (from {display[b]}) | nearest {display[a]} to the {display[b]} |",
+                "|---|---|---|---|---|"]
+      for k, ident in enumerate(sorted(ab["nearest"])):
+        if k >= MAX_NEAREST_ROWS:
+          lines.append(f"| ... {len(ab['nearest']) - MAX_NEAREST_ROWS} more identities | | | | |")
+          break
+        to_b = ", ".join(str(id_names.get(j, j)) for j in ab["nearest"][ident])
+        to_a = ", ".join(str(id_names.get(j, j)) for j in ba["nearest"][ident])
+        lines.append(f"| {_esc(id_names.get(ident, ident))} | {ab['own_rank'][ident]:g} | {_esc(to_b)} | "
+                     f"{ba['own_rank'][ident]:g} | {_esc(to_a)} |")
+      lines.append("")
   return lines
 
 
-def _dataset_lines(manifest: dict) -> list[str]:
+def _generation_lines(metrics: dict, names: list, display: dict, figures: list, texts: dict, notes: list) -> list:
+  """The cross-generation figures, decoded texts and the coherence tables."""
+  lines = ["## Cross generation", ""]
+  for path, caption in figures:
+    lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+  for g, table in texts.items():
+    sources = table["sources"]
+    lines += [f"Decoded {display[g]} (one example per identity):", "",
+              f"| identity | real {display[g]} | " + " | ".join(f"from {display[q]}" for q in sources) + " |",
+              "|---|---|" + "---|" * len(sources)]
+    lines += [f"| {_esc(ident)} | {_esc(truth)} | " + " | ".join(_esc(t) for t in gens) + " |"
+              for ident, truth, gens in table["rows"]]
+    lines.append("")
+  lines += ["### Coherence", "",
+            "Each modality has its own classifier of the label (standardised features, logistic regression) "
+            "trained on REAL training data of that modality only. Cross coherence source -> target: its "
+            "accuracy on the target decoded from the source's posterior mean of each test example. Chance = "
+            "sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.", ""]
+  if any(f"coherence.{q}_to_{g}.accuracy" in metrics for q in names for g in names):
+    lines += _matrix(metrics, names, display,
+                     lambda q, g: f"coherence.{q}_to_{g}.accuracy" if q != g else f"coherence.real_{g}.accuracy",
+                     "source \\ target")
+    lines += ["", "The diagonal is the classifier on real test data of the target (its ceiling).", ""]
+  attrs = sorted({k.split(".")[2][:-len("_accuracy")] for k in metrics if k.startswith("coherence.real_")
+                  and k.endswith("_accuracy") and k.split(".")[2] != "accuracy"})
+  for g in names:  # identity attributes, scored on image modalities: one table per target
+    scored = [a for a in attrs if f"coherence.real_{g}.{a}_accuracy" in metrics]
+    if not scored:
+      continue
+    sources = [q for q in names if q != g]
+    lines += [f"Identity attributes of {display[g]} (accuracy (chance)):", "",
+              f"| attribute | classes | real {display[g]} | "
+              + " | ".join(f"{display[q]} -> {display[g]}" for q in sources) + " |",
+              "|---|---|---|" + "---|" * len(sources)]
+    for a in scored:
+      cells = [_with_chance(metrics, f"coherence.{q}_to_{g}.{a}_accuracy") for q in sources]
+      lines.append(f"| {a} | {metrics.get(f'coherence.{g}.{a}_classes')} | "
+                   f"{_with_chance(metrics, f'coherence.real_{g}.{a}_accuracy')} | " + " | ".join(cells) + " |")
+    lines.append("")
+  if "coherence.joint.accuracy" in metrics:
+    lines += [f"Joint coherence: {_with_chance(metrics, 'coherence.joint.accuracy')} of "
+              f"{metrics['coherence.joint.samples']} samples z ~ N(0, I), each decoded into every modality, get "
+              "the same class from every classifier. Chance = sum_c prod_m P_m(c), P_m the share of samples "
+              "modality m's classifier puts in class c: the agreement of independent predictions.", ""]
+  return lines + [f"- {n}" for n in notes] + [""]
+
+
+def _likelihood_lines(metrics: dict, names: list, display: dict, note: str | None) -> list[str]:
+  lines = ["## Test-set likelihood", ""]
+  key = next((k for k in metrics if k.startswith("likelihood.iwae_k")), None)
+  if key is None:
+    return lines + [f"Not estimated: {note or 'no likelihood.npz (run mmvae analyze)'}.", ""]
+  k = metrics["likelihood.samples"]
+  lines += [f"log p(x) ~= {_fmt(metrics[key])} nats per example (importance-weighted with K = {k} samples of the "
+            "model's joint posterior; a lower bound in expectation, tighter with more samples; images scored on "
+            f"their first frame; {metrics['likelihood.examples']} examples).", "",
+            "| modality | E_q[log p(x_m given z)] (nats) |", "|---|---|"]
+  lines += [f"| {display[m]} | {_fmt(metrics.get(f'likelihood.expected_log_lik.{m}'))} |" for m in names]
+  return lines + [""]
+
+
+def _dataset_lines(manifest: dict, specs: dict) -> list[str]:
   splits = ", ".join(f"{k}: {v.get('examples')}" for k, v in manifest.get("splits", {}).items())
-  feats = manifest.get("features", {})
   return [f"- corpus: {manifest.get('corpus')} (prepared with config {manifest.get('config')!r})",
           f"- splits (examples): {splits}", f"- identities: {len(manifest.get('identities', []))}",
-          f"- features: " + ", ".join(f"{k} {v.get('shape')} {v.get('dtype')}" for k, v in feats.items()),
+          "- modalities: " + ", ".join(f"{n} ({m.kind} {list(m.shape)} {m.dtype})" for n, m in specs.items()),
+          f"- relevant items: {manifest.get('relevance') or 'same identity'}",
           f"- audio normalisation: {'dataset per-bin mean/std' if manifest.get('audio_normalisation') else 'none'}",
           f"- identity attributes: {', '.join(manifest.get('attributes', [])) or 'none'}",
           f"- skipped files at preparation: {len(manifest.get('skipped', []))}"]
 
 
-def _generation_lines(metrics: dict, notes: list) -> list[str]:
-  """The cross-generation figures and the coherence table."""
-  lines = ["## Cross generation", "", "![faces](faces_from_voices.png)", "", "*" + FIGURES[2][1] + "*", "",
-           "![spectra](spectra_from_faces.png)", "", "*" + FIGURES[3][1] + "*", "", "### Coherence", "",
-           "A logistic-regression classifier on the pixels of real training faces, applied to faces generated "
-           "from test voices ('generated') and, as its ceiling, to real test faces ('real'). Chance = "
-           "sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.", "",
-           "| target | generated (chance) | real test faces (chance) | classes |", "|---|---|---|---|"]
-  for key in sorted(k for k in metrics if k.startswith("coherence.real_") and k.endswith("_accuracy")):
-    t = key[len("coherence.real_"):-len("_accuracy")]
-    lines.append(f"| {t} | {_fmt(metrics[f'coherence.{t}_accuracy'])} ({_fmt(metrics[f'coherence.{t}_accuracy_chance'])}) "
-                 f"| {_fmt(metrics[key])} ({_fmt(metrics[f'coherence.real_{t}_accuracy_chance'])}) "
-                 f"| {metrics[f'coherence.{t}_classes']} |")
-  return lines + [""] + [f"- {n}" for n in notes] + [""]
-
-
-def write_report(path, metrics: dict, near: dict, names: dict, notes: list, manifest: dict, config,
-                 run_info: dict | None) -> None:
+def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict, id_names: dict, config=None,
+                 run_info: dict | None = None, figures=(), texts=None, notes=(), likelihood_note=None) -> None:
   """Writes report.md."""
   run_info = run_info or {}
+  names = list(specs)
+  display = display_labels(names)
+  relevance = manifest.get("relevance") or "same identity"
   lines = ["# mmvae analysis report", "",
            f"Run `{run_info.get('workdir', '?')}`, checkpoint: {run_info.get('checkpoint', '?')}, dataset "
            f"`{run_info.get('data_dir', '?')}` (fingerprint {str(manifest.get('fingerprint'))[:12]}), "
            f"split `{run_info.get('split', '?')}`: {metrics['examples']} examples of {metrics['identities']} "
-           "identities. Every number is shown with its chance level for this gallery.", "",
+           f"identities; modalities {', '.join(display[n] for n in names)}. Every number is shown with its chance "
+           "level for this gallery.", "",
            "## Retrieval", "", "Query: one test example's latent of one modality; gallery: every test example's "
-           "latent of the other modality (within-modality: every other example); relevant: the same identity.",
+           f"latent of a modality (within a modality: every other example); relevant: {relevance}.",
            "", f"Tie policy: {TIE_POLICY}", ""]
   lines += [f"- {text}" for _, text in DEFINITIONS] + [""]
-  lines += _retrieval_tables(metrics)
-  lines += ["## Latent space", "", "![t-SNE](tsne.png)", "", "*" + FIGURES[0][1] + "*", "",
+  lines += _retrieval_lines(metrics, names, display)
+  joint = ", ".join(f"{display[n]}" for n in names)
+  lines += ["## Latent space", "", "![t-SNE](tsne.png)", "",
+            f"*t-SNE of each modality's posterior means and of all of them together ({joint}: one marker per "
+            "modality); colour: identity*", "",
             "DBSCAN clusters every point; eps is read at the knee of the k-distance curve of the distinct "
             "points, since copies (e.g. face latents of utterances that share their video's frames) would put "
             "the knee at 0. Duplicates: points equal (to float precision) to an earlier one; they still count "
@@ -123,31 +217,29 @@ def write_report(path, metrics: dict, near: dict, names: dict, notes: list, mani
             "| space | eps | clusters | identities | noise | duplicates | ARI (chance) "
             "| NMI (chance, by permutation) |",
             "|---|---|---|---|---|---|---|---|"]
-  for s in ("audio", "face", "joint"):
+  for s in names + ["joint"]:
     g = lambda k: metrics.get(f"clusters.{s}.{k}")  # noqa: E731
-    lines.append(f"| {s} | {_fmt(g('eps'))} | {g('clusters')} | {g('identities')} | {_fmt(g('noise_fraction'))} "
-                 f"| {g('duplicates')} | {_fmt(g('ari'))} ({_fmt(g('ari_chance'))}) "
+    lines.append(f"| {display.get(s, s)} | {_fmt(g('eps'))} | {g('clusters')} | {g('identities')} "
+                 f"| {_fmt(g('noise_fraction'))} | {g('duplicates')} | {_fmt(g('ari'))} ({_fmt(g('ari_chance'))}) "
                  f"| {_fmt(g('nmi'))} ({_fmt(g('nmi_chance'))}) |")
-  lines += ["", "![DBSCAN](dbscan.png)", "", "*" + FIGURES[1][1] + "*", "", "### Nearest identities", "",
-            "Identity centroids of the posterior means, compared by cosine. Own rank 1 is best.", ""]
-  for d in ("face_to_voice", "voice_to_face"):
-    lines.append(f"- {d}: mean own rank {_fmt(metrics[f'nearest.{d}.own_rank_mean'])} (chance "
-                 f"{_fmt(metrics[f'nearest.{d}.own_rank_mean_chance'])}), own identity in top 5 "
-                 f"{_fmt(metrics[f'nearest.{d}.own_in_top5'])} (chance {_fmt(metrics[f'nearest.{d}.own_in_top5_chance'])})")
-  lines += [""] + _nearest_table(near, names) + [""]
+  lines += ["", "![DBSCAN](dbscan.png)", "",
+            "*DBSCAN clusters on the t-SNE maps, and the k-distance curves that chose eps*", ""]
+  lines += _nearest_lines(metrics, near, id_names, names, display)
   if metrics.get("model.can_generate") is False:
     lines += ["## Cross generation", "", f"Skipped: the model (kind `{metrics.get('model.kind')}`) cannot generate, "
-              "so there are no generated faces or spectra and no coherence scores.", ""]
+              "so there is no generated data, no coherence score and no likelihood.", ""]
   else:
-    lines += _generation_lines(metrics, notes)
-  lines += ["## Dataset", ""] + _dataset_lines(manifest) + [""]
+    lines += _generation_lines(metrics, names, display, list(figures), texts or {}, list(notes))
+    lines += _likelihood_lines(metrics, names, display, likelihood_note)
+  lines += ["## Dataset", ""] + _dataset_lines(manifest, specs) + [""]
   if "final" in run_info:
     lines += ["## Training summary (final.json)", "", "```json", json.dumps(run_info["final"], indent=1), "```", ""]
   if config is not None:
     cfg = config.to_dict() if hasattr(config, "to_dict") else config
     lines += ["## Config", "", "<details><summary>config.json</summary>", "", "```json",
               json.dumps(cfg, indent=1, default=str), "```", "", "</details>", ""]
-  generated = ", generated arrays in `generated.npz`" if metrics.get("model.can_generate") is not False else ""
+  generated = (", generated arrays in `generated.npz`, per-example likelihoods in `likelihood.npz`"
+               if metrics.get("model.can_generate") is not False else "")
   lines += [f"All numbers are in `metrics.json`; latents in `latents.npz`{generated}, "
             "t-SNE maps and DBSCAN assignments in `embeddings.npz` (`mmvae.analysis.report.rebuild` recomputes "
             "this report from them without the model)."]

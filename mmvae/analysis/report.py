@@ -1,26 +1,39 @@
-"""`mmvae analyze`: encode a split, compute every metric with its chance level, write WORKDIR/report/."""
+"""`mmvae analyze`: encode a split, compute every metric with its chance level, write WORKDIR/report/.
 
+The modalities are the dataset's (config.data.modalities picks some, in the dataset's order); every
+section runs over all of them, never naming one:
+  retrieval.<q>_to_<g>.<metric>      every ordered pair, q == g included (within one modality), three scores
+  clusters.<m> / clusters.joint      t-SNE + DBSCAN of each modality's latents and of all of them stacked
+  nearest.<q>_to_<g>                 identity centroids, every ordered pair of distinct modalities
+  coherence.<q>_to_<g>, .joint       models that generate: cross and joint coherence (analysis/coherence.py)
+  likelihood.iwae_k<K>               models with a joint posterior: the importance-weighted log p(x)
+Files: latents.npz, generated.npz and likelihood.npz (what the model computed), metrics.json, embeddings.npz,
+figures, report.md; `rebuild` recomputes everything but the first three without the model.
+"""
+
+import itertools
 import json
 import pathlib
 
 import numpy as np
 
 from mmvae import inference, progress, zoo
-from mmvae.analysis import coherence, generation, latent_space, markdown, retrieval
+from mmvae.analysis import coherence, generation, generation_figures, latent_space, likelihood, markdown, retrieval
 
-DIRECTIONS = {  # name: (query modality, gallery modality)
-    "voice_to_face": ("audio", "face"), "face_to_voice": ("face", "audio"),
-    "voice_to_voice": ("audio", "audio"), "face_to_face": ("face", "face")}
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
 TEXT_KEYS = ("id", "identity", "video", "gender")
-GENERATED_FILES = ("generated.npz", "faces_from_voices.png", "spectra_from_faces.png")
+JOINT = "joint"  # the space of every modality's latents together
+# What a model that generates writes (besides `<g>_from_<q>.png`); the last two are older reports' figure names.
+GENERATED_FILES = ("generated.npz", "likelihood.npz", "faces_from_voices.png", "spectra_from_faces.png")
 
 
 def _analysis_cfg(config) -> dict:
   a = config.get("analysis") if hasattr(config, "get") else None
   a = a.to_dict() if hasattr(a, "to_dict") else dict(a or {})
   return {"dbscan_eps": float(a.get("dbscan_eps", -1.0)), "dbscan_min_samples": int(a.get("dbscan_min_samples", 3)),
-          "tsne_perplexity": float(a.get("tsne_perplexity", -1.0)), "seed": int(a.get("seed", 0))}
+          "tsne_perplexity": float(a.get("tsne_perplexity", -1.0)), "seed": int(a.get("seed", 0)),
+          "likelihood_samples": int(a.get("likelihood_samples", likelihood.DEFAULT_SAMPLES)),
+          "joint_samples": int(a.get("joint_samples", generation.JOINT_SAMPLES))}
 
 
 def _groups(genders):
@@ -30,27 +43,29 @@ def _groups(genders):
   return g if known.all() and len(set(g.tolist())) > 1 else None
 
 
-def retrieval_section(latents: dict, seed: int = 0) -> dict:
-  """Flat metrics `<prefix>.<direction>.<metric>` (+ `_chance`) for every score and direction."""
+def retrieval_section(latents: dict, names, seed: int = 0) -> dict:
+  """Flat metrics `<prefix>.<q>_to_<g>.<metric>` (+ `_chance`) for every score and ordered pair (q == g too)."""
   labels = np.asarray(latents["label"])
   groups = _groups(latents["gender"]) if "gender" in latents else None
   out = {}
   for score, prefix in SCORE_PREFIX.items():
-    for name, (qm, gm) in DIRECTIONS.items():
+    for q, g in itertools.product(names, repeat=2):
       res = retrieval.retrieval_metrics(
-          latents[f"{qm}_mu"], latents[f"{gm}_mu"], labels, labels, score=score,
-          query_logvar=latents[f"{qm}_logvar"], gallery_logvar=latents[f"{gm}_logvar"],
-          exclude_self=qm == gm, query_groups=groups, gallery_groups=groups, seed=seed)
-      out.update({f"{prefix}.{name}.{k}": v for k, v in res.items()})
+          latents[f"{q}_mu"], latents[f"{g}_mu"], labels, labels, score=score,
+          query_logvar=latents[f"{q}_logvar"], gallery_logvar=latents[f"{g}_logvar"],
+          exclude_self=q == g, query_groups=groups, gallery_groups=groups, seed=seed)
+      out.update({f"{prefix}.{q}_to_{g}.{k}": v for k, v in res.items()})
   return out
 
 
-def latent_section(latents: dict, names: dict, acfg: dict, report_dir: pathlib.Path) -> tuple[dict, dict]:
-  """t-SNE and DBSCAN of the voice, face and joint spaces, nearest identities; writes two figures."""
+def latent_section(latents: dict, names, id_names: dict, acfg: dict, report_dir: pathlib.Path) -> tuple[dict, dict]:
+  """t-SNE and DBSCAN of each modality's space and the joint one, nearest identities; writes two figures."""
+  names = list(names)
   labels = np.asarray(latents["label"])
-  spaces = {"audio": latents["audio_mu"], "face": latents["face_mu"],
-            "joint": np.vstack([latents["audio_mu"], latents["face_mu"]])}
-  space_labels = {"audio": labels, "face": labels, "joint": np.r_[labels, labels]}
+  display = markdown.display_labels(names)
+  spaces = {m: np.asarray(latents[f"{m}_mu"]) for m in names}
+  spaces[JOINT] = np.vstack([spaces[m] for m in names])
+  space_labels = {**{m: labels for m in names}, JOINT: np.tile(labels, len(names))}
   emb, clusters, kdist, out = {}, {}, {}, {}
   for space in progress.bar(spaces, desc="t-SNE + DBSCAN"):
     emb[space] = latent_space.tsne(spaces[space], acfg["tsne_perplexity"], acfg["seed"])
@@ -59,68 +74,80 @@ def latent_section(latents: dict, names: dict, acfg: dict, report_dir: pathlib.P
     # The curve the knee was read from: distinct points only (copies are counted in the results).
     kdist[space] = latent_space.k_distances(latent_space.distinct(spaces[space])[0], acfg["dbscan_min_samples"])
     out.update({f"clusters.{space}.{k}": v for k, v in clusters[space].items() if k != "assignment"})
-  latent_space.plot_embedding(report_dir / "tsne.png", emb, labels, names,
-                              "t-SNE of posterior means, coloured by identity")
-  latent_space.plot_dbscan(report_dir / "dbscan.png", emb, clusters, kdist)
+  shown = lambda d: {display.get(s, s): v for s, v in d.items()}  # noqa: E731
+  latent_space.plot_embedding(report_dir / "tsne.png", shown(emb), labels, id_names,
+                              "t-SNE of posterior means, coloured by identity",
+                              joint={JOINT: [display[m] for m in names]})
+  latent_space.plot_dbscan(report_dir / "dbscan.png", shown(emb), shown(clusters), shown(kdist))
   np.savez_compressed(report_dir / "embeddings.npz", **{f"tsne_{k}": v for k, v in emb.items()},
                       **{f"dbscan_{k}": v["assignment"] for k, v in clusters.items()})
-  near = latent_space.nearest_identities(latents["face_mu"], latents["audio_mu"], labels)
+  near = {}
   n_ids = len(np.unique(labels))
-  for d in ("face_to_voice", "voice_to_face"):
-    ranks = np.array(list(near[f"{d}_own_rank"].values()))
-    out[f"nearest.{d}.own_rank_mean"] = float(ranks.mean())
-    out[f"nearest.{d}.own_rank_mean_chance"] = (n_ids + 1) / 2
-    out[f"nearest.{d}.own_in_top5"] = float(np.mean(ranks <= 5))
-    out[f"nearest.{d}.own_in_top5_chance"] = min(5, n_ids) / n_ids
+  for q, g in itertools.permutations(names, 2):
+    near[(q, g)] = latent_space.nearest_identities(spaces[q], spaces[g], labels)
+    ranks = np.array(list(near[(q, g)]["own_rank"].values()))
+    d = f"nearest.{q}_to_{g}"
+    out.update({f"{d}.own_rank_mean": float(ranks.mean()), f"{d}.own_rank_mean_chance": (n_ids + 1) / 2,
+                f"{d}.own_in_top5": float(np.mean(ranks <= 5)), f"{d}.own_in_top5_chance": min(5, n_ids) / n_ids})
   return out, near
 
 
-def analyze_arrays(report_dir, latents: dict, generated: dict | None, test_real: dict, train_faces, train_labels,
-                   manifest: dict, config=None, run_info: dict | None = None) -> dict:
+def _clear_generated(report_dir: pathlib.Path, keep_arrays: bool) -> None:
+  """Removes figures (and arrays) of an earlier analysis in this (our own) report folder."""
+  for path in report_dir.glob("*_from_*.png"):
+    path.unlink()
+  for name in GENERATED_FILES:
+    if not (keep_arrays and name.endswith(".npz")):
+      (report_dir / name).unlink(missing_ok=True)
+
+
+def analyze_arrays(report_dir, latents: dict, generated: dict | None, test: dict, train: dict, specs: dict,
+                   manifest: dict, config=None, run_info: dict | None = None, lik: dict | None = None) -> dict:
   """Every metric and figure from saved arrays (no model needed); writes metrics.json and report.md.
 
-  generated None: the model cannot generate, so cross generation, its figures and coherence are skipped.
+  test / train: the split's stored arrays ({modality: data, 'label': ...}); generated None: the model cannot
+  generate, so cross generation, its figures, coherence and likelihood are skipped; lik: likelihood.estimate's
+  per-example arrays, or {'skipped': why}.
   """
   from threadpoolctl import threadpool_limits
   # Small runs gain nothing from BLAS/OpenMP threads and lose a lot to them on a busy machine.
   with threadpool_limits(limits=1 if len(latents["label"]) < 2000 else None):
-    return _analyze_arrays(report_dir, latents, generated, test_real, train_faces, train_labels, manifest,
-                           config, run_info)
+    return _analyze_arrays(pathlib.Path(report_dir), latents, generated, test, train, specs, manifest, config,
+                           run_info, lik)
 
 
-def _analyze_arrays(report_dir, latents, generated, test_real, train_faces, train_labels, manifest, config,
-                    run_info) -> dict:
-  report_dir = pathlib.Path(report_dir)
+def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest, config, run_info, lik) -> dict:
   report_dir.mkdir(parents=True, exist_ok=True)
   acfg = _analysis_cfg(config) if config is not None else _analysis_cfg({})
   identities = manifest.get("identities", [])
-  names = {i: str(r.get("name") or r.get("identity") or i) for i, r in enumerate(identities)}
+  id_names = {i: str(r.get("name") or r.get("identity") or i) for i, r in enumerate(identities)}
+  names = list(specs)
   labels = np.asarray(latents["label"])
   if len(np.unique(labels)) < 2:
     raise ValueError("the analysed split holds fewer than two identities: retrieval and clusters are undefined")
-  metrics = {"examples": int(len(labels)), "identities": int(len(np.unique(labels))),
+  metrics = {"examples": int(len(labels)), "identities": int(len(np.unique(labels))), "modalities": names,
              "dataset.path": (run_info or {}).get("data_dir"), "dataset.fingerprint": manifest.get("fingerprint"),
              "model.kind": zoo.kind_of(config) if config is not None else None,
              "model.can_generate": generated is not None}
-  metrics.update(retrieval_section(latents, acfg["seed"]))
-  lat_metrics, near = latent_section(latents, names, acfg, report_dir)
+  metrics.update(retrieval_section(latents, names, acfg["seed"]))
+  lat_metrics, near = latent_section(latents, names, id_names, acfg, report_dir)
   metrics.update(lat_metrics)
-  notes = []
+  notes, figures, texts = [], [], {}
+  _clear_generated(report_dir, keep_arrays=generated is not None)
   if generated is not None:
     attrs = ["gender"] + [a for a in manifest.get("attributes", []) if a != "gender"]
-    coh, notes = coherence.coherence_scores(train_faces, train_labels, test_real["face"], labels,
-                                            generated["face_from_voice"], identities, attrs, acfg["seed"])
+    coh, notes = coherence.coherence_scores(train, test, generated, specs, identities, attrs, acfg["seed"])
     metrics.update(coh)
-    generation.plot_face_grid(report_dir / "faces_from_voices.png", test_real["face"], generated["face_from_face"],
-                              generated["face_from_voice"], labels, names)
-    generation.plot_spectra(report_dir / "spectra_from_faces.png", test_real["audio"],
-                            generated["audio_from_face"], generated["audio_from_voice"], labels, names)
-  else:  # figures of an earlier analysis in this (our own) report folder would contradict the report
-    for name in GENERATED_FILES:
-      (report_dir / name).unlink(missing_ok=True)
+    metrics.update(likelihood.summary(lik or {}))
+    display = markdown.display_labels(names)
+    figures = generation_figures.plot_pairs(report_dir, specs, test, generated, labels, id_names, display)
+    texts = generation_figures.text_examples(specs, test, generated, labels, id_names)
   metrics = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
   (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-  markdown.write_report(report_dir / "report.md", metrics, near, names, notes, manifest, config, run_info)
+  skipped = (lik or {}).get("skipped")
+  markdown.write_report(report_dir / "report.md", metrics, specs, manifest, near=near, id_names=id_names,
+                        config=config, run_info=run_info, figures=figures, texts=texts, notes=notes,
+                        likelihood_note=None if skipped is None else str(skipped))
   return metrics
 
 
@@ -140,17 +167,23 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
   dataset.check_config(config)
   if split not in dataset.splits:
     raise ValueError(f"split {split!r} is not in {dataset.data_dir} (it has {dataset.splits}); use --split")
+  specs = dataset.modalities(config.data.get("modalities", ()))
+  acfg = _analysis_cfg(config)
   test = dataset.arrays(split)
   report_dir = workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
-  latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test), test)
-  generated = generation.cross_generate(model, latents) if model.can_generate else None
-  if generated is not None:
+  latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test, specs), test)
+  generated = lik = None
+  if model.can_generate:
+    latent_dim = int(latents[f"{next(iter(specs))}_mu"].shape[1])
+    generated = generation.cross_generate(model, latents, specs)
+    generated.update(generation.sample_prior(model, specs, latent_dim, acfg["joint_samples"], acfg["seed"]))
     np.savez_compressed(report_dir / "generated.npz", **generated)
-  train = dataset.arrays("train")
+    lik = likelihood.for_run(model, config, test, specs, acfg["likelihood_samples"], acfg["seed"], latent_dim)
+    np.savez_compressed(report_dir / "likelihood.npz", **lik)
   run_info = _run_info(workdir, dataset.data_dir, split, f"{which} (step {step})")
-  return analyze_arrays(report_dir, latents, generated, test, train["face"], train["label"], dataset.manifest,
-                        config, run_info)
+  train = dataset.arrays("train") if generated is not None else {}  # only coherence reads training data
+  return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config, run_info, lik)
 
 
 def _run_info(workdir: pathlib.Path, data_dir, split: str, which: str) -> dict:
@@ -162,7 +195,7 @@ def _run_info(workdir: pathlib.Path, data_dir, split: str, which: str) -> dict:
 
 
 def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
-  """Recomputes report/ from latents.npz (and generated.npz) without the model (real faces from the dataset)."""
+  """Recomputes report/ from latents.npz, generated.npz and likelihood.npz without the model (real data from disk)."""
   import ml_collections
   from mmvae.train import checkpoints
   workdir = pathlib.Path(workdir)
@@ -175,10 +208,18 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
       raise FileNotFoundError(f"{report_dir / name} not found; run `mmvae analyze --workdir {workdir}` first")
   latents = dict(np.load(report_dir / "latents.npz"))
   generated = dict(np.load(report_dir / "generated.npz")) if can_generate else None
+  lik_file = report_dir / "likelihood.npz"
+  lik = dict(np.load(lik_file)) if can_generate and lik_file.is_file() else None
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   dataset = checkpoints.dataset_of_run(workdir, data_dir)
-  test, train = dataset.arrays(split), dataset.arrays("train")
+  specs = dataset.modalities(config.data.get("modalities", ()))
+  test, train = dataset.arrays(split), dataset.arrays("train") if can_generate else {}
   if not np.array_equal(test["id"], latents["id"]):
     raise ValueError(f"latents.npz does not match split {split!r} of {dataset.data_dir} (example ids differ)")
-  return analyze_arrays(report_dir, latents, generated, test, train["face"], train["label"], dataset.manifest,
-                        config, _run_info(workdir, dataset.data_dir, split, "saved arrays"))
+  missing = [m for m in specs if f"{m}_mu" not in latents]
+  if generated is not None:
+    missing += [k for k in (f"{g}_from_{q}" for q in specs for g in specs) if k not in generated]
+  if missing:
+    raise ValueError(f"the saved arrays lack {missing} (written by an older mmvae?); run `mmvae analyze` again")
+  return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config,
+                        _run_info(workdir, dataset.data_dir, split, "saved arrays"), lik)

@@ -1,6 +1,8 @@
 """A sweep's table: per row and metric, mean ± std over seeds beside its chance level -> results.json and .md."""
 
 import datetime
+import fnmatch
+import itertools
 import json
 import math
 import os
@@ -8,13 +10,13 @@ import pathlib
 
 import numpy as np
 
+# A column key may hold {q} and {g}: one column per ordered pair of distinct modalities of the finished runs
+# (metrics.json 'modalities'; titles show display labels), or '*': one column per metrics.json key it matches.
 DEFAULT_COLUMNS = [
-    ("retrieval.voice_to_face.mrr", "voice->face MRR"),
-    ("retrieval.face_to_voice.mrr", "face->voice MRR"),
-    ("retrieval.voice_to_face.recall@1", "voice->face R@1"),
-    ("retrieval.face_to_voice.recall@1", "face->voice R@1"),
-    ("retrieval.voice_to_face.matching_1v2", "voice->face 1:2 matching"),
-    ("coherence.identity_accuracy", "faces from voices: identity acc."),
+    ("retrieval.{q}_to_{g}.mrr", "{q}->{g} MRR"),
+    ("coherence.{q}_to_{g}.accuracy", "{q}->{g} coherence"),
+    ("coherence.joint.accuracy", "joint coherence"),
+    ("likelihood.iwae_k*", "log p(x) (nats, K=*)"),
 ]
 TIMING = [("train_seconds", "train (s)", 1), ("step_ms", "step (ms)", 2)]
 OK = ("done", "skipped")  # statuses of runs whose report exists
@@ -34,6 +36,29 @@ def columns(metrics=None) -> list[dict]:
       raise TypeError(f"a sweep metric must be a metrics.json key or a (key, title) pair, got {item!r}")
     key, title = pair
     out.append({"key": key, "title": title})
+  return out
+
+
+def expand(cols: list[dict], metrics: list[dict]) -> list[dict]:
+  """Columns with {q}/{g} and '*' patterns replaced by the keys they stand for in these runs' metrics."""
+  from mmvae.analysis import markdown
+  names = []
+  for m in metrics:
+    names += [n for n in m.get("modalities") or () if n not in names]
+  display = markdown.display_labels(names)
+  keys = sorted({k for m in metrics for k in m if not k.endswith("_chance")})
+  out = []
+  for col in cols:
+    key, title = col["key"], col["title"]
+    if "{q}" in key or "{g}" in key:
+      out += [{"key": key.format(q=q, g=g), "title": title.format(q=display[q], g=display[g])}
+              for q, g in itertools.permutations(names, 2)]
+    elif "*" in key:
+      head, tail = key.split("*", 1)
+      out += [{"key": k, "title": title.replace("*", k[len(head):len(k) - len(tail)])}
+              for k in keys if fnmatch.fnmatchcase(k, key)]
+    else:
+      out.append(col)
   return out
 
 
@@ -143,8 +168,8 @@ def write(out, rows: list[dict], context: dict) -> dict:
   """Aggregates rows [{'row': row, 'records': [...]}] and writes OUT/results.json and OUT/results.md."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  cols = context["columns"]
-  results = {**context, "std": STD_NOTE,
+  cols = expand(context["columns"], [r.get("metrics", {}) for row in rows for r in row["records"]])
+  results = {**context, "columns": cols, "std": STD_NOTE,
              "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "rows": [aggregate_row(r["row"], r["records"], cols) for r in rows]}
   _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")

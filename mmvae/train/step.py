@@ -8,7 +8,7 @@ import optax
 from flax import nnx
 from jax import lax
 
-from mmvae import modalities, zoo
+from mmvae import zoo
 
 # Tags folded into the step key so the per-example stream and the per-step stream never collide.
 _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
@@ -65,22 +65,23 @@ def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_na
                             axis_name)
 
 
-def augment(batch, seed: int, step, positions_B, train_cfg):
-  """Training-time augmentation: each face mirrored left-right with probability 1/2 (train.face_flip).
+def augment(batch, seed: int, step, positions_B, train_cfg, specs: dict):
+  """Training-time augmentation by each modality's kind (an image mirrored left-right: train.face_flip).
 
-  Drawn from the example's (seed, step, global position) key, so it does not depend on the device count.
+  One fair coin per example from its (seed, step, global position) key, so it does not depend on the
+  device count; the modalities of a pair share it.
   """
   if not train_cfg.get("face_flip", False):
     return batch
   keys_B = jax.vmap(lambda k: jax.random.fold_in(k, _AUGMENT_TAG))(example_keys(seed, step, positions_B))
   flip_B = jax.vmap(jax.random.bernoulli)(keys_B)
-  face = batch[modalities.FACE]
-  return {**batch, modalities.FACE: jnp.where(flip_B[:, None, None, None], face[:, :, ::-1, :], face)}
+  return {k: specs[k].kind_module.augment(v, flip_B, train_cfg) if k in specs else v for k, v in batch.items()}
 
 
 def grads_and_metrics(graphdef, config, params, batch, positions_B, step, axis_name=None):
   """Gradients of the global-batch loss and its metrics; under pmap averaged over devices."""
-  batch = augment(batch, config.train.seed, step, positions_B, config.train)
+  specs = getattr(nnx.merge(graphdef, params), "specs", {})  # static, read while tracing; a model may keep none
+  batch = augment(batch, config.train.seed, step, positions_B, config.train, specs)
   grad_fn = jax.value_and_grad(
       lambda p: loss_and_metrics(graphdef, p, batch, positions_B, step, config, axis_name), has_aux=True)
   (_, metrics), grads = grad_fn(params)

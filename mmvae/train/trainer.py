@@ -12,6 +12,7 @@ Multi-host: see mmvae/train/parallel.py.
 """
 
 import datetime
+import itertools
 import json
 import pathlib
 import signal
@@ -22,7 +23,7 @@ import numpy as np
 
 import mmvae
 from mmvae import config as config_lib
-from mmvae import modalities, progress, zoo
+from mmvae import progress, zoo
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import parallel
 from mmvae.train import resume
@@ -89,21 +90,19 @@ SELECT_BY = ("cross_mrr", "loss")
 
 
 class _Validator:
-  """Loss terms (first stored frame) and cross-modal MRR (both directions, all K frames) on the validation split.
+  """Loss terms (first stored frame) and cross-modal MRR (every ordered pair, all K frames) on the validation split.
 
   The MRR goes through `inference.encode_split` and the retrieval metric of `mmvae analyze`, so the
   best checkpoint is chosen by the number the report shows for the validation split.
   """
 
-  def __init__(self, graphdef, config, dataset):
+  def __init__(self, graphdef, config, dataset, specs: dict):
     from mmvae import data
-    self.config, self.graphdef = config, graphdef
+    self.config, self.graphdef, self.specs = config, graphdef, specs
     self.arrays = None
     if "validation" in dataset.manifest.get("splits", {}) and dataset.num_examples("validation") > 0:
       self.arrays = dataset.arrays("validation")
-      self.first = {modalities.AUDIO: np.asarray(self.arrays[modalities.AUDIO], np.float32),
-                    modalities.FACE: data.face_to_float(self.arrays[modalities.FACE][:, 0]),
-                    "label": np.asarray(self.arrays["label"], np.int32)}
+      self.first = {**data.model_inputs(specs, self.arrays), "label": np.asarray(self.arrays["label"], np.int32)}
     self.fn = step_lib.make_eval_fn(graphdef, config)
 
   def __call__(self, params) -> dict | None:
@@ -121,17 +120,18 @@ class _Validator:
         totals[k] = totals.get(k, 0.0) + float(v)
       batches += 1
     row = {k: v / batches for k, v in totals.items()}
-    lat = inference.encode_split(inference.params_encoder(self.graphdef, params), self.arrays)
+    lat = inference.encode_split(inference.params_encoder(self.graphdef, params), self.arrays, self.specs)
     labels = self.first["label"]
-    row["mrr_audio_to_face"] = float(retrieval.mean_reciprocal_rank(lat["audio_mu"], lat["face_mu"], labels, labels))
-    row["mrr_face_to_audio"] = float(retrieval.mean_reciprocal_rank(lat["face_mu"], lat["audio_mu"], labels, labels))
+    for q, g in itertools.permutations(self.specs, 2):
+      row[f"mrr_{q}_to_{g}"] = float(retrieval.mean_reciprocal_rank(lat[f"{q}_mu"], lat[f"{g}_mu"], labels, labels))
     return row
 
   def score(self, row: dict) -> float:
     """Higher is better: the selection metric of config.train.select_by."""
     if self.config.train.select_by == "loss":
       return -row["loss"]
-    return 0.5 * (row["mrr_audio_to_face"] + row["mrr_face_to_audio"])
+    cross = [row[f"mrr_{q}_to_{g}"] for q, g in itertools.permutations(self.specs, 2)]
+    return sum(cross) / len(cross)
 
 
 def _nonfinite(metrics: dict) -> list[str]:
@@ -158,13 +158,14 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   check_config(config)
   dataset = data.Dataset(data_dir)
   dataset.check_config(config)
-  shapes = {k: tuple(v) for k, v in dataset.input_shapes().items()}
+  specs = dataset.modalities(config.data.get("modalities", ()))
+  shapes = {name: m.model_shape for name, m in specs.items()}
   t = config.train
   if dataset.num_examples("train") < 1:
     raise ValueError(f"{data_dir} has no training examples; prepare a dataset with a train split")
 
   log = train_log.RunLog(workdir, enabled=jax.process_index() == 0)
-  model = zoo.of(config).build(config, shapes, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
+  model = zoo.of(config).build(config, specs, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(t)
   schedule = step_lib.make_schedule(t)
   graphdef, state = step_lib.init_state(model, tx)
@@ -188,7 +189,8 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
       **resume.dataset_record(dataset), **history, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "process_count": jax.process_count(),
       "mmvae": mmvae.__version__, "jax": jax.__version__, "parallel": config.parallel,
-      "input_shapes": {k: list(v) for k, v in shapes.items()}, "num_classes": len(dataset.manifest["identities"]),
+      "input_shapes": {k: list(v) for k, v in shapes.items()},
+      "modalities": [m.to_dict() for m in specs.values()], "num_classes": len(dataset.manifest["identities"]),
       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
   start = int(restored["step"]) if restored is not None else 0
   if start > t.num_steps:
@@ -200,13 +202,13 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   log.truncate_after(start)  # rows a killed run logged after its last checkpoint are redone
   runner = parallel.Runner(graphdef, tx, config, config.parallel)
   dev_state = runner.put_state(restored if restored is not None else host_template)
-  validator = _Validator(graphdef, config, dataset)
+  validator = _Validator(graphdef, config, dataset, specs)
 
   stop = {"signal": None}
   previous = signal.getsignal(signal.SIGTERM)
   signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   batches = data.batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, num_devices=1,
-                         prefetch=t.prefetch, pairing=config.data.pairing)
+                         prefetch=t.prefetch, pairing=config.data.pairing, modality_names=tuple(specs))
   last_metrics, last_val, wait_s, timed_from, timed_steps = {}, None, 0.0, None, 0
   t_start = time.perf_counter()
   bar = progress.bar(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",

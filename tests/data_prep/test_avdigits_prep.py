@@ -38,6 +38,9 @@ def test_full_fsdd_layout_splits_and_seeded_pairing(shared_data):
   assert [e["mnist_index"] for e in other.examples] != [e["mnist_index"] for e in layout.examples]
 
 
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
   root = tmp_path / "fsdd"
   (root / "recordings").mkdir(parents=True)
@@ -48,7 +51,9 @@ def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
   manifest = prepare.prepare_avdigits(root, shared_data / "mnist-t10k", tmp_path / "out", config="avdigits:tiny",
                                       workers=1)
   assert {s: v["examples"] for s, v in manifest["splits"].items()} == {"train": 10, "validation": 10, "test": 10}
-  assert manifest["features"]["face"]["shape"] == [1, 28, 28, 1] and manifest["features"]["audio"]["shape"] == [40]
+  assert [(m["name"], m["kind"], m["shape"]) for m in manifest["modalities"]] == [
+      ("audio", "spectrogram", [40]), ("image", "image", [1, 28, 28, 1]), ("text", "tokens", [8])]
+  assert manifest["relevance"] == "same digit"
   assert [i["identity"] for i in manifest["identities"]] == [str(d) for d in range(10)]
   assert "speaker" in " ".join(manifest["notes"])
   images, labels = raw_mnist(shared_data / "mnist-t10k")
@@ -56,8 +61,12 @@ def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
   for split, take in (("train", "30"), ("validation", "7"), ("test", "0")):
     arr = ds.arrays(split)
     assert all(i.split("_")[2] == f"{take}.wav" for i in arr["id"])
-    for i, label, face in zip(arr["id"], arr["label"], arr["face"]):
+    for i, label, face, text in zip(arr["id"], arr["label"], arr["image"], arr["text"]):
       assert label == int(i.split("_")[0])
+      # The stored text names the recording's digit, read back with the manifest's own vocabulary.
+      words = [manifest["modalities"][2]["vocab"][t] for t in text if t != 0]
+      named = {w for w in words if w in DIGITS} | {DIGITS[int(w)] for w in words if w.isdigit()}
+      assert named == {DIGITS[label]}, words
       # Look the stored image up among all 10,000 raw MNIST digits: it must be a digit of the same class.
       nearest = np.abs(images.astype(int) - face[0, :, :, 0].astype(int)).sum(axis=(1, 2)).argmin()
       assert np.abs(images[nearest].astype(int) - face[0, :, :, 0]).max() <= 2

@@ -25,10 +25,10 @@ def test_reference_config_matches_the_reference_experiment():
 
 def test_path_form_and_overrides(tmp_path):
   path = config_lib.CONFIG_DIR / "synthetic.py"
-  c = config_lib.load(f"{path}:tiny", ["--config.train.batch_size=256", "parallel=sharded",
+  c = config_lib.load(f"{path}:tiny", ["--config.train.batch_size=256", "parallel=pmap",
                                        "train.learning_rate=1", "model.hidden=[8, 4]"])
   assert c.name == "synthetic_tiny"
-  assert (c.train.batch_size, c.parallel, c.train.learning_rate) == (256, "sharded", 1.0)
+  assert (c.train.batch_size, c.parallel, c.train.learning_rate) == (256, "pmap", 1.0)
   assert c.model.hidden == (8, 4) and isinstance(c.train.learning_rate, float)
 
 

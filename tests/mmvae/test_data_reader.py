@@ -9,6 +9,7 @@ import pytest
 from data_prep import storage
 from mmvae import config as config_lib
 from mmvae import data
+from mmvae.modalities import image as image_kind
 
 N, K, S = 13, 3, 5
 
@@ -31,7 +32,7 @@ def prepared(tmp_path_factory):
   cfg = config_lib.load("reference:tiny")
   cfg.data.face_size, cfg.data.frames_per_utterance = S, K
   storage.write_dataset(out, "synthetic", {"train": _examples("train", N, 0), "test": _examples("test", 4, 100)},
-                        (3,), (K, S, S, 1), {"config": "t", "data_config": cfg.data.to_dict(),
+                        storage.audio_and_face((3,), (K, S, S, 1)), {"config": "t", "data_config": cfg.data.to_dict(),
                                              "audio_normalisation": None, "identities": [], "attributes": [],
                                              "skipped": []})
   return out
@@ -58,7 +59,7 @@ def test_arrays_sorted_typed_and_manifest_complete(prepared):
   for key in ("format", "corpus", "config", "data_config", "tfds_dir", "splits", "features", "audio_normalisation",
               "identities", "attributes", "skipped", "versions", "complete"):
     assert key in manifest, key
-  np.testing.assert_array_equal(data.face_to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
+  np.testing.assert_array_equal(image_kind.to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
 
 
 @pytest.mark.parametrize("seed,step,b", [(0, 0, 4), (3, 5, 4), (1, 2, 20)])
@@ -155,7 +156,7 @@ def grouped(tmp_path_factory):
   cfg = config_lib.load("reference:tiny")
   cfg.data.face_size, cfg.data.frames_per_utterance = S, GK
   storage.write_dataset(out, "synthetic", {"train": _grouped_examples(GN, 0), "test": _grouped_examples(6, 100)},
-                        (3,), (GK, S, S, 1), {"config": "t", "data_config": cfg.data.to_dict(),
+                        storage.audio_and_face((3,), (GK, S, S, 1)), {"config": "t", "data_config": cfg.data.to_dict(),
                                               "audio_normalisation": None, "identities": [], "attributes": [],
                                               "skipped": []})
   return out

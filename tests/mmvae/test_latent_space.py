@@ -89,7 +89,6 @@ def test_nearest_identities_match_brute_force():
   rng = np.random.default_rng(1)
   labels = np.repeat(np.arange(7), 3)
   face, voice = rng.normal(size=(21, 4)), rng.normal(size=(21, 4))
-  out = latent_space.nearest_identities(face, voice, labels, top=5)
 
   def centroid(x, i):
     rows = [x[j] for j in range(len(labels)) if labels[j] == i]
@@ -98,12 +97,12 @@ def test_nearest_identities_match_brute_force():
   def cos(a, b):
     return sum(p * q for p, q in zip(a, b)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
 
-  for i in range(7):
-    sims = sorted(((cos(centroid(face, i), centroid(voice, j)), j) for j in range(7)), reverse=True)
-    assert out["face_to_voice"][i] == [j for _, j in sims[:5]]
-    assert out["face_to_voice_own_rank"][i] == 1 + [j for _, j in sims].index(i)
-    sims = sorted(((cos(centroid(voice, i), centroid(face, j)), j) for j in range(7)), reverse=True)
-    assert out["voice_to_face"][i] == [j for _, j in sims[:5]]
+  for query, gallery in ((face, voice), (voice, face)):
+    out = latent_space.nearest_identities(query, gallery, labels, top=5)
+    for i in range(7):
+      sims = sorted(((cos(centroid(query, i), centroid(gallery, j)), j) for j in range(7)), reverse=True)
+      assert out["nearest"][i] == [j for _, j in sims[:5]]
+      assert out["own_rank"][i] == 1 + [j for _, j in sims].index(i)
 
 
 def test_tsne_and_figures(tmp_path):
@@ -112,9 +111,10 @@ def test_tsne_and_figures(tmp_path):
   assert latent_space.adapted_perplexity(1000) == 30.0
   y = latent_space.tsne(x)
   assert y.shape == (18, 2) and np.isfinite(y).all()
-  joint = latent_space.tsne(np.vstack([x, x + 0.01]))
   names = {0: "a", 1: "b", 2: "c"}
-  latent_space.plot_embedding(tmp_path / "t.png", {"audio": y, "face": y, "joint": joint}, labels, names, "t")
+  three = latent_space.tsne(np.vstack([x, x + 0.01, x - 0.01]))
+  latent_space.plot_embedding(tmp_path / "t.png", {"audio": y, "face": y, "text": y, "joint": three}, labels, names,
+                              "t", joint={"joint": ["audio", "face", "text"]})
   res = {s: latent_space.dbscan(x, labels) for s in ("audio", "face")}
   kd = {s: latent_space.k_distances(x, 3) for s in res}
   latent_space.plot_dbscan(tmp_path / "d.png", {"audio": y, "face": y}, res, kd)

@@ -11,7 +11,7 @@ from flax import nnx
 from scipy import stats
 
 from mmvae import config as config_lib
-from mmvae import losses, models
+from mmvae import losses, modalities, models
 
 
 def test_kl_matches_monte_carlo():
@@ -101,6 +101,8 @@ _HEAD_W = np.array([[1.0, -0.5, 0.2], [0.3, 0.8, -1.1]], np.float32)  # _Affine'
 
 class _Affine:
   """A stand-in model with known, linear encoders and decoders to check how the terms combine."""
+
+  specs = modalities.specs({"audio": (4,), "face": (2, 2, 1)})
 
   def __init__(self, logvar=(-1.0, 0.3)):
     self.logvar = dict(zip(("audio", "face"), logvar))
@@ -236,6 +238,7 @@ def test_triplet_skips_anchors_without_positive():
 
 def test_log_sigmas_learned_offset_and_floor():
   model = type("M", (), {})()
+  model.specs = modalities.specs({"audio": (4,), "face": (2, 2, 1)})
   model.decoder = type("D", (), {})()
   model.decoder.log_sigma_offset = {"audio": jnp.float32(0.5), "face": jnp.float32(-3.0)}
   cfg = _loss_cfg(sigma=ml_collections.ConfigDict({"audio": 2.0, "face": 0.1}), min_sigma=0.01)

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from mmvae import config as config_lib
-from mmvae import models, modalities
+from mmvae import models
 
-A, V = modalities.AUDIO, modalities.FACE
+A, V = "audio", "face"
 
 
 def _param_shapes(model):
@@ -114,11 +114,11 @@ def test_conv_full_param_shapes_without_allocation():
 
 def test_bad_model_config_is_a_clear_error():
   cfg = config_lib.load("reference:tiny")
-  cfg.model.audio_encoder = "conv"
+  cfg.model.encoders.audio = "conv"
   with pytest.raises(ValueError, match="time_average"):
     models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
-  cfg.model.audio_encoder = "transformer"
-  with pytest.raises(ValueError, match="audio_encoder"):
+  cfg.model.encoders.audio = "transformer"
+  with pytest.raises(ValueError, match="encoders.audio"):
     models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
 
 

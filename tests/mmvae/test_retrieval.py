@@ -185,3 +185,80 @@ def test_verification_uses_every_pair_or_a_seeded_sample():
   s1 = retrieval.verification(a, f, la, lf, max_pairs=100, seed=1)
   s2 = retrieval.verification(a, f, la, lf, max_pairs=100, seed=1, chunk_elems=20)
   assert s1 == s2 and s1["verification_pairs_sampled"] and 60 < s1["verification_pairs"] < 140
+
+
+def _plain_ranking_metrics(query, gallery, q_lab, g_lab, same_set, k=50):
+  """MRR and mAP@k of cosine retrieval by plain loops (continuous scores: no ties); the query left out when same_set."""
+  def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+  rr, ap = [], []
+  for i, qv in enumerate(query):
+    items = [(cos(qv, gv), g_lab[j] == q_lab[i]) for j, gv in enumerate(gallery) if not (same_set and j == i)]
+    ranked = [rel for _, rel in sorted(items, key=lambda t: -t[0])]
+    n_rel = sum(ranked)
+    if not n_rel:
+      continue
+    rr.append(1.0 / (ranked.index(True) + 1))
+    hits, precision_sum = 0, 0.0
+    for pos, rel in enumerate(ranked[:k], start=1):
+      if rel:
+        hits += 1
+        precision_sum += hits / pos
+    ap.append(precision_sum / min(n_rel, k))
+  return sum(rr) / len(rr), sum(ap) / len(ap)
+
+
+def _plain_chance(q_lab, g_lab, same_set, k=50):
+  """E[MRR] and E[AP@k] of a uniformly random ranking, by sums over positions (not the library's closed forms)."""
+  mrrs, aps = [], []
+  for i, lab in enumerate(q_lab):
+    m = len(g_lab) - (1 if same_set else 0)
+    r = sum(1 for j, g in enumerate(g_lab) if g == lab and not (same_set and j == i))
+    # P(first relevant at position p) = C(m-p, r-1) / C(m, r); E[rel_p * precision_p] = r/m * (1 + (p-1)(r-1)/(m-1)) / p
+    mrrs.append(sum(math.comb(m - p, r - 1) / math.comb(m, r) / p for p in range(1, m - r + 2)))
+    aps.append(sum(r / m * (1 + (p - 1) * (r - 1) / (m - 1)) / p for p in range(1, min(k, m) + 1)) / min(r, k))
+  return sum(mrrs) / len(mrrs), sum(aps) / len(aps)
+
+
+def test_every_ordered_pair_of_three_modalities_matches_plain_loops(tmp_path):
+  from mmvae import modalities
+  from mmvae.analysis import markdown, report
+  rng = np.random.default_rng(7)
+  n, ids = 66, 6  # galleries beyond 50 items, so the @50 cut-off matters
+  labels = np.repeat(np.arange(ids), n // ids)
+  centres = rng.normal(size=(ids, 5))
+  names = ["audio", "image", "text"]
+  latents = {"label": labels}
+  for k, m in enumerate(names):  # each modality its own noise level around shared class centres
+    latents[f"{m}_mu"] = centres[labels] + (0.8 + 0.6 * k) * rng.normal(size=(n, 5))
+    latents[f"{m}_logvar"] = rng.normal(size=(n, 5))
+  metrics = report.retrieval_section(latents, names)
+  for q in names:
+    for g in names:
+      mrr, map50 = _plain_ranking_metrics(latents[f"{q}_mu"].tolist(), latents[f"{g}_mu"].tolist(), labels.tolist(),
+                                           labels.tolist(), same_set=q == g)
+      mrr_c, map50_c = _plain_chance(labels.tolist(), labels.tolist(), same_set=q == g)
+      key = f"retrieval.{q}_to_{g}"
+      assert metrics[f"{key}.mrr"] == pytest.approx(mrr, abs=1e-12), key
+      assert metrics[f"{key}.map@50"] == pytest.approx(map50, abs=1e-12), key
+      assert metrics[f"{key}.mrr_chance"] == pytest.approx(mrr_c, abs=1e-12), key
+      assert metrics[f"{key}.map@50_chance"] == pytest.approx(map50_c, abs=1e-12), key
+      for prefix in ("retrieval_euclidean", "retrieval_w2"):
+        assert f"{prefix}.{q}_to_{g}.mrr_chance" in metrics
+  assert metrics["retrieval.audio_to_image.mrr"] != metrics["retrieval.image_to_audio.mrr"]
+  # report.md's query-by-retrieval tables: row = query, column = gallery, value (chance).
+  specs = {m: modalities.Modality(m, "vector", (5,), "float32") for m in names}
+  path = tmp_path / "report.md"
+  markdown.write_report(path, {"examples": n, "identities": ids, "model.can_generate": False, **metrics}, specs,
+                        {}, near={}, id_names={})
+  text = path.read_text()
+  for title, metric in (("MRR", "mrr"), ("mAP@50", "map@50")):
+    table = text.split(f"**{title}**")[1].strip().splitlines()
+    assert table[0] == "| query \\ gallery | audio | image | text |"
+    for q, line in zip(names, table[2:5]):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      assert cells[0] == q
+      for g, cell in zip(names, cells[1:]):
+        key = f"retrieval.{q}_to_{g}.{metric}"
+        assert cell == f"{metrics[key]:.4f} ({metrics[f'{key}_chance']:.4f})"

@@ -1,5 +1,6 @@
 """`mmvae sweep` on a tiny synthetic dataset: the table against the runs' own metrics, resume, failures."""
 
+import itertools
 import json
 import os
 
@@ -18,8 +19,8 @@ def get_sweep():
       {{"name": "other data", "config": "synthetic:tiny", "overrides": ["data.face_size=16"]}},
   ], "seeds": [0, 1], "metrics": {metrics}}}
 """
-COLUMNS = ["retrieval.voice_to_face.mrr", ["retrieval.face_to_voice.recall@1", "f->v R@1"],
-           "coherence.identity_accuracy"]
+COLUMNS = ["retrieval.audio_to_face.mrr", ["retrieval.face_to_audio.recall@1", "f->v R@1"],
+           "coherence.audio_to_face.accuracy"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_table_equals_the_runs_metrics_read_independently(swept):
   for name, slug in (("plain", "plain"), ("Sample L2", "sample-l2")):
     row = rows[name]
     assert (row["finished"], row["failed"], row["seeds"]) == (2, 0, [0, 1])
-    for key in ("retrieval.voice_to_face.mrr", "retrieval.face_to_voice.recall@1", "coherence.identity_accuracy"):
+    for key in ("retrieval.audio_to_face.mrr", "retrieval.face_to_audio.recall@1", "coherence.audio_to_face.accuracy"):
       per_run = [json.loads((_run_dir(out, slug, s) / "report" / "metrics.json").read_text()) for s in (0, 1)]
       values = np.array([m[key] for m in per_run])
       got = row["metrics"][key]
@@ -87,7 +88,7 @@ def test_markdown_has_one_line_per_row_and_the_chance_line(swept):
   out, _ = swept
   md = (out / "results.md").read_text()
   table = [line for line in md.splitlines() if line.startswith("| ")]
-  assert table[0].startswith("| row | runs | voice->face MRR | f->v R@1 |")
+  assert table[0].startswith("| row | runs | retrieval.audio_to_face.mrr | f->v R@1 |")
   body = table[1:]
   assert len(body) == 4 and body[-1].startswith("| *chance* |")
   for name in ("plain", "Sample L2", "bad override"):
@@ -204,3 +205,33 @@ def test_a_run_planned_with_another_config_is_set_aside_not_resumed(swept, datas
   assert not workdir.exists() and aside.parent == workdir.parent and aside.name.startswith("seed0.superseded-")
   old = json.loads((aside / "sweep_job.json").read_text())
   assert old["config_dict"] == job["config_dict"] and (aside / "final.json").is_file()  # nothing deleted
+
+
+def test_default_columns_expand_to_every_pair_of_the_runs_modalities(tmp_path):
+  def record(seed, mrr):
+    metrics = {"modalities": ["audio", "image", "text"], "likelihood.iwae_k16": -10.0 - seed,
+               "coherence.joint.accuracy": 0.5, "coherence.joint.accuracy_chance": 0.1}
+    for q, g in itertools.permutations(["audio", "image", "text"], 2):
+      metrics.update({f"retrieval.{q}_to_{g}.mrr": mrr + seed, f"retrieval.{q}_to_{g}.mrr_chance": 0.2,
+                      f"coherence.{q}_to_{g}.accuracy": 0.9, f"coherence.{q}_to_{g}.accuracy_chance": 0.1})
+    return {"seed": seed, "status": "done", "error": None, "workdir": "w", "metrics": metrics,
+            "timing": {"train_seconds": 1.0, "step_ms": 2.0}}
+
+  row = {"name": "r", "slug": "r", "config": "c", "overrides": []}
+  context = {"columns": sweep_table.columns(None), "seeds": [0, 1], "split": "test", "data": "d", "sweep": "s.py"}
+  results = sweep_table.write(tmp_path, [{"row": row, "records": [record(0, 0.3), record(1, 0.3)]}], context)
+  keys = [c["key"] for c in results["columns"]]
+  pairs = list(itertools.permutations(["audio", "image", "text"], 2))
+  assert keys == ([f"retrieval.{q}_to_{g}.mrr" for q, g in pairs] + [f"coherence.{q}_to_{g}.accuracy" for q, g in pairs]
+                  + ["coherence.joint.accuracy", "likelihood.iwae_k16"])
+  titles = {c["key"]: c["title"] for c in results["columns"]}
+  assert titles["retrieval.text_to_image.mrr"] == "text->image MRR"
+  assert titles["likelihood.iwae_k16"] == "log p(x) (nats, K=16)"
+  assert "| row | runs | audio->image MRR | audio->text MRR |" in (tmp_path / "results.md").read_text()
+  got = results["rows"][0]["metrics"]
+  assert got["retrieval.audio_to_text.mrr"]["mean"] == pytest.approx(0.8)
+  assert got["likelihood.iwae_k16"]["chance"] is None
+  # On a voice/face dataset the titles show audio as voice; the keys keep the modality names.
+  cols = sweep_table.expand(sweep_table.columns(None), [{"modalities": ["audio", "face"]}])
+  assert [(c["key"], c["title"]) for c in cols[:2]] == [("retrieval.audio_to_face.mrr", "voice->face MRR"),
+                                                        ("retrieval.face_to_audio.mrr", "face->voice MRR")]

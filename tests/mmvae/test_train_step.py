@@ -12,7 +12,7 @@ from mmvae import losses, models, modalities
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
 
-SHAPES = {modalities.AUDIO: (512,), modalities.FACE: (23, 23, 1)}
+SHAPES = {"audio": (512,), "face": (23, 23, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def setup():
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   rng = np.random.default_rng(0)
-  batch = {modalities.AUDIO: rng.normal(size=(8, 512)).astype(np.float32),
-           modalities.FACE: rng.uniform(size=(8, 23, 23, 1)).astype(np.float32)}
+  batch = {"audio": rng.normal(size=(8, 512)).astype(np.float32),
+           "face": rng.uniform(size=(8, 23, 23, 1)).astype(np.float32)}
   return cfg, tx, graphdef, jax.tree.map(np.asarray, state), batch
 
 
@@ -97,11 +97,11 @@ def test_pmap_batch_level_terms_equal_single_device(term):
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
   cfg = config_lib.load("reference:tiny", _TERMS[term])
-  shapes = {modalities.AUDIO: (16,), modalities.FACE: (5, 5, 1)}
+  shapes = {"audio": (16,), "face": (5, 5, 1)}
   model = models.build_model(cfg, shapes, seed=1, num_classes=4)
   rng = np.random.default_rng(1)
-  batch = {modalities.AUDIO: rng.normal(size=(8, 16)).astype(np.float32),
-           modalities.FACE: rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
+  batch = {"audio": rng.normal(size=(8, 16)).astype(np.float32),
+           "face": rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
   graphdef, params = nnx.split(model, nnx.Param)
   params = jax.tree.map(np.asarray, params)
   positions, step = np.arange(8, dtype=np.int32), np.int32(2)
@@ -117,7 +117,7 @@ def test_pmap_batch_level_terms_equal_single_device(term):
     assert float(m4[k][0]) == pytest.approx(float(m1[k]), rel=1e-5, abs=1e-6), k
   assert float(m1["grad_norm"]) > 1e-3  # the compared gradients are not all zero
   # The comparison can fail: the same term on each device's 2 rows alone differs from the global one.
-  mu = {m: np.asarray(model.encode(m, batch[m])[0]) for m in (modalities.AUDIO, modalities.FACE)}
+  mu = {m: np.asarray(model.encode(m, batch[m])[0]) for m in ("audio", "face")}
   if term == "infonce":
     local = np.mean([float(losses.info_nce(shard(mu["audio"])[d], shard(mu["face"])[d], cfg.loss.temperature,
                                            shard(LABELS)[d])) for d in range(4)])
@@ -132,13 +132,13 @@ def test_runner_with_labels_matches_one_device_over_steps():
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
   cfg = config_lib.load("reference:tiny", _TERMS["all"] + ["train.lr_schedule=constant", "train.warmup_steps=0"])
-  shapes = {modalities.AUDIO: (16,), modalities.FACE: (5, 5, 1)}
+  shapes = {"audio": (16,), "face": (5, 5, 1)}
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(models.build_model(cfg, shapes, seed=2, num_classes=4), tx)
   state = jax.tree.map(np.asarray, state)
   rng = np.random.default_rng(2)
-  batch = {modalities.AUDIO: rng.normal(size=(8, 16)).astype(np.float32),
-           modalities.FACE: rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
+  batch = {"audio": rng.normal(size=(8, 16)).astype(np.float32),
+           "face": rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
   results = {}
   for n in (1, 4):
     runner = parallel.Runner(graphdef, tx, cfg, "pmap", devices=jax.devices()[:n])
@@ -163,13 +163,14 @@ def test_face_flip_mirrors_about_half_by_example_key():
   batch = {"face": face, "audio": np.zeros((64, 2), np.float32)}
   cfg = ml_collections.ConfigDict({"face_flip": True})
   pos = np.arange(64, dtype=np.int32)
-  out = np.asarray(step_lib.augment(batch, 0, 3, pos, cfg)["face"])
+  specs = modalities.specs({"audio": (2,), "face": (4, 5, 3)})
+  out = np.asarray(step_lib.augment(batch, 0, 3, pos, cfg, specs)["face"])
   mirrored = np.array([np.array_equal(o, f[:, ::-1]) for o, f in zip(out, face)])
   kept = np.array([np.array_equal(o, f) for o, f in zip(out, face)])
   assert np.all(mirrored ^ kept) and 20 <= mirrored.sum() <= 44  # Binomial(64, 1/2): 4 sd either side
   # The draw belongs to the example's global position, not to where it sits in a device's shard.
-  half = np.asarray(step_lib.augment({"face": face[32:]}, 0, 3, pos[32:], cfg)["face"])
+  half = np.asarray(step_lib.augment({"face": face[32:]}, 0, 3, pos[32:], cfg, specs)["face"])
   np.testing.assert_array_equal(half, out[32:])
-  assert not np.array_equal(np.asarray(step_lib.augment(batch, 0, 4, pos, cfg)["face"]), out)
+  assert not np.array_equal(np.asarray(step_lib.augment(batch, 0, 4, pos, cfg, specs)["face"]), out)
   off = ml_collections.ConfigDict({"face_flip": False})
-  assert step_lib.augment(batch, 0, 3, pos, off) is batch
+  assert step_lib.augment(batch, 0, 3, pos, off, specs) is batch

@@ -143,5 +143,5 @@ def test_validation_and_analysis_score_a_checkpoint_alike(full_run, dataset_dir)
   val = [r for r in _rows(workdir) if r["split"] == "validation"]
   assert val[-1]["step"] == 40 and config_lib.load("synthetic:tiny").data.frames_per_utterance > 1  # all K frames
   metrics = report.analyze(workdir, data_dir=dataset_dir, split="validation", which="last")
-  assert metrics["retrieval.voice_to_face.mrr"] == pytest.approx(val[-1]["mrr_audio_to_face"], abs=1e-6)
-  assert metrics["retrieval.face_to_voice.mrr"] == pytest.approx(val[-1]["mrr_face_to_audio"], abs=1e-6)
+  assert metrics["retrieval.audio_to_face.mrr"] == pytest.approx(val[-1]["mrr_audio_to_face"], abs=1e-6)
+  assert metrics["retrieval.face_to_audio.mrr"] == pytest.approx(val[-1]["mrr_face_to_audio"], abs=1e-6)

@@ -19,7 +19,7 @@ from mmvae.train import parallel, trainer
 from mmvae.train import step as step_lib
 from mmvae.zoo import contrastive
 
-A, V = modalities.AUDIO, modalities.FACE
+A, V = "audio", "face"
 
 
 class Toy(nnx.Module):
@@ -27,8 +27,8 @@ class Toy(nnx.Module):
 
   can_generate = True
 
-  def __init__(self, shapes: dict, latent: int, rngs: nnx.Rngs):
-    self.shapes = tuple((m, tuple(shapes[m])) for m in modalities.MODALITIES)
+  def __init__(self, specs: dict, latent: int, rngs: nnx.Rngs):
+    self.shapes = tuple((name, m.model_shape) for name, m in specs.items())  # {name: Modality} from the dataset
     self.enc = nnx.Dict({m: nnx.Linear(math.prod(s), 2 * latent, rngs=rngs) for m, s in self.shapes})
     self.dec = nnx.Dict({m: nnx.Linear(latent, math.prod(s), rngs=rngs) for m, s in self.shapes})
 
@@ -47,7 +47,7 @@ class ToyKind:
 
   def loss(self, model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
     recon, kl = 0.0, 0.0
-    for i, m in enumerate(modalities.MODALITIES):
+    for i, m in enumerate(("audio", "face")):
       mu_BxZ, logvar_BxZ = model.encode(m, batch[m])
       eps_BxZ = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), mu_BxZ.shape[1:]))(example_keys_B)
       out = model.decode(mu_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ)
@@ -80,14 +80,14 @@ def test_a_toy_kind_registered_here_trains_and_is_analysed(synthetic_dataset, tm
   train_losses, metrics = _analysed_run(synthetic_dataset, tmp_path / "toy", "toy", 20)
   assert len(train_losses) == 20 and np.mean(train_losses[-4:]) < 0.7 * np.mean(train_losses[:4]), train_losses
   assert metrics["model.kind"] == "toy" and metrics["model.can_generate"] is True
-  assert "retrieval.voice_to_face.mrr" in metrics and "coherence.identity_accuracy" in metrics
-  assert (tmp_path / "toy" / "report" / "faces_from_voices.png").is_file()
+  assert "retrieval.audio_to_face.mrr" in metrics and "coherence.audio_to_face.accuracy" in metrics
+  assert (tmp_path / "toy" / "report" / "face_from_audio.png").is_file()
   # The faces the report scored are the toy's decoder applied to its voice means, computed here by hand.
   model, _, _ = mmvae.load_run(tmp_path / "toy", checkpoint="last")
   lat = np.load(tmp_path / "toy" / "report" / "latents.npz")
   gen = np.load(tmp_path / "toy" / "report" / "generated.npz")
   w, b = np.asarray(model.dec[V].kernel[...]), np.asarray(model.dec[V].bias[...])
-  np.testing.assert_allclose(gen["face_from_voice"].reshape(len(lat["audio_mu"]), -1), lat["audio_mu"] @ w + b,
+  np.testing.assert_allclose(gen["face_from_audio"].reshape(len(lat["audio_mu"]), -1), lat["audio_mu"] @ w + b,
                              rtol=1e-4, atol=1e-4)
 
 
@@ -105,7 +105,7 @@ def test_every_kind_agrees_on_one_and_four_devices_and_learns(kind, extra, synth
   trainer.check_config(cfg)
   dataset = data.Dataset(synthetic_dataset)
   kind_obj = zoo.of(cfg)
-  model = kind_obj.build(cfg, dataset.input_shapes(), seed=0, num_classes=len(dataset.manifest["identities"]))
+  model = kind_obj.build(cfg, dataset.modalities(), seed=0, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   state = jax.tree.map(np.asarray, state)
@@ -143,7 +143,7 @@ def _np_info_nce(u, v, temperature, labels):
 class _Fixed:
   """Three modalities whose posterior means are the inputs themselves, and a fixed identity head."""
 
-  modalities = ("audio", "face", "text")
+  specs = dict.fromkeys(("audio", "face", "text"))  # contrastive.loss reads only the names
 
   def __init__(self, w_ZxC):
     self.w_ZxC = w_ZxC
@@ -158,17 +158,17 @@ class _Fixed:
 @pytest.mark.parametrize("positives", ["pair", "identity"])
 def test_contrastive_loss_is_the_mean_over_pairs_of_a_plain_infonce_loop(positives):
   rng = np.random.default_rng(0)
-  batch = {m: rng.normal(size=(6, 4)).astype(np.float32) for m in _Fixed.modalities}
+  batch = {m: rng.normal(size=(6, 4)).astype(np.float32) for m in _Fixed.specs}
   batch["label"] = np.array([0, 1, 0, 2, 1, 2], np.int32)
   w = rng.normal(size=(4, 3)).astype(np.float32)
   cfg = ml_collections.ConfigDict({"temperature": 0.3, "infonce_positives": positives, "identity_weight": 0.5})
   total, metrics = contrastive.loss(_Fixed(w), batch, None, None, 0, cfg)
   labels = batch["label"] if positives == "identity" else None
-  pairs = list(itertools.combinations(_Fixed.modalities, 2))
+  pairs = list(itertools.combinations(_Fixed.specs, 2))
   expected = sum(_np_info_nce(batch[m], batch[n], 0.3, labels) for m, n in pairs) / len(pairs)
   assert float(metrics["infonce"]) == pytest.approx(expected, rel=1e-5)
   ce = []
-  for m in _Fixed.modalities:
+  for m in _Fixed.specs:
     logits = batch[m] @ w
     ce += [math.log(sum(math.exp(x) for x in row)) - row[y] for row, y in zip(logits.tolist(), batch["label"])]
   assert float(metrics["identity_ce"]) == pytest.approx(sum(ce) / len(ce), rel=1e-5)
@@ -176,7 +176,7 @@ def test_contrastive_loss_is_the_mean_over_pairs_of_a_plain_infonce_loop(positiv
 
 
 def test_an_unknown_kind_is_a_one_line_error_with_a_suggestion(synthetic_dataset, tmp_path, capsys):
-  with pytest.raises(ValueError, match=r"'contrastiv' is unknown; did you mean 'contrastive'\? known kinds: .*msvae"):
+  with pytest.raises(ValueError, match=r"'contrastiv' is unknown; did you mean 'contrastive'\? known model kinds: .*msvae"):
     zoo.get("contrastiv")
   with pytest.raises(ValueError, match="did you mean 'msvae'"):
     trainer.check_config(_config("msvea"))
@@ -196,7 +196,7 @@ def test_a_contrastive_run_is_analysed_without_generation(synthetic_dataset, tmp
   assert np.isfinite(train_losses).all()
   saved = json.loads((workdir / "report" / "metrics.json").read_text())
   assert saved == metrics and metrics["model.kind"] == "contrastive" and metrics["model.can_generate"] is False
-  for key in ("retrieval.voice_to_face.mrr", "retrieval.face_to_voice.mrr_chance", "clusters.joint.ari"):
+  for key in ("retrieval.audio_to_face.mrr", "retrieval.face_to_audio.mrr_chance", "clusters.joint.ari"):
     assert key in saved, key
   assert not [k for k in saved if k.startswith("coherence.")]
   md = (workdir / "report" / "report.md").read_text()

@@ -1,0 +1,154 @@
+"""Figures and tables of cross generation: image grids, spectra, decoded texts, one per (source, target) pair.
+
+Which picture a target modality gets depends on its kind (FIGURES); a kind without an entry gets none.
+Files are named `<g>_from_<q>.png`, like the arrays of generated.npz.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 120
+TEXT_EXAMPLES = 8  # rows of a decoded-text table
+
+
+def _show(ax, img):
+  img = np.asarray(img, np.float32)
+  img = img / 255.0 if img.max() > 1.5 else img
+  if img.ndim == 3 and img.shape[-1] == 1:
+    ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+  else:
+    ax.imshow(np.clip(img, 0, 1))
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def first_frame(m, stored):
+  """One example's stored value as the model sees its shape (an image's first frame)."""
+  stored = np.asarray(stored)
+  return stored[0] if stored.ndim == len(m.model_shape) + 1 else stored
+
+
+def select_identities(labels, max_identities: int) -> np.ndarray:
+  """The first identities in label order (deterministic), at most max_identities."""
+  return np.unique(np.asarray(labels))[:max_identities]
+
+
+def plot_image_grid(path, m, real, recon, cross, labels, names: dict, title: str, per_row: int = 4,
+                    max_identities: int = 12, source: str = "source", target: str = "target") -> None:
+  """Per identity: a real example, its reconstruction, and `per_row` examples generated from the source modality."""
+  labels = np.asarray(labels)
+  ids = select_identities(labels, max_identities)
+  cols = 2 + per_row
+  fig, axes = plt.subplots(len(ids), cols, figsize=(1.3 * cols + 1.6, 1.35 * len(ids) + 0.6), squeeze=False)
+  for r, i in enumerate(ids):
+    rows = np.flatnonzero(labels == i)
+    _show(axes[r, 0], first_frame(m, real[rows[0]]))
+    _show(axes[r, 1], recon[rows[0]])
+    for c in range(per_row):
+      if c < len(rows):
+        _show(axes[r, 2 + c], cross[rows[c]])
+      else:
+        axes[r, 2 + c].axis("off")
+    axes[r, 0].set_ylabel(str(names.get(int(i), i))[:14], fontsize=8, rotation=0, ha="right", va="center")
+  for c, head in enumerate(["real", f"from {target}"] + [f"from {source} {k + 1}" for k in range(per_row)]):
+    axes[0, c].set_title(head, fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+
+
+def plot_spectra(path, m, real, recon, cross, labels, names: dict, title: str, max_identities: int = 6,
+                 source: str = "source", target: str = "target") -> None:
+  """Per identity: real, reconstructed and cross-generated values (curves for vectors, images for [T, F])."""
+  labels = np.asarray(labels)
+  ids = select_identities(labels, max_identities)
+  vector = np.asarray(recon).ndim == 2
+  fig, axes = plt.subplots(len(ids), 1 if vector else 3, figsize=(9 if vector else 10, 1.9 * len(ids) + 0.6),
+                           squeeze=False)
+  series = (("real", real), (f"from {target}", recon), (f"from {source}", cross))
+  for r, i in enumerate(ids):
+    rows = np.flatnonzero(labels == i)
+    name = str(names.get(int(i), i))
+    if vector:  # pooled features: identity means as curves over the feature index
+      ax = axes[r, 0]
+      for (head, values), width in zip(series, (1, 1, 1.5)):
+        ax.plot(np.mean(np.asarray(values)[rows].reshape(len(rows), -1), 0), label=head, lw=width)
+      ax.set_ylabel("value", fontsize=7)
+      ax.set_title(name, fontsize=8)
+      if r == 0:
+        ax.legend(fontsize=7, ncol=3)
+      if r == len(ids) - 1:
+        ax.set_xlabel("feature")
+    else:
+      for c, (head, values) in enumerate(series):
+        ax = axes[r, c]
+        ax.imshow(np.asarray(first_frame(m, values[rows[0]])).T, origin="lower", aspect="auto", cmap="magma")
+        ax.set_title(f"{name}: {head}", fontsize=8)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("bin")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+
+
+FIGURES = {"image": plot_image_grid, "spectrogram": plot_spectra, "vector": plot_spectra}  # by target kind
+
+
+def plot_pairs(report_dir, specs: dict, test: dict, generated: dict, labels, names: dict, display: dict) -> list:
+  """Writes `<g>_from_<q>.png` for every pair whose target kind has a figure; returns [(file, caption)]."""
+  written = []
+  for g, m in specs.items():
+    plot = FIGURES.get(m.kind)
+    if plot is None:
+      continue
+    for q in specs:
+      if q == g:
+        continue
+      caption = f"{display[g]} generated from {display[q]}"
+      caption = caption[0].upper() + caption[1:]
+      path = f"{g}_from_{q}.png"
+      plot(report_dir / path, m, test[g], generated[f"{g}_from_{g}"], generated[f"{g}_from_{q}"], labels, names,
+           f"{caption} (per row: one identity)", source=display[q], target=display[g])
+      written.append((path, caption))
+  return written
+
+
+def detokenize(ids, vocab) -> str:
+  """Token ids -> words (padding, id 0, left out; an id outside the vocabulary as <id>)."""
+  vocab = list(vocab or ())
+  return " ".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids)) if i != 0)
+
+
+def text_examples(specs: dict, test: dict, generated: dict, labels, names: dict, n: int = TEXT_EXAMPLES) -> dict:
+  """{tokens modality g: {'sources': [q, ...], 'rows': [(identity, truth, [text from each q])]}}, one per identity."""
+  labels = np.asarray(labels)
+  rows_of = [int(np.flatnonzero(labels == i)[0]) for i in select_identities(labels, n)]
+  out = {}
+  for g, m in specs.items():
+    if m.kind != "tokens":
+      continue
+    vocab = m.get("vocab")
+    sources = [q for q in specs if q != g and f"{g}_from_{q}" in generated]
+    out[g] = {"sources": sources,
+              "rows": [(str(names.get(int(labels[r]), labels[r])), detokenize(test[g][r], vocab),
+                        [detokenize(generated[f"{g}_from_{q}"][r], vocab) for q in sources]) for r in rows_of]}
+  return out
+
+
+def save_image_png(image_SxSxC, out, scale: int = 4) -> None:
+  """A float [0, 1] image as a PNG, enlarged `scale` times with nearest-neighbour pixels."""
+  import pathlib
+
+  from PIL import Image
+  img = np.clip(np.asarray(image_SxSxC, np.float32), 0, 1)
+  img = (img * 255 + 0.5).astype(np.uint8)
+  img = img[..., 0] if img.shape[-1] == 1 else img
+  img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(img).save(out)

@@ -1,0 +1,138 @@
+"""Building blocks every model and modality kind shares: MLP and conv encoders, decoder heads, initialisation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The JAX dtype of config.model.dtype."""
+  if name not in _DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+class MLPEncoder(nnx.Module):
+  """Flattens the input and maps it through an MLP to (mu, logvar) of q(z|x)."""
+
+  def __init__(self, in_shape, hidden, latent_dim, dtype, rngs: nnx.Rngs):
+    widths = (math.prod(in_shape),) + tuple(hidden)
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+    self.head = nnx.Linear(widths[-1], 2 * latent_dim, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x_BxD):
+    h_BxH = x_BxD.reshape(x_BxD.shape[0], -1).astype(self.dtype)
+    for layer in self.layers:
+      h_BxH = nnx.relu(layer(h_BxH))
+    mu_BxZ, logvar_BxZ = jnp.split(self.head(h_BxH).astype(jnp.float32), 2, axis=-1)
+    return mu_BxZ, logvar_BxZ
+
+
+class ConvEncoder(nnx.Module):
+  """Stride-2 3x3 convolutions over an image [H, W, C] (or a spectrogram [T, F] as one channel)."""
+
+  def __init__(self, in_shape, channels, latent_dim, dtype, rngs: nnx.Rngs, pool_time: bool):
+    if len(in_shape) not in (2, 3):
+      raise ValueError(f"a conv encoder needs a [T, F] spectrogram or an [S, S, C] image, got shape {in_shape}; "
+                       "use the 'mlp' encoder (config.model.encoders) for vector inputs")
+    self.add_channel = len(in_shape) == 2
+    h, w, c = (*in_shape, 1) if self.add_channel else in_shape
+    convs = []
+    for ch in channels:
+      convs.append(nnx.Conv(c, ch, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs))
+      h, w, c = -(-h // 2), -(-w // 2), ch
+    self.convs = nnx.List(convs)
+    # Spectrograms are averaged over time (as in VGGVox) so the head does not grow with the clip length.
+    self.pool_time = pool_time
+    flat = (w * c) if pool_time else (h * w * c)
+    self.head = nnx.Linear(flat, 2 * latent_dim, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x_BxHxW):
+    h = x_BxHxW.astype(self.dtype)
+    if self.add_channel:
+      h = h[..., None]
+    for conv in self.convs:
+      h = nnx.relu(conv(h))
+    if self.pool_time:
+      h = h.mean(axis=1)
+    mu_BxZ, logvar_BxZ = jnp.split(self.head(h.reshape(h.shape[0], -1)).astype(jnp.float32), 2, axis=-1)
+    return mu_BxZ, logvar_BxZ
+
+
+class MLPHead(nnx.Module):
+  """One linear map from the shared trunk to a flattened output of `out_shape`."""
+
+  def __init__(self, in_dim, out_shape, dtype, rngs: nnx.Rngs):
+    self.out_shape = tuple(out_shape)
+    self.linear = nnx.Linear(in_dim, math.prod(out_shape), dtype=dtype, rngs=rngs)
+
+  def __call__(self, h_BxH):
+    return self.linear(h_BxH).astype(jnp.float32).reshape((h_BxH.shape[0],) + self.out_shape)
+
+
+class ConvHead(nnx.Module):
+  """Transposed convolutions from a small grid up to [H, W, C], cropped to size (T=297 is no power of 2)."""
+
+  def __init__(self, in_dim, out_shape, channels, dtype, rngs: nnx.Rngs):
+    self.out_shape = tuple(out_shape)
+    self.squeeze = len(out_shape) == 2
+    h, w, c = (*out_shape, 1) if self.squeeze else out_shape
+    n = len(channels)
+    self.grid = (-(-h // 2**n), -(-w // 2**n), channels[-1])
+    # The audio encoders pool over time, so z carries no timing: a spectrogram head maps z to one
+    # frequency profile, broadcast over time plus a learned time-frequency bias (a full [T, F, C]
+    # linear would hold ~80M weights for 297x512).
+    self.time_invariant = self.squeeze
+    out = math.prod(self.grid[1:]) if self.time_invariant else math.prod(self.grid)
+    self.linear = nnx.Linear(in_dim, out, dtype=dtype, rngs=rngs)
+    if self.time_invariant:
+      # Zero on purpose, like any bias: the head starts as the plain broadcast profile.
+      self.grid_bias = nnx.Param(jnp.zeros(self.grid, jnp.float32))
+    outs = tuple(reversed(channels[:-1])) + (c,)
+    ins = tuple(reversed(channels))
+    self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)
+                             for a, b in zip(ins, outs)])
+    self.hw = (h, w)
+
+  def __call__(self, h_BxH):
+    if self.time_invariant:
+      g = self.linear(h_BxH).reshape((h_BxH.shape[0], 1) + self.grid[1:]) + self.grid_bias[...].astype(h_BxH.dtype)
+    else:
+      g = self.linear(h_BxH).reshape((h_BxH.shape[0],) + self.grid)
+    g = nnx.relu(g)
+    for i, deconv in enumerate(self.deconvs):
+      g = deconv(g)
+      if i < len(self.deconvs) - 1:
+        g = nnx.relu(g)
+    g = g[:, :self.hw[0], :self.hw[1]].astype(jnp.float32)
+    return g[..., 0] if self.squeeze else g
+
+
+# XLA's default CPU optimisation passes take seconds to compile the random-number programs of a
+# large model; for a one-off initialisation the unoptimised program runs in a fraction of that.
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def init_module(build, seed: int):
+  """The module `build(rngs)` returns, each parameter drawn by its own layer's Flax initialiser.
+
+  Every parameter kind starts as its layer declares (by default: Linear/Conv kernels LeCun-normal,
+  biases zero, LayerNorm/BatchNorm scales one), and a parameter a module creates from a value (the
+  zero log-sigma offsets, the zero grid bias) keeps that value. Keys come from nnx.Rngs(params=seed),
+  so the draw depends on the seed and the module's structure, not on the device set.
+
+  Start-up stays fast: the structure is traced once abstractly (config errors surface there, nothing
+  allocated) and all initialisers run in one jitted program, compiled once instead of once per shape.
+  """
+  if isinstance(jnp.zeros(()), jax.core.Tracer):  # inside an eval_shape or jit: part of that program
+    return build(nnx.Rngs(params=seed))
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(params=seed))))
+  options = _INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  state = jax.jit(lambda: nnx.state(build(nnx.Rngs(params=seed))), compiler_options=options)()
+  return nnx.merge(graphdef, state)

@@ -1,0 +1,144 @@
+"""Modalities are data: a prepared dataset declares each one (name, kind, shape, dtype); kinds are registered modules.
+
+A manifest's `modalities` list holds one entry per modality, in order (the first is the anchor that
+pairing is relative to):
+
+  {"name": "audio", "kind": "spectrogram", "shape": [40], "dtype": "float32"}
+  {"name": "face", "kind": "image", "shape": [K, S, S, C], "dtype": "uint8"}      K stored frames
+  {"name": "text", "kind": "tokens", "shape": [L], "dtype": "int32", "vocab": [...]}
+
+A modality kind is a module (or object) offering:
+
+  ENCODERS: tuple of encoder choices (config.model.encoders[name]), the first the default
+  model_shape(m) -> shape of one example as the model sees it
+  frames(m) -> stored alternatives per example (an image's K frames; 1 otherwise)
+  inputs(m, stored_N, frame_N) -> numpy model input of N examples (one chosen frame each)
+  encoder(choice, m, model_cfg, dtype, rngs) -> module: x -> (mu_BxZ, logvar_BxZ)
+  head(in_dim, m, decoder, model_cfg, dtype, rngs) -> module: h_BxH -> raw output
+  activate(raw) -> the output of decode (an image's sigmoid; identity for most kinds)
+  nll(output_B, target_B, log_sigma) -> -log p(target | output) per example, in nats
+  to_data(output) -> decoded output in the stored value space (numpy: image pixels in [0, 1], token ids)
+  augment(x_B, flip_B, train_cfg) -> x_B          (train-time; flip_B is one fair coin per example)
+  DEFAULT_SIGMA: the Gaussian likelihood scale, or None for a likelihood without one
+
+Register a new kind with `modalities.register(kind, module)`; the model zoo, the reader, the
+trainer and analysis reach modalities only through these functions, so they never name one.
+"""
+
+import dataclasses
+
+from mmvae import registry
+
+_BUILTIN = {k: f"mmvae.modalities.{k}" for k in ("spectrogram", "image", "vector", "tokens")}
+_FUNCTIONS = ("model_shape", "frames", "inputs", "encoder", "head", "activate", "nll", "to_data", "augment")
+_REGISTRY = registry.Registry("modality kind", "a manifest's modality kind", _BUILTIN, _FUNCTIONS)
+# The kinds of datasets and runs from before manifests declared modalities (two fixed names).
+LEGACY_KINDS = {"audio": "spectrogram", "face": "image"}
+
+
+register = _REGISTRY.register  # register(kind, module): makes `kind` usable in manifests
+kinds = _REGISTRY.names  # every known modality kind
+get = _REGISTRY.get  # the module of a kind; ValueError naming the known kinds when there is none
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+  """One declared modality: name, kind, stored per-example shape and dtype, and kind-specific extras (vocab)."""
+
+  name: str
+  kind: str
+  shape: tuple[int, ...]
+  dtype: str
+  extra: tuple = ()  # sorted (key, value) pairs, so the spec stays hashable (a static jit argument)
+
+  @property
+  def kind_module(self):
+    return get(self.kind)
+
+  @property
+  def model_shape(self) -> tuple[int, ...]:
+    return tuple(int(d) for d in self.kind_module.model_shape(self))
+
+  @property
+  def frames(self) -> int:
+    return int(self.kind_module.frames(self))
+
+  def get(self, key: str, default=None):
+    return dict(self.extra).get(key, default)
+
+  def to_dict(self) -> dict:
+    return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in self.extra}}
+
+
+def from_dict(d: dict) -> Modality:
+  """A Modality from its manifest entry (unknown kinds fail here, with the known ones named)."""
+  missing = [k for k in ("name", "kind", "shape", "dtype") if k not in d]
+  if missing:
+    raise ValueError(f"a manifest modality needs name, kind, shape and dtype; {d!r} lacks {missing}")
+  get(d["kind"])
+  extra = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()
+                       if k not in ("name", "kind", "shape", "dtype")))
+  return Modality(str(d["name"]), str(d["kind"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]), extra)
+
+
+def of_manifest(manifest: dict) -> tuple[Modality, ...]:
+  """The dataset's modalities in order: its `modalities` list, or (older datasets) audio and face from `features`."""
+  if manifest.get("modalities"):
+    return tuple(from_dict(d) for d in manifest["modalities"])
+  feats = manifest.get("features", {})
+  return tuple(Modality(name, kind, tuple(feats[name]["shape"]), feats[name]["dtype"])
+               for name, kind in LEGACY_KINDS.items() if name in feats)
+
+
+def specs(input_shapes: dict) -> dict[str, Modality]:
+  """{name: Modality} from a dict of Modality values, or of model-input shapes of the two legacy names."""
+  out = {}
+  for name, value in input_shapes.items():
+    if isinstance(value, Modality):
+      out[name] = value
+    elif isinstance(value, dict):
+      out[name] = from_dict({"name": name, **value})
+    elif name in LEGACY_KINDS:  # a model shape, as run.json and older callers give it
+      shape = tuple(int(d) for d in value)
+      stored = (1, *shape) if LEGACY_KINDS[name] == "image" else shape
+      out[name] = Modality(name, LEGACY_KINDS[name], stored, "uint8" if LEGACY_KINDS[name] == "image" else "float32")
+    else:
+      raise ValueError(f"modality {name!r} is given only a shape {tuple(value)}; give its manifest entry "
+                       "(name, kind, shape, dtype) so its kind is known")
+  return out
+
+
+def selected(all_modalities, names) -> tuple[Modality, ...]:
+  """The modalities a run uses (config.data.modalities; empty = all), in the dataset's order."""
+  names = tuple(names or ())
+  known = [m.name for m in all_modalities]
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"config.data.modalities names {unknown}, which the dataset does not have (it has {known})")
+  chosen = tuple(m for m in all_modalities if not names or m.name in names)
+  if len(chosen) < 2:
+    raise ValueError(f"a run needs at least 2 modalities, config.data.modalities selects {[m.name for m in chosen]}")
+  return chosen
+
+
+def encoder_choice(model_cfg, m: Modality) -> str:
+  """config.model.encoders[m.name], else the kind's default; ValueError naming the choices when unknown."""
+  kind = m.kind_module
+  choices = model_cfg.get("encoders", {}) or {}
+  # Configs written before `encoders` existed name the two legacy modalities' encoders directly.
+  legacy = model_cfg.get(f"{m.name}_encoder", kind.ENCODERS[0]) if m.name in LEGACY_KINDS else kind.ENCODERS[0]
+  choice = choices.get(m.name, legacy)
+  if choice not in kind.ENCODERS:
+    raise ValueError(f"config.model.encoders.{m.name}={choice!r} is not an encoder of the {m.kind!r} kind; "
+                     f"use one of {kind.ENCODERS}")
+  return choice
+
+
+def sigma(loss_cfg, m: Modality) -> float | None:
+  """The initial Gaussian scale of a modality: config.loss.sigma[name], else its kind's default (None: no scale)."""
+  default = getattr(m.kind_module, "DEFAULT_SIGMA", None)
+  if default is None:
+    return None
+  table = loss_cfg.get("sigma", {}) or {}
+  return float(table[m.name]) if m.name in table else float(default)

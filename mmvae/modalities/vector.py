@@ -1,0 +1,28 @@
+"""`vector`: a precomputed feature vector [D] (float32, e.g. from a pretrained model); Gaussian likelihood."""
+
+import sys
+
+from mmvae import layers, likelihoods, modalities
+from mmvae.modalities import base
+
+ENCODERS = ("mlp",)
+DEFAULT_SIGMA = 1.0
+
+
+def encoder(choice, m, mc, dtype, rngs):
+  del choice
+  return layers.MLPEncoder(m.shape, mc.hidden, mc.latent_dim, dtype, rngs)
+
+
+def head(in_dim, m, decoder, mc, dtype, rngs):
+  del decoder, mc
+  return layers.MLPHead(in_dim, m.shape, dtype, rngs)
+
+
+nll = likelihoods.gaussian_nll  # -log N(target | output, sigma^2 I), nats
+
+model_shape, frames, activate, augment = base.model_shape, base.frames, base.activate, base.augment
+inputs, to_data = base.float_inputs, base.to_data
+
+
+modalities.register("vector", sys.modules[__name__])

@@ -107,3 +107,36 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
 def to_dict(config: ml_collections.ConfigDict) -> dict:
   """A JSON-friendly copy (tuples become lists)."""
   return config.to_dict()
+
+
+# Keys renamed since a run's config.json was written: old key -> new key.
+RENAMED = {"model.audio_encoder": "model.encoders.audio", "model.face_encoder": "model.encoders.face"}
+
+
+def upgraded(old: dict, new: dict) -> dict:
+  """A flat old config as today's code reads it: renamed keys moved, keys added since then at their defaults.
+
+  A key the old run lacks means the behaviour from before the key existed, which is its default, so a
+  resume with that default is no config change (model.kind -> 'msvae', data.modalities -> all, ...).
+  """
+  from experiments.configs import common
+  defaults = flat(to_dict(common.base_config()))
+  out = {RENAMED.get(k, k): v for k, v in old.items()}
+  for key, value in new.items():
+    if key not in out and key in defaults and _same(defaults[key], value):
+      out[key] = value
+  return out
+
+
+def _same(a, b) -> bool:
+  norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  (JSON turns tuples into lists)
+  return norm(a) == norm(b)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+  """{'a.b.c': value} of a nested dict."""
+  out = {}
+  for k, v in d.items():
+    out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return out
+

@@ -56,22 +56,10 @@ def check_config(config) -> None:
   parallel.check_batch_size(t.batch_size, jax.device_count())
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
-  old = json.loads(path.read_text())
-  # A run started before config.model.kind existed is of the default kind, not a different config.
-  old.setdefault("model", {}).setdefault("kind", zoo.DEFAULT_KIND)
-  old = _flat(old)
-  new = _flat(json.loads(json.dumps(config_lib.to_dict(config))))
+  new = config_lib.flat(json.loads(json.dumps(config_lib.to_dict(config))))
+  # A run started before a key existed (model.kind, data.modalities, ...) ran with its default.
+  old = config_lib.upgraded(config_lib.flat(json.loads(path.read_text())), new)
   # The cosine schedule decays to zero at num_steps: another length would change the rate of every later step.
   free = [r for r in RESUMABLE_CHANGES if r != "train.num_steps" or config.train.lr_schedule != "cosine"]
   changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)

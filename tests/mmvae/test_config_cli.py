@@ -56,3 +56,15 @@ def test_cli_reports_bad_input_in_one_line(capsys, tmp_path):
   assert rc == 2 and err.startswith("mmvae train: error:") and "Traceback" not in err
   with pytest.raises(SystemExit):
     cli.main(["analyze", "--workdir", str(tmp_path), "--bogus"])
+
+
+def test_an_old_runs_config_reads_as_today_keys_added_since_at_their_defaults():
+  new = config_lib.flat(config_lib.to_dict(config_lib.load("conv")))
+  old = {k: v for k, v in new.items() if not k.startswith(("model.encoders.", "data.modalities", "model.kind",
+                                                            "loss.estimator"))}
+  old["model.audio_encoder"], old["model.face_encoder"] = "conv", "conv"  # the names before model.encoders
+  up = config_lib.upgraded(old, new)
+  assert {k for k in set(up) | set(new) if up.get(k) != new.get(k)} == set()
+  # A key the old run lacks but the new config sets away from its default is a real change.
+  changed = dict(new, **{"loss.estimator": "dreg"})
+  assert config_lib.upgraded(old, changed).get("loss.estimator") is None

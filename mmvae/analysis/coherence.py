@@ -1,7 +1,8 @@
 """Coherence of generated data: an independent classifier per modality, trained on real training data.
 
-Each modality g gets its own classifier of the dataset's label (standardised features, multinomial
-logistic regression), fitted on REAL training examples of g only, never on anything a model made:
+Each modality g gets its own classifier of the dataset's label (an RBF support-vector machine on the
+features below, kernel width from their variance), fitted on REAL training examples of g only, never on
+anything a model made:
   image        pixels in [0, 1] (every stored frame is a training example)
   spectrogram  a [T, F] spectrogram's per-bin mean and std over time; a pooled vector as it is
   tokens       bag-of-words counts over the vocabulary (padding, id 0, left out)
@@ -22,9 +23,10 @@ Identity attributes (gender, ...) of image modalities are scored the same way as
 
 import numpy as np
 import threadpoolctl
-from sklearn import linear_model, pipeline, preprocessing
+from sklearn import svm
 
-MAX_TRAIN_EXAMPLES = 20000  # a seeded subsample beyond this keeps each classifier to minutes on VoxCeleb1
+# A kernel machine fits in O(N^2): a seeded subsample beyond this keeps each classifier to minutes on VoxCeleb1.
+MAX_TRAIN_EXAMPLES = 10000
 MAX_CLASSES = 50  # attributes with more values (e.g. nationality) are not scored
 ATTRIBUTE_KINDS = ("image",)  # kinds whose generated data is also scored for identity attributes
 
@@ -92,12 +94,16 @@ def _subsample(data, targets, seed: int, max_examples: int):
 
 
 def fit(x_NxD, targets, seed: int = 0, max_examples: int = MAX_TRAIN_EXAMPLES):
-  """Standardised features -> multinomial logistic regression."""
+  """Features -> an RBF support-vector machine (one-vs-one; gamma = 1 / (D * variance of the features)).
+
+  Chosen over the linear classifier used before because the coherence it measures cannot exceed the
+  classifier's own accuracy on real data: on AV-digits' 2,400 training digits a standardised logistic
+  regression reads 87% of real test MNIST digits correctly, this 95% (spoken digits: 94% -> 98%).
+  """
   x, y = _subsample(np.asarray(x_NxD, np.float32), np.asarray(targets), seed, max_examples)
   if len(np.unique(y)) < 2:
     raise ValueError("a coherence classifier needs at least two classes in the training data")
-  clf = pipeline.make_pipeline(preprocessing.StandardScaler(),
-                               linear_model.LogisticRegression(C=0.1, max_iter=500, random_state=seed))
+  clf = svm.SVC(C=10.0, gamma="scale", random_state=seed)
   # Small fits lose more to BLAS threads on a busy machine than they gain.
   with threadpoolctl.threadpool_limits(limits=1 if x.size < 20_000_000 else None):
     return clf.fit(x, y)

@@ -1,6 +1,7 @@
 """Load experiment configs by name or `path.py[:variant]`, and apply `--config.a.b=value` overrides."""
 
 import ast
+import json
 import difflib
 import importlib.util
 import pathlib
@@ -120,17 +121,12 @@ def upgraded(old: dict, new: dict) -> dict:
   resume with that default is no config change (model.kind -> 'msvae', data.modalities -> all, ...).
   """
   from experiments.configs import common
-  defaults = flat(to_dict(common.base_config()))
+  defaults = flat(json.loads(json.dumps(to_dict(common.base_config()))))  # as JSON has it: tuples are lists
   out = {RENAMED.get(k, k): v for k, v in old.items()}
-  for key, value in new.items():
-    if key not in out and key in defaults and _same(defaults[key], value):
-      out[key] = value
+  for key in new:
+    if key not in out and key in defaults:
+      out[key] = defaults[key]
   return out
-
-
-def _same(a, b) -> bool:
-  norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  (JSON turns tuples into lists)
-  return norm(a) == norm(b)
 
 
 def flat(d: dict, prefix: str = "") -> dict:

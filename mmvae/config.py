@@ -1,8 +1,8 @@
 """Load experiment configs by name or `path.py[:variant]`, and apply `--config.a.b=value` overrides."""
 
 import ast
-import json
 import difflib
+import json
 import importlib.util
 import pathlib
 from typing import Sequence

@@ -2,8 +2,8 @@
 
 import ast
 import difflib
-import json
 import importlib.util
+import json
 import pathlib
 from typing import Sequence
 

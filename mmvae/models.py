@@ -116,8 +116,6 @@ def build_model(config, input_shapes: dict, seed: int, num_classes: int = 0) -> 
   if config.loss.get("identity_weight", 0.0) > 0 and num_classes < 2:
     raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")
   dtype = compute_dtype(mc.dtype)
-  for m in specs.values():
-    modalities.encoder_choice(mc, m)  # an unknown encoder fails here, before any tracing
 
   def build(rngs: nnx.Rngs):
     # Draw order (encoders, decoder, head) fixes every parameter's key: keep it.

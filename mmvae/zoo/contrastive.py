@@ -43,8 +43,6 @@ def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> Contra
   specs = modalities.specs(input_shapes)
   models.check_model_config(mc, decoder=False)
   dtype = models.compute_dtype(mc.dtype)
-  for m in specs.values():
-    modalities.encoder_choice(mc, m)
 
   def build_module(rngs: nnx.Rngs):
     encoders = models.build_encoders(mc, specs, dtype, rngs)

@@ -93,8 +93,6 @@ def build(model_cls, config, input_shapes: dict, seed: int, num_classes: int = 0
   specs = modalities.specs(input_shapes)
   models.check_model_config(mc)
   dtype = models.compute_dtype(mc.dtype)
-  for m in specs.values():
-    modalities.encoder_choice(mc, m)  # an unknown encoder fails here, before any tracing
 
   def build_module(rngs: nnx.Rngs):
     # Draw order (encoders, decoders, head) fixes every parameter's key: keep it.

@@ -2,6 +2,7 @@
 
 import argparse
 import itertools
+import os
 import pathlib
 import sys
 from typing import Sequence
@@ -113,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--allow-data-change", action="store_true",
                      help="resume a run on a dataset other than the one it started on (compared by the "
                           "fingerprint in manifest.json; recorded in run.json); refused otherwise")
+  # Several processes (one per host or per GPU): what the MMVAE_* environment variables otherwise say.
+  train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                     help="multi-process run: address of process 0 (sets MMVAE_COORDINATOR; default: none, "
+                          "one process)")
+  train.add_argument("--num-processes", type=int, default=None,
+                     help="multi-process run: how many processes (sets MMVAE_NUM_PROCESSES; default: none)")
+  train.add_argument("--process-id", type=int, default=None,
+                     help="multi-process run: this process's index, 0..N-1 (sets MMVAE_PROCESS_ID; default: none)")
 
   analyze = _parser(sub, "analyze", help="retrieval for every pair of modalities, t-SNE, DBSCAN, cross generation, "
                     "coherence, likelihood -> WORKDIR/report/")
@@ -267,6 +276,10 @@ def main(argv=None) -> int:
       from mmvae import config as config_lib
       config = config_lib.load(args.config, overrides)
       from mmvae.train import trainer
+      for flag, env in (("coordinator", "MMVAE_COORDINATOR"), ("num_processes", "MMVAE_NUM_PROCESSES"),
+                        ("process_id", "MMVAE_PROCESS_ID")):
+        if getattr(args, flag) is not None:  # read by parallel.maybe_initialize_distributed
+          os.environ[env] = str(getattr(args, flag))
       final = trainer.train(config, args.data, args.workdir, allow_data_change=args.allow_data_change,
                             init_from=args.init_from)
       import jax
@@ -291,7 +304,6 @@ def main(argv=None) -> int:
       demo.run(args.workdir, config=args.config, identities=args.identities, seed=args.seed, overrides=overrides)
   except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
     # Bad input, bad config: one clear line, not a traceback. MMVAE_DEBUG=1 shows the traceback.
-    import os
     if os.environ.get("MMVAE_DEBUG"):
       raise
     print(f"mmvae {args.command}: error: {_error_text(e)}", file=sys.stderr)

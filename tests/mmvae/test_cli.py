@@ -5,6 +5,7 @@ import importlib.metadata
 import io
 import json
 import math
+import os
 import pathlib
 import re
 import subprocess
@@ -273,3 +274,20 @@ def test_analyze_checkpoint_option_picks_that_step(trained, checkpoint, capsys):
   for label, key in (("voice -> face", "audio_to_face"), ("face -> voice", "face_to_audio")):
     assert f"{label} MRR {metrics[f'retrieval.{key}.mrr']:.3f}" in out
     assert f"chance {metrics[f'retrieval.{key}.mrr_chance']:.3f}" in out
+
+
+def test_multi_process_flags_reach_the_launch_settings(monkeypatch, tmp_path, capsys):
+  from mmvae.train import trainer
+  seen = {}
+
+  def fake_train(*args, **kwargs):
+    seen.update({k: os.environ.get(k) for k in ("MMVAE_COORDINATOR", "MMVAE_NUM_PROCESSES", "MMVAE_PROCESS_ID")})
+    raise ValueError("stopped by the test")
+
+  for name in ("MMVAE_COORDINATOR", "MMVAE_NUM_PROCESSES", "MMVAE_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(trainer, "train", fake_train)
+  rc = cli.main(["train", "--config", "synthetic:tiny", "--data", str(tmp_path), "--workdir", str(tmp_path / "r"),
+                 "--coordinator", "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"])
+  assert rc == 2 and "stopped by the test" in capsys.readouterr().err
+  assert seen == {"MMVAE_COORDINATOR": "10.0.0.1:1234", "MMVAE_NUM_PROCESSES": "2", "MMVAE_PROCESS_ID": "1"}

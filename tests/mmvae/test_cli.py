@@ -284,10 +284,18 @@ def test_multi_process_flags_reach_the_launch_settings(monkeypatch, tmp_path, ca
     seen.update({k: os.environ.get(k) for k in ("MMVAE_COORDINATOR", "MMVAE_NUM_PROCESSES", "MMVAE_PROCESS_ID")})
     raise ValueError("stopped by the test")
 
+  # setenv first so that monkeypatch records each name and removes what the CLI sets once the test ends;
+  # a bare delenv of an absent name records nothing and the flags would leak into later tests.
   for name in ("MMVAE_COORDINATOR", "MMVAE_NUM_PROCESSES", "MMVAE_PROCESS_ID"):
-    monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(name, "unset")
+    monkeypatch.delenv(name)
   monkeypatch.setattr(trainer, "train", fake_train)
   rc = cli.main(["train", "--config", "synthetic:tiny", "--data", str(tmp_path), "--workdir", str(tmp_path / "r"),
                  "--coordinator", "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"])
   assert rc == 2 and "stopped by the test" in capsys.readouterr().err
   assert seen == {"MMVAE_COORDINATOR": "10.0.0.1:1234", "MMVAE_NUM_PROCESSES": "2", "MMVAE_PROCESS_ID": "1"}
+
+
+def test_the_multi_process_flags_do_not_outlive_the_test_above():
+  # Runs after the test above in file order; the trainer would otherwise try to reach 10.0.0.1.
+  assert not {k for k in ("MMVAE_COORDINATOR", "MMVAE_NUM_PROCESSES", "MMVAE_PROCESS_ID") if k in os.environ}

@@ -71,7 +71,7 @@ def _did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
 
 
 # Sections keyed by modality name: an override may add a modality the defaults do not name.
-OPEN_SECTIONS = ("model.encoders", "loss.sigma")
+OPEN_SECTIONS = ("model.encoders", "model.encoder_hidden", "loss.sigma")
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:

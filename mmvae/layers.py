@@ -16,6 +16,14 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
+def decoder_widths(model_cfg) -> tuple[int, ...]:
+  """A decoder trunk's widths from z outwards: config.model.decoder_hidden, else config.model.hidden reversed."""
+  widths = tuple(int(w) for w in (model_cfg.get("decoder_hidden", ()) or tuple(reversed(model_cfg.hidden))))
+  if not widths or min(widths) < 1:
+    raise ValueError(f"config.model.decoder_hidden={widths} needs widths >= 1 (or () to mirror model.hidden)")
+  return widths
+
+
 class MLPEncoder(nnx.Module):
   """Flattens the input and maps it through an MLP to (mu, logvar) of q(z|x)."""
 

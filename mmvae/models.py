@@ -4,6 +4,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmvae import modalities
+from mmvae import layers
 from mmvae.layers import compute_dtype, init_module  # noqa: F401  (the model zoo's entry points to them)
 from mmvae.zoo import experts
 
@@ -24,7 +25,7 @@ class SharedDecoder(Multimodal):
   """A shared MLP trunk from z, then one head per modality (from its kind), so any latent decodes to every modality."""
 
   def __init__(self, latent_dim, specs: dict, mc, dtype, rngs: nnx.Rngs):
-    widths = (latent_dim,) + tuple(reversed(mc.hidden))
+    widths = (latent_dim,) + layers.decoder_widths(mc)
     self.trunk = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
     super().__init__(specs)
     self.heads = nnx.Dict({name: m.kind_module.head(widths[-1], m, mc.decoder, mc, dtype, rngs)

@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.encoders = ml_collections.ConfigDict({"audio": "mlp", "face": "mlp", "image": "mlp", "text": "bow"})
   c.model.decoder = "mlp"  # 'mlp' or 'conv'
   c.model.hidden = (512, 256)  # MLP widths (encoder order; the decoder mirrors them)
+  # Per modality, MLP encoder widths that differ from `hidden` (e.g. {"visual": (512, 512, 128, 128)});
+  # a modality not named uses `hidden`.
+  c.model.encoder_hidden = ml_collections.ConfigDict()
+  c.model.decoder_hidden = ()  # decoder trunk widths from z outwards; () = `hidden` reversed
   c.model.conv_channels = (32, 64, 128, 256)
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
 

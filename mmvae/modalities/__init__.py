@@ -135,6 +135,16 @@ def encoder_choice(model_cfg, m: Modality) -> str:
   return choice
 
 
+def encoder_hidden(model_cfg, m: Modality) -> tuple[int, ...]:
+  """The MLP widths of m's encoder: config.model.encoder_hidden[m.name], else config.model.hidden."""
+  table = model_cfg.get("encoder_hidden", {}) or {}
+  widths = tuple(int(w) for w in (table[m.name] if m.name in table else model_cfg.hidden))
+  if not widths or min(widths) < 1:
+    key = f"encoder_hidden.{m.name}" if m.name in table else "hidden"
+    raise ValueError(f"config.model.{key}={widths} needs at least one width, each >= 1")
+  return widths
+
+
 def sigma(loss_cfg, m: Modality) -> float | None:
   """The initial Gaussian scale of a modality: config.loss.sigma[name], else its kind's default (None: no scale)."""
   default = getattr(m.kind_module, "DEFAULT_SIGMA", None)

@@ -37,7 +37,7 @@ def inputs(m, stored, frame_N=None):
 def encoder(choice, m, mc, dtype, rngs):
   if choice == "conv":
     return layers.ConvEncoder(model_shape(m), mc.conv_channels, mc.latent_dim, dtype, rngs, pool_time=False)
-  return layers.MLPEncoder(model_shape(m), mc.hidden, mc.latent_dim, dtype, rngs)
+  return layers.MLPEncoder(model_shape(m), modalities.encoder_hidden(mc, m), mc.latent_dim, dtype, rngs)
 
 
 def head(in_dim, m, decoder, mc, dtype, rngs):

@@ -15,7 +15,7 @@ def encoder(choice, m, mc, dtype, rngs):
       raise ValueError(f"config.model.encoders.{m.name}='conv' needs [T, F] spectrograms but {m.name} has shape "
                        f"{m.shape}; set config.data.time_average=False (and re-prepare the data) or use 'mlp'")
     return layers.ConvEncoder(m.shape, mc.conv_channels, mc.latent_dim, dtype, rngs, pool_time=True)
-  return layers.MLPEncoder(m.shape, mc.hidden, mc.latent_dim, dtype, rngs)
+  return layers.MLPEncoder(m.shape, modalities.encoder_hidden(mc, m), mc.latent_dim, dtype, rngs)
 
 
 def head(in_dim, m, decoder, mc, dtype, rngs):

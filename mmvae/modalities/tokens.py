@@ -63,8 +63,8 @@ class SequenceConv(nnx.Module):
 
 def encoder(choice, m, mc, dtype, rngs):
   if choice == "conv":
-    return SequenceConv(vocab_size(m), mc.hidden[0], mc.latent_dim, dtype, rngs)
-  return BagOfWords(vocab_size(m), mc.hidden, mc.latent_dim, dtype, rngs)
+    return SequenceConv(vocab_size(m), modalities.encoder_hidden(mc, m)[0], mc.latent_dim, dtype, rngs)
+  return BagOfWords(vocab_size(m), modalities.encoder_hidden(mc, m), mc.latent_dim, dtype, rngs)
 
 
 def head(in_dim, m, decoder, mc, dtype, rngs):

@@ -11,7 +11,7 @@ DEFAULT_SIGMA = 1.0
 
 def encoder(choice, m, mc, dtype, rngs):
   del choice
-  return layers.MLPEncoder(m.shape, mc.hidden, mc.latent_dim, dtype, rngs)
+  return layers.MLPEncoder(m.shape, modalities.encoder_hidden(mc, m), mc.latent_dim, dtype, rngs)
 
 
 def head(in_dim, m, decoder, mc, dtype, rngs):

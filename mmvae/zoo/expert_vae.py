@@ -1,7 +1,7 @@
 """What the MVAE, MMVAE and MoPoE kinds share: a Gaussian expert per modality and a decoder per modality.
 
 Each modality m has an encoder (its kind's, config.model.encoders) giving the expert q_m(z | x_m), and
-its own decoder p(x_m | z): an MLP trunk from z (config.model.hidden reversed) and its kind's head. The
+its own decoder p(x_m | z): an MLP trunk from z (config.model.decoder_hidden; by default hidden reversed) and its kind's head. The
 decoders share no layers, as in Wu & Goodman (2018), Shi et al. (2019) and Sutter et al. (2021), so
 one modality's likelihood cannot claim capacity from another's. A kind subclasses ExpertVAE to say how
 the experts combine (`joint_posterior`) and which posterior `encode` reports.
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmvae import losses, models, modalities
+from mmvae import layers, losses, models, modalities
 
 ESTIMATORS = ("elbo", "iwae", "dreg")  # config.loss.estimator; 'iwae' and 'dreg' are the mmvae kind's only
 SUBSET_SAMPLING = ("one", "stratified")  # config.loss.subset_sampling (the mopoe kind)
@@ -25,7 +25,7 @@ class Decoders(models.Multimodal):
 
   def __init__(self, latent_dim, specs: dict, mc, dtype, rngs: nnx.Rngs):
     super().__init__(specs)
-    widths = (latent_dim,) + tuple(reversed(mc.hidden))
+    widths = (latent_dim,) + layers.decoder_widths(mc)
     trunks, heads = {}, {}
     for name, m in specs.items():  # draw order: each modality's trunk, then its head
       trunks[name] = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])

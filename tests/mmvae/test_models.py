@@ -112,6 +112,41 @@ def test_conv_full_param_shapes_without_allocation():
   assert mu.shape == (2, 128)
 
 
+def test_public_msvae_layers_have_the_published_widths():
+  """The public MS-VAE (visual 512-512-512-128-128, audio 128-128-128, decoder 100-512-512-512-640-640)."""
+  from mmvae import modalities
+  cfg = config_lib.load("msvae_public")
+  specs = {"visual": modalities.Modality("visual", "vector", (512,), "float32"),
+           "audio": modalities.Modality("audio", "vector", (128,), "float32")}
+  shapes = _param_shapes(nnx.eval_shape(lambda: models.build_model(cfg, specs, seed=0)))
+
+  def chain(prefix, widths):  # the kernels of consecutive Linear layers of these widths
+    return {f"{prefix}.{i}.kernel": (a, b) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))}
+
+  expected = {**chain("encoders.visual.layers", (512, 512, 512, 128, 128)),
+              **chain("encoders.audio.layers", (128, 128, 128)),
+              **chain("decoder.trunk", (100, 512, 512, 512, 640, 640)),
+              "encoders.visual.head.kernel": (128, 200), "encoders.audio.head.kernel": (128, 200),
+              "decoder.heads.visual.linear.kernel": (640, 512), "decoder.heads.audio.linear.kernel": (640, 128)}
+  assert {k: v for k, v in shapes.items() if k.endswith("kernel")} == expected
+  # Weights and biases: the closed-form count of the same layers.
+  layers = [(512, 512), (512, 512), (512, 128), (128, 128), (128, 200), (128, 128), (128, 128), (128, 200),
+            (100, 512), (512, 512), (512, 512), (512, 640), (640, 640), (640, 512), (640, 128)]
+  sigma_offsets = 2
+  assert sum(math.prod(s) for s in shapes.values()) == sum(a * b + b for a, b in layers) + sigma_offsets
+
+
+def test_encoder_and_decoder_widths_come_from_overrides_and_bad_ones_are_clear():
+  cfg = config_lib.load("reference:tiny", ["model.encoder_hidden.face=(8, 4)", "model.decoder_hidden=(6,)"])
+  shapes = _param_shapes(nnx.eval_shape(lambda: models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)))
+  assert shapes["encoders.face.layers.0.kernel"] == (529, 8) and shapes["encoders.face.head.kernel"] == (4, 16)
+  assert shapes["encoders.audio.layers.0.kernel"] == (512, 32)  # not named: model.hidden
+  assert shapes["decoder.trunk.0.kernel"] == (8, 6) and shapes["decoder.heads.face.linear.kernel"] == (6, 529)
+  cfg.model.encoder_hidden.face = (8, 0)
+  with pytest.raises(ValueError, match=r"config.model.encoder_hidden.face=\(8, 0\)"):
+    models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
+
+
 def test_bad_model_config_is_a_clear_error():
   cfg = config_lib.load("reference:tiny")
   cfg.model.encoders.audio = "conv"

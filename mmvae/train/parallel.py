@@ -51,6 +51,12 @@ def process_major(devices) -> list:
   return sorted(devices, key=lambda d: (d.process_index, d.id))
 
 
+def _scan_steps(step_fn, state, batches_K, positions_K, axis_name=None):
+  """step_fn applied to K batches in turn (a lax.scan): (final state, metrics stacked over the K steps)."""
+  kwargs = {} if axis_name is None else {"axis_name": axis_name}
+  return jax.lax.scan(lambda s, xs: step_fn(s, *xs, **kwargs), state, (batches_K, positions_K))
+
+
 def check_batch_size(global_batch: int, num_devices: int) -> None:
   """The global batch must split evenly over every device of every host."""
   if global_batch < 1 or global_batch % num_devices:
@@ -71,6 +77,7 @@ class Runner:
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
     fn = functools.partial(step_lib.train_step, graphdef, tx, config)
+    block = functools.partial(_scan_steps, fn)
     if mode == "pmap":
       # Per-device copies of this process's devices stacked on a leading axis, as pmap expects them. pmap
       # gets every process's devices (the same list everywhere): given only the local ones, a multi-process
@@ -78,12 +85,17 @@ class Runner:
       self._stacked = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), PartitionSpec(AXIS))
       self._step = jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS, devices=self.devices,
                             donate_argnums=(0,))
+      self._block = jax.pmap(functools.partial(block, axis_name=AXIS), axis_name=AXIS, devices=self.devices,
+                             donate_argnums=(0,))
     else:
       self.mesh = Mesh(np.array(self.devices), (AXIS,))
       self._replicated = NamedSharding(self.mesh, PartitionSpec())
       self._split = NamedSharding(self.mesh, PartitionSpec(AXIS))
       self._step = jax.jit(fn, in_shardings=(self._replicated, self._split, self._split),
                            out_shardings=(self._replicated, self._replicated), donate_argnums=(0,))
+      self._split_k = NamedSharding(self.mesh, PartitionSpec(None, AXIS))  # [K steps, batch, ...]
+      self._block = jax.jit(block, in_shardings=(self._replicated, self._split_k, self._split_k),
+                            out_shardings=(self._replicated, self._replicated), donate_argnums=(0,))
 
   def local_slice(self) -> slice:
     """This process's rows of the global batch."""
@@ -116,6 +128,28 @@ class Runner:
              for k, v in batch.items()}
     positions = np.arange(self.global_batch, dtype=np.int32)[rows]
     return {k: self._shard(v) for k, v in local.items()}, self._shard(positions)
+
+  def _block_inputs(self, batches: list):
+    """(batches, positions) of K global batches stacked on a leading step axis: [K, B, ...] per device."""
+    rows = self.local_slice()
+    stacked = {k: np.stack([np.asarray(b[k])[rows] for b in batches]) for k in batches[0]}
+    positions = np.broadcast_to(np.arange(self.global_batch, dtype=np.int32)[rows], (len(batches), self.local_batch))
+
+    def shard(x_KxB):
+      if self.mode == "pmap":  # [devices, K, B / devices, ...]
+        n = len(self.local_devices)
+        return np.moveaxis(x_KxB.reshape((x_KxB.shape[0], n, -1) + x_KxB.shape[2:]), 1, 0)
+      return jax.make_array_from_process_local_data(self._split_k, x_KxB)
+
+    return {k: shard(v) for k, v in stacked.items()}, shard(np.ascontiguousarray(positions))
+
+  def steps(self, state, batches: list):
+    """K updates in one dispatch (a lax.scan over K global batches): the state of K `step` calls, and each
+    step's metrics stacked on a leading axis of K. Saves the per-step dispatch and host work at small batch."""
+    state, metrics = self._block(state, *self._block_inputs(batches))
+    if self.mode == "pmap":
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    return state, metrics
 
   def step(self, state, batch: dict):
     """Runs one update on the global batch (this process's rows of it); metrics stay on device."""

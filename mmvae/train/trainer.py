@@ -31,7 +31,7 @@ from mmvae.train import step as step_lib
 from mmvae.train import train_log
 
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.prefetch", "parallel", "analysis")
+                     "train.keep_checkpoints", "train.prefetch", "train.steps_per_dispatch", "parallel", "analysis")
 
 
 class NonFiniteError(ValueError):
@@ -42,7 +42,8 @@ def check_config(config) -> None:
   """Raises ValueError naming the key to change when the config cannot train."""
   zoo.of(config).check_config(config)
   t = config.train
-  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+              "steps_per_dispatch"):
     if t[key] < 1:
       raise ValueError(f"config.train.{key}={t[key]} must be >= 1")
   if not t.learning_rate > 0:
@@ -202,40 +203,50 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   bar = progress.bar(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
 
-  def finish(step, metrics):
-    """Fetches one step's metrics, stops on NaN/Inf, logs."""
+  def finish(first, metrics, k):
+    """Fetches the metrics of steps first..first+k-1 (one fetch), stops on NaN/Inf at the first bad step, logs."""
     nonlocal last_metrics
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = _nonfinite(host)
-    if bad:
-      raise NonFiniteError(
-          f"non-finite loss at step {step}: {', '.join(f'{k}={host[k]}' for k in bad)}; stopped without "
-          f"saving; {resume.restart_hint(workdir, ckpts.last_good)}; or check the data")
-    last_metrics = host
-    if step % t.log_every == 0 or step == t.num_steps:
-      elapsed = time.perf_counter() - t_start
-      rate = (step - start) * t.batch_size / max(elapsed, 1e-9)
-      log.row({"step": step, "split": "train", **host, "learning_rate": float(schedule(step - 1)),
-               "samples_per_second": rate})
-      bar.set_postfix(loss=f"{host['loss']:.4g}", samples_per_s=f"{rate:.4g}")
+    fetched = jax.device_get(metrics)
+    elapsed = time.perf_counter() - t_start
+    for i in range(k):
+      step = first + i
+      host = {name: float(v[i] if k > 1 else v) for name, v in fetched.items()}
+      bad = _nonfinite(host)
+      if bad:
+        raise NonFiniteError(
+            f"non-finite loss at step {step}: {', '.join(f'{n}={host[n]}' for n in bad)}; stopped without "
+            f"saving; {resume.restart_hint(workdir, ckpts.last_good)}; or check the data")
+      last_metrics = host
+      if step % t.log_every == 0 or step == t.num_steps:
+        rate = (first + k - 1 - start) * t.batch_size / max(elapsed, 1e-9)
+        log.row({"step": step, "split": "train", **host, "learning_rate": float(schedule(step - 1)),
+                 "samples_per_second": rate})
+        bar.set_postfix(loss=f"{host['loss']:.4g}", samples_per_s=f"{rate:.4g}")
+
+  def block_length(step) -> int:
+    """train.steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
+    k = int(t.get("steps_per_dispatch", 1))
+    boundary = min(t.num_steps, *((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every)))
+    return k if step + k <= boundary else 1
 
   try:
-    pending = None
-    for step in range(start, t.num_steps):
+    pending, step = None, start
+    while step < t.num_steps:
+      k = block_length(step)
       t0 = time.perf_counter()
-      batch = next(batches)
+      block = [next(batches) for _ in range(k)]
       wait_s += time.perf_counter() - t0
-      dev_state, metrics = runner.step(dev_state, batch)
-      if pending is not None:  # fetch the previous step's numbers while this one runs
+      dev_state, metrics = runner.steps(dev_state, block) if k > 1 else runner.step(dev_state, block[0])
+      if pending is not None:  # fetch the previous dispatch's numbers while this one runs
         finish(*pending)
-      pending = (step + 1, metrics)
-      done = step + 1
-      if step == start:  # the first step of a process includes compilation: time the rest
+      pending = (step + 1, metrics, k)
+      if step == start:  # the first dispatch of a process includes compilation: time the rest
         jax.block_until_ready(metrics)
         timed_from, wait_s = time.perf_counter(), 0.0
       else:
-        timed_steps += 1
-      bar.update(1)
+        timed_steps += k
+      step = done = step + k
+      bar.update(k)
       due_eval = done % t.eval_every == 0 or done == t.num_steps
       due_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps or stop["signal"] is not None
       if not (due_eval or due_ckpt):

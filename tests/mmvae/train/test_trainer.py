@@ -136,6 +136,41 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir
   assert not (tmp_path / "final.json").exists()
 
 
+def test_several_steps_per_dispatch_train_the_same_run(full_run, dataset_dir, tmp_path):
+  """Blocks of 3 steps (and single steps where a block would cross a checkpoint) against the single-step run."""
+  single_dir, _ = full_run
+  blocked = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES + ["train.steps_per_dispatch=3"]),
+                          dataset_dir, tmp_path)
+  assert blocked["step"] == 40
+  rows = {s: [r for r in _rows(d) if r["split"] == "train"] for s, d in (("single", single_dir), ("blocked", tmp_path))}
+  assert [r["step"] for r in rows["blocked"]] == list(range(1, 41))  # every step logged, in order
+  np.testing.assert_allclose([r["loss"] for r in rows["blocked"]], [r["loss"] for r in rows["single"]], rtol=1e-5)
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "last").iterdir() if p.name.isdigit())
+  assert saved[-1] == 40 and all(s % 8 == 0 for s in saved)  # blocks never skip a checkpoint step
+  from flax import nnx
+  a, _, _ = checkpoints.load_run(single_dir, which="last")
+  b, _, _ = checkpoints.load_run(tmp_path, which="last")
+  for (path, x), (_, y) in zip(nnx.state(a, nnx.Param).flat_state(), nnx.state(b, nnx.Param).flat_state()):
+    np.testing.assert_allclose(np.asarray(y[...]), np.asarray(x[...]), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_a_nan_inside_a_block_names_its_own_step(dataset_dir, tmp_path, monkeypatch):
+  real = data.batches
+
+  def poisoned(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == 4:  # step 5: the middle of the block of steps 4-6
+        batch = dict(batch, audio=np.full_like(batch["audio"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(data, "batches", poisoned)
+  cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=3", "train.eval_every=100",
+                                           "train.steps_per_dispatch=3"])
+  with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*checkpoint \(step 3\)"):
+    trainer.train(cfg, dataset_dir, tmp_path)
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints" / "last").iterdir() if p.name.isdigit()) == [3]
+
+
 def test_validation_and_analysis_score_a_checkpoint_alike(full_run, dataset_dir):
   """The MRR that picked the best checkpoint is the MRR `mmvae analyze` reports for that split and step."""
   from mmvae.analysis import report

@@ -320,9 +320,14 @@ def main(argv=None):
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmuls that set the peak")
   p.add_argument("--torch-device", default=None, help="default: cuda when available, else cpu")
   p.add_argument("--json", default=None, help="write the rows, one per batch size, to this file")
+  p.add_argument("--matmul-precision", default="float32", choices=("float32", "tensorfloat32"),
+                 help="GPU float32 matmuls in both frameworks: true float32 (PyTorch's default) or TF32")
   args = p.parse_args(argv)
   if torch is None:
     sys.exit("benchmarks/vs_pytorch.py needs PyTorch: pip install -e '.[bench]'")
+  # The same arithmetic on both sides: XLA on GPU may use TF32 for float32 dots unless told otherwise.
+  jax.config.update("jax_default_matmul_precision", args.matmul_precision)
+  torch.backends.cuda.matmul.allow_tf32 = args.matmul_precision == "tensorfloat32"
   if args.steps_per_dispatch < 1:
     p.error("--steps-per-dispatch must be >= 1")
   if args.steps_per_dispatch > 1 and not hasattr(parallel.Runner, "steps"):
@@ -336,7 +341,7 @@ def main(argv=None):
   peaks = matmul_peaks(args.peak_size, 10, torch_device)
   print(f"fp32 matmul {args.peak_size}^2: jax {peaks['jax']:.1f} GFLOP/s, torch {peaks['torch']:.1f} GFLOP/s; "
         f"peak = {max(peaks.values()):.1f}")
-  print(f"config {CONFIG}; steps-per-dispatch {args.steps_per_dispatch}; samples/s = batch / step time "
+  print(f"config {CONFIG}; matmul precision {args.matmul_precision}; steps-per-dispatch {args.steps_per_dispatch}; samples/s = batch / step time "
         f"(torch and mmvae blocked: median step; pipelined: total / steps)")
   print(" | ".join(f"{name:>15}" for name, _, _ in COLUMNS), flush=True)
   rows = []

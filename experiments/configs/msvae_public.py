@@ -36,6 +36,7 @@ def get_config(variant: str = ""):
   c.train.warmup_steps = 0
   c.train.lr_schedule = "constant"
   c.train.grad_clip = 0.0  # plain Adam, as the public code
+  c.train.steps_per_dispatch = 10  # a step at batch 10 is short: 10 per dispatch (the same numbers)
   c.train.num_steps = 20_000
   c.train.log_every = 200
   c.train.eval_every = 2000

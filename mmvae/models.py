@@ -3,8 +3,7 @@
 import jax.numpy as jnp
 from flax import nnx
 
-from mmvae import modalities
-from mmvae import layers
+from mmvae import layers, modalities
 from mmvae.layers import compute_dtype, init_module  # noqa: F401  (the model zoo's entry points to them)
 from mmvae.zoo import experts
 

@@ -116,32 +116,32 @@ class Runner:
       return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], state)
     return jax.tree.map(np.asarray, jax.device_get(state))
 
-  def _shard(self, x):
-    if self.mode == "pmap":
-      return x.reshape((len(self.local_devices), -1) + x.shape[1:])
-    return jax.make_array_from_process_local_data(self._split, x)
+  def _shard(self, x, steps: bool = False):
+    """This process's rows [B, ...] (steps: [K, B, ...]) laid out for the step: split over the devices."""
+    if self.mode == "pmap":  # [devices, B / devices, ...] (steps: [devices, K, B / devices, ...])
+      n = len(self.local_devices)
+      if steps:
+        return np.moveaxis(x.reshape((x.shape[0], n, -1) + x.shape[2:]), 1, 0)
+      return x.reshape((n, -1) + x.shape[1:])
+    return jax.make_array_from_process_local_data(self._split_k if steps else self._split, x)
 
-  def _inputs(self, batch: dict):
-    """(batch, positions) of this process's rows of the global batch, laid out for the step."""
+  def _local(self, batch: dict):
+    """(batch, positions) of this process's rows of the global batch, as NumPy arrays."""
     rows = self.local_slice()
     local = {k: np.asarray(v)[rows] if np.shape(v)[0] == self.global_batch else np.asarray(v)
              for k, v in batch.items()}
-    positions = np.arange(self.global_batch, dtype=np.int32)[rows]
+    return local, np.arange(self.global_batch, dtype=np.int32)[rows]
+
+  def _inputs(self, batch: dict):
+    """(batch, positions) of this process's rows of the global batch, laid out for the step."""
+    local, positions = self._local(batch)
     return {k: self._shard(v) for k, v in local.items()}, self._shard(positions)
 
   def _block_inputs(self, batches: list):
-    """(batches, positions) of K global batches stacked on a leading step axis: [K, B, ...] per device."""
-    rows = self.local_slice()
-    stacked = {k: np.stack([np.asarray(b[k])[rows] for b in batches]) for k in batches[0]}
-    positions = np.broadcast_to(np.arange(self.global_batch, dtype=np.int32)[rows], (len(batches), self.local_batch))
-
-    def shard(x_KxB):
-      if self.mode == "pmap":  # [devices, K, B / devices, ...]
-        n = len(self.local_devices)
-        return np.moveaxis(x_KxB.reshape((x_KxB.shape[0], n, -1) + x_KxB.shape[2:]), 1, 0)
-      return jax.make_array_from_process_local_data(self._split_k, x_KxB)
-
-    return {k: shard(v) for k, v in stacked.items()}, shard(np.ascontiguousarray(positions))
+    """(batches, positions) of K global batches stacked on a leading step axis, laid out for `steps`."""
+    locals_, positions = zip(*(self._local(b) for b in batches))
+    stacked = {k: np.stack([b[k] for b in locals_]) for k in locals_[0]}
+    return {k: self._shard(v, steps=True) for k, v in stacked.items()}, self._shard(np.stack(positions), steps=True)
 
   def steps(self, state, batches: list):
     """K updates in one dispatch (a lax.scan over K global batches): the state of K `step` calls, and each

@@ -210,7 +210,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
     elapsed = time.perf_counter() - t_start
     for i in range(k):
       step = first + i
-      host = {name: float(v[i] if k > 1 else v) for name, v in fetched.items()}
+      host = {name: float(np.ravel(v)[i]) for name, v in fetched.items()}  # a block's: [k]; one step's: a scalar
       bad = _nonfinite(host)
       if bad:
         raise NonFiniteError(

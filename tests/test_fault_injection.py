@@ -27,19 +27,12 @@ from mmvae.train import checkpoints
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "data_prep"))  # the VoxCeleb1 fault helpers live there
 import test_prep_bad_input as vox  # noqa: E402
+from slow_batches import SLOW_BATCHES  # noqa: E402  (tests/, on the path beside conftest.py)
 
 OVERRIDES = ["--config.train.num_steps=12", "--config.train.checkpoint_every=3", "--config.train.eval_every=6",
              "--config.train.keep_checkpoints=5", "--config.train.learning_rate=0.01"]
 # Runs the CLI with every batch delayed, so a kill lands mid-run.
-SLOW_CLI = ("import sys, time\n"
-            "from mmvae import cli, data\n"
-            "real = data.batches\n"
-            "def slow(*a, **k):\n"
-            "  for b in real(*a, **k):\n"
-            "    time.sleep(0.3)\n"
-            "    yield b\n"
-            "data.batches = slow\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
+SLOW_CLI = SLOW_BATCHES + "import sys\nfrom mmvae import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
 # Runs the CLI with a pause after the synthetic corpus is generated, before its features are extracted.
 PAUSED_PREP = ("import sys, time\n"
                "from data_prep import voxceleb1\n"

@@ -14,6 +14,7 @@ import pytest
 from mmvae import config as config_lib
 from mmvae import data
 from mmvae.train import checkpoints, trainer
+from slow_batches import SLOW_BATCHES  # tests/, on the path beside conftest.py
 
 OVERRIDES = ["train.num_steps=40", "train.checkpoint_every=8", "train.eval_every=20", "train.log_every=1",
              "train.learning_rate=0.01"]
@@ -64,17 +65,8 @@ def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp
   _, final = full_run
   workdir = tmp_path / "killed"
   # The child is slowed down (a pause per batch) so the kill lands mid-run, after a checkpoint.
-  script = (
-      "import sys, time\n"
-      "from mmvae import config as c, data\n"
-      "from mmvae.train import trainer\n"
-      "real = data.batches\n"
-      "def slow(*a, **k):\n"
-      "  for b in real(*a, **k):\n"
-      "    time.sleep(0.3)\n"
-      "    yield b\n"
-      "data.batches = slow\n"
-      f"trainer.train(c.load('synthetic:tiny', {OVERRIDES!r}), sys.argv[1], sys.argv[2])\n")
+  script = (SLOW_BATCHES + "import sys\nfrom mmvae import config as c\nfrom mmvae.train import trainer\n"
+            f"trainer.train(c.load('synthetic:tiny', {OVERRIDES!r}), sys.argv[1], sys.argv[2])\n")
   child = subprocess.Popen([sys.executable, "-c", script, str(dataset_dir), str(workdir)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
   try:

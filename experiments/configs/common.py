@@ -45,7 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   # loss.infonce_weight does not apply; cannot generate), or the multimodal-VAE baselines with one
   # decoder per modality: 'mvae' (product of experts), 'mmvae' (mixture of experts), 'mopoe' (mixture
   # of the products of every subset). The baselines read loss.likelihood='gaussian', loss.sigma,
-  # learn_sigma, min_sigma, kl_weight, kl_anneal_steps, identity_weight and the keys below.
+  # learn_sigma, min_sigma, kl_weight, kl_anneal_steps, identity_weight and the keys below. 'mcvs': the
+  # Multi Stage Common Vector Space (encoders + attention into a shared space, triplet + classification
+  # loss, trained stage by stage; reads loss.triplet_weight, triplet_margins, identity_weight).
   c.model.kind = "msvae"
   c.model.latent_dim = 100
   # The encoder of each modality, by name; a modality not named gets its kind's first choice.
@@ -59,6 +61,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_hidden = ()  # decoder trunk widths from z outwards; () = `hidden` reversed
   c.model.conv_channels = (32, 64, 128, 256)
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
+  # mcvs (the Multi Stage Common Vector Space, mmvae/zoo/mcvs.py): the space's width, the aligned-attention
+  # width, 'stagewise' (M-CVS) or 'joint' (CVS), the stages (each a tuple of the modalities it adds; ()
+  # = the run's modalities in order, the first two together), the stage one run trains (0: `mmvae train`
+  # runs them all, one run each) and the chance that an example's attention partner is left out in training.
+  c.model.space_dim = 512
+  c.model.attention_dim = 512
+  c.model.plan = "stagewise"
+  c.model.stages = ()
+  c.model.stage = 0
+  c.model.partner_dropout = 0.5
 
   c.loss = ml_collections.ConfigDict()
   # Reconstruction: 'gaussian' (NLL in nats with a per-modality scale sigma, so the loss is a true

@@ -210,7 +210,7 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
   generated = dict(np.load(report_dir / "generated.npz")) if can_generate else None
   lik_file = report_dir / "likelihood.npz"
   lik = dict(np.load(lik_file)) if can_generate and lik_file.is_file() else None
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = ml_collections.ConfigDict(json.loads((checkpoints.run_folder(workdir) / "config.json").read_text()))
   dataset = checkpoints.dataset_of_run(workdir, data_dir)
   specs = dataset.modalities(config.data.get("modalities", ()))
   test, train = dataset.arrays(split), dataset.arrays("train") if can_generate else {}

@@ -23,7 +23,8 @@ LAST, BEST = "last", "best"
 DAMAGED = "damaged"  # checkpoints/damaged/: damaged steps set aside by a resuming trainer, kept for inspection
 
 
-def _name(path) -> str:
+def param_name(path) -> str:
+  """A tree path as the dotted name checkpoints store it under (e.g. 'encoders.image.fc1.kernel')."""
   parts = []
   for p in path:
     for attr in ("key", "name", "idx"):
@@ -36,23 +37,29 @@ def _name(path) -> str:
 def flatten(tree) -> dict:
   """{dotted path: array}: a flat dict of plain arrays that Orbax stores without knowing our classes."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  flat = {_name(path): np.asarray(leaf) for path, leaf in leaves}
+  flat = {param_name(path): np.asarray(leaf) for path, leaf in leaves}
   if len(flat) != len(leaves):
     raise ValueError("two state leaves share a checkpoint name; rename the modules")
   return flat
 
 
-def unflatten(template, flat: dict):
-  """The tree of `template` (e.g. a freshly initialised state) holding the arrays of `flat`."""
+def unflatten(template, flat: dict, fresh_ok=()):
+  """The tree of `template` (e.g. a freshly initialised state) holding the arrays of `flat`.
+
+  fresh_ok: names that `flat` may lack; they keep the template's values (a staged model's new modality).
+  """
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-  missing = [_name(p) for p, _ in leaves if _name(p) not in flat]
+  missing = [param_name(p) for p, _ in leaves if param_name(p) not in flat and param_name(p) not in fresh_ok]
   if missing:
     raise ValueError(f"checkpoint lacks {missing[:5]}...: it was written by a different model config")
   arrays = []
   for path, leaf in leaves:
-    value = np.asarray(flat[_name(path)])
+    if param_name(path) not in flat:
+      arrays.append(np.asarray(leaf))
+      continue
+    value = np.asarray(flat[param_name(path)])
     if value.shape != np.shape(leaf):
-      raise ValueError(f"checkpoint entry {_name(path)} has shape {value.shape}, the model expects "
+      raise ValueError(f"checkpoint entry {param_name(path)} has shape {value.shape}, the model expects "
                        f"{np.shape(leaf)}: it was written by a different model config")
     arrays.append(value)
   return jax.tree_util.tree_unflatten(treedef, arrays)
@@ -82,8 +89,11 @@ def _read(step_dir: pathlib.Path):
   return flat, None
 
 
-def load_params(checkpoint_dir, template):
-  """The verified params of one kept checkpoint (WORKDIR/checkpoints/last/N) in the structure of `template`."""
+def load_params(checkpoint_dir, template, fresh_ok=()):
+  """The verified params of one kept checkpoint (WORKDIR/checkpoints/last/N) in the structure of `template`.
+
+  fresh_ok: parameter names the checkpoint may lack (they keep the template's fresh values).
+  """
   path = pathlib.Path(checkpoint_dir).absolute()
   if not path.name.isdigit() or not (path / "_CHECKPOINT_METADATA").is_file():
     raise FileNotFoundError(f"--from {path}: not a checkpoint (expected a step folder such as "
@@ -92,7 +102,7 @@ def load_params(checkpoint_dir, template):
   if problem is not None:
     raise ValueError(f"--from {path} is damaged ({problem}); choose another kept checkpoint")
   params = {k.removeprefix("params."): v for k, v in flat.items() if k.startswith("params.")}
-  return unflatten(template, params)
+  return unflatten(template, params, fresh_ok)
 
 
 class Checkpoints:
@@ -192,11 +202,22 @@ def _same_everywhere(decision: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
 
 
+def run_folder(workdir) -> pathlib.Path:
+  """The training run a workdir names: itself, or for a stage-wise run (stages.json) its last stage's folder."""
+  workdir = pathlib.Path(workdir)
+  staged = workdir / "stages.json"
+  if staged.is_file() and not (workdir / "run.json").is_file():
+    records = json.loads(staged.read_text())
+    if records:
+      return pathlib.Path(records[-1]["run"])
+  return workdir
+
+
 def dataset_of_run(workdir, data_dir=None):
   """The dataset a run trained on (run.json), refused if it changed since; or `data_dir`, warning if it differs."""
   from mmvae import data
   from mmvae.train import resume
-  workdir = pathlib.Path(workdir)
+  workdir = run_folder(workdir)
   run = json.loads((workdir / "run.json").read_text())
   dataset = data.Dataset(data_dir or run["data_dir"])
   if not resume.same_dataset(run, dataset):
@@ -220,7 +241,7 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
   from mmvae.train import step as step_lib
   if which not in (BEST, LAST):
     raise ValueError(f"which={which!r}: use 'best' or 'last'")
-  workdir = pathlib.Path(workdir)
+  workdir = run_folder(workdir)
   for name in ("config.json", "run.json"):
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name} not found: is {workdir} a training workdir (mmvae train --workdir)?")

@@ -9,6 +9,7 @@ from flax import nnx
 from jax import lax
 
 from mmvae import zoo
+from mmvae.train import checkpoints as ckpt_lib
 
 # Tags folded into the step key so the per-example stream and the per-step stream never collide.
 _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
@@ -93,10 +94,35 @@ def grads_and_metrics(graphdef, config, params, batch, positions_B, step, axis_n
   return grads, metrics
 
 
+def trainable_mask(graphdef, params):
+  """None when every parameter trains; else a tree of bools from the model's `trainable(name)` (a staged model).
+
+  The names are the checkpoint's dotted parameter names; the decision is static (made while tracing).
+  """
+  trainable = getattr(nnx.merge(graphdef, params), "trainable", None)
+  if trainable is None:
+    return None
+  return jax.tree_util.tree_map_with_path(lambda path, _: bool(trainable(ckpt_lib.param_name(path))), params)
+
+
+def _frozen_to_zero(tree, mask):
+  """`tree` with the leaves of frozen parameters replaced by zeros (XLA then drops their gradient work)."""
+  return tree if mask is None else jax.tree.map(lambda x, keep: x if keep else jnp.zeros_like(x), tree, mask)
+
+
 def train_step(graphdef, tx, config, state, batch, positions_B, axis_name=None):
-  """One Adam update on the batch; a pure function of (state, batch) for pmap or jit."""
+  """One Adam update on the batch; a pure function of (state, batch) for pmap or jit.
+
+  Frozen parameters (a model's `trainable(name)` is False) get zero gradients, so their Adam moments do
+  not move, and zero updates, so they stay bit-identical (weight decay included).
+  """
   grads, metrics = grads_and_metrics(graphdef, config, state["params"], batch, positions_B, state["step"], axis_name)
+  mask = trainable_mask(graphdef, state["params"])
+  grads = _frozen_to_zero(grads, mask)
+  if mask is not None:
+    metrics["grad_norm"] = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  updates = _frozen_to_zero(updates, mask)
   params = optax.apply_updates(state["params"], updates)
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 

@@ -137,6 +137,9 @@ def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=
   optimizer state and the step start fresh, so the config's whole schedule runs.
   """
   parallel.maybe_initialize_distributed()
+  from mmvae.train import stages
+  if stages.is_staged(config):  # a model kind with a stage plan (mcvs): one run per stage
+    return stages.train(config, data_dir, workdir, allow_data_change, init_from)
   workdir = resume.checked_workdir(workdir)
   with resume.lock(workdir, owner=jax.process_index() == 0):
     return _train(config, data_dir, workdir, allow_data_change, init_from)
@@ -159,6 +162,9 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   schedule = step_lib.make_schedule(t)
   graphdef, state = step_lib.init_state(model, tx)
   host_template = jax.tree.map(np.asarray, state)
+  mask = step_lib.trainable_mask(graphdef, state["params"])
+  # A staged model's trained parameters may be new to the --from checkpoint (a modality added to a space).
+  fresh_ok = {k for k, v in ckpt_lib.flatten(mask).items() if v} if mask is not None else set()
   del model
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
   history = {}
@@ -170,7 +176,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   else:  # nothing trained yet: whatever a failed earlier attempt wrote is replaced
     restored = None
     if init_from:
-      host_template = dict(host_template, params=ckpt_lib.load_params(init_from, host_template["params"]))
+      host_template = dict(host_template, params=ckpt_lib.load_params(init_from, host_template["params"], fresh_ok))
       history = {"init_from": str(pathlib.Path(init_from).absolute())}
   # Written only now: a config that cannot build a model, or a refused resume, leaves them as they were.
   log.write_json("config.json", config_lib.to_dict(config))

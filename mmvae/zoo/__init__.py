@@ -34,7 +34,7 @@ from mmvae import registry
 
 DEFAULT_KIND = "msvae"  # the kind of a run whose config.json predates config.model.kind
 # Built-in kinds import on first use, so `import mmvae` stays free of JAX.
-_BUILTIN = {k: f"mmvae.zoo.{k}" for k in ("msvae", "contrastive", "mvae", "mmvae", "mopoe")}
+_BUILTIN = {k: f"mmvae.zoo.{k}" for k in ("msvae", "contrastive", "mvae", "mmvae", "mopoe", "mcvs")}
 _REGISTRY = registry.Registry("model kind", "config.model.kind", _BUILTIN, ("build", "loss", "check_config"))
 
 

@@ -1,0 +1,137 @@
+"""Stage-wise training: a model kind with a stage plan (`stages(config, names)`, e.g. mcvs) trains stage by stage.
+
+WORKDIR/stages/K/ is stage K's own run (config.model.stage = K, a normal trainer workdir: resumable,
+kill-safe); stage K starts from stage K-1's last checkpoint (`--from` semantics: its parameters, a fresh
+optimizer). WORKDIR/stages.json lists, per finished stage, `stage`, `modalities` (those in the space),
+`new`, `trainable_params`, `seconds_per_iteration`, `branch_sha256` (modality -> SHA-256 of that branch's
+parameters, as the model's `branch_of(name)` assigns them) and `run` (the stage's folder).
+WORKDIR/final.json is the last stage's, with the stage list. `mmvae analyze --workdir WORKDIR` analyses
+the last stage (checkpoints.run_folder); any stage can be analysed on its own: --workdir WORKDIR/stages/K.
+
+Rerunning the command resumes: finished stages are kept as they are, the unfinished one resumes.
+`--from OLD_WORKDIR` (a staged run) takes OLD's stages whose spaces match this plan's first stages
+(recorded with `from`), and trains the rest from OLD's last of them: how a modality is added to a
+trained space. A model whose plan has new modalities starts them fresh (checkpoints.load_params partial).
+"""
+
+import copy
+import hashlib
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+
+from mmvae import zoo
+from mmvae.train import checkpoints as ckpt_lib
+from mmvae.train import resume
+
+STAGES_JSON = "stages.json"
+
+
+def is_staged(config) -> bool:
+  """Whether `mmvae train` runs this config stage by stage: its kind has a plan and no single stage is chosen."""
+  kind = zoo.of(config)
+  return callable(getattr(kind, "stages", None)) and int(config.model.get("stage", 0)) == 0
+
+
+def stage_config(config, k: int):
+  """The config of stage k (1-based): the same with config.model.stage = k."""
+  c = copy.deepcopy(config)
+  c.model.stage = k
+  return c
+
+
+def _in_space(plan, k: int) -> list[str]:
+  return [m for new in plan[:k] for m in new]
+
+
+def _last_checkpoint(run: pathlib.Path) -> pathlib.Path:
+  final = json.loads((run / "final.json").read_text())
+  return run / "checkpoints" / ckpt_lib.LAST / str(final["step"])
+
+
+def branch_digests(model, names: list[str]) -> tuple[dict, int]:
+  """({modality: SHA-256 of its branch's parameters}, number of trainable parameters) of a staged model."""
+  from flax import nnx
+  flat = ckpt_lib.flatten(nnx.state(model, nnx.Param))
+  digests = {}
+  for m in names:
+    h = hashlib.sha256()
+    for name in sorted(n for n in flat if m in model.branch_of(n)):
+      value = np.ascontiguousarray(flat[name])
+      h.update(f"{name}:{value.shape}:{value.dtype}".encode())
+      h.update(value.tobytes())
+    digests[m] = h.hexdigest()
+  trainable = sum(int(v.size) for n, v in flat.items() if model.trainable(n))
+  return digests, trainable
+
+
+def _record(run: pathlib.Path, k: int, plan, config, final: dict) -> dict:
+  model, _, _ = ckpt_lib.load_run(run, which=ckpt_lib.LAST)
+  space = _in_space(plan, k)
+  digests, trainable = branch_digests(model, space)
+  rate = final.get("samples_per_second")
+  steps = max(1, int(final["step"]) - int(final.get("resumed_from", 0)))
+  seconds = config.train.batch_size / rate if rate else final["elapsed_seconds"] / steps
+  return {"stage": k, "modalities": space, "new": list(plan[k - 1]), "trainable_params": trainable,
+          "seconds_per_iteration": seconds, "branch_sha256": digests, "run": str(run)}
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2) + "\n")
+  os.replace(tmp, path)
+
+
+def _adopted(init_from, plan) -> tuple[list[dict], str | None]:
+  """(the records of a staged OLD run's stages that match this plan's first stages, the checkpoint to go on from)."""
+  if not init_from or not (pathlib.Path(init_from) / STAGES_JSON).is_file():
+    return [], init_from
+  old_dir = pathlib.Path(init_from).absolute()
+  old = json.loads((old_dir / STAGES_JSON).read_text())
+  taken = []
+  for k, rec in enumerate(old, start=1):
+    if k > len(plan) or rec["modalities"] != _in_space(plan, k):
+      break
+    taken.append(dict(rec, **{"from": str(old_dir)}))
+  if not taken:
+    raise ValueError(f"--from {old_dir}: its first stage ({old[0]['modalities'] if old else 'none'}) is not this "
+                     f"plan's first stage ({_in_space(plan, 1)}); nothing to continue from")
+  return taken, str(_last_checkpoint(pathlib.Path(taken[-1]["run"])))
+
+
+def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
+  """Runs every stage of the plan in WORKDIR/stages/K (resuming what is done); returns the last stage's final.json.
+
+  init_from: a checkpoint folder (stage 1 starts from it) or a staged workdir (see the module docstring).
+  """
+  from mmvae import data
+  from mmvae.train import trainer
+  names = tuple(data.Dataset(data_dir).modalities(config.data.get("modalities", ())))
+  plan = zoo.of(config).stages(config, names)
+  workdir = resume.checked_workdir(workdir)
+  with resume.lock(workdir, owner=jax.process_index() == 0):
+    records, start_from = _adopted(init_from, plan)
+    final = None
+    for k in range(len(records) + 1, len(plan) + 1):
+      run = workdir / "stages" / str(k)
+      print(f"mmvae train: stage {k}/{len(plan)}: adding {', '.join(plan[k - 1])} to the space "
+            f"({', '.join(_in_space(plan, k))}) -> {run}", flush=True)
+      cfg = stage_config(config, k)
+      final = trainer.train(cfg, data_dir, run, allow_data_change=allow_data_change, init_from=start_from)
+      records.append(_record(run, k, plan, cfg, final))
+      _write_json(workdir / STAGES_JSON, records)
+      start_from = str(_last_checkpoint(run))
+    if final is None:  # every stage came from --from
+      _write_json(workdir / STAGES_JSON, records)
+      final = json.loads((pathlib.Path(records[-1]["run"]) / "final.json").read_text())
+    final = dict(final, stages=records)
+    _write_json(workdir / "final.json", final)
+    # config.json of the whole run (model.stage = 0: every stage), for `mmvae analyze` and reruns.
+    from mmvae import config as config_lib
+    _write_json(workdir / "config.json", config_lib.to_dict(config))
+  return final

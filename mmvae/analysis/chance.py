@@ -73,3 +73,26 @@ def average_precision_at_k(m: int, r: int, k: int) -> float:
   h = float(harmonic(p))
   b = (r - 1) / (m - 1) if m > 1 else 0.0
   return r * (h + b * (p - h)) / m / min(r, k)
+
+
+def hypergeom_pmf(t: int, r: int, p: int) -> np.ndarray:
+  """P(j of the r relevant items among t land in the first p positions), j = 0..min(r, p)."""
+  if not (0 <= r <= t and 0 <= p <= t):
+    raise ValueError(f"need 0 <= relevant ({r}), drawn ({p}) <= group size ({t})")
+  j = np.arange(min(r, p) + 1, dtype=np.float64)
+  ok = p - j <= t - r  # the rest of the first p positions must be filled by non-relevant items
+  pmf = np.zeros_like(j)
+  pmf[ok] = np.exp(_log_comb(r, j[ok]) + _log_comb(t - r, p - j[ok]) - _log_comb(t, p))
+  return pmf
+
+
+def average_precision_top_k(m: int, r: int, k: int) -> float:
+  """E[AP over the top k, divided by the relevant items IN the top k] (M-CVS mAP@k; 0 with none there).
+
+  Given j relevant items in the top p = min(k, m) (hypergeometric), they sit uniformly among those p
+  positions, so the AP is the full AP of a p-item gallery with j relevant: E = sum_j P(j) E[AP](p, j).
+  """
+  _check(m, r)
+  p = min(k, m)
+  pmf = hypergeom_pmf(m, r, p)
+  return float(sum(pmf[j] * average_precision(p, j) for j in range(1, pmf.size)))

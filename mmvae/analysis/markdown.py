@@ -1,6 +1,7 @@
 """report.md: every metric beside its chance level, every figure, the config and the dataset, for any modalities."""
 
 import json
+import math
 
 # The one place a modality name becomes a display label: on a dataset whose modalities are exactly these
 # (VoxCeleb-style), audio is shown as "voice". Metric keys and file names always use the modality names.
@@ -14,14 +15,19 @@ DEFINITIONS = [
     ("mrr", "MRR: mean of 1 / rank of the first relevant item"),
     ("recall@1", "Recall@K: share of queries with a relevant item in the top K"),
     ("map", "mAP: mean average precision over the whole ranking"),
-    ("map@50", "mAP@50: precision summed at relevant ranks <= 50, divided by min(R, 50) (M-CVS style)"),
+    ("map@50", "mAP@50: precision summed at relevant ranks <= 50, divided by min(R, 50)"),
+    ("map_top@50", "mAP_top@50: the M-CVS paper's mAP@50 (XMedia practice): precision summed at relevant ranks "
+     "<= 50, divided by the number of relevant items in the top 50 (0 when there are none)"),
     ("auc", "AUC / EER: verification on (query, gallery) pairs, relevant vs not"),
     ("matching_1v2", "1:2 matching: P(the right item outscores a wrong one), over all pairs of them"),
     ("matching_1v2_gender", "1:2 matching with the wrong item of the query's gender"),
 ]
-METRICS = ["mrr", "recall@1", "recall@5", "recall@10", "map", "map@50", "auc", "eer", "matching_1v2",
+METRICS = ["mrr", "recall@1", "recall@5", "recall@10", "map", "map@50", "map_top@50", "auc", "eer", "matching_1v2",
            "matching_1v2_gender"]
-QUERY_TABLES = [("mrr", "MRR"), ("map@50", "mAP@50")]  # the M-CVS Tables III/IV layout
+# Every ordered pair, the within-modality diagonal included; then the M-CVS paper's table (cross-modal pairs only).
+QUERY_TABLES = [("mrr", "MRR"), ("map@50", "mAP@50 over min(R, 50)")]
+PAPER_TABLE = ("map_top@50", "mAP@50 as in M-CVS (Tables III and IV): over the relevant items in the top 50")
+DASH = "\u2013"
 SCORES = [("retrieval", "cosine between posterior means (default)"),
           ("retrieval_euclidean", "negative Euclidean distance between means"),
           ("retrieval_w2", "negative 2-Wasserstein distance between the Gaussian posteriors")]
@@ -59,6 +65,44 @@ def _matrix(metrics: dict, names: list, display: dict, key_of, corner: str) -> l
   return lines
 
 
+def _mean(values) -> float:
+  """Mean of the finite values (NaN when there are none): a missing pair does not drag an average to NaN."""
+  kept = [v for v in values if v is not None and math.isfinite(v)]
+  return sum(kept) / len(kept) if kept else float("nan")
+
+
+def pair_table(metrics: dict, names, key: str, prefix: str = "retrieval") -> tuple[list, list, float]:
+  """`<prefix>.<q>_to_<g>.<key>` as the M-CVS paper lays it out: (rows, row_avg, overall).
+
+  rows[i][j]: query names[i], retrieved names[j]; NaN on the diagonal (within one modality is no cross-modal
+  pair) and where the key is missing. row_avg[i]: mean over row i's cross-modal cells; overall: mean over every
+  ordered cross-modal pair (not the mean of row_avg when some cells are missing).
+  """
+  names = list(names)
+  rows = [[float("nan") if q == g else float(metrics.get(f"{prefix}.{q}_to_{g}.{key}", float("nan")))
+           for g in names] for q in names]
+  cross = [[v for j, v in enumerate(row) if j != i] for i, row in enumerate(rows)]
+  return rows, [_mean(c) for c in cross], _mean([v for c in cross for v in c])
+
+
+def _pair_lines(metrics: dict, names: list, display: dict, key: str, title: str, prefix="retrieval") -> list[str]:
+  """A pair_table in markdown: '–' on the diagonal, an Average column and row, the chance level below."""
+  rows, row_avg, overall = pair_table(metrics, names, key, prefix)
+  cols = [_mean(rows[i][j] for i in range(len(names)) if i != j) for j in range(len(names))]
+  cell = lambda v: DASH if v != v else f"{v:.4f}"  # noqa: E731
+  lines = [f"**{title}**", "", "| query \\ retrieved | " + " | ".join(display[g] for g in names) + " | Average |",
+           "|---|" + "---|" * (len(names) + 1)]
+  lines += [f"| {display[q]} | " + " | ".join(cell(v) for v in row) + f" | {cell(avg)} |"
+            for q, row, avg in zip(names, rows, row_avg)]
+  lines.append("| Average | " + " | ".join(cell(v) for v in cols) + f" | {cell(overall)} |")
+  chance_rows, _, chance_all = pair_table(metrics, names, f"{key}_chance", prefix)
+  spread = [v for row in chance_rows for v in row if v == v]
+  lines += ["", f"Chance (a uniformly random ranking of the same gallery), mean over the cross-modal pairs: "
+            f"{_fmt(chance_all)}" + (f" (from {_fmt(min(spread))} to {_fmt(max(spread))})"
+                                    if spread and max(spread) - min(spread) > 5e-5 else "") + ".", ""]
+  return lines
+
+
 def _retrieval_lines(metrics: dict, names: list, display: dict) -> list[str]:
   lines = ["### Query by retrieval", "",
            "Cosine score. Rows: query modality; columns: gallery modality; each cell: value (chance). "
@@ -67,6 +111,10 @@ def _retrieval_lines(metrics: dict, names: list, display: dict) -> list[str]:
     lines += [f"**{title}**", ""]
     lines += _matrix(metrics, names, display, lambda q, g, m=metric: f"retrieval.{q}_to_{g}.{m}", "query \\ gallery")
     lines.append("")
+  if len(names) > 1 and any(f"retrieval.{q}_to_{g}.{PAPER_TABLE[0]}" in metrics for q in names for g in names):
+    lines += ["Cross-modal pairs only, laid out like the M-CVS paper: 'Average' is the mean over a row's "
+              "(column's) cells, the corner the mean over every ordered pair.", ""]
+    lines += _pair_lines(metrics, names, display, *PAPER_TABLE)
   pairs = [(q, g) for q in names for g in names if q != g] + [(q, q) for q in names]  # across, then within
   for prefix, desc in SCORES:
     present = [(q, g) for q, g in pairs if f"{prefix}.{q}_to_{g}.mrr" in metrics]

@@ -2,7 +2,7 @@
 
 Tie policy: every metric is its EXPECTED value under uniformly random tie-breaking (the ranking
 is a random order among items with equal scores). For the rank itself this is the average of the
-optimistic and pessimistic rank; MRR, Recall@K, AP and AP@K are averaged over all tie orders
+optimistic and pessimistic rank; MRR, Recall@K, AP, AP@K and AP_top@K are averaged over all tie orders
 exactly (closed forms below), so a constant score gives exactly the chance level.
 
 Definitions (per query, then averaged over queries with at least one relevant item):
@@ -10,6 +10,9 @@ Definitions (per query, then averaged over queries with at least one relevant it
 - Recall@K: 1 if any relevant item is in the top K (the hit rate used by cross-modal papers).
 - mAP: average precision over the whole ranking (mean of precision at each relevant item's rank).
 - mAP@K: sum of precision at relevant ranks <= K divided by min(R, K).
+- mAP_top@K (`map_top@K`, the M-CVS paper's mAP@50 after XMedia practice): AP = (1/n) sum_{k<=K} P(k) rel(k)
+  with n the number of relevant items IN the top K (AP = 0 when n = 0). Under ties n is random too, so its
+  expectation mixes over the hypergeometric count of relevant items the cut-off keeps from the tied group.
 - 1:2 matching: probability that a relevant item outscores a non-relevant one (ties count 1/2),
   averaged over ALL (relevant, non-relevant) pairs of the query: exact, no random gallery choice.
   The gender-constrained variant only uses non-relevant items of the query's gender.
@@ -74,6 +77,36 @@ def _in_groups(mask_CxM, start, end):
   return above, inside
 
 
+def _ap_top(rel, g, t, rel_above, rel_in, n_rel, k, prec_full, harm):
+  """E[AP_top@k]: precision summed at relevant ranks <= k over the number n of relevant items in the top k.
+
+  Groups wholly in the top k (g + t <= k) give a fixed count and their expected precisions `prec_full`. At
+  most one group straddles the cut-off (g < k < g + t); the number j of its relevant items in its first
+  p = k - g positions is hypergeometric(t, rel_in, p) and, given j, they sit uniformly among those p, so their
+  expected precision sum B_j is the full-group formula with t -> p and rel_in -> j. The groups above are
+  ordered independently of it: E = sum_j P(j) (A + B_j) / (n_above + j), 0 where the denominator is 0.
+  """
+  inside = rel & (g + t <= k)
+  n_in = inside.sum(1)
+  a_sum = np.where(inside, prec_full, 0.0).sum(1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.where(n_rel > 0, np.where(n_in > 0, a_sum / n_in, 0.0), np.nan)
+  straddle = rel & (g < k) & (g + t > k)  # a tied group cut by k that holds a relevant item: rare
+  for i in np.flatnonzero(straddle.any(1)):
+    c = int(np.argmax(straddle[i]))
+    gi, ti, ri, above = int(g[i, c]), int(t[i, c]), int(rel_in[i, c]), int(rel_above[i, c])
+    p = k - gi
+    pmf = chance.hypergeom_pmf(ti, ri, p)
+    j = np.arange(pmf.size)
+    h = harm[gi + p] - harm[gi]
+    b = (j - 1) / (p - 1) if p > 1 else np.zeros(pmf.size)
+    b_sum = j / p * ((above + 1) * h + b * (p - (gi + 1) * h))
+    den = above + j  # every relevant item above the straddling group is in the top k
+    with np.errstate(invalid="ignore", divide="ignore"):
+      out[i] = float(np.sum(np.where(den > 0, pmf * (a_sum[i] + b_sum) / den, 0.0)))
+  return out
+
+
 def _chunk_metrics(s_CxM, rel_CxM, neg_CxM, negg_CxM, ks, ap_k, harm):
   """Per-query expected metrics under random tie-breaking for one chunk of score rows."""
   order = np.argsort(-s_CxM, axis=1, kind="stable")
@@ -92,10 +125,12 @@ def _chunk_metrics(s_CxM, rel_CxM, neg_CxM, negg_CxM, ks, ap_k, harm):
     h = harm[g + p_max] - harm[g]
     return np.where(rel, (a * h + b * (p_max - (g + 1) * h)) / t, 0.0)
 
+  prec = expected_precision(t)
   with np.errstate(invalid="ignore", divide="ignore"):
-    ap = expected_precision(t).sum(1) / n_rel
+    ap = prec.sum(1) / n_rel
     ap_at = expected_precision(np.clip(ap_k - g, 0, t)).sum(1) / np.minimum(n_rel, ap_k)
-  out = {"ap": ap, f"ap@{ap_k}": ap_at}
+  out = {"ap": ap, f"ap@{ap_k}": ap_at,
+         f"ap_top@{ap_k}": _ap_top(rel, g, t, rel_above, rel_in, n_rel, ap_k, prec, harm)}
 
   # First relevant group: its position in the group follows the chance law of (t, rel_in).
   first = np.argmax(rel, axis=1)[:, None]
@@ -169,6 +204,7 @@ def rank_queries(query_NxD, gallery_MxD, query_labels, gallery_labels, score="co
     ri = int(ri)
     cache[ri] = {"mrr": chance.mrr(m_eff, ri), "ap": chance.average_precision(m_eff, ri),
                  f"ap@{ap_k}": chance.average_precision_at_k(m_eff, ri, ap_k),
+                 f"ap_top@{ap_k}": chance.average_precision_top_k(m_eff, ri, ap_k),
                  **{f"recall@{k}": chance.recall_at_k(m_eff, ri, k) for k in ks}}
   for key in next(iter(cache.values()), {}):
     out[f"{key}_chance"] = np.array([cache[int(x)][key] if x > 0 else np.nan for x in r])

@@ -32,8 +32,9 @@ def _brute(scores, relevant, ks=(1, 2, 5), ap_k=3):
         precisions.append((pos, hits / pos))
         if first is None:
           first = pos
+    top = [p for pos, p in precisions if pos <= ap_k]
     vals = {"mrr": 1.0 / first, "ap": sum(p for _, p in precisions) / n_rel,
-            f"ap@{ap_k}": sum(p for pos, p in precisions if pos <= ap_k) / min(n_rel, ap_k)}
+            f"ap@{ap_k}": sum(top) / min(n_rel, ap_k), f"ap_top@{ap_k}": sum(top) / len(top) if top else 0.0}
     for k in ks:
       vals[f"recall@{k}"] = 1.0 if first <= k else 0.0
     for key, v in vals.items():
@@ -154,7 +155,7 @@ def test_chance_levels_match_simulation(m, r):
 def test_constant_scores_give_exactly_chance():
   lab = np.repeat(np.arange(4), 5)
   out = retrieval.retrieval_metrics(np.ones((20, 2)), np.ones((20, 2)), lab, lab)
-  for key in ("mrr", "recall@1", "recall@5", "map", "map@50", "matching_1v2", "auc"):
+  for key in ("mrr", "recall@1", "recall@5", "map", "map@50", "map_top@50", "matching_1v2", "auc"):
     assert out[key] == pytest.approx(out[f"{key}_chance"], abs=1e-12), key
 
 
@@ -192,7 +193,7 @@ def _plain_ranking_metrics(query, gallery, q_lab, g_lab, same_set, k=50):
   def cos(a, b):
     return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
-  rr, ap = [], []
+  rr, ap, ap_top = [], [], []
   for i, qv in enumerate(query):
     items = [(cos(qv, gv), g_lab[j] == q_lab[i]) for j, gv in enumerate(gallery) if not (same_set and j == i)]
     ranked = [rel for _, rel in sorted(items, key=lambda t: -t[0])]
@@ -206,7 +207,8 @@ def _plain_ranking_metrics(query, gallery, q_lab, g_lab, same_set, k=50):
         hits += 1
         precision_sum += hits / pos
     ap.append(precision_sum / min(n_rel, k))
-  return sum(rr) / len(rr), sum(ap) / len(ap)
+    ap_top.append(precision_sum / hits if hits else 0.0)
+  return sum(rr) / len(rr), sum(ap) / len(ap), sum(ap_top) / len(ap_top)
 
 
 def _plain_chance(q_lab, g_lab, same_set, k=50):
@@ -236,12 +238,13 @@ def test_every_ordered_pair_of_three_modalities_matches_plain_loops(tmp_path):
   metrics = report.retrieval_section(latents, names)
   for q in names:
     for g in names:
-      mrr, map50 = _plain_ranking_metrics(latents[f"{q}_mu"].tolist(), latents[f"{g}_mu"].tolist(), labels.tolist(),
-                                           labels.tolist(), same_set=q == g)
+      mrr, map50, map_top50 = _plain_ranking_metrics(latents[f"{q}_mu"].tolist(), latents[f"{g}_mu"].tolist(),
+                                                     labels.tolist(), labels.tolist(), same_set=q == g)
       mrr_c, map50_c = _plain_chance(labels.tolist(), labels.tolist(), same_set=q == g)
       key = f"retrieval.{q}_to_{g}"
       assert metrics[f"{key}.mrr"] == pytest.approx(mrr, abs=1e-12), key
       assert metrics[f"{key}.map@50"] == pytest.approx(map50, abs=1e-12), key
+      assert metrics[f"{key}.map_top@50"] == pytest.approx(map_top50, abs=1e-12), key
       assert metrics[f"{key}.mrr_chance"] == pytest.approx(mrr_c, abs=1e-12), key
       assert metrics[f"{key}.map@50_chance"] == pytest.approx(map50_c, abs=1e-12), key
       for prefix in ("retrieval_euclidean", "retrieval_w2"):
@@ -253,7 +256,7 @@ def test_every_ordered_pair_of_three_modalities_matches_plain_loops(tmp_path):
   markdown.write_report(path, {"examples": n, "identities": ids, "model.can_generate": False, **metrics}, specs,
                         {}, near={}, id_names={})
   text = path.read_text()
-  for title, metric in (("MRR", "mrr"), ("mAP@50", "map@50")):
+  for title, metric in (("MRR", "mrr"), ("mAP@50 over min(R, 50)", "map@50")):
     table = text.split(f"**{title}**")[1].strip().splitlines()
     assert table[0] == "| query \\ gallery | audio | image | text |"
     for q, line in zip(names, table[2:5]):

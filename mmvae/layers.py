@@ -1,4 +1,4 @@
-"""Building blocks every model and modality kind shares: MLP and conv encoders, decoder heads, initialisation."""
+"""Building blocks every model and modality kind shares: MLP, set and conv encoders, decoder heads, initialisation."""
 
 import math
 
@@ -38,6 +38,40 @@ class MLPEncoder(nnx.Module):
     for layer in self.layers:
       h_BxH = nnx.relu(layer(h_BxH))
     mu_BxZ, logvar_BxZ = jnp.split(self.head(h_BxH).astype(jnp.float32), 2, axis=-1)
+    return mu_BxZ, logvar_BxZ
+
+
+_POOLS = {"mean": jnp.mean, "max": jnp.max}
+
+
+class SetEncoder(nnx.Module):
+  """A shared MLP on each element of [B, N, ...], pooled over N, then an MLP and a linear map to (mu, logvar).
+
+  The elements are a clip's frames or a cloud's points. Each pool in `pools` ('mean', 'max') gives one
+  vector; they are concatenated. With pools=('max',) the output does not depend on the order of the
+  elements (PointNet's symmetric function).
+  """
+
+  def __init__(self, element_dim, element_hidden, pools, hidden, latent_dim, dtype, rngs: nnx.Rngs):
+    unknown = [p for p in pools if p not in _POOLS]
+    if not pools or unknown:
+      raise ValueError(f"SetEncoder pools={tuple(pools)} must name one or more of {sorted(_POOLS)}")
+    widths = (int(element_dim),) + tuple(element_hidden)
+    self.element = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+    self.pools = tuple(pools)
+    after = (len(self.pools) * widths[-1],) + tuple(hidden)
+    self.after = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(after[:-1], after[1:])])
+    self.head = nnx.Linear(after[-1], 2 * latent_dim, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x_BxNxD):
+    h_BxNxH = x_BxNxD.reshape(x_BxNxD.shape[0], x_BxNxD.shape[1], -1).astype(self.dtype)
+    for layer in self.element:
+      h_BxNxH = nnx.relu(layer(h_BxNxH))
+    h_BxP = jnp.concatenate([_POOLS[p](h_BxNxH, axis=1) for p in self.pools], axis=-1)
+    for layer in self.after:
+      h_BxP = nnx.relu(layer(h_BxP))
+    mu_BxZ, logvar_BxZ = jnp.split(self.head(h_BxP).astype(jnp.float32), 2, axis=-1)
     return mu_BxZ, logvar_BxZ
 
 

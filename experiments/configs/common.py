@@ -112,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0
   c.train.weight_decay = 0.0  # decoupled (AdamW) weight decay; 0 = plain Adam
   c.train.face_flip = False  # mirror each training face left-right with probability 1/2
+  c.train.rotate_points = False  # turn each training point cloud about its vertical axis by a random angle
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.checkpoint_every = 500

@@ -40,6 +40,7 @@ def get_config(variant: str = ""):
   c.loss.triplet_weight = 1.0
   c.loss.triplet_margins = (0.2, 0.2, 0.2)  # within x, within y, across x -> y
   c.loss.identity_weight = 1.0  # the classification cross-entropy on the space's vectors
+  c.train.rotate_points = True  # the clouds come at any yaw: show every yaw in training
   c.train.batch_size = 64
   c.train.num_steps = 1500  # per stage
   c.train.learning_rate = 1e-3

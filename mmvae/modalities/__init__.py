@@ -18,7 +18,8 @@ A modality kind is a module (or object) offering:
   activate(raw) -> the output of decode (an image's sigmoid; identity for most kinds)
   nll(output_B, target_B, log_sigma) -> -log p(target | output) per example, in nats
   to_data(output) -> decoded output in the stored value space (numpy: image pixels in [0, 1], token ids)
-  augment(x_B, flip_B, train_cfg) -> x_B          (train-time; flip_B is one fair coin per example)
+  augment(x_B, flip_B, train_cfg, keys_B) -> x_B  (train-time; flip_B is one fair coin per example, keys_B
+                                                  one key per example for other draws)
   DEFAULT_SIGMA: the Gaussian likelihood scale, or None for a likelihood without one
 
 Register a new kind with `modalities.register(kind, module)`; the model zoo, the reader, the
@@ -29,7 +30,7 @@ import dataclasses
 
 from mmvae import registry
 
-_BUILTIN = {k: f"mmvae.modalities.{k}" for k in ("spectrogram", "image", "vector", "tokens")}
+_BUILTIN = {k: f"mmvae.modalities.{k}" for k in ("spectrogram", "image", "vector", "tokens", "video", "points")}
 _FUNCTIONS = ("model_shape", "frames", "inputs", "encoder", "head", "activate", "nll", "to_data", "augment")
 _REGISTRY = registry.Registry("modality kind", "a manifest's modality kind", _BUILTIN, _FUNCTIONS)
 # The kinds of datasets and runs from before manifests declared modalities (two fixed names).

@@ -30,7 +30,7 @@ def to_data(output):
   return np.asarray(output, np.float32)
 
 
-def augment(x, flip_B, train_cfg):
+def augment(x, flip_B, train_cfg, keys_B=None):
   """No train-time augmentation."""
-  del flip_B, train_cfg
+  del flip_B, train_cfg, keys_B
   return x

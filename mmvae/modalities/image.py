@@ -56,8 +56,9 @@ def to_data(output):
   return np.asarray(output, np.float32)
 
 
-def augment(x_BxSxSxC, flip_B, train_cfg):
+def augment(x_BxSxSxC, flip_B, train_cfg, keys_B=None):
   """Each image mirrored left-right where flip_B (train.face_flip)."""
+  del keys_B
   if not train_cfg.get("face_flip", False):
     return x_BxSxSxC
   return jnp.where(flip_B[:, None, None, None], x_BxSxSxC[:, :, ::-1, :], x_BxSxSxC)

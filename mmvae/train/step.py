@@ -67,16 +67,19 @@ def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_na
 
 
 def augment(batch, seed: int, step, positions_B, train_cfg, specs: dict):
-  """Training-time augmentation by each modality's kind (an image mirrored left-right: train.face_flip).
+  """Training-time augmentation by each modality's kind (an image mirrored left-right: train.face_flip; a
+  point cloud turned about its vertical axis: train.rotate_points).
 
-  One fair coin per example from its (seed, step, global position) key, so it does not depend on the
-  device count; the modalities of a pair share it.
+  One fair coin and one key per example from its (seed, step, global position) key, so it does not depend
+  on the device count; the modalities of a pair share them.
   """
-  if not train_cfg.get("face_flip", False):
+  if not (train_cfg.get("face_flip", False) or train_cfg.get("rotate_points", False)):
     return batch
   keys_B = jax.vmap(lambda k: jax.random.fold_in(k, _AUGMENT_TAG))(example_keys(seed, step, positions_B))
   flip_B = jax.vmap(jax.random.bernoulli)(keys_B)
-  return {k: specs[k].kind_module.augment(v, flip_B, train_cfg) if k in specs else v for k, v in batch.items()}
+  draw_B = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys_B)  # independent of the coin
+  return {k: specs[k].kind_module.augment(v, flip_B, train_cfg, draw_B) if k in specs else v
+          for k, v in batch.items()}
 
 
 def grads_and_metrics(graphdef, config, params, batch, positions_B, step, axis_name=None):

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data_prep import audio, avdigits, digit_text, faces, storage, voxceleb1
+from data_prep import audio, avdigits, digit_text, faces, mmdigits, storage, voxceleb1
 from mmvae import config as config_lib
 from mmvae import progress
 
@@ -85,20 +85,33 @@ def _extract_one(index, spec, data_cfg, strict):
 
 
 def _modalities(corpus: voxceleb1.Corpus, audio_shape, face_shape) -> list[dict]:
-  """The manifest entries of what the corpus stores: audio, its image modality, and text when it has one."""
+  """The manifest entries of what the corpus stores: audio, its image modality, text when it has one, its extras."""
   entries = storage.audio_and_face(audio_shape, face_shape)
   entries[1]["name"] = corpus.image_name
   if corpus.text_vocab:
     entries.append({"name": "text", "kind": "tokens", "shape": [digit_text.MAX_TOKENS], "dtype": "int32",
                     "vocab": list(corpus.text_vocab)})
+  entries.extend(dict(m, shape=[int(d) for d in m["shape"]]) for m in corpus.extra_modalities)
   return entries
 
 
+def _extra(spec: dict, entry: dict) -> np.ndarray:
+  """The spec's array of an extra modality, in its declared dtype; ValueError when its shape is not the declared one."""
+  value = np.asarray(spec["extra"][entry["name"]], entry["dtype"])
+  if value.shape != tuple(entry["shape"]):
+    raise ValueError(f"{spec['id']}: {entry['name']} has shape {list(value.shape)}, the corpus declares "
+                     f"{list(entry['shape'])}")
+  return value
+
+
 def _record(spec: dict, audio_features, face, corpus: voxceleb1.Corpus) -> dict:
-  record = {"audio": audio_features, corpus.image_name: face, "label": int(spec["label"]), "id": spec["id"],
-            "identity": spec["identity"], "video": spec["video"], "gender": spec["gender"]}
+  record = {"label": int(spec["label"]), "id": spec["id"], "identity": spec["identity"], "video": spec["video"],
+            "gender": spec["gender"]}
+  # Modalities after the text fields: one named like a field (multi-modal digits' `video` clip) replaces it.
+  record.update({"audio": audio_features, corpus.image_name: face})
   if corpus.text_vocab:
     record["text"] = digit_text.encode(spec["text"])
+  record.update({m["name"]: _extra(spec, m) for m in corpus.extra_modalities})
   return record
 
 
@@ -144,6 +157,7 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
   """Shared back half of every prep: features for every spec, normalisation, TFDS write, manifest, swap."""
   start = time.time()
   config, audio_shape, face_shape = _checked_config(config)
+  notes = [*notes, *corpus.notes]
   data_cfg = config.data
   tasks = {s: [] for s in SPLITS}
   for index, spec in enumerate(corpus.examples):
@@ -243,6 +257,21 @@ def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict:
   with storage.Build(out) as build:
     layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict)
     return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed})"])
+
+
+def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: bool = False, workers: int = 0) -> dict:
+  """Prepares the multi-modal digits corpus (audio, image, text, video, pointcloud of a digit) into OUT."""
+  config = _checked_config(config)[0]
+  missing = [k for k in ("video_frames", "points") if k not in config.data]
+  if missing:
+    raise ValueError(f"config {config.name!r} has no data.{' or data.'.join(missing)}, which mmdigits needs; "
+                     "use --config mcvs, or a config that sets them")
+  shape = {"video_frames": int(config.data.video_frames), "points": int(config.data.points),
+           "face_size": int(config.data.face_size)}
+  mmdigits.check_settings(**shape)
+  with storage.Build(out) as build:
+    layout = mmdigits.list_examples(fsdd, mnist, seed=seed, strict=strict, **shape)
+    return _prepare(layout, "mmdigits", build, config, strict, workers, [mmdigits.NOTES + f" (seed {seed})"])
 
 
 def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "closed", config="synthetic",

@@ -49,7 +49,8 @@ class _PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     features = {m["name"]: tfds.features.Tensor(shape=tuple(m["shape"]), dtype=np.dtype(m["dtype"]))
                 for m in self._modalities}
     features["label"] = np.int64
-    features.update({name: tfds.features.Text() for name in TEXT_FEATURES})
+    # A modality named like a text field (multi-modal digits' `video` clip) takes its place.
+    features.update({name: tfds.features.Text() for name in TEXT_FEATURES if name not in features})
     return tfds.core.DatasetInfo(builder=self, description="mmvae prepared dataset; see manifest.json",
                                  features=tfds.features.FeaturesDict(features), disable_shuffling=True)
 
@@ -80,7 +81,12 @@ class MmvaeSynthetic(_PreparedBuilder):
   name = "mmvae_synthetic"
 
 
-BUILDERS = {"voxceleb1": MmvaeVoxceleb1, "avdigits": MmvaeAvdigits, "synthetic": MmvaeSynthetic}
+class MmvaeMmdigits(_PreparedBuilder):
+  name = "mmvae_mmdigits"
+
+
+BUILDERS = {"voxceleb1": MmvaeVoxceleb1, "avdigits": MmvaeAvdigits, "synthetic": MmvaeSynthetic,
+            "mmdigits": MmvaeMmdigits}
 
 
 def versions() -> dict:
@@ -267,3 +273,12 @@ def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Itera
   write_json_atomic(out / MANIFEST, manifest)
   return manifest
 
+
+def register_corpus(corpus: str) -> type:
+  """The builder write_dataset uses for CORPUS: BUILDERS' entry, made (`mmvae_<corpus>`) on first use for a new one."""
+  if corpus not in BUILDERS:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", corpus):
+      raise ValueError(f"corpus name {corpus!r}: use lowercase letters, digits and underscores")
+    BUILDERS[corpus] = type(f"Mmvae{corpus.title().replace('_', '')}", (_PreparedBuilder,),
+                            {"name": f"mmvae_{corpus}", "__module__": __name__})
+  return BUILDERS[corpus]

@@ -43,6 +43,10 @@ class Corpus:
   image_name: str = "face"  # the name of the image modality (AV-digits: 'image')
   text_vocab: tuple | None = None  # a `text` token modality over this vocabulary (specs carry 'text')
   relevance: str = "same identity"  # what makes a retrieved item relevant (same label), in words
+  # Further modalities stored as given: manifest entries {name, kind, shape, dtype}, in order, whose
+  # arrays every spec carries in spec['extra'][name] (multi-modal digits: video, pointcloud).
+  extra_modalities: tuple = ()
+  notes: tuple = ()  # corpus-specific lines for the manifest's notes (e.g. what was subsampled)
 
 
 def read_meta(path) -> tuple[dict[str, dict], list[str]]:

@@ -14,7 +14,7 @@ FORMAT = "mmvae-prepared/1"
 TEXT_FEATURES = ("id", "identity", "video", "gender")
 # data.* keys that change the stored features; the rest (dither, seed, ...) only change sampling.
 FEATURE_KEYS = ("sample_rate", "segment_samples", "window_ms", "hop_ms", "n_fft", "n_bins", "magnitude",
-                "time_average", "pooling", "n_mels", "n_mfcc", "face_size", "grayscale")
+                "time_average", "pooling", "n_mels", "n_mfcc", "face_size", "grayscale", "video_frames", "points")
 PAIRINGS = ("utterance", "video", "identity")
 _GROUP_KEY = {"video": "video", "identity": "label"}
 IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access instead
@@ -71,7 +71,7 @@ class Dataset:
     records = self._source(split).__getitems__([int(i) for i in indices])
     out = {m.name: np.stack([r[m.name] for r in records]).astype(m.dtype) for m in modalities.of_manifest(self.manifest)}
     out["label"] = np.array([r["label"] for r in records], np.int32)
-    for name in TEXT_FEATURES:
+    for name in (n for n in TEXT_FEATURES if n not in out):  # a modality named like a text field replaced it
       out[name] = np.array([r[name].decode() if isinstance(r[name], bytes) else str(r[name]) for r in records])
     return out
 
@@ -105,9 +105,7 @@ class Dataset:
       fix = " ".join(f"--config.data.{k}={prepared[k]}" for k in wrong)
       raise ValueError(f"the prepared dataset {self.data_dir} (config {self.manifest.get('config')!r}) was built "
                        f"with {found}. Train with {fix}, or re-run `mmvae prep` with this config")
-    pairing = config.data.get("pairing", "utterance")
-    if pairing not in PAIRINGS:
-      raise ValueError(f"config.data.pairing={pairing!r} is unknown; use one of {PAIRINGS}")
+    check_pairing(self.manifest, config.data.get("pairing", "utterance"))
     try:
       self.modalities(config.data.get("modalities", ()))
     except ValueError as e:
@@ -119,6 +117,16 @@ class Dataset:
       if split not in self.manifest["splits"]:
         raise ValueError(f"the prepared dataset {self.data_dir} has no {split!r} split (it has {self.splits}); "
                          "prepare a corpus with that split or set --config.analysis.split")
+
+
+def check_pairing(manifest: dict, policy: str) -> None:
+  """ValueError when config.data.pairing is unknown, or groups by a text field the dataset replaced by a modality."""
+  if policy not in PAIRINGS:
+    raise ValueError(f"config.data.pairing={policy!r} is unknown; use one of {PAIRINGS}")
+  key = _GROUP_KEY.get(policy)
+  if key in {m.name for m in modalities.of_manifest(manifest)}:
+    raise ValueError(f"config.data.pairing={policy!r} groups examples by their {key!r} field, which this dataset "
+                     "replaces by a modality of that name; use 'identity' or 'utterance'")
 
 
 class _Permutations:
@@ -150,8 +158,7 @@ class Pairing:
   """
 
   def __init__(self, dataset: Dataset, split: str, policy: str = "utterance"):
-    if policy not in PAIRINGS:
-      raise ValueError(f"config.data.pairing={policy!r} is unknown; use one of {PAIRINGS}")
+    check_pairing(dataset.manifest, policy)
     self.policy = policy
     if policy != "utterance":
       keys = dataset.column(split, _GROUP_KEY[policy])

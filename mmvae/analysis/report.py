@@ -153,7 +153,9 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
 
 def _save_latents(report_dir: pathlib.Path, latents: dict, arrays: dict) -> dict:
   full = dict(latents, label=np.asarray(arrays["label"]))
-  full.update({k: np.asarray(arrays[k]).astype(str) for k in TEXT_KEYS if k in arrays})
+  # A text field that shares a modality's name (mmdigits' `video` clips) was dropped at prep: never stored as text.
+  full.update({k: np.asarray(arrays[k]).astype(str) for k in TEXT_KEYS
+               if k in arrays and f"{k}_mu" not in latents})
   np.savez_compressed(report_dir / "latents.npz", **full)
   return full
 

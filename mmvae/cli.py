@@ -10,7 +10,7 @@ from typing import Sequence
 import mmvae
 
 CONFIG_COMMANDS = ("prep", "train", "demo")  # the commands that take --config, and so --config.KEY overrides
-CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1, msvae_public"  # experiments/configs/ (a test keeps this true)
+CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1, msvae_public, mcvs"  # experiments/configs/ (a test keeps this true)
 
 
 def _overrides_epilog(example: str) -> str:
@@ -68,6 +68,17 @@ def _add_prep(sub) -> None:
   avd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   avd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
 
+  mmd = _parser(corpora, "mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point cloud "
+                "of the same class, imbalanced training classes", epilog=PREP_EPILOG)
+  mmd.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
+  mmd.add_argument("--mnist", required=True, help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+  mmd.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
+  _add_config(mmd, "mcvs")
+  mmd.add_argument("--seed", type=int, default=0,
+                   help="seed of the pairing, the rendered videos and point clouds, and the class imbalance")
+  mmd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
+  mmd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+
   syn = _parser(corpora, "synthetic", help="generate the built-in synthetic corpus and prepare it",
                 epilog=PREP_EPILOG)
   syn.add_argument("--out", required=True, help="output folder; the raw corpus goes to OUT/raw")
@@ -78,14 +89,46 @@ def _add_prep(sub) -> None:
   _add_config(syn, "synthetic")
   syn.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
 
+  feat = _parser(corpora, "features", help="precomputed per-modality features (XMedia style) -> vector modalities",
+                 description="Rows per split: the anchor's items; every other modality gives each row an item of "
+                             "the row's class (a seeded cyclic order: each item used once before any is reused). "
+                             "Labels: the sorted original labels -> 0..C-1.")
+  feat.add_argument("--root", required=True,
+                    help="folder of feature files, per modality and split (train, test; validation optional): "
+                         "MOD_SPLIT.npz holding arrays features [N, D] and labels [N], or MOD_SPLIT_features.npy "
+                         "and MOD_SPLIT_labels.npy")
+  feat.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
+  feat.add_argument("--anchor", default=None,
+                    help="modality whose items are the rows of every split (default: per split, the one with the "
+                         "most items; ties: the first name in sorted order)")
+  feat.add_argument("--rename", action="append", default=None, metavar="OLD=NEW",
+                    help="rename a modality, e.g. 3d=pointcloud (names must be Python identifiers: they are config "
+                         "keys); repeatable (default: none)")
+  feat.add_argument("--seed", type=int, default=0, help="seed of the other modalities' cyclic orders")
+  feat.add_argument("--no-standardize", dest="standardize", action="store_false",
+                    help="store the features as given (default: z-score each modality with its train split's "
+                         "mean and std)")
+  feat.set_defaults(config="synthetic")  # main loads a config for every prep; this one reads none
+
 
 def _run_prep(args, config) -> None:
+  if args.corpus == "features":
+    from data_prep import features
+    from mmvae import config as config_lib
+    if config.to_dict() != config_lib.load(args.config).to_dict():  # main applied --config.KEY overrides
+      raise ValueError("prep features takes no --config.KEY overrides: it reads no config")
+    features.prepare_features(args.root, args.out, seed=args.seed, anchor=args.anchor, rename=args.rename,
+                              standardize=args.standardize)
+    return
   from data_prep import prepare
   if args.corpus == "voxceleb1":
     prepare.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
                               split_policy=args.split)
   elif args.corpus == "avdigits":
     prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
+                             strict=args.strict, workers=args.workers)
+  elif args.corpus == "mmdigits":
+    prepare.prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
                              strict=args.strict, workers=args.workers)
   else:
     prepare.prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split,
@@ -180,12 +223,17 @@ def _with_chance(value, chance_value) -> str:
 def train_summary(final: dict, workdir, data_dir) -> str:
   """Where the run's files are and its headline numbers (validation MRR beside chance)."""
   workdir = pathlib.Path(workdir)
-  ckpt = workdir / "checkpoints"
+  stages = final.get("stages") or []
+  run = pathlib.Path(stages[-1]["run"]) if stages else workdir  # a stage-wise run: its last stage's folder
+  ckpt = run / "checkpoints"
   best = final.get("best_step")
-  lines = [f"mmvae train: step {final['step']} done in {final['elapsed_seconds'] / 60:.1f} min -> {workdir}",
-           f"  checkpoints  {ckpt / 'last'} (newest: step {final['step']})"
-           + (f", {ckpt / 'best'} (step {best})" if best is not None else ""),
-           f"  metrics      {workdir / 'metrics.jsonl'}, {workdir / 'final.json'}, TensorBoard {workdir / 'tb'}"]
+  lines = [f"mmvae train: step {final['step']} done in {final['elapsed_seconds'] / 60:.1f} min -> {workdir}"]
+  if stages:
+    lines.append(f"  stages       {workdir / 'stages.json'}: " + "; ".join(
+        f"{r['stage']}: +{','.join(r['new'])} ({r['seconds_per_iteration'] * 1e3:.3g} ms/iteration)" for r in stages))
+  lines += [f"  checkpoints  {ckpt / 'last'} (newest: step {final['step']})"
+            + (f", {ckpt / 'best'} (step {best})" if best is not None else ""),
+            f"  metrics      {run / 'metrics.jsonl'}, {workdir / 'final.json'}, TensorBoard {run / 'tb'}"]
   val = final.get("validation")
   pairs = [k for k in sorted(val or {}) if k.startswith("mrr_") and "_to_" in k]
   if pairs:

@@ -258,7 +258,7 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
         data.Dataset(data_dir).input_shapes()
   # The run's own kind (config.json), so any registered model reloads without the caller naming it.
   model = zoo.of(config).build(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
-  tx = step_lib.make_optimizer(config.train)
+  tx = step_lib.make_optimizer(config.train, model)
   graphdef, state = step_lib.init_state(model, tx)
   ckpts = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   try:

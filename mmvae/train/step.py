@@ -30,14 +30,23 @@ def make_schedule(train_cfg):
   return schedule
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """Adam (AdamW when weight_decay > 0) on the warmup schedule, after global-norm clipping (grad_clip <= 0: none)."""
+def make_optimizer(train_cfg, model=None) -> optax.GradientTransformation:
+  """Adam (AdamW when weight_decay > 0) on the warmup schedule, after global-norm clipping (grad_clip <= 0: none).
+
+  model: when it freezes parameters (a staged model's `trainable(name)`), Adam keeps state for and updates
+  only the trainable ones (optax.multi_transform), so a stage costs no optimizer work on the frozen rest.
+  """
   schedule = make_schedule(train_cfg)
   parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip > 0 else []
   decay = float(train_cfg.get("weight_decay", 0.0))
   if decay < 0:
     raise ValueError(f"config.train.weight_decay={decay} must be >= 0")
-  return optax.chain(*parts, optax.adamw(schedule, weight_decay=decay) if decay > 0 else optax.adam(schedule))
+  tx = optax.chain(*parts, optax.adamw(schedule, weight_decay=decay) if decay > 0 else optax.adam(schedule))
+  mask = trainable_mask(*nnx.split(model, nnx.Param)) if model is not None else None
+  if mask is None:
+    return tx
+  labels = jax.tree.map(lambda keep: "train" if keep else "frozen", mask)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def init_state(model, tx):
@@ -116,17 +125,21 @@ def _frozen_to_zero(tree, mask):
 def train_step(graphdef, tx, config, state, batch, positions_B, axis_name=None):
   """One Adam update on the batch; a pure function of (state, batch) for pmap or jit.
 
-  Frozen parameters (a model's `trainable(name)` is False) get zero gradients, so their Adam moments do
-  not move, and zero updates, so they stay bit-identical (weight decay included).
+  Frozen parameters (a model's `trainable(name)` is False) get zero gradients (their Adam moments, if the
+  optimizer keeps any, do not move; XLA drops their backward work) and are not updated: bit-identical.
   """
   grads, metrics = grads_and_metrics(graphdef, config, state["params"], batch, positions_B, state["step"], axis_name)
   mask = trainable_mask(graphdef, state["params"])
   grads = _frozen_to_zero(grads, mask)
-  if mask is not None:
-    metrics["grad_norm"] = optax.global_norm(grads)
+  if mask is not None:  # the norm of what trains (summing the frozen zeros would cost a pass over them)
+    metrics["grad_norm"] = optax.global_norm([g for g, keep in zip(jax.tree.leaves(grads), jax.tree.leaves(mask))
+                                              if keep])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  updates = _frozen_to_zero(updates, mask)
-  params = optax.apply_updates(state["params"], updates)
+  if mask is None:
+    params = optax.apply_updates(state["params"], updates)
+  else:  # a frozen parameter is passed through untouched (bit-identical, no work), whatever the optimizer
+    params = jax.tree.map(lambda p, u, keep: jnp.asarray(p + u).astype(jnp.asarray(p).dtype) if keep else p,
+                          state["params"], updates, mask)
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 

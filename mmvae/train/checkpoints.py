@@ -238,7 +238,6 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
   """
   import ml_collections
   from mmvae import data, zoo
-  from mmvae.train import step as step_lib
   if which not in (BEST, LAST):
     raise ValueError(f"which={which!r}: use 'best' or 'last'")
   workdir = run_folder(workdir)
@@ -258,8 +257,10 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
         data.Dataset(data_dir).input_shapes()
   # The run's own kind (config.json), so any registered model reloads without the caller naming it.
   model = zoo.of(config).build(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
-  tx = step_lib.make_optimizer(config.train, model)
-  graphdef, state = step_lib.init_state(model, tx)
+  from flax import nnx
+  # Only the parameters and the step: a run is loaded whatever optimizer state its checkpoints hold.
+  graphdef, params = nnx.split(model, nnx.Param)
+  state = {"params": params, "step": np.zeros((), np.int32)}
   ckpts = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   try:
     try:
@@ -275,6 +276,5 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
     ckpts.close()
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first (mmvae train --workdir {workdir})")
-  from flax import nnx
   model = nnx.merge(graphdef, restored["params"])
   return (model, config, data_dir, int(restored["step"])) if return_step else (model, config, data_dir)

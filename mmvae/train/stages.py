@@ -1,8 +1,9 @@
 """Stage-wise training: a model kind with a stage plan (`stages(config, names)`, e.g. mcvs) trains stage by stage.
 
 WORKDIR/stages/K/ is stage K's own run (config.model.stage = K, a normal trainer workdir: resumable,
-kill-safe); stage K starts from stage K-1's last checkpoint (`--from` semantics: its parameters, a fresh
-optimizer). WORKDIR/stages.json lists, per finished stage, `stage`, `modalities` (those in the space),
+kill-safe); stage K starts from stage K-1's best checkpoint (train.select_by; its last when there is no
+validation split), with `--from` semantics: its parameters, a fresh optimizer. So `mmvae analyze` of any
+stage (best by default) shows exactly the vectors every later stage keeps for its modalities. WORKDIR/stages.json lists, per finished stage, `stage`, `modalities` (those in the space),
 `new`, `trainable_params`, `seconds_per_iteration`, `branch_sha256` (modality -> SHA-256 of that branch's
 parameters, as the model's `branch_of(name)` assigns them) and `run` (the stage's folder).
 WORKDIR/final.json is the last stage's, with the stage list. `mmvae analyze --workdir WORKDIR` analyses
@@ -47,8 +48,12 @@ def _in_space(plan, k: int) -> list[str]:
   return [m for new in plan[:k] for m in new]
 
 
-def _last_checkpoint(run: pathlib.Path) -> pathlib.Path:
+def _chosen_checkpoint(run: pathlib.Path) -> pathlib.Path:
+  """The checkpoint a finished stage hands on: its best (as `mmvae analyze` picks it), else its last."""
   final = json.loads((run / "final.json").read_text())
+  best = final.get("best_step")
+  if best is not None and (run / "checkpoints" / ckpt_lib.BEST / str(best)).is_dir():
+    return run / "checkpoints" / ckpt_lib.BEST / str(best)
   return run / "checkpoints" / ckpt_lib.LAST / str(final["step"])
 
 
@@ -69,7 +74,7 @@ def branch_digests(model, names: list[str]) -> tuple[dict, int]:
 
 
 def _record(run: pathlib.Path, k: int, plan, config, final: dict) -> dict:
-  model, _, _ = ckpt_lib.load_run(run, which=ckpt_lib.LAST)
+  model, _, _ = ckpt_lib.load_run(run, which=ckpt_lib.BEST)  # the parameters the next stage starts from
   space = _in_space(plan, k)
   digests, trainable = branch_digests(model, space)
   rate = final.get("samples_per_second")
@@ -101,7 +106,7 @@ def _adopted(init_from, plan) -> tuple[list[dict], str | None]:
   if not taken:
     raise ValueError(f"--from {old_dir}: its first stage ({old[0]['modalities'] if old else 'none'}) is not this "
                      f"plan's first stage ({_in_space(plan, 1)}); nothing to continue from")
-  return taken, str(_last_checkpoint(pathlib.Path(taken[-1]["run"])))
+  return taken, str(_chosen_checkpoint(pathlib.Path(taken[-1]["run"])))
 
 
 def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
@@ -125,7 +130,7 @@ def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=
       final = trainer.train(cfg, data_dir, run, allow_data_change=allow_data_change, init_from=start_from)
       records.append(_record(run, k, plan, cfg, final))
       _write_json(workdir / STAGES_JSON, records)
-      start_from = str(_last_checkpoint(run))
+      start_from = str(_chosen_checkpoint(run))
     if final is None:  # every stage came from --from
       _write_json(workdir / STAGES_JSON, records)
       final = json.loads((pathlib.Path(records[-1]["run"]) / "final.json").read_text())

@@ -201,9 +201,10 @@ def _stage_config(*overrides):
                                        *overrides])
 
 
-def _flat(run: pathlib.Path):
+def _flat(run: pathlib.Path, which="last"):
   final = json.loads((run / "final.json").read_text())
-  flat, problem = ckpt_lib._read(run / "checkpoints" / "last" / str(final["step"]))
+  step = final["step"] if which == "last" else final["best_step"]
+  flat, problem = ckpt_lib._read(run / "checkpoints" / which / str(step))
   assert problem is None
   return flat
 
@@ -221,7 +222,8 @@ def test_a_later_stage_leaves_every_existing_branch_bit_identical(avdigits, tmp_
   cfg = _stage_config('data.modalities=("image","text","audio")')
   cfg.model.stages = (("image", "text"), ("audio",))
   final = trainer.train(cfg, avdigits, tmp_path / "run")
-  one, two = _flat(tmp_path / "run/stages/1"), _flat(tmp_path / "run/stages/2")
+  # Stage 2 starts from stage 1's best checkpoint, the one `mmvae analyze` of stage 1 shows.
+  one, two = _flat(tmp_path / "run/stages/1", "best"), _flat(tmp_path / "run/stages/2")
   params = [k[len("params."):] for k in two if k.startswith("params.")]
   new = [n for n in params if n.split(".")[1] == "audio" or n.startswith("blocks.audio__")]
   old = [n for n in params if n not in new]
@@ -242,8 +244,8 @@ def test_a_later_stage_leaves_every_existing_branch_bit_identical(avdigits, tmp_
   # The space's existing vectors, hence every retrieval number among them, are exactly those of stage 1.
   test = data.Dataset(avdigits).arrays("test")
   specs = data.Dataset(avdigits).modalities(("image", "text", "audio"))
-  lat = [inference.encode_split(inference.model_encoder(ckpt_lib.load_run(tmp_path / f"run/stages/{k}", "last")[0]),
-                                test, specs) for k in (1, 2)]
+  lat = [inference.encode_split(inference.model_encoder(ckpt_lib.load_run(tmp_path / f"run/stages/{k}", which)[0]),
+                                test, specs) for k, which in ((1, "best"), (2, "last"))]
   for m in ("image", "text"):
     np.testing.assert_array_equal(lat[0][f"{m}_mu"], lat[1][f"{m}_mu"])
   assert "stage 2/2" in capsys.readouterr().out

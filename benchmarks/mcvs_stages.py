@@ -20,14 +20,14 @@ import numpy as np
 from mmvae import config as config_lib
 from mmvae import data, zoo
 from mmvae.train import parallel
+from mmvae.train import stages
 from mmvae.train import step as step_lib
 
 REPEATS = 3
 
 
-def _time_step(cfg, dataset, names, steps: int, read=None) -> tuple[float, int]:
-  """(seconds per iteration, trainable parameters) of cfg's train step for the modalities `names`, on batches of
-  `read` (default: all of them; a stage reads those in its space, as the trainer does)."""
+def _time_step(cfg, dataset, names, steps: int) -> tuple[float, int]:
+  """(seconds per iteration, trainable parameters) of cfg's train step on batches of the modalities `names`."""
   specs = dataset.modalities(names)
   model = zoo.of(cfg).build(cfg, specs, seed=0, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(cfg.train, model)
@@ -37,7 +37,7 @@ def _time_step(cfg, dataset, names, steps: int, read=None) -> tuple[float, int]:
   runner = parallel.Runner(graphdef, tx, cfg, "sharded")
   dev_state = runner.put_state(jax.tree.map(np.asarray, state))
   batches = [data.batch_at(dataset, "train", cfg.train.batch_size, seed=0, step=s, pairing=cfg.data.pairing,
-                           modality_names=tuple(read or names)) for s in range(min(steps, 8))]
+                           modality_names=tuple(names)) for s in range(min(steps, 8))]
   dev_state, m = runner.step(dev_state, batches[0])  # compile and warm up
   jax.block_until_ready(m)
   best = float("inf")
@@ -61,13 +61,12 @@ def measure(config: str, data_dir, steps: int, batch_size: int | None = None) ->
   rows = []
   for stage in range(1, len(plan) + 1):
     k = len(list(itertools.chain(*plan[:stage])))
-    staged = config_lib.load(config, [f"model.stage={stage}"] + ([f"train.batch_size={batch_size}"] if batch_size else []))
+    staged = stages.stage_config(base, plan, stage)  # as `mmvae train` runs it: the space's modalities only
     joint = config_lib.load(config, ["model.plan=joint", "model.stage=0"] +
                             ([f"train.batch_size={batch_size}"] if batch_size else []))
     joint.model.stages = (tuple(order[:k]),)
     joint.data.modalities = tuple(order[:k])
-    staged.model.stages = tuple(tuple(s) for s in plan)
-    m_s, m_p = _time_step(staged, dataset, order, steps, order[:k])
+    m_s, m_p = _time_step(staged, dataset, order[:k], steps)
     c_s, c_p = _time_step(joint, dataset, order[:k], steps)
     rows.append({"modalities": k, "added": ",".join(plan[stage - 1]), "mcvs_ms": 1e3 * m_s, "cvs_ms": 1e3 * c_s,
                  "mcvs_vs_cvs": m_s / c_s, "mcvs_trainable": m_p, "cvs_trainable": c_p})

@@ -1,7 +1,7 @@
 """Stage-wise training: a model kind with a stage plan (`stages(config, names)`, e.g. mcvs) trains stage by stage.
 
-WORKDIR/stages/K/ is stage K's own run (config.model.stage = K, a normal trainer workdir: resumable,
-kill-safe); stage K starts from stage K-1's best checkpoint (train.select_by; its last when there is no
+WORKDIR/stages/K/ is stage K's own run (config.model.stage = K and config.data.modalities = the modalities
+of its space; a normal trainer workdir: resumable, kill-safe); stage K starts from stage K-1's best checkpoint (train.select_by; its last when there is no
 validation split), with `--from` semantics: its parameters, a fresh optimizer. So `mmvae analyze` of any
 stage (best by default) shows exactly the vectors every later stage keeps for its modalities. WORKDIR/stages.json lists, per finished stage, `stage`, `modalities` (those in the space),
 `new`, `trainable_params`, `seconds_per_iteration`, `branch_sha256` (modality -> SHA-256 of that branch's
@@ -37,10 +37,12 @@ def is_staged(config) -> bool:
   return callable(getattr(kind, "stages", None)) and int(config.model.get("stage", 0)) == 0
 
 
-def stage_config(config, k: int):
-  """The config of stage k (1-based): the same with config.model.stage = k."""
+def stage_config(config, plan, k: int):
+  """The config of stage k (1-based): model.stage = k, the plan written out, and the space's modalities only."""
   c = copy.deepcopy(config)
   c.model.stage = k
+  c.model.stages = tuple(tuple(s) for s in plan)
+  c.data.modalities = tuple(_in_space(plan, k))
   return c
 
 
@@ -126,7 +128,7 @@ def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=
       run = workdir / "stages" / str(k)
       print(f"mmvae train: stage {k}/{len(plan)}: adding {', '.join(plan[k - 1])} to the space "
             f"({', '.join(_in_space(plan, k))}) -> {run}", flush=True)
-      cfg = stage_config(config, k)
+      cfg = stage_config(config, plan, k)
       final = trainer.train(cfg, data_dir, run, allow_data_change=allow_data_change, init_from=start_from)
       records.append(_record(run, k, plan, cfg, final))
       _write_json(workdir / STAGES_JSON, records)

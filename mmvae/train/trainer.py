@@ -159,8 +159,6 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   log = train_log.RunLog(workdir, enabled=jax.process_index() == 0)
   model = zoo.of(config).build(config, specs, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(t, model)
-  # A staged model reads only the modalities already in its space (the rest would be read and dropped).
-  train_names = tuple(model.in_space()) if callable(getattr(model, "in_space", None)) else tuple(specs)
   schedule = step_lib.make_schedule(t)
   graphdef, state = step_lib.init_state(model, tx)
   host_template = jax.tree.map(np.asarray, state)
@@ -205,7 +203,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   previous = signal.getsignal(signal.SIGTERM)
   signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   batches = data.batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, num_devices=1,
-                         prefetch=t.prefetch, pairing=config.data.pairing, modality_names=train_names)
+                         prefetch=t.prefetch, pairing=config.data.pairing, modality_names=tuple(specs))
   last_metrics, last_val, wait_s, timed_from, timed_steps = {}, None, 0.0, None, 0
   t_start = time.perf_counter()
   bar = progress.bar(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",

@@ -15,7 +15,9 @@ with a block against every modality already in the space (and against the other 
 only their encoders, branches and blocks: every existing parameter is frozen (zero gradient and zero
 update, so it stays bit-identical, and its Adam moments stay at zero). 'joint' (CVS) trains every
 modality and one block per pair at once: the same model with a one-stage plan. The stage a model trains
-is config.model.stage (1-based, 0 = the last; `mmvae train` runs the stages one after the other, mmvae/train/stages.py).
+is config.model.stage (1-based, 0 = the last; `mmvae train` runs the stages one after the other, each a
+run on the modalities of its space, mmvae/train/stages.py); a stage's model holds only those modalities and
+the blocks made so far, so stage 1 is exactly CVS on its modalities.
 
 A block belongs to the modalities that entered the space in the stage that created it. A modality's
 vector in the space is the l2-normalised mean of its sides of its own blocks.
@@ -220,19 +222,21 @@ def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> MCVS:
   mc = config.model
   specs = modalities.specs(input_shapes)
   plan = plan_of(config, specs)
-  if set(itertools.chain(*plan)) != set(specs):
-    raise ValueError(f"config.model.stages {[list(s) for s in plan]} must name exactly the run's modalities "
-                     f"{list(specs)} (config.data.modalities)")
   stage = int(mc.get("stage", 0)) or len(plan)
   if stage > len(plan):
     raise ValueError(f"config.model.stage={stage} is not a stage of the plan (1..{len(plan)}, 0 = the last)")
+  space = list(itertools.chain(*plan[:stage]))
+  if set(space) != set(specs):  # stage K's run holds the modalities of its space only (stages.stage_config)
+    raise ValueError(f"stage {stage} of config.model.stages {[list(s) for s in plan]} has the space {space}, but "
+                     f"the run's modalities are {list(specs)}: set config.data.modalities to the space's")
+  specs = {m: specs[m] for m in space}  # in plan order
   dtype = models.compute_dtype(mc.dtype)
 
   def build_module(rngs: nnx.Rngs):
     encoders = models.build_encoders(mc, specs, dtype, rngs)
     branches = {m: Branch(mc.latent_dim, mc.space_dim, dtype, rngs) for m in specs}
     blocks = {_block_key(i, s): AlignedAttention(mc.space_dim, mc.attention_dim, dtype, rngs)
-              for i, s, _ in _blocks(plan)}
+              for i, s, k in _blocks(plan) if k <= stage}
     classifier = None
     if config.loss.identity_weight > 0:
       if num_classes < 2:

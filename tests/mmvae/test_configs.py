@@ -105,9 +105,11 @@ def test_mcvs_runs_one_step_of_every_stage_on_the_mmdigits_shapes(variant):
            "audio": rng.normal(size=(b, *audio.feature_shape(d))).astype(np.float32),
            "video": rng.uniform(size=(b, d.video_frames, d.face_size, d.face_size, 1)).astype(np.float32),
            "pointcloud": rng.normal(size=(b, d.points, 3)).astype(np.float32), "label": np.array([0, 1, 0, 1], np.int32)}
-  for stage in range(1, 5):
+  for stage, new in enumerate(mcvs.stages(cfg, list(specs)), start=1):
     cfg.model.stage = stage
-    model = zoo.of(cfg).build(cfg, specs, seed=0, num_classes=10)
+    space = [m for s in mcvs.stages(cfg, list(specs))[:stage] for m in s]
+    model = zoo.of(cfg).build(cfg, {m: specs[m] for m in space}, seed=0, num_classes=10)
+    assert list(model.specs) == space and model.new() == new
     if variant:
       tx = step_lib.make_optimizer(cfg.train)
       graphdef, state = step_lib.init_state(model, tx)
@@ -115,4 +117,4 @@ def test_mcvs_runs_one_step_of_every_stage_on_the_mmdigits_shapes(variant):
           state, batch, np.arange(b, dtype=np.int32))
       assert int(new_state["step"]) == 1 and all(np.isfinite(float(v)) for v in metrics.values())
     else:  # the full model: the paper's 512-wide space and branches
-      assert model.branches["audio"].fc2.kernel.shape == (512, 512) and model.blocks["text__image"].w_e.kernel.shape == (512, 512)
+      assert model.branches["image"].fc2.kernel.shape == (512, 512) and model.blocks["text__image"].w_e.kernel.shape == (512, 512)

@@ -108,15 +108,11 @@ def _add_prep(sub) -> None:
   feat.add_argument("--no-standardize", dest="standardize", action="store_false",
                     help="store the features as given (default: z-score each modality with its train split's "
                          "mean and std)")
-  feat.set_defaults(config="synthetic")  # main loads a config for every prep; this one reads none
 
 
 def _run_prep(args, config) -> None:
   if args.corpus == "features":
     from data_prep import features
-    from mmvae import config as config_lib
-    if config.to_dict() != config_lib.load(args.config).to_dict():  # main applied --config.KEY overrides
-      raise ValueError("prep features takes no --config.KEY overrides: it reads no config")
     features.prepare_features(args.root, args.out, seed=args.seed, anchor=args.anchor, rename=args.rename,
                               standardize=args.standardize)
     return
@@ -319,7 +315,12 @@ def main(argv=None) -> int:
   try:
     if args.command == "prep":
       from mmvae import config as config_lib
-      _run_prep(args, config_lib.load(args.config, overrides))
+      if not hasattr(args, "config"):  # a corpus whose preparation reads no config (prep features)
+        if overrides:
+          raise ValueError(f"prep {args.corpus} takes no --config.KEY overrides: it reads no config")
+        _run_prep(args, None)
+      else:
+        _run_prep(args, config_lib.load(args.config, overrides))
     elif args.command == "train":
       from mmvae import config as config_lib
       config = config_lib.load(args.config, overrides)

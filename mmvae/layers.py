@@ -45,7 +45,7 @@ _POOLS = {"mean": jnp.mean, "max": jnp.max}
 
 
 class SetEncoder(nnx.Module):
-  """A shared MLP on each element of [B, N, ...], pooled over N, then an MLP and a linear map to (mu, logvar).
+  """A shared MLP on each element of [B, N, ...], pooled over N, then an MLPEncoder to (mu, logvar).
 
   The elements are a clip's frames or a cloud's points. Each pool in `pools` ('mean', 'max') gives one
   vector; they are concatenated. With pools=('max',) the output does not depend on the order of the
@@ -59,20 +59,14 @@ class SetEncoder(nnx.Module):
     widths = (int(element_dim),) + tuple(element_hidden)
     self.element = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
     self.pools = tuple(pools)
-    after = (len(self.pools) * widths[-1],) + tuple(hidden)
-    self.after = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(after[:-1], after[1:])])
-    self.head = nnx.Linear(after[-1], 2 * latent_dim, dtype=dtype, rngs=rngs)
+    self.after = MLPEncoder((len(self.pools) * widths[-1],), hidden, latent_dim, dtype, rngs)
     self.dtype = dtype
 
   def __call__(self, x_BxNxD):
     h_BxNxH = x_BxNxD.reshape(x_BxNxD.shape[0], x_BxNxD.shape[1], -1).astype(self.dtype)
     for layer in self.element:
       h_BxNxH = nnx.relu(layer(h_BxNxH))
-    h_BxP = jnp.concatenate([_POOLS[p](h_BxNxH, axis=1) for p in self.pools], axis=-1)
-    for layer in self.after:
-      h_BxP = nnx.relu(layer(h_BxP))
-    mu_BxZ, logvar_BxZ = jnp.split(self.head(h_BxP).astype(jnp.float32), 2, axis=-1)
-    return mu_BxZ, logvar_BxZ
+    return self.after(jnp.concatenate([_POOLS[p](h_BxNxH, axis=1) for p in self.pools], axis=-1))
 
 
 class ConvEncoder(nnx.Module):

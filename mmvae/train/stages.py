@@ -1,28 +1,28 @@
 """Stage-wise training: a model kind with a stage plan (`stages(config, names)`, e.g. mcvs) trains stage by stage.
 
 WORKDIR/stages/K/ is stage K's own run (config.model.stage = K and config.data.modalities = the modalities
-of its space; a normal trainer workdir: resumable, kill-safe); stage K starts from stage K-1's best checkpoint (train.select_by; its last when there is no
-validation split), with `--from` semantics: its parameters, a fresh optimizer. So `mmvae analyze` of any
-stage (best by default) shows exactly the vectors every later stage keeps for its modalities. WORKDIR/stages.json lists, per finished stage, `stage`, `modalities` (those in the space),
-`new`, `trainable_params`, `seconds_per_iteration`, `branch_sha256` (modality -> SHA-256 of that branch's
-parameters, as the model's `branch_of(name)` assigns them) and `run` (the stage's folder).
-WORKDIR/final.json is the last stage's, with the stage list. `mmvae analyze --workdir WORKDIR` analyses
-the last stage (checkpoints.run_folder); any stage can be analysed on its own: --workdir WORKDIR/stages/K.
+of its space; a normal trainer workdir: resumable, kill-safe). Stage K starts from stage K-1's best
+checkpoint (train.select_by; its last when there is no validation split), with `--from` semantics: its
+parameters, a fresh optimizer. So `mmvae analyze` of any stage (best by default) shows exactly the vectors
+every later stage keeps for its modalities. WORKDIR/stages.json lists, per finished stage, `stage`,
+`modalities` (those in the space), `new`, `trainable_params`, `seconds_per_iteration`, `branch_sha256`
+(modality -> SHA-256 of that branch's parameters, as the model's `branch_of(name)` assigns them) and `run`
+(the stage's folder). WORKDIR/final.json is the last stage's, with the stage list. `mmvae analyze
+--workdir WORKDIR` analyses the last stage (checkpoints.run_folder); any stage can be analysed on its
+own: --workdir WORKDIR/stages/K.
 
 Rerunning the command resumes: finished stages are kept as they are, the unfinished one resumes.
 `--from OLD_WORKDIR` (a staged run) takes OLD's stages whose spaces match this plan's first stages
 (recorded with `from`), and trains the rest from OLD's last of them: how a modality is added to a
-trained space. A model whose plan has new modalities starts them fresh (checkpoints.load_params partial).
+trained space. Parameters new to that checkpoint start fresh (checkpoints.load_params `fresh_ok`).
 """
 
 import copy
-import hashlib
 import json
 import os
 import pathlib
 
 import jax
-import numpy as np
 
 from mmvae import zoo
 from mmvae.train import checkpoints as ckpt_lib
@@ -63,14 +63,8 @@ def branch_digests(model, names: list[str]) -> tuple[dict, int]:
   """({modality: SHA-256 of its branch's parameters}, number of trainable parameters) of a staged model."""
   from flax import nnx
   flat = ckpt_lib.flatten(nnx.state(model, nnx.Param))
-  digests = {}
-  for m in names:
-    h = hashlib.sha256()
-    for name in sorted(n for n in flat if m in model.branch_of(n)):
-      value = np.ascontiguousarray(flat[name])
-      h.update(f"{name}:{value.shape}:{value.dtype}".encode())
-      h.update(value.tobytes())
-    digests[m] = h.hexdigest()
+  # The checkpoint digest (names, shapes, dtypes, bytes) of the parameters of each modality's branch.
+  digests = {m: ckpt_lib.params_sha256({n: v for n, v in flat.items() if m in model.branch_of(n)}) for m in names}
   trainable = sum(int(v.size) for n, v in flat.items() if model.trainable(n))
   return digests, trainable
 

@@ -107,6 +107,11 @@ class AlignedAttention(nnx.Module):
     return _unit(alpha_BxD * g_i + g_i), _unit(alpha_BxD * g_s + g_s)
 
 
+def _other(block: tuple[str, str], m: str) -> str:
+  """m's partner in a block (i, s)."""
+  return block[1] if block[0] == m else block[0]
+
+
 def _block_key(i: str, s: str) -> str:
   return f"{i}__{s}"
 
@@ -178,8 +183,7 @@ class MCVS(models.Multimodal):
     partners = partners or {}
     sides = []
     for block in self.own_blocks(m):
-      other = block[1] if block[0] == m else block[0]
-      sides.append(self.side(m, block, g_m, partners.get(other, jnp.zeros_like(g_m))))
+      sides.append(self.side(m, block, g_m, partners.get(_other(block, m), jnp.zeros_like(g_m))))
     return _unit(sum(sides) / len(sides))
 
   def encode(self, modality: str, x):
@@ -261,14 +265,13 @@ def loss(model: MCVS, batch, example_keys_B, step_key, step, loss_cfg, axis_name
     if m not in new:  # an older modality: its fixed retrieval vector
       vec[m] = jax.lax.stop_gradient(model.embed(m, g[m]))
       continue
-    sides = []
+    partners = {}  # each own block pairs m with a different modality: one partner per block
     for n, block in enumerate(model.own_blocks(m)):
-      other = block[1] if block[0] == m else block[0]
+      other = _other(block, m)
       # One coin per (example, block), from the example's key: the same on any device count.
       keep_B = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, n), 1.0 - p_drop))(example_keys_B)
-      partner = jnp.where(keep_B[:, None], g[other], 0.0) if p_drop > 0 else g[other]
-      sides.append(model.side(m, block, g[m], partner))
-    vec[m] = _unit(sum(sides) / len(sides))
+      partners[other] = jnp.where(keep_B[:, None], g[other], 0.0) if p_drop > 0 else g[other]
+    vec[m] = model.embed(m, g[m], partners)
   labels_local = batch["label"]
   gathered = {m: losses.gather(v, axis_name) for m, v in vec.items()}
   labels = losses.gather(labels_local, axis_name)

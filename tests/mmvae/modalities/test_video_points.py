@@ -54,7 +54,7 @@ def test_video_encoder_is_a_shared_frame_mlp_pooled_by_mean_and_max_over_time():
         h = np.maximum(_dense(layer, h), 0.0)
       frames.append(h)
     frames = np.stack(frames)
-    want.append(_dense(module.head, np.concatenate([frames.mean(0), frames.max(0)])))
+    want.append(_dense(module.after.head, np.concatenate([frames.mean(0), frames.max(0)])))
   want = np.stack(want)
   z = cfg.model.latent_dim
   np.testing.assert_allclose(mu, want[:, :z], rtol=1e-4, atol=1e-5)

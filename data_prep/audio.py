@@ -324,3 +324,40 @@ def utterance_features(path_or_wave, data_cfg, train, rng=None):
     return spec_TxF.mean(axis=0)
   return normalise_per_bin(spec_TxF)
 
+
+
+def frame_steps(n_samples, sample_rate, fps):
+  """Number of whole video frames (1/fps s each) in n_samples: the steps of `frame_features`."""
+  if fps <= 0:
+    raise ValueError(f"data.video_fps must be positive, got {fps}")
+  return int(n_samples * fps // sample_rate)
+
+
+def frame_features(wave, data_cfg, fps):
+  """float32 [L, n_mels]: per video frame k (L = frame_steps), the log-mel of the window [k/fps, (k+1)/fps) s.
+
+  The recipe of the pooled features without the pooling: mean removed, VGGVox's DC-removal high-pass,
+  scaled to unit RMS over the utterance (gain-invariant), a symmetric Hamming window over each frame's
+  window (round(sample_rate / fps) samples: 640 at 16 kHz and 25 fps), power spectrum with
+  max(data.n_fft, next power of two) points, `n_mels` HTK mel filters (mel_filterbank), log(. + MEL_FLOOR);
+  then each band to zero mean and unit std over the utterance (normalise_per_bin), so the steps say how
+  the sound changes within the utterance. A wave must be mono at data.sample_rate.
+  """
+  sr, n_mels = int(_cfg(data_cfg, "sample_rate")), int(_cfg(data_cfg, "n_mels"))
+  x = np.asarray(wave, np.float64)
+  if x.ndim != 1:
+    raise ValueError(f"frame_features expects a 1-D wave, got shape {x.shape}")
+  steps = frame_steps(x.shape[0], sr, fps)
+  win = int(round(sr / fps))
+  if steps < 1 or win < 2:
+    raise AudioError(f"clip of {x.shape[0]} samples is shorter than one video frame of {sr / fps:.0f} samples "
+                     f"({fps} fps)")
+  x = scipy.signal.lfilter([1.0, -1.0], [1.0, -dc_alpha(sr)], x - x.mean())
+  x = x / max(float(np.sqrt(np.mean(x * x))), 1e-12)
+  x = np.pad(x, (0, win))  # rounding may reach a sample past the end when sample_rate / fps is not whole
+  starts = np.round(np.arange(steps) * sr / fps).astype(np.int64)
+  frames_TxW = x[starts[:, None] + np.arange(win)]
+  n_fft = max(int(_cfg(data_cfg, "n_fft")), 1 << (win - 1).bit_length())
+  power_TxF = np.abs(scipy.fft.rfft(frames_TxW * np.hamming(win), n=n_fft, axis=1)) ** 2
+  fb = mel_filterbank(n_mels, n_fft, n_fft // 2 + 1, sr)
+  return normalise_per_bin(np.log(power_TxF @ fb.T.astype(np.float64) + MEL_FLOOR))

@@ -194,3 +194,36 @@ def video_faces(video_path, fps, size, grayscale, max_frames=None, detector=None
   if not faces:
     raise FaceError(f"{path}: no face found in any of the {sampled} frames sampled at {fps} fps")
   return faces
+
+
+class ClipWarning(FaceWarning):
+  """A per-utterance frame sequence changed to fit (frames replaced, or fewer frames than audio steps)."""
+
+
+def frame_sequence(paths, size, grayscale):
+  """uint8 [N, S, S, C]: every frame in the given (time) order, each through load_face.
+
+  An unreadable frame repeats the previous readable one (the first readable one at the start), with a
+  ClipWarning, so that every later frame keeps its time; FaceError when none is readable.
+  """
+  paths = [os.fspath(p) for p in paths]
+  if not paths:
+    raise FaceError("no frames given")
+  loaded, bad = [], []
+  for p in paths:
+    try:
+      loaded.append(load_face(p, size, grayscale))
+    except FaceError as e:
+      loaded.append(None)
+      bad.append(str(e))
+  good = [i for i, f in enumerate(loaded) if f is not None]
+  if not good:
+    raise FaceError(f"all {len(paths)} frames are unreadable, e.g. {bad[0]}")
+  if bad:
+    warnings.warn(f"{os.path.dirname(paths[0])}: {len(bad)} of {len(paths)} frames unreadable, each replaced by the "
+                  f"previous readable frame (e.g. {bad[0]})", ClipWarning, stacklevel=2)
+    for i, f in enumerate(loaded):
+      if f is None:
+        earlier = [j for j in good if j < i]
+        loaded[i] = loaded[earlier[-1] if earlier else good[0]]
+  return np.stack(loaded)

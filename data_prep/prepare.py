@@ -22,6 +22,7 @@ from mmvae import progress
 
 SPLITS = ("train", "validation", "test")
 STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
+SEQUENCES = ("audio_frames", "face_frames")  # a corpus with per-utterance frame folders (Corpus.frame_sequences)
 
 
 def _load_config(config) -> ml_collections.ConfigDict:
@@ -46,25 +47,74 @@ def _face(spec: dict, data_cfg) -> np.ndarray:
   return faces.face_stack(spec["faces"], k, size, bool(data_cfg.grayscale), spec.get("frame_shift", 0.5))
 
 
+def _sequence_settings(data_cfg) -> tuple[int, float]:
+  """(data.sequence_steps, data.video_fps), checked."""
+  steps, fps = int(audio._cfg(data_cfg, "sequence_steps")), float(audio._cfg(data_cfg, "video_fps"))
+  if steps < 1 or fps <= 0:
+    raise ValueError(f"data.sequence_steps={steps} must be >= 1 and data.video_fps={fps} positive")
+  return steps, fps
+
+
+def _sequence_modalities(data_cfg) -> list[dict]:
+  """Manifest entries of audio_frames and face_frames (kind `sequence`: [T, D + 1] with the mask column)."""
+  steps, fps = _sequence_settings(data_cfg)
+  n_mels = int(audio._cfg(data_cfg, "n_mels"))
+  size, channels = _face_shape(data_cfg)[1], _face_shape(data_cfg)[3]
+  return [{"name": "audio_frames", "kind": "sequence", "shape": [steps, n_mels + 1], "dtype": "float32",
+           "step_shape": [n_mels], "step_seconds": 1.0 / fps},
+          {"name": "face_frames", "kind": "sequence", "shape": [steps, size * size * channels + 1], "dtype": "float32",
+           "step_shape": [size, size, channels], "step_seconds": 1.0 / fps}]
+
+
+def _sequences(spec: dict, data_cfg, train: bool, rng: np.random.Generator) -> dict:
+  """{audio_frames: float32 [L, n_mels], face_frames: uint8 [L, S, S, C]}: step t of both is [t/fps, (t+1)/fps) s.
+
+  The utterance's audio steps (audio.frame_features) and its frames (frame k at k/fps s) are aligned by time
+  and cut to the shorter (a ClipWarning when their counts differ); of more than data.sequence_steps steps a
+  window is kept, seeded random for train and centred otherwise, the same for both.
+  """
+  steps, fps = _sequence_settings(data_cfg)
+  wave = audio.load_wav(spec["wav"], int(data_cfg.sample_rate))
+  try:
+    sound = audio.frame_features(wave, data_cfg, fps)
+  except audio.AudioError as e:
+    raise audio.AudioError(f"{spec['wav']}: {e}") from None
+  frames = voxceleb1.clip_frames(spec["clip"])
+  n = min(len(sound), len(frames))
+  if len(frames) != len(sound):
+    warnings.warn(f"{len(frames)} frames at {fps:g} fps for {len(sound)} audio steps of {1000 / fps:g} ms: aligned "
+                  f"from the start, the first {n} kept", faces.ClipWarning, stacklevel=2)
+  if n < 1:
+    raise faces.FaceError(f"{spec['clip']}: no frames")
+  start = 0
+  if n > steps:
+    start = int(rng.integers(0, n - steps + 1)) if train else (n - steps) // 2
+    n = steps
+  face = faces.frame_sequence(frames[start:start + n], int(data_cfg.face_size), bool(data_cfg.grayscale))
+  return {"audio_frames": sound[start:start + n], "face_frames": face}
+
+
 def _extract(task):
-  """Worker: (index, spec, data_cfg, strict) -> (index, audio, face, skip record or None, warning records)."""
-  index, spec, data_cfg, strict = task
+  """Worker: (index, spec, data_cfg, strict, sequences) -> (index, audio, {modality: array}, skip or None, warnings)."""
+  index, spec, data_cfg, strict, sequences = task
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    index, audio_features, face, skip = _extract_one(index, spec, data_cfg, strict)
+    index, audio_features, parts, skip = _extract_one(index, spec, data_cfg, strict, sequences)
   notes = []
   for w in caught:
     if issubclass(w.category, (audio.AudioWarning, faces.FaceWarning)):
       # Inputs changed to fit (resampled up, clipped, padded, upscaled): recorded in manifest['warnings'].
       face_path = str(pathlib.Path(spec["faces"][0]).parent) if spec.get("faces") else spec["id"]
+      if issubclass(w.category, faces.ClipWarning):
+        face_path = spec["clip"]
       notes.append({"path": spec["wav"] if issubclass(w.category, audio.AudioWarning) else face_path,
                     "warning": str(w.message)})
     else:
       warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-  return index, audio_features, face, skip, notes
+  return index, audio_features, parts, skip, notes
 
 
-def _extract_one(index, spec, data_cfg, strict):
+def _extract_one(index, spec, data_cfg, strict, sequences=False):
   # Seeded by (data seed, example index): the result does not depend on the worker count.
   rng = np.random.default_rng((int(data_cfg.seed), index))
   train = spec["split"] == "train"  # random crops for training, centred crops elsewhere
@@ -81,17 +131,29 @@ def _extract_one(index, spec, data_cfg, strict):
       raise
     path = str(pathlib.Path(spec["faces"][0]).parent) if spec.get("faces") else spec["id"]
     return index, None, None, {"path": path, "reason": f"{type(e).__name__}: {e} (utterance {spec['id']})"}
-  return index, audio_features, face, None
+  parts = {"face": face}
+  if sequences:
+    try:
+      # Its own generator: the audio and face above stay those of a prep without sequences.
+      parts.update(_sequences(spec, data_cfg, train, np.random.default_rng((int(data_cfg.seed), index, 1))))
+    except (audio.AudioError, faces.FaceError, OSError) as e:
+      if strict:
+        raise
+      return index, None, None, {"path": spec["clip"], "reason": f"{type(e).__name__}: {e} (utterance {spec['id']})"}
+  return index, audio_features, parts, None
 
 
-def _modalities(corpus: voxceleb1.Corpus, audio_shape, face_shape) -> list[dict]:
-  """The manifest entries of what the corpus stores: audio, its image modality, text when it has one, its extras."""
+def _modalities(corpus: voxceleb1.Corpus, audio_shape, face_shape, data_cfg=None) -> list[dict]:
+  """The manifest entries of what the corpus stores: audio, its image modality, text when it has one, its extras,
+  then audio_frames and face_frames when it has per-utterance frame folders."""
   entries = storage.audio_and_face(audio_shape, face_shape)
   entries[1]["name"] = corpus.image_name
   if corpus.text_vocab:
     entries.append({"name": "text", "kind": "tokens", "shape": [digit_text.MAX_TOKENS], "dtype": "int32",
                     "vocab": list(corpus.text_vocab)})
   entries.extend(dict(m, shape=[int(d) for d in m["shape"]]) for m in corpus.extra_modalities)
+  if corpus.frame_sequences:
+    entries.extend(_sequence_modalities(data_cfg))
   return entries
 
 
@@ -104,14 +166,19 @@ def _extra(spec: dict, entry: dict) -> np.ndarray:
   return value
 
 
-def _record(spec: dict, audio_features, face, corpus: voxceleb1.Corpus) -> dict:
+def _record(spec: dict, audio_features, parts: dict, corpus: voxceleb1.Corpus, steps: int = 0) -> dict:
+  """One stored example; parts: the worker's arrays (face; audio_frames and face_frames as steps, packed here)."""
   record = {"label": int(spec["label"]), "id": spec["id"], "identity": spec["identity"], "video": spec["video"],
             "gender": spec["gender"]}
   # Modalities after the text fields: one named like a field (multi-modal digits' `video` clip) replaces it.
-  record.update({"audio": audio_features, corpus.image_name: face})
+  record.update({"audio": audio_features, corpus.image_name: parts["face"]})
   if corpus.text_vocab:
     record["text"] = digit_text.encode(spec["text"])
   record.update({m["name"]: _extra(spec, m) for m in corpus.extra_modalities})
+  if corpus.frame_sequences:
+    from mmvae.modalities import sequence  # pylint: disable=g-import-not-at-top  (imports JAX: only when needed)
+    record["audio_frames"] = sequence.pack(parts["audio_frames"], steps)
+    record["face_frames"] = sequence.pack(parts["face_frames"].astype(np.float32) / np.float32(255.0), steps)
   return record
 
 
@@ -159,9 +226,10 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
   config, audio_shape, face_shape = _checked_config(config)
   notes = [*notes, *corpus.notes]
   data_cfg = config.data
+  steps = _sequence_settings(data_cfg)[0] if corpus.frame_sequences else 0  # checked before any work
   tasks = {s: [] for s in SPLITS}
   for index, spec in enumerate(corpus.examples):
-    tasks[spec["split"]].append((index, spec, data_cfg, strict))
+    tasks[spec["split"]].append((index, spec, data_cfg, strict, corpus.frame_sequences))
   tasks = {s: t for s, t in tasks.items() if t}
   if not tasks:
     raise ValueError(f"no usable examples found for {corpus_name}; skipped: {corpus.skipped[:5]}")
@@ -195,7 +263,8 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
       normalisation = {"mean": mean.tolist(), "std": std.tolist()}
 
       def split_fn(s):
-        return lambda: (_record(specs[i], audio.apply_normalisation(a, normalisation), f, corpus) for i, a, f in kept[s])
+        return lambda: (_record(specs[i], audio.apply_normalisation(a, normalisation), f, corpus, steps)
+                        for i, a, f in kept[s])
       split_examples = {s: split_fn(s) for s in kept if kept[s]}
     else:
       # Full [T, F] spectrograms can outgrow memory: stream them from the pool straight into TFDS.
@@ -203,7 +272,7 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
         def generate():
           for index, a, f, skip, notes_ in extractor.map(tasks[s], f"{corpus_name} {s}"):
             if keep(skip, notes_):
-              yield _record(specs[index], a, f, corpus)
+              yield _record(specs[index], a, f, corpus, steps)
         return generate
       split_examples = {s: split_fn(s) for s in tasks}
 
@@ -214,7 +283,7 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
     if corpus.split_policy:
       manifest["split_policy"] = corpus.split_policy
     manifest = storage.write_dataset(build.path, corpus_name, split_examples,
-                                     _modalities(corpus, audio_shape, face_shape), manifest)
+                                     _modalities(corpus, audio_shape, face_shape, data_cfg), manifest)
   out = build.commit()
   _summary(manifest, out, time.time() - start)
   return manifest
@@ -238,12 +307,22 @@ def prepare_voxceleb1(root, out, config="reference", strict: bool = False, worke
     return _prepare(layout, corpus, build, config, strict, workers, notes)
 
 
-def _vox_layout(root, strict: bool, corpus: str, split_policy: str) -> tuple[voxceleb1.Corpus, list[str]]:
+def _vox_layout(root, strict: bool, corpus: str, split_policy: str,
+                face_source: str = "utterance") -> tuple[voxceleb1.Corpus, list[str]]:
   """The corpus's example specs and the manifest notes: conventions, split policy, split warnings."""
-  layout = voxceleb1.list_examples(root, strict=strict, split_policy=split_policy)
-  notes = [f"{corpus}: label = index of the identity in the sorted list of identities present; faces per "
-           "utterance (unzippedIntervalFaces) when present, else per video (faces/)",
+  layout = voxceleb1.list_examples(root, strict=strict, split_policy=split_policy, face_source=face_source)
+  faces_from = "faces per utterance (unzippedIntervalFaces) when present, else per video (faces/)"
+  if face_source == "video":
+    faces_from = "faces per video (faces/)" + ("; the per-utterance clips (unzippedIntervalFaces) feed only the "
+                                               "frame sequences" if layout.frame_sequences else "")
+  notes = [f"{corpus}: label = index of the identity in the sorted list of identities present; {faces_from}",
            voxceleb1.SPLIT_NOTES[split_policy]]
+  if layout.frame_sequences:
+    notes.append("frame sequences: per utterance, step t of audio_frames (the log-mel of [t, t + 1) / data.video_fps "
+                 "s of the WAV, each band standardised over the utterance) and of face_frames (its per-utterance "
+                 "frame t, frame k taken at k / data.video_fps s, values in [0, 1]) cover the same time; at most "
+                 "data.sequence_steps steps: train a seeded random window, validation and test the centred one; "
+                 "frame counts that differ from the audio's are cut to the shorter (manifest warnings)")
   for warning in voxceleb1.split_warnings(layout.examples):
     print(f"mmvae prep: warning: {warning}", file=sys.stderr)
     notes.append(f"warning: {warning}")
@@ -275,14 +354,17 @@ def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: boo
 
 
 def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "closed", config="synthetic",
-                      workers: int = 0) -> dict:
+                      workers: int = 0, video: bool = False, **corpus) -> dict:
   """Generates the synthetic corpus into OUT/raw, then prepares it like VoxCeleb1.
 
-  A killed run leaves its build folder beside OUT; the rerun takes a finished corpus from it instead
-  of generating it again.
+  video: the corpus with lip-synced per-utterance frames, prepared with audio_frames and face_frames too
+  (its audio and face modalities are those of the corpus without video). A killed run leaves its build
+  folder beside OUT; the rerun takes a finished corpus from it instead of generating it again.
+  corpus: further generate_corpus arguments (videos_per_identity, utterances_per_video, frames_per_video,
+  utterance_seconds), e.g. for a small corpus.
   """
   from data_prep import synthetic  # written alongside; imported late so other corpora do not need it
-  args = dict(identities=identities, seed=seed, split=split)
+  args = dict(identities=identities, seed=seed, split=split, video=bool(video), **corpus)
   synthetic.check_args(**args)
   config = _checked_config(config)[0]
   with storage.Build(out, keep_on_error=True) as build:
@@ -291,5 +373,6 @@ def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "cl
       print(f"reusing the synthetic corpus generated by an interrupted run -> {build.out / 'raw'}")
     else:
       synthetic.generate_corpus(raw, workers=workers, **args)
-    layout, notes = _vox_layout(raw, False, "synthetic", "closed")  # the corpus's own iden_split.txt
+    # The corpus's own iden_split.txt; `face` from the per-video stills, as without video.
+    layout, notes = _vox_layout(raw, False, "synthetic", "closed", face_source="video")
     return _prepare(layout, "synthetic", build, config, False, workers, notes)

@@ -4,6 +4,11 @@ Each identity gets attributes (sex, age, size, skin, hair, glasses) drawn from t
 and size shape both the voice (pitch, vocal-tract length) and the face (jaw, width, grey hair), so
 a voice carries information about the face; identity-specific timbre and facial details make every
 identity distinctive in both modalities. See synthetic_voice.py and synthetic_face.py.
+
+With video=True every utterance also gets its lip-synced face frames at FPS (VoxCeleb1's per-utterance
+layout, unzippedIntervalFaces/): the mouth opening of frame k follows the loudness of the speech in
+[k / FPS, (k + 1) / FPS) s, the head moves smoothly, the eyes blink. Everything else (WAVs, faces/) is
+byte-identical to the corpus generated without video.
 """
 
 import inspect
@@ -23,6 +28,7 @@ from mmvae import progress as progress_lib
 GENERATOR_VERSION = 1
 FACE_SIZE = 96
 FPS = 25  # VoxCeleb frame indices count 25 fps video frames; faces are sampled at 1 per second
+CLIP_SIZE = 64  # side of the per-utterance (video=True) frames; prep resizes them to data.face_size
 ATTRIBUTES = {
     "sex": ("m", "f"), "age": ("young", "adult", "senior"), "size": ("small", "medium", "large"),
     "skin": ("light", "medium", "dark"), "hair_color": ("black", "brown", "blond", "red"),
@@ -40,6 +46,7 @@ _UNFINISHED = ".generating"
 _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 # Stream tags of the SeedSequence entropy: every random draw is a function of (seed, stream, indices).
 _ATTRS, _VOICE, _FACE, _VIDEO_IDS, _CHANNEL, _SCENE, _UTTERANCE, _FRAMES, _SPLIT, _EXTRA = range(10)
+_CLIP = 10  # the lip-synced clips (video=True): per video its still, per utterance its motion
 
 
 def _rng(*entropy: int) -> np.random.Generator:
@@ -138,7 +145,12 @@ def is_corpus(root, **kwargs) -> bool:
     return False
   wanted = dict(_settings(**kwargs), generator_version=GENERATOR_VERSION, face_size=FACE_SIZE,
                 sample_rate=synthetic_voice.SAMPLE_RATE)
-  return isinstance(params, dict) and all(params.get(k) == v for k, v in wanted.items())
+  if wanted["video"]:
+    wanted.update(clip_size=CLIP_SIZE, fps=FPS)
+  if not isinstance(params, dict):
+    return False
+  params.setdefault("video", False)  # synthetic.json names `video` only for a corpus with video
+  return all(params.get(k) == v for k, v in wanted.items())
 
 
 def _prepare_root(root: pathlib.Path) -> None:
@@ -146,7 +158,7 @@ def _prepare_root(root: pathlib.Path) -> None:
   if root.exists() and any(root.iterdir()):
     if not (root / "synthetic.json").is_file() and not (root / _UNFINISHED).is_file():
       raise ValueError(f"{root} is not empty and holds no synthetic corpus; choose an empty or new folder")
-    for name in ("wav", "faces"):
+    for name in ("wav", "faces", "unzippedIntervalFaces"):
       shutil.rmtree(root / name, ignore_errors=True)
     for name in ("synthetic.json", "iden_split.txt", "vox1_meta.csv", "README.md"):
       (root / name).unlink(missing_ok=True)
@@ -156,18 +168,32 @@ def _prepare_root(root: pathlib.Path) -> None:
   (root / _UNFINISHED).write_text("generate_corpus did not finish; rerun it to replace this folder\n")
 
 
+def clip_folder(root, name: str, video: str, utterance: int) -> pathlib.Path:
+  """The per-utterance frame folder (official VoxCeleb1 layout) of utterance number `utterance` (1-based)."""
+  return pathlib.Path(root) / "unzippedIntervalFaces" / "data" / name / "1.6" / video / str(utterance)
+
+
 def _write_identity(job: dict) -> None:
   """Writes every utterance and face frame of one identity; a pure function of the job."""
   root, seed, i = job["root"], job["seed"], job["index"]
   for v, video in enumerate(job["videos"]):
     channel = synthetic_voice.make_channel(_rng(seed, _CHANNEL, i, v))
+    scene = synthetic_face.make_scene(job["face"], _rng(seed, _SCENE, i, v))
+    if job["video"]:
+      still = synthetic_face.make_clip_still(job["face"], scene, _rng(seed, _CLIP, i, v), CLIP_SIZE)
     wav_dir = root / "wav" / job["id"] / video
     wav_dir.mkdir(parents=True, exist_ok=True)
     for u in range(job["utterances"]):
-      x = synthetic_voice.synthesize_utterance(job["voice"], channel, job["seconds"], _rng(seed, _UTTERANCE, i, v, u))
+      x, speech = synthetic_voice.synthesize(job["voice"], channel, job["seconds"], _rng(seed, _UTTERANCE, i, v, u))
       soundfile.write(wav_dir / f"{u + 1:05d}.wav", synthetic_voice.to_pcm16(x), synthetic_voice.SAMPLE_RATE,
                       subtype="PCM_16", format="WAV")
-    scene = synthetic_face.make_scene(job["face"], _rng(seed, _SCENE, i, v))
+      if job["video"]:
+        # Frame k shows the mouth opened as loud as the speech is in [k / FPS, (k + 1) / FPS) s.
+        openings = synthetic_face.mouth_openings(synthetic_voice.frame_rms(speech, FPS))
+        clip_dir = clip_folder(root, job["name"], video, u + 1)
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        for k, img in enumerate(synthetic_face.render_clip(still, openings, FPS, _rng(seed, _CLIP, i, v, u))):
+          Image.fromarray(img).save(clip_dir / f"{k + 1:05d}.jpg", quality=90)
     face_dir = root / "faces" / job["name"] / video
     face_dir.mkdir(parents=True, exist_ok=True)
     first_second = int(_rng(seed, _FRAMES, i, v).integers(0, 60))
@@ -178,8 +204,12 @@ def _write_identity(job: dict) -> None:
 
 def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "closed", videos_per_identity: int = 7,
                     utterances_per_video: int = 4, frames_per_video: int = 4, utterance_seconds: float = 3.2,
-                    progress: bool = True, workers: int = 0) -> pathlib.Path:
-  """Writes the synthetic corpus to root in VoxCeleb1 layout (wav/, faces/, iden_split.txt, vox1_meta.csv)."""
+                    video: bool = False, progress: bool = True, workers: int = 0) -> pathlib.Path:
+  """Writes the synthetic corpus to root in VoxCeleb1 layout (wav/, faces/, iden_split.txt, vox1_meta.csv).
+
+  video: also each utterance's lip-synced frames at FPS, unzippedIntervalFaces/data/<name>/1.6/<video>/<n>/
+  (n = the utterance number without zeros; frame k + 1 shows [k / FPS, (k + 1) / FPS) s of the WAV).
+  """
   _check_args(identities, split, videos_per_identity, utterances_per_video, frames_per_video, utterance_seconds)
   root = pathlib.Path(root)
   _prepare_root(root)
@@ -195,7 +225,7 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
     jobs.append(dict(root=root, seed=seed, index=i, id=f"id{90001 + i}", name=f"Synth_{i + 1:03d}_{first}",
                      voice=voice, face=synthetic_face.make_face(attrs, _rng(seed, _FACE, i)),
                      videos=_video_ids(seed, i, videos_per_identity), utterances=utterances_per_video,
-                     frames=frames_per_video, seconds=utterance_seconds))
+                     frames=frames_per_video, seconds=utterance_seconds, video=bool(video)))
   workers = min(workers or len(os.sched_getaffinity(0)), identities)
   bar = progress_lib.bar(total=identities, desc="synthetic corpus", unit="identity", disable=not progress)
   if workers > 1:
@@ -211,9 +241,9 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
 
   lines = []
   for job, names in zip(jobs, splits):
-    for video, name in zip(job["videos"], names):
+    for ytid, name in zip(job["videos"], names):
       counts[name] = counts.get(name, 0) + utterances_per_video
-      lines += [f"{SPLIT_CODES[name]} {job['id']}/{video}/{u + 1:05d}.wav" for u in range(utterances_per_video)]
+      lines += [f"{SPLIT_CODES[name]} {job['id']}/{ytid}/{u + 1:05d}.wav" for u in range(utterances_per_video)]
   (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
   extra = list(ATTRIBUTES) + list(NUMERIC)
   rows = ["\t".join(META_COLUMNS + tuple(extra))]
@@ -225,6 +255,8 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
                 videos_per_identity=videos_per_identity, utterances_per_video=utterances_per_video,
                 frames_per_video=frames_per_video, utterance_seconds=utterance_seconds, face_size=FACE_SIZE,
                 sample_rate=synthetic_voice.SAMPLE_RATE, utterances={k: counts.get(k, 0) for k in SPLIT_CODES})
+  if video:  # named only here, so that a corpus without video keeps the synthetic.json it always had
+    params.update(video=True, clip_size=CLIP_SIZE, fps=FPS)
   (root / "README.md").write_text(_readme(params))
   # Written last: its presence marks a complete corpus that a later call may replace.
   (root / "synthetic.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
@@ -243,12 +275,20 @@ def _readme(p: dict) -> str:
   split_text = ("closed: every identity has train, validation and test videos (test = new videos of seen "
                 "identities)" if p["split"] == "closed" else
                 "open: whole identities are held out (about 15% validation, 15% test, marked Set=test)")
+  video_arg, clips = "", ""
+  if p.get("video"):
+    video_arg = ", video=True"
+    clips = f"""- `unzippedIntervalFaces/data/<name>/1.6/<video>/<n>/<k>.jpg`: per utterance (`n` = its number without
+  zeros, as in the official release) its lip-synced video at {p['fps']} fps, {p['clip_size']}x{p['clip_size']} RGB:
+  frame `k` (1-based, 5 digits) shows [(k - 1) / {p['fps']}, k / {p['fps']}) s of the WAV, its mouth opened by the
+  loudness of the speech then (silence: closed), with smooth head motion (roll, scale, shift) and blinks.
+"""
   return f"""# Synthetic audio-visual identity corpus
 
 Generated by `data_prep/synthetic.py` (generator version {p['generator_version']}) with
 `generate_corpus(root, identities={p['identities']}, seed={p['seed']}, split='{p['split']}',
 videos_per_identity={p['videos_per_identity']}, utterances_per_video={p['utterances_per_video']},
-frames_per_video={p['frames_per_video']}, utterance_seconds={p['utterance_seconds']})`.
+frames_per_video={p['frames_per_video']}, utterance_seconds={p['utterance_seconds']}{video_arg})`.
 The same arguments give byte-identical files. Nothing here comes from real people.
 
 Layout (official VoxCeleb1):
@@ -257,7 +297,7 @@ Layout (official VoxCeleb1):
   microphone EQ, background noise and level).
 - `faces/<name>/<video>/<frame>.jpg`: {p['face_size']}x{p['face_size']} RGB face crops, one per second of the
   video (frame index at {FPS} fps), rendered with per-frame pose, expression and light.
-- `iden_split.txt`: `1|2|3 <id>/<video>/<utterance>.wav` (train, validation, test);
+{clips}- `iden_split.txt`: `1|2|3 <id>/<video>/<utterance>.wav` (train, validation, test);
   {split_text}. Utterances: {p['utterances']}.
 - `vox1_meta.csv`: the five official columns, then the attributes below, `pitch_hz` (median f0
   of the voice) and `vtl` (vocal-tract length relative to an adult medium-size man).

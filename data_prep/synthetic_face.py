@@ -1,4 +1,8 @@
-"""NumPy-rendered faces for the synthetic corpus: identity shape and colours, per-frame pose and light."""
+"""NumPy-rendered faces for the synthetic corpus: identity shape and colours, per-frame pose and light.
+
+`render` draws one still frame; `make_clip_still` and `render_clip` make an utterance's lip-synced video
+(the mouth opened per frame as `mouth_openings` maps the speech's loudness, smooth head motion, blinks).
+"""
 
 import dataclasses
 
@@ -123,25 +127,72 @@ def _paint(img: np.ndarray, alpha: np.ndarray, rgb) -> None:
   img[box] += alpha[box][..., None] * ((rgb[box] if rgb.ndim == 3 else rgb) - img[box])
 
 
-def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -> np.ndarray:
-  """One frame [size, size, 3] uint8: rendered at 2x and box-downsampled, so edges are antialiased."""
+@dataclasses.dataclass(frozen=True)
+class Pose:
+  """One frame's pose, expression and light; `render` draws one per frame when it is given none."""
+  angle: float = 0.0  # roll in radians
+  scale: float = 1.0  # relative to the scene's zoom
+  shift: tuple = (0.0, 0.0)  # translation in image coordinates (the image spans [-1, 1])
+  blink: float = 1.0  # eye opening: 1 open, 0.25 nearly shut
+  gaze: tuple = (0.0, 0.0)  # horizontal iris offset of each eye
+  mouth_open: float = 0.0  # 0 closed; about 1.2 wide open
+  smile: float = 0.0  # lifts the mouth corners (negative: lowers them)
+  light: float = 0.0  # frame-wide brightness offset
+
+
+def draw_pose(rng: np.random.Generator) -> Pose:
+  """A still frame's pose: independent small shift, roll, scale, gaze and expression, a blink now and then."""
+  angle = float(rng.normal(0, 0.07))
+  scale = np.exp(rng.normal(0, 0.03))
+  shift = tuple(float(v) for v in rng.normal(0, 0.025, 2))
+  blink = 0.25 if rng.random() < 0.08 else 1.0
+  gaze = (rng.normal(0, 0.008), rng.normal(0, 0.008))
+  mouth_open = max(0.0, rng.normal(0.3, 0.35))
+  smile = rng.uniform(-0.2, 1.0)
+  return Pose(angle, scale, shift, blink, gaze, mouth_open, smile, rng.normal(0, 0.03))
+
+
+def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96, pose: Pose | None = None) -> np.ndarray:
+  """One frame [size, size, 3] uint8: rendered at 2x and box-downsampled, so edges are antialiased.
+
+  The pose is drawn from rng (draw_pose) unless given; the sensor noise always comes from rng.
+  """
+  img = _render(face, scene, draw_pose(rng) if pose is None else pose, size)
+  img = img + rng.normal(0, 0.008, img.shape)  # sensor noise
+  return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _paint_mouth(im, X, Y, f: Face, mouth_open: float, smile: float, px: float, lips, gap_rgb=(0.25, 0.08, 0.08)):
+  """Lips and the dark gap between them at face coordinates (X, Y): opening widens both, smiling lifts the corners."""
+  mx = X / f.mouth_w
+  my = Y - f.mouth_y + smile * 0.035 * mx ** 2
+  lip_d = (np.sqrt(mx ** 2 + (my / (f.lip_t + 0.03 * mouth_open)) ** 2) - 1.0) * f.lip_t
+  _paint(im, _soft(lip_d, px), lips)
+  gap = (np.sqrt((mx / 0.85) ** 2 + (my / (0.004 + 0.03 * mouth_open)) ** 2) - 1.0) * 0.01
+  _paint(im, _soft(gap, px), gap_rgb)
+
+
+def _render(face: Face, scene: Scene, pose: Pose, size: int, span: float = 1.0) -> np.ndarray:
+  """float [size, size, 3] in [0, 1] (not clipped, no sensor noise) of the image square [-span, span]^2."""
   big = 2 * size
   grid = ((np.arange(big) + 0.5) / big * 2.0 - 1.0).astype(np.float32)  # float32: half the memory traffic
+  if span != 1.0:
+    grid = (grid * np.float32(span)).astype(np.float32)
   ys, xs = np.meshgrid(grid, grid, indexing="ij")
-  # Per-frame pose: shift, roll and scale, applied as the inverse map from image to face coordinates.
-  angle = float(rng.normal(0, 0.07))
-  scale = float(scene.zoom * np.exp(rng.normal(0, 0.03)))
-  shift = [float(v) for v in rng.normal(0, 0.025, 2)]
+  # Pose: shift, roll and scale, applied as the inverse map from image to face coordinates.
+  angle = pose.angle
+  scale = float(scene.zoom * pose.scale)
+  shift = list(pose.shift)
   cos, sin = float(np.cos(angle)), float(np.sin(angle))
   x = (cos * (xs - shift[0]) + sin * (ys - shift[1])) / scale
   y = (-sin * (xs - shift[0]) + cos * (ys - shift[1])) / scale
-  px = 2.0 / big / scale
+  px = 2.0 * span / big / scale
 
   def window(cx, cy, r):
     """Pixel slices covering face-coordinate disc (cx, cy, r): small features touch only these."""
     centre = shift + scale * np.array([cos * cx - sin * cy, sin * cx + cos * cy])
-    lo = np.floor((centre - scale * r + 1.0) / 2.0 * big - 1).astype(int).clip(0, big)
-    hi = np.ceil((centre + scale * r + 1.0) / 2.0 * big + 1).astype(int).clip(0, big)
+    lo = np.floor((centre - scale * r + span) / (2.0 * span) * big - 1).astype(int).clip(0, big)
+    hi = np.ceil((centre + scale * r + span) / (2.0 * span) * big + 1).astype(int).clip(0, big)
     return np.s_[lo[1]:hi[1], lo[0]:hi[0]]
 
   f = face
@@ -176,7 +227,7 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
     beard_d = np.maximum(head_d + 0.01, f.mouth_y - 0.12 - y + 0.15 * (x / f.head_w) ** 2)
     _paint(img, _soft(beard_d, px * 3) * f.beard, hair * 0.8)
   # Eyes: sclera, iris, pupil, then the lid line; eyelids close a little now and then.
-  blink = 0.25 if rng.random() < 0.08 else 1.0
+  blink = pose.blink
   for side in (-1, 1):
     ex = side * f.eye_dx
     w = window(ex, f.eye_y - f.brow_gap / 2, f.eye_w * 1.6 + f.brow_gap)
@@ -184,7 +235,7 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
     eye = _ellipse(X, Y, ex, f.eye_y, f.eye_w, f.eye_h * blink)
     white = _soft(eye, px)
     _paint(im, white, (0.94, 0.93, 0.9))
-    gaze = rng.normal(0, 0.008)
+    gaze = pose.gaze[(side + 1) // 2]
     _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.95, f.eye_h * 0.95), px), iris)
     _paint(im, white * _soft(_ellipse(X, Y, ex + gaze, f.eye_y, f.eye_h * 0.4, f.eye_h * 0.4), px), (0.05,) * 3)
     _paint(im, _soft(np.abs(eye) - 0.006, px) * (Y < f.eye_y), skin * 0.35)
@@ -207,14 +258,7 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
   if f.moustache > 0:
     moustache = _ellipse(X, Y, 0, (nose_y + f.mouth_y) / 2 + 0.01, f.mouth_w * 1.05, 0.025)
     _paint(im, _soft(moustache, px * 2) * f.moustache, hair * 0.75)
-  open_ = max(0.0, rng.normal(0.3, 0.35))
-  smile = rng.uniform(-0.2, 1.0)
-  mx = X / f.mouth_w
-  my = Y - f.mouth_y + smile * 0.035 * mx ** 2
-  lip_d = (np.sqrt(mx ** 2 + (my / (f.lip_t + 0.03 * open_)) ** 2) - 1.0) * f.lip_t
-  _paint(im, _soft(lip_d, px), lips)
-  gap = (np.sqrt((mx / 0.85) ** 2 + (my / (0.004 + 0.03 * open_)) ** 2) - 1.0) * 0.01
-  _paint(im, _soft(gap, px), (0.25, 0.08, 0.08))
+  _paint_mouth(im, X, Y, f, pose.mouth_open, pose.smile, px, lips)
 
   # Hair on top: inside a cap slightly larger than the head, above a hairline with a fringe.
   cap = _ellipse(x, y, 0, head_cy - 0.02, f.head_w * f.hair_volume, f.head_h * f.hair_volume)
@@ -237,8 +281,129 @@ def render(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -
     _paint(im, _soft(bridge, px), (0.08, 0.08, 0.1))
 
   # Light: a linear gradient across the frame, brightness and colour cast of the camera.
-  light = 1.0 + scene.light[0] * xs + scene.light[1] * ys + rng.normal(0, 0.03)
+  light = 1.0 + scene.light[0] * xs + scene.light[1] * ys + pose.light
   img = img * (light[..., None] * scene.brightness * scene.white_balance)
-  img = img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
-  img = img + rng.normal(0, 0.008, img.shape)  # sensor noise
-  return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+  return img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
+
+
+# Lip-synced clips (the synthetic corpus's per-utterance frames).
+MOUTH_MAX = 1.5  # mouth_open at full loudness (the stills draw most openings below 1)
+MOUTH_RANGE_DB = 30.0  # frames this far below the utterance's loud frames (or quieter) show a closed mouth
+MOUTH_LEVELS = 7  # openings 0 .. MOUTH_MAX rendered per video; a frame blends the two nearest
+_CLIP_SPAN = 1.3  # the still is rendered this much wider than the frame, so that moving it never shows an edge
+# Head motion per utterance: (still-frame spread, bound) of roll (rad), log scale and shift (image units).
+_MOTION = {"angle": (0.07, 0.15), "log_scale": (0.03, 0.05), "shift_x": (0.025, 0.06), "shift_y": (0.025, 0.06)}
+_BLINKS_PER_SECOND = 0.3
+_BLINK_CLOSURE = (0.5, 1.0, 0.5)  # a blink over three frames
+_NOISE_WIDTH = 0.008 * 12 ** 0.5  # uniform sensor noise with the stills' standard deviation
+
+
+def mouth_openings(loudness: np.ndarray) -> np.ndarray:
+  """Per-frame mouth_open from the speech's per-frame RMS: its level in dB below the utterance's loud frames
+  (the 95th percentile), mapped linearly from closed (MOUTH_RANGE_DB below, or silence) to MOUTH_MAX, smoothed
+  over three frames (lips do not jump)."""
+  loudness = np.asarray(loudness, np.float64)
+  ref = max(float(np.percentile(loudness, 95)), 1e-12)
+  level_db = 20.0 * np.log10(np.maximum(loudness / ref, 1e-6))
+  opening = np.clip(1.0 + level_db / MOUTH_RANGE_DB, 0.0, 1.0)
+  padded = np.pad(opening, 1, mode="edge")
+  return MOUTH_MAX * (0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:])
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipStill:
+  """One video's face in a neutral pose on a canvas _CLIP_SPAN wider than the frame, which clips move."""
+  size: int  # frame side (pixels)
+  source: int  # canvas side (pixels), spanning [-span, span] in image units
+  span: float
+  eyes_open: np.ndarray  # float [source, source, 3], mouth closed
+  eyes_shut: np.ndarray  # what a blink adds
+  window: tuple  # (rows, cols) slices of the mouth's region, apart from the eyes
+  mouths: np.ndarray  # float [MOUTH_LEVELS, h, w, 3]: that region at openings linspace(0, MOUTH_MAX)
+
+
+def make_clip_still(face: Face, scene: Scene, rng: np.random.Generator, size: int = 96) -> ClipStill:
+  """Renders a video's still for render_clip: its gaze and smile, eyes open and shut, the mouth at MOUTH_LEVELS."""
+  gaze, smile = rng.normal(0, 0.008), rng.uniform(-0.2, 1.0)
+  source = int(np.ceil(size * _CLIP_SPAN))
+  span = source / size
+  pose = Pose(gaze=(gaze, gaze), smile=smile)
+  eyes_open = _render(face, scene, pose, source, span)
+  eyes_shut = _render(face, scene, dataclasses.replace(pose, blink=0.25), source, span) - eyes_open
+  # The mouth's region (face units: the widest lips, raised corners, a margin) in canvas pixels; it stays
+  # below the eyes (mouth_y >= 0.3), so blinks and mouths never touch the same pixels.
+  to_pixel = lambda v: (scene.zoom * v / span + 1.0) / 2.0 * source
+  reach = face.lip_t + 0.03 * MOUTH_MAX + 0.035 * abs(smile) * 1.3 + 0.02
+  cols = slice(max(0, int(np.floor(to_pixel(-face.mouth_w - 0.03))) - 1),
+               min(source, int(np.ceil(to_pixel(face.mouth_w + 0.03))) + 1))
+  rows = slice(max(0, int(np.floor(to_pixel(face.mouth_y - reach))) - 1),
+               min(source, int(np.ceil(to_pixel(face.mouth_y + reach))) + 1))
+  # Painted at 2x over the still (its light and camera applied to the colours), then box-downsampled.
+  r2 = (np.arange(2 * rows.start, 2 * rows.stop) + 0.5) / (2 * source) * 2 * span - span
+  c2 = (np.arange(2 * cols.start, 2 * cols.stop) + 0.5) / (2 * source) * 2 * span - span
+  qy, qx = np.meshgrid(r2, c2, indexing="ij")
+  lit = ((1.0 + scene.light[0] * qx + scene.light[1] * qy)[..., None] * scene.brightness
+         * np.asarray(scene.white_balance))
+  under = np.repeat(np.repeat(eyes_open[rows, cols], 2, axis=0), 2, axis=1)
+  h, w = rows.stop - rows.start, cols.stop - cols.start
+  mouths = []
+  for opening in np.linspace(0.0, MOUTH_MAX, MOUTH_LEVELS):
+    patch = under.copy()
+    _paint_mouth(patch, qx / scene.zoom, qy / scene.zoom, face, opening, smile, span / source / scene.zoom,
+                 np.asarray(face.lips) * lit, np.array((0.25, 0.08, 0.08)) * lit)
+    mouths.append(patch.reshape(h, 2, w, 2, 3).mean(axis=(1, 3)))
+  return ClipStill(size, source, span, eyes_open, eyes_shut, (rows, cols), np.stack(mouths).astype(np.float32))
+
+
+def _drift(rng: np.random.Generator, t: np.ndarray, spread: float, bound: float) -> np.ndarray:
+  """A smooth random path: an offset plus three slow sinusoids (0.1-0.9 Hz), softly bounded."""
+  path = np.full(t.shape, rng.normal(0.0, 0.6 * spread))
+  for _ in range(3):
+    path += rng.normal(0.0, 0.45 * spread) * np.sin(2 * np.pi * rng.uniform(0.1, 0.9) * t + rng.uniform(0, 2 * np.pi))
+  return bound * np.tanh(path / bound)
+
+
+def _affine(size: int, source: int, span: float, angle: float, scale: float, shift) -> tuple:
+  """PIL AFFINE coefficients: output pixel -> canvas pixel, for a head rolled, scaled and shifted in the frame."""
+  cos, sin = np.cos(angle), np.sin(angle)
+  to_image = np.array([[2.0 / size, 0, -1.0], [0, 2.0 / size, -1.0], [0, 0, 1]])
+  unshift = np.array([[1, 0, -shift[0]], [0, 1, -shift[1]], [0, 0, 1]])
+  unpose = np.array([[cos / scale, sin / scale, 0], [-sin / scale, cos / scale, 0], [0, 0, 1]])
+  to_source = np.array([[source / (2 * span), 0, source / 2], [0, source / (2 * span), source / 2], [0, 0, 1]])
+  return tuple((to_source @ unpose @ unshift @ to_image)[:2].ravel())
+
+
+def render_clip(still: ClipStill, openings: np.ndarray, fps: float, rng: np.random.Generator) -> list:
+  """Frames [size, size, 3] uint8 of one utterance at `fps`, frame k with mouth opening openings[k].
+
+  Each frame takes the still with the mouth blended between its two nearest rendered openings and
+  blinks blended in, and moves it along smooth random head-motion paths (roll, scale and shift,
+  drawn per clip: the face-tracked crop of a moving head), then flickers the light a little and adds
+  sensor noise.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  n, size = len(openings), still.size
+  t = np.arange(n) / fps
+  paths = {k: _drift(rng, t, *v) for k, v in _MOTION.items()}
+  closure = np.zeros(n + len(_BLINK_CLOSURE))
+  for start in np.flatnonzero(rng.random(n) < _BLINKS_PER_SECOND / fps):
+    closure[start:start + len(_BLINK_CLOSURE)] = np.maximum(closure[start:start + len(_BLINK_CLOSURE)], _BLINK_CLOSURE)
+  closure = closure[:n]
+  gain = 1.0 + rng.normal(0, 0.01, n)  # light flicker
+  canvases = {c: np.round(np.clip(still.eyes_open + c * still.eyes_shut, 0, 1) * 255).astype(np.uint8)
+              for c in sorted(set(closure.tolist()))}
+  position = np.clip(np.asarray(openings, np.float64) / MOUTH_MAX, 0.0, 1.0) * (MOUTH_LEVELS - 1)
+  frames = []
+  for k in range(n):
+    low = min(int(position[k]), MOUTH_LEVELS - 2)
+    mouth = still.mouths[low] + np.float32(position[k] - low) * (still.mouths[low + 1] - still.mouths[low])
+    canvas = canvases[closure[k]].copy()
+    canvas[still.window] = np.round(np.clip(mouth, 0, 1) * 255)
+    coeffs = _affine(size, still.source, still.span, paths["angle"][k], float(np.exp(paths["log_scale"][k])),
+                     (paths["shift_x"][k], paths["shift_y"][k]))
+    moved = np.asarray(Image.fromarray(canvas).transform((size, size), Image.Transform.AFFINE, coeffs,
+                                                          Image.Resampling.BILINEAR))
+    noise = rng.random(moved.shape, dtype=np.float32) - np.float32(0.5)
+    img = moved * np.float32(gain[k]) + noise * np.float32(255 * _NOISE_WIDTH) + np.float32(0.5)
+    frames.append(np.clip(img, 0, 255).astype(np.uint8))
+  return frames

@@ -184,6 +184,12 @@ def _glottal_source(voice: Voice, f0: np.ndarray, rng: np.random.Generator) -> n
 
 def synthesize_utterance(voice: Voice, channel: Channel, seconds: float, rng: np.random.Generator) -> np.ndarray:
   """One utterance as float samples in [-1, 1] at SAMPLE_RATE."""
+  return synthesize(voice, channel, seconds, rng)[0]
+
+
+def synthesize(voice: Voice, channel: Channel, seconds: float, rng: np.random.Generator):
+  """(recording, dry speech): the utterance as recorded (synthesize_utterance) and the speech before the room,
+  microphone and noise, whose loudness the speaker's mouth follows (the lip-synced video of the synthetic corpus)."""
   sr = SAMPLE_RATE
   n = int(round(seconds * sr))
   vowels, fricatives, accents = _plan(voice, n, rng)
@@ -203,7 +209,15 @@ def synthesize_utterance(voice: Voice, channel: Channel, seconds: float, rng: np
   fric_sos = np.stack([_bandpass(voice.fricative_hz, 1.5)] * 2)
   fric = signal.sosfilt(fric_sos, rng.standard_normal(n)) * _ramp_envelope(n, fricatives, int(0.01 * sr))
   speech = voiced / (np.sqrt(np.mean(voiced ** 2)) + 1e-9) + 0.3 * fric
-  return _apply_channel(speech, channel, rng)
+  return _apply_channel(speech, channel, rng), speech
+
+
+def frame_rms(x: np.ndarray, fps: float) -> np.ndarray:
+  """[floor(len(x) * fps / SAMPLE_RATE)] RMS of x over each video frame's window [k / fps, (k + 1) / fps) s."""
+  x = np.asarray(x, np.float64)
+  n = int(len(x) * fps // SAMPLE_RATE)
+  starts = np.round(np.arange(n + 1) * SAMPLE_RATE / fps).astype(np.int64)
+  return np.array([np.sqrt(np.mean(x[a:b] ** 2)) if b > a else 0.0 for a, b in zip(starts[:-1], starts[1:])])
 
 
 def _bandpass(centre_hz: float, q: float) -> np.ndarray:

@@ -3,7 +3,11 @@
 Face frames are looked up per utterance first, in the official face release layout
 `unzippedIntervalFaces/data/<VGGFace1 ID>/1.6/<ytid>/<n>/*.jpg`, where `n` is the utterance
 number without zero padding (`00003.wav` -> `3`, as in the official release; `00003` is
-accepted too), then per video in `faces/<VGGFace1 ID>/<ytid>/*.jpg`.
+accepted too), then per video in `faces/<VGGFace1 ID>/<ytid>/*.jpg` (face_source='video': the other way round).
+
+When every kept utterance has its per-utterance folder, the corpus also offers frame sequences
+(Corpus.frame_sequences; spec['clip'] = that folder): its frames in order (numeric names by number) are
+consecutive video frames, frame k at k / data.video_fps s of the utterance.
 
 Split policies: `closed` keeps iden_split.txt (closed-set identification); `open` holds out the
 identities marked Set=test in vox1_meta.csv (VoxCeleb1's verification test identities) for test.
@@ -19,6 +23,7 @@ SPLIT_CODES = {"1": "train", "2": "validation", "3": "test"}
 META_COLUMNS = {"VoxCeleb1 ID": "identity", "VGGFace1 ID": "name", "Gender": "gender",
                 "Nationality": "nationality", "Set": "set"}
 FACE_SUFFIXES = (".jpg", ".jpeg", ".png")
+FACE_SOURCES = ("utterance", "video")
 SPLIT_POLICIES = ("closed", "open")
 SPLIT_NOTES = {
     "closed": "split_policy closed: iden_split.txt as given (1 train, 2 validation, 3 test), closed-set "
@@ -47,6 +52,8 @@ class Corpus:
   # arrays every spec carries in spec['extra'][name] (multi-modal digits: video, pointcloud).
   extra_modalities: tuple = ()
   notes: tuple = ()  # corpus-specific lines for the manifest's notes (e.g. what was subsampled)
+  # Every example has a per-utterance frame folder (spec['clip']): prep adds audio_frames and face_frames.
+  frame_sequences: bool = False
 
 
 def read_meta(path) -> tuple[dict[str, dict], list[str]]:
@@ -92,17 +99,42 @@ def _frames(folder: pathlib.Path) -> list[str]:
   return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in FACE_SUFFIXES)
 
 
-def utterance_faces(root, name: str, video: str, utterance: str) -> list[str]:
-  """Frames of one utterance (official per-utterance layout), else of its video, else []."""
-  root = pathlib.Path(root)
+def _clip_folders(root: pathlib.Path, name: str, video: str, utterance: str) -> list[pathlib.Path]:
   stem = pathlib.Path(utterance).stem
   per_utt = root / "unzippedIntervalFaces" / "data" / name / "1.6" / video
-  numbers = [str(int(stem)), stem] if stem.isdigit() else [stem]
-  for n in numbers:
-    frames = _frames(per_utt / n)
+  return [per_utt / n for n in ([str(int(stem)), stem] if stem.isdigit() else [stem])]
+
+
+def utterance_clip(root, name: str, video: str, utterance: str) -> str | None:
+  """The utterance's own frame folder (official per-utterance layout) when it holds frames, else None."""
+  for folder in _clip_folders(pathlib.Path(root), name, video, utterance):
+    if _frames(folder):
+      return str(folder)
+  return None
+
+
+def clip_frames(folder) -> list[str]:
+  """The frames of a per-utterance folder in time order: numeric names by their number (1.jpg before 10.jpg)."""
+  def order(path: str):
+    stem = pathlib.Path(path).stem
+    return (0, int(stem), path) if stem.isdigit() else (1, 0, path)
+  return sorted(_frames(pathlib.Path(folder)), key=order)
+
+
+def utterance_faces(root, name: str, video: str, utterance: str, face_source: str = "utterance") -> list[str]:
+  """Frames of one utterance (official per-utterance layout), else of its video, else []; face_source='video':
+  its video's frames first."""
+  if face_source not in FACE_SOURCES:
+    raise ValueError(f"face_source must be one of {FACE_SOURCES}, got {face_source!r}")
+  root = pathlib.Path(root)
+  per_video = root / "faces" / name / video
+  if face_source == "video" and _frames(per_video):
+    return _frames(per_video)
+  for folder in _clip_folders(root, name, video, utterance):
+    frames = _frames(folder)
     if frames:
       return frames
-  return _frames(root / "faces" / name / video)
+  return _frames(per_video)
 
 
 def check_root(root) -> pathlib.Path:
@@ -144,10 +176,17 @@ def _check_open(kept: list[tuple], meta_path: pathlib.Path) -> None:
       raise ValueError(f"the open split leaves {split} empty: {what}; use --split closed")
 
 
-def list_examples(root, strict: bool = False, split_policy: str = "closed") -> Corpus:
-  """Parses a VoxCeleb1 root into example specs; bad entries are skipped (or raise when strict)."""
+def list_examples(root, strict: bool = False, split_policy: str = "closed", face_source: str = "utterance") -> Corpus:
+  """Parses a VoxCeleb1 root into example specs; bad entries are skipped (or raise when strict).
+
+  face_source: where an utterance's `face` frames come from first, its per-utterance folder ('utterance', the
+  official convention) or its video's faces/ folder ('video': the synthetic corpus, whose per-utterance clips
+  feed only the frame sequences).
+  """
   if split_policy not in SPLIT_POLICIES:
     raise ValueError(f"split_policy must be one of {SPLIT_POLICIES}, got {split_policy!r}")
+  if face_source not in FACE_SOURCES:
+    raise ValueError(f"face_source must be one of {FACE_SOURCES}, got {face_source!r}")
   root = check_root(root)
   meta, extras = read_meta(root / "vox1_meta.csv")
   listed = read_split(root / "iden_split.txt")
@@ -172,14 +211,14 @@ def list_examples(root, strict: bool = False, split_policy: str = "closed") -> C
     if not wav.is_file():
       skip(wav, "missing: listed in iden_split.txt but not on disk")
       continue
-    faces = utterance_faces(root, meta[identity]["name"], video, utt)
+    faces = utterance_faces(root, meta[identity]["name"], video, utt, face_source)
     if not faces:
       if strict:
         skip(root / "wav" / identity / video, f"no face frames for this video (looked in "
              f"{root / 'faces' / meta[identity]['name'] / video} and unzippedIntervalFaces/data/...)")
       faceless[(identity, video)] = faceless.get((identity, video), 0) + 1
       continue
-    kept.append((split, rel, identity, video, wav, faces))
+    kept.append((split, rel, identity, video, wav, faces, utterance_clip(root, meta[identity]["name"], video, utt)))
   # One skip record per identity or video rather than per utterance keeps the manifest readable.
   for identity, n in sorted(unknown.items()):
     skip(root / "wav" / identity, f"identity {identity} is not in {root / 'vox1_meta.csv'} ({n} utterances skipped)",
@@ -206,12 +245,17 @@ def list_examples(root, strict: bool = False, split_policy: str = "closed") -> C
   sharing: dict[tuple, list[str]] = {}
   for k in kept:
     sharing.setdefault(tuple(k[5]), []).append(k[1])
-  for split, rel, identity, video, wav, faces in sorted(kept, key=lambda k: k[1]):
+  for split, rel, identity, video, wav, faces, clip in sorted(kept, key=lambda k: k[1]):
     row = meta[identity]
     group = sorted(sharing[tuple(faces)])
     examples.append({"id": rel, "wav": str(wav), "faces": faces, "split": split, "identity": identity,
                      "name": row["name"], "gender": row["gender"], "nationality": row["nationality"],
                      "video": video, "label": label_of[identity],
-                     "frame_shift": (group.index(rel) + 0.5) / len(group)})
+                     "frame_shift": (group.index(rel) + 0.5) / len(group), "clip": clip})
+  clips = sum(e["clip"] is not None for e in examples)
+  notes = ()
+  if 0 < clips < len(examples):
+    notes = (f"per-utterance frame folders (unzippedIntervalFaces) for {clips} of {len(examples)} utterances: no "
+             "frame sequences (audio_frames, face_frames), which need one for every utterance",)
   return Corpus(examples=examples, identities=identities, attributes=extras, skipped=skipped,
-                split_policy=split_policy)
+                split_policy=split_policy, notes=notes, frame_sequences=bool(examples) and clips == len(examples))

@@ -1,4 +1,4 @@
-"""The `mmvae` command: prep, train, analyze, generate, sweep, demo. Logic lives in the modules it calls."""
+"""The `mmvae` command: prep, train, analyze, embed, generate, sweep, demo. Logic lives in the modules it calls."""
 
 import argparse
 import itertools
@@ -10,7 +10,7 @@ from typing import Sequence
 import mmvae
 
 CONFIG_COMMANDS = ("prep", "train", "demo")  # the commands that take --config, and so --config.KEY overrides
-CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1, msvae_public, mcvs"  # experiments/configs/ (a test keeps this true)
+CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1, msvae_public, mcvs, temporal"  # experiments/configs/ (a test keeps this true)
 
 
 def _overrides_epilog(example: str) -> str:
@@ -88,15 +88,28 @@ def _add_prep(sub) -> None:
                    help="closed: new videos of seen identities in test; open: unseen identities in test")
   _add_config(syn, "synthetic")
   syn.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+  syn.add_argument("--video", action="store_true",
+                   help="also write each utterance's lip-synced face frames at 25 fps (the mouth opens with the "
+                        "voice's loudness; OUT/raw/unzippedIntervalFaces/, VoxCeleb1's per-utterance layout) and "
+                        "prepare the frame sequences audio_frames and face_frames beside audio and face "
+                        "(data.video_fps, data.sequence_steps); the WAVs and stills are those without --video")
 
-  feat = _parser(corpora, "features", help="precomputed per-modality features (XMedia style) -> vector modalities",
-                 description="Rows per split: the anchor's items; every other modality gives each row an item of "
-                             "the row's class (a seeded cyclic order: each item used once before any is reused). "
-                             "Labels: the sorted original labels -> 0..C-1.")
-  feat.add_argument("--root", required=True,
-                    help="folder of feature files, per modality and split (train, test; validation optional): "
-                         "MOD_SPLIT.npz holding arrays features [N, D] and labels [N], or MOD_SPLIT_features.npy "
-                         "and MOD_SPLIT_labels.npy")
+  feat = _parser(corpora, "features", help="precomputed per-modality features (XMedia style) -> vector modalities; "
+                 "or, with --join, a prepared dataset plus one precomputed modality matched by example id",
+                 description="With --root: rows per split are the anchor's items; every other modality gives each row "
+                             "an item of the row's class (a seeded cyclic order: each item used once before any is "
+                             "reused). Labels: the sorted original labels -> 0..C-1. With --join DATA_DIR: every "
+                             "example of DATA_DIR as it is, plus modality --name from --embeddings (matched by the "
+                             "example's id, stored as given); --anchor, --rename, --seed and --no-standardize apply "
+                             "to --root only.")
+  feat_source = feat.add_mutually_exclusive_group(required=True)
+  feat_source.add_argument("--root",
+                           help="folder of feature files, per modality and split (train, test; validation "
+                                "optional): MOD_SPLIT.npz holding arrays features [N, D] and labels [N], or "
+                                "MOD_SPLIT_features.npy and MOD_SPLIT_labels.npy")
+  feat_source.add_argument("--join", metavar="DATA_DIR",
+                           help="a prepared dataset to copy whole (every split, modality and per-example field) with "
+                                "one more modality, --name, looked up by example id in --embeddings")
   feat.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
   feat.add_argument("--anchor", default=None,
                     help="modality whose items are the rows of every split (default: per split, the one with the "
@@ -108,13 +121,57 @@ def _add_prep(sub) -> None:
   feat.add_argument("--no-standardize", dest="standardize", action="store_false",
                     help="store the features as given (default: z-score each modality with its train split's "
                          "mean and std)")
+  feat.add_argument("--embeddings", default=None, metavar="PATH",
+                    help="with --join: an .npz holding ids [N] (str) and embeddings [N, D] float (as `mmvae embed` "
+                         "writes), or a folder of per-example .npy files named by example id (ID.npy, e.g. "
+                         "id10001/1zcIwhmdeo4/00001.wav.npy); [D] arrays -> a vector modality, [L, D] -> a sequence "
+                         "modality; stored as given (default: none; required with --join)")
+  feat.add_argument("--name", default=None,
+                    help="with --join: name of the new modality, a Python identifier that is not already a modality "
+                         "or a per-example field (default: none; required with --join)")
+  feat.add_argument("--drop-missing", action="store_true",
+                    help="with --join: leave out the examples that have no embedding (counted in the manifest's "
+                         "notes) instead of failing")
+
+  yt8m = _parser(corpora, "yt8m", help="YouTube-8M TFRecords (frame-level -> sequence modalities rgb, audio; "
+                 "video-level -> vector modalities mean_rgb, mean_audio), read without TensorFlow",
+                 description="Label: the first label id of each video (YouTube-8M is multi-label), indexing the "
+                             "sorted first-label ids; unlabeled videos are skipped. Splits: train* -> train, "
+                             "valid* -> validation, test* -> test by file name; files named otherwise: sha256 of "
+                             "the video id (80/10/10).")
+  yt8m.add_argument("--records", required=True, action="append", metavar="GLOB",
+                    help="TFRecord files, a quoted glob pattern (** recursive; gzip-compressed files accepted); "
+                         "repeatable; all frame-level or all video-level")
+  yt8m.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
+  yt8m.add_argument("--max-steps", type=int, default=300,
+                    help="frame-level: seconds stored per video (T); longer videos are truncated")
 
 
 def _run_prep(args, config) -> None:
+  if args.corpus == "features" and args.join is not None:
+    from data_prep import features
+    given = [flag for flag, value in (("--anchor", args.anchor), ("--rename", args.rename),
+                                      ("--seed", args.seed != 0 or None),
+                                      ("--no-standardize", not args.standardize or None)) if value is not None]
+    if given:
+      raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --root, not to --join")
+    absent = [flag for flag, value in (("--embeddings", args.embeddings), ("--name", args.name)) if value is None]
+    if absent:
+      raise ValueError(f"--join needs {' and '.join(absent)}")
+    features.join_embeddings(args.join, args.embeddings, args.name, args.out, drop_missing=args.drop_missing)
+    return
   if args.corpus == "features":
+    given = [flag for flag, value in (("--embeddings", args.embeddings), ("--name", args.name),
+                                      ("--drop-missing", args.drop_missing or None)) if value is not None]
+    if given:
+      raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --join, not to --root")
     from data_prep import features
     features.prepare_features(args.root, args.out, seed=args.seed, anchor=args.anchor, rename=args.rename,
                               standardize=args.standardize)
+    return
+  if args.corpus == "yt8m":
+    from data_prep import yt8m
+    yt8m.prepare_yt8m(args.records, args.out, max_steps=args.max_steps)
     return
   from data_prep import prepare
   if args.corpus == "voxceleb1":
@@ -128,7 +185,7 @@ def _run_prep(args, config) -> None:
                              strict=args.strict, workers=args.workers)
   else:
     prepare.prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split,
-                              config=config, workers=args.workers)
+                              config=config, workers=args.workers, video=args.video)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
   analyze.add_argument("--checkpoint", choices=("best", "last"), default="best",
                        help="best: the checkpoint with the highest validation score (config.train.select_by; "
                             "the newest one when the run has no validation split); last: the newest step")
+
+  embed = _parser(sub, "embed", help="export a run's posterior means of one modality for every example of some "
+                  "splits -> an .npz (ids, embeddings, splits) that `mmvae prep features --join` reads")
+  embed.add_argument("--workdir", required=True, help="run folder written by mmvae train")
+  embed.add_argument("--modality", required=True, help="the run's modality to encode (a multi-frame one: its frames' "
+                     "posteriors averaged, as analyze does)")
+  embed.add_argument("--out", required=True, help=".npz file to write: ids [N] str, embeddings [N, Z] float32, "
+                     "splits [N] str")
+  embed.add_argument("--data", default=None,
+                     help="prepared dataset (default: the one the run trained on, from WORKDIR/run.json)")
+  embed.add_argument("--splits", default=None,
+                     help="comma-separated splits to encode, e.g. train,validation,test (default: every split of "
+                          "the dataset)")
+  embed.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                     help="best: the checkpoint with the highest validation score (the newest one when the run has "
+                          "no validation split); last: the newest step")
 
   generate = _parser(sub, "generate", help="generate one modality from another with a trained run")
   gen_sub = generate.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -338,6 +411,10 @@ def main(argv=None) -> int:
       from mmvae.analysis import report
       metrics = report.analyze(args.workdir, data_dir=args.data, split=args.split, which=args.checkpoint)
       print(analyze_summary(metrics, args.workdir, args.checkpoint, args.split), flush=True)
+    elif args.command == "embed":
+      from mmvae import embed
+      embed.export(args.workdir, args.modality, args.out, data_dir=args.data, splits=args.splits,
+                   which=args.checkpoint)
     elif args.command == "generate":
       from mmvae.analysis import from_wav
       from_wav.generate_face_from_wav(args.workdir, args.wav, args.out)

@@ -76,3 +76,20 @@ def encode_split(encode: Encoder, arrays: dict, specs: dict, batch_size: int = B
     out[f"{name}_mu"] = mus[0] if k == 1 else np.mean(mus, 0)
     out[f"{name}_logvar"] = lv if k == 1 else np.log(np.mean(variances, 0))
   return out
+
+
+def encode_frames_split(model, arrays: dict, names, batch_size: int = BATCH) -> dict:
+  """{'<m>_w<w>': frame embeddings [N, T - w + 1, Z], '<m>_w<w>_mask': [N, T - w + 1]} of sequence modalities."""
+  from flax import nnx
+
+  @nnx.jit(static_argnums=1)
+  def frames(m, modality, x):
+    return m.encode_frames(modality, x)
+
+  out = {}
+  for name in names:
+    by_window = batched(lambda x, n=name: frames(model, n, x), np.asarray(arrays[name], np.float32), batch_size,
+                        f"frames {name}")
+    for w, (emb, mask) in by_window.items():
+      out[f"{name}_w{w}"], out[f"{name}_w{w}_mask"] = emb, mask
+  return out

@@ -64,7 +64,8 @@ def sliced_w2(z_a_NxZ, z_v_NxZ, key, num_projections: int):
 
 
 def _unit(x_BxZ):
-  return x_BxZ / jnp.maximum(jnp.linalg.norm(x_BxZ, axis=-1, keepdims=True), 1e-12)
+  # rsqrt of the clamped squared norm, not norm(): its gradient at a zero vector (a padded window) is 0, not NaN.
+  return x_BxZ * lax.rsqrt(jnp.maximum(jnp.sum(x_BxZ * x_BxZ, axis=-1, keepdims=True), 1e-24))
 
 
 def info_nce(u_BxZ, v_BxZ, temperature, labels_B=None):
@@ -104,6 +105,37 @@ def triplet(anchor_BxZ, other_BxZ, labels_B, margin, same_set: bool):
   valid_B = pos_BxB.any(axis=1) & neg_BxB.any(axis=1)
   hinge_B = jnp.where(valid_B, jnp.maximum(0.0, margin + hardest_pos_B - hardest_neg_B), 0.0)
   return jnp.sum(hinge_B) / jnp.maximum(jnp.sum(valid_B), 1)
+
+
+def sync_nce(u_BxTxZ, v_BxTxZ, valid_BxT, temperature):
+  """Within-clip synchronisation InfoNCE: step t of u against every real step of v in the same clip, and back.
+
+  A per-example term: each clip's mean over its real steps of the symmetric cross-entropy whose
+  positive is the same step t (the other steps of the clip are the negatives), then the mean over clips
+  with a real step. Depends on no other row, so any device count gives the same value.
+  """
+  logits_BxTxT = jnp.einsum("btz,bsz->bts", _unit(u_BxTxZ), _unit(v_BxTxZ)) / temperature
+  keys_BxTxT = (valid_BxT[:, None, :] > 0) & (valid_BxT[:, :, None] > 0)
+  logits_BxTxT = jnp.where(keys_BxTxT, logits_BxTxT, -1e9)
+  diag_BxT = jnp.diagonal(logits_BxTxT, axis1=1, axis2=2)
+  ce_BxT = 0.5 * (jax.nn.logsumexp(logits_BxTxT, axis=2) + jax.nn.logsumexp(logits_BxTxT, axis=1)) - diag_BxT
+  count_B = jnp.sum(valid_BxT, axis=1)
+  per_clip_B = jnp.sum(ce_BxT * valid_BxT, axis=1) / jnp.maximum(count_B, 1.0)
+  has_B = (count_B > 0).astype(jnp.float32)
+  return jnp.sum(per_clip_B * has_B) / jnp.maximum(jnp.sum(has_B), 1.0)
+
+
+def sync_term(model, batch, loss_cfg):
+  """loss.sync_weight * the mean over frame-level modality pairs and frame windows of sync_nce; None when off."""
+  weight = float(loss_cfg.get("sync_weight", 0.0))
+  names = model.frame_modalities() if weight > 0 else ()
+  if len(names) < 2:
+    return None
+  frames = {m: model.encode_frames(m, batch[m]) for m in names}
+  values = [sync_nce(frames[m][w][0], frames[n][w][0], frames[m][w][1] * frames[n][w][1],
+                     float(loss_cfg.get("sync_temperature", loss_cfg.temperature)))
+            for m, n in itertools.combinations(names, 2) for w in frames[m] if w in frames[n]]
+  return sum(values) / len(values)
 
 
 def kl_weight(loss_cfg, step):
@@ -259,6 +291,10 @@ def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name
   if loss_cfg.identity_weight > 0:  # (7)
     metrics["identity_ce"] = identity_ce(model, [post[m][0] for m in names], batch["label"])
     total = total + loss_cfg.identity_weight * metrics["identity_ce"]
+  sync = sync_term(model, batch, loss_cfg)
+  if sync is not None:  # frame-level synchronisation of sequence modalities (temporal encoders)
+    metrics["sync"] = sync
+    total = total + loss_cfg.sync_weight * sync
   metrics["loss"] = total
   metrics["elbo"] = jnp.mean(elbo_B)
   metrics["kl_scale"] = beta

@@ -19,6 +19,19 @@ class Multimodal(nnx.Module):
     """{name: Modality} in the dataset's order."""
     return {m.name: m for m in self.modality_specs}
 
+  def frame_modalities(self) -> tuple[str, ...]:
+    """The modalities whose encoder gives frame-level embeddings (temporal encoders of `sequence` modalities)."""
+    encoders = getattr(self, "encoders", None)
+    return tuple(n for n in self.specs if encoders is not None and n in encoders
+                 and getattr(encoders[n], "frame_windows", None) and getattr(encoders[n], "sequence", True))
+
+  def encode_frames(self, modality: str, x) -> dict:
+    """{window w: (embeddings [B, T - w + 1, Z], mask [B, T - w + 1])} of a sequence modality (mmvae/temporal.py)."""
+    if modality not in self.frame_modalities():
+      raise ValueError(f"modality {modality!r} has no frame-level encoder (those with one: "
+                       f"{list(self.frame_modalities())})")
+    return self.encoders[modality].frames(x)
+
 
 class SharedDecoder(Multimodal):
   """A shared MLP trunk from z, then one head per modality (from its kind), so any latent decodes to every modality."""

@@ -30,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.face_size = 23
   c.data.grayscale = True
   c.data.frames_per_utterance = 1  # K face frames stored per utterance; training draws one per step
+  # Frame sequences (`audio_frames`, `face_frames`: kind `sequence`), prepared when every utterance has its own
+  # frame folder (VoxCeleb1's unzippedIntervalFaces, `mmvae prep synthetic --video`); step t of both is one frame.
+  c.data.video_fps = 25  # frame rate of those folders: frame k shows k / video_fps s; one step = 1 / video_fps s
+  c.data.sequence_steps = 50  # steps stored per utterance (2 s at 25 fps); a longer one keeps a window of them
   # Which face a training voice is paired with, drawn per step from (seed, step, position):
   # 'utterance' (one of its own K frames), 'video' (a frame of any utterance of its video) or
   # 'identity' (a frame of any training video of the same identity).
@@ -51,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kind = "msvae"
   c.model.latent_dim = 100
   # The encoder of each modality, by name; a modality not named gets its kind's first choice.
-  # spectrogram and image: 'mlp' or 'conv'; vector: 'mlp'; tokens: 'bow' or 'conv'.
+  # spectrogram and image: 'mlp' or 'conv'; vector: 'mlp'; tokens: 'bow' or 'conv'; sequence: see below.
   c.model.encoders = ml_collections.ConfigDict({"audio": "mlp", "face": "mlp", "image": "mlp", "text": "bow"})
   c.model.decoder = "mlp"  # 'mlp' or 'conv'
   c.model.hidden = (512, 256)  # MLP widths (encoder order; the decoder mirrors them)
@@ -71,6 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stages = ()
   c.model.stage = 0
   c.model.partner_dropout = 0.5
+  # Sequence modalities (kind 'sequence', mmvae/temporal.py): the encoder per modality in `encoders`
+  # ('gru' default, 'lstm', 'tconv', 'transformer', 'pool' = the time-pooled baseline); frame-level
+  # embeddings average windows of these many steps; layers and heads of tconv / transformer.
+  c.model.frame_windows = (1, 2, 4)
+  c.model.temporal_layers = 1
+  c.model.temporal_heads = 4
+  # A precomputed 'vector' or 'sequence' modality whose embeddings define the space (e.g. CLIP image
+  # embeddings joined by `mmvae prep features --join`); the other modalities train adapters into it
+  # (contrastive kind; latent_dim must equal its width). '' = none.
+  c.model.frozen_target = ""
 
   c.loss = ml_collections.ConfigDict()
   # Reconstruction: 'gaussian' (NLL in nats with a per-modality scale sigma, so the loss is a true
@@ -94,6 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.triplet_weight = 0.0  # M-CVS triplet loss, batch-hard
   c.loss.triplet_margins = (0.2, 0.2, 0.2)  # within the first modality, within each other one, across
   c.loss.identity_weight = 0.0  # identity cross-entropy of a linear head on the latent means
+  # Within-clip synchronisation InfoNCE of sequence modalities' frame embeddings (step t against the other
+  # steps of the same clip), averaged over frame windows; 0 = off. Its temperature.
+  c.loss.sync_weight = 0.0
+  c.loss.sync_temperature = 0.1
+  c.loss.adapter = "contrastive"  # with model.frozen_target: 'contrastive' (InfoNCE) or 'regression' (squared error)
   # The multimodal-VAE baselines (mvae, mmvae, mopoe; see mmvae/zoo/):
   c.loss.num_samples = 1  # K reparameterised draws per posterior: per ELBO term, mixture component or subset
   # mmvae's bound: 'elbo' (stratified ELBO), 'iwae' (stratified IWAE) or 'dreg' (IWAE with DReG
@@ -136,6 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.analysis.seed = 0
   c.analysis.likelihood_samples = 16  # K of the importance-weighted test log-likelihood (models with a joint posterior)
   c.analysis.joint_samples = 1000  # draws from the prior scored for joint coherence
+  # Synchronisation (sequence modalities): each window is matched against the windows of the same clip
+  # at offsets -sync_offsets..+sync_offsets (2 * 6 + 1 = 13 candidates; chance 1/13).
+  c.analysis.sync_offsets = 6
   return c
 
 

@@ -3,6 +3,8 @@
 import json
 import math
 
+from mmvae.analysis import sync
+
 # The one place a modality name becomes a display label: on a dataset whose modalities are exactly these
 # (VoxCeleb-style), audio is shown as "voice". Metric keys and file names always use the modality names.
 VOICE_FACE = {"audio": "voice", "face": "face"}
@@ -254,6 +256,7 @@ def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict
            "", f"Tie policy: {TIE_POLICY}", ""]
   lines += [f"- {text}" for _, text in DEFINITIONS] + [""]
   lines += _retrieval_lines(metrics, names, display)
+  lines += sync.lines(metrics, display)
   joint = ", ".join(f"{display[n]}" for n in names)
   lines += ["## Latent space", "", "![t-SNE](tsne.png)", "",
             f"*t-SNE of each modality's posterior means and of all of them together ({joint}: one marker per "

@@ -7,18 +7,21 @@ section runs over all of them, never naming one:
   nearest.<q>_to_<g>                 identity centroids, every ordered pair of distinct modalities
   coherence.<q>_to_<g>, .joint       models that generate: cross and joint coherence (analysis/coherence.py)
   likelihood.iwae_k<K>               models with a joint posterior: the importance-weighted log p(x)
-Files: latents.npz, generated.npz and likelihood.npz (what the model computed), metrics.json, embeddings.npz,
+  sync.*, frame_retrieval.*          two or more sequence modalities with temporal encoders (analysis/sync.py)
+Files: latents.npz, generated.npz, likelihood.npz and frames.npz (what the model computed), metrics.json, embeddings.npz,
 figures, report.md; `rebuild` recomputes everything but the first three without the model.
 """
 
 import itertools
 import json
 import pathlib
+import re
 
 import numpy as np
 
 from mmvae import inference, progress, zoo
-from mmvae.analysis import coherence, generation, generation_figures, latent_space, likelihood, markdown, retrieval
+from mmvae.analysis import (coherence, generation, generation_figures, latent_space, likelihood, markdown, retrieval,
+                            sync)
 
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
 TEXT_KEYS = ("id", "identity", "video", "gender")
@@ -33,7 +36,8 @@ def _analysis_cfg(config) -> dict:
   return {"dbscan_eps": float(a.get("dbscan_eps", -1.0)), "dbscan_min_samples": int(a.get("dbscan_min_samples", 3)),
           "tsne_perplexity": float(a.get("tsne_perplexity", -1.0)), "seed": int(a.get("seed", 0)),
           "likelihood_samples": int(a.get("likelihood_samples", likelihood.DEFAULT_SAMPLES)),
-          "joint_samples": int(a.get("joint_samples", generation.JOINT_SAMPLES))}
+          "joint_samples": int(a.get("joint_samples", generation.JOINT_SAMPLES)),
+          "sync_offsets": int(a.get("sync_offsets", 6))}
 
 
 def _groups(genders):
@@ -102,21 +106,28 @@ def _clear_generated(report_dir: pathlib.Path, keep_arrays: bool) -> None:
 
 
 def analyze_arrays(report_dir, latents: dict, generated: dict | None, test: dict, train: dict, specs: dict,
-                   manifest: dict, config=None, run_info: dict | None = None, lik: dict | None = None) -> dict:
+                   manifest: dict, config=None, run_info: dict | None = None, lik: dict | None = None,
+                   frames: dict | None = None) -> dict:
   """Every metric and figure from saved arrays (no model needed); writes metrics.json and report.md.
 
   test / train: the split's stored arrays ({modality: data, 'label': ...}); generated None: the model cannot
   generate, so cross generation, its figures, coherence and likelihood are skipped; lik: likelihood.estimate's
-  per-example arrays, or {'skipped': why}.
+  per-example arrays, or {'skipped': why}; frames: inference.encode_frames_split's arrays (sequence modalities).
   """
   from threadpoolctl import threadpool_limits
   # Small runs gain nothing from BLAS/OpenMP threads and lose a lot to them on a busy machine.
   with threadpool_limits(limits=1 if len(latents["label"]) < 2000 else None):
     return _analyze_arrays(pathlib.Path(report_dir), latents, generated, test, train, specs, manifest, config,
-                           run_info, lik)
+                           run_info, lik, frames)
 
 
-def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest, config, run_info, lik) -> dict:
+def _frame_names(frames: dict | None, names) -> list:
+  """The modalities that frames.npz holds frame embeddings of ('<m>_w<w>' keys)."""
+  return [m for m in names if any(re.fullmatch(rf"{re.escape(m)}_w\d+", k) for k in frames or {})]
+
+
+def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest, config, run_info, lik,
+                    frames) -> dict:
   report_dir.mkdir(parents=True, exist_ok=True)
   acfg = _analysis_cfg(config) if config is not None else _analysis_cfg({})
   identities = manifest.get("identities", [])
@@ -130,6 +141,10 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
              "model.kind": zoo.kind_of(config) if config is not None else None,
              "model.can_generate": generated is not None}
   metrics.update(retrieval_section(latents, names, acfg["seed"]))
+  frame_names = _frame_names(frames, names)
+  if len(frame_names) >= 2:
+    windows = sorted({int(k.rsplit("_w", 1)[1]) for k in frames if not k.endswith("_mask")})
+    metrics.update(sync.section(frames, frame_names, windows, acfg["sync_offsets"], acfg["seed"]))
   lat_metrics, near = latent_section(latents, names, id_names, acfg, report_dir)
   metrics.update(lat_metrics)
   notes, figures, texts = [], [], {}
@@ -175,6 +190,12 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
   report_dir = workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
   latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test, specs), test)
+  frame_names = [m for m in model.frame_modalities() if m in specs] if hasattr(model, "frame_modalities") else []
+  frames = None
+  (report_dir / "frames.npz").unlink(missing_ok=True)
+  if len(frame_names) >= 2:
+    frames = inference.encode_frames_split(model, test, frame_names)
+    np.savez_compressed(report_dir / "frames.npz", **frames)
   generated = lik = None
   if model.can_generate:
     latent_dim = int(latents[f"{next(iter(specs))}_mu"].shape[1])
@@ -185,7 +206,8 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
     np.savez_compressed(report_dir / "likelihood.npz", **lik)
   run_info = _run_info(workdir, dataset.data_dir, split, f"{which} (step {step})")
   train = dataset.arrays("train") if generated is not None else {}  # only coherence reads training data
-  return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config, run_info, lik)
+  return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config, run_info, lik,
+                        frames)
 
 
 def _run_info(workdir: pathlib.Path, data_dir, split: str, which: str) -> dict:
@@ -223,5 +245,7 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
     missing += [k for k in (f"{g}_from_{q}" for q in specs for g in specs) if k not in generated]
   if missing:
     raise ValueError(f"the saved arrays lack {missing} (written by an older mmvae?); run `mmvae analyze` again")
+  frames_file = report_dir / "frames.npz"
+  frames = dict(np.load(frames_file)) if frames_file.is_file() else None
   return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config,
-                        _run_info(workdir, dataset.data_dir, split, "saved arrays"), lik)
+                        _run_info(workdir, dataset.data_dir, split, "saved arrays"), lik, frames)

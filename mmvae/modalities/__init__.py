@@ -30,7 +30,7 @@ import dataclasses
 
 from mmvae import registry
 
-_BUILTIN = {k: f"mmvae.modalities.{k}" for k in ("spectrogram", "image", "vector", "tokens", "video", "points")}
+_BUILTIN = {k: f"mmvae.modalities.{k}" for k in ("spectrogram", "image", "vector", "tokens", "video", "points", "sequence")}
 _FUNCTIONS = ("model_shape", "frames", "inputs", "encoder", "head", "activate", "nll", "to_data", "augment")
 _REGISTRY = registry.Registry("modality kind", "a manifest's modality kind", _BUILTIN, _FUNCTIONS)
 # The kinds of datasets and runs from before manifests declared modalities (two fixed names).
@@ -130,6 +130,11 @@ def encoder_choice(model_cfg, m: Modality) -> str:
   # Configs written before `encoders` existed name the two legacy modalities' encoders directly.
   legacy = model_cfg.get(f"{m.name}_encoder", kind.ENCODERS[0]) if m.name in LEGACY_KINDS else kind.ENCODERS[0]
   choice = choices.get(m.name, legacy)
+  if m.name == (model_cfg.get("frozen_target", "") or ""):
+    if "frozen" not in kind.ENCODERS:
+      raise ValueError(f"config.model.frozen_target={m.name!r} is a {m.kind!r} modality; a frozen target must be "
+                       "a precomputed 'vector' or 'sequence' modality")
+    return "frozen"
   if choice not in kind.ENCODERS:
     raise ValueError(f"config.model.encoders.{m.name}={choice!r} is not an encoder of the {m.kind!r} kind; "
                      f"use one of {kind.ENCODERS}")

@@ -2,15 +2,18 @@
 
 import sys
 
-from mmvae import layers, likelihoods, modalities
+import numpy as np
+
+from mmvae import layers, likelihoods, modalities, temporal
 from mmvae.modalities import base
 
-ENCODERS = ("mlp",)
+ENCODERS = ("mlp", "frozen")  # frozen: the vector itself, a pretrained space the other modalities adapt to
 DEFAULT_SIGMA = 1.0
 
 
 def encoder(choice, m, mc, dtype, rngs):
-  del choice
+  if choice == "frozen":
+    return temporal.Frozen(False, int(np.prod(m.shape)), int(mc.latent_dim), m.name)
   return layers.MLPEncoder(m.shape, modalities.encoder_hidden(mc, m), mc.latent_dim, dtype, rngs)
 
 

@@ -1,0 +1,81 @@
+"""`mmvae embed`: a trained run's embeddings (posterior means) of one modality for every example of some splits.
+
+The output is the .npz that `mmvae prep features --join` reads, so a run's space can be joined to a
+corpus as a new (e.g. frozen target) modality:
+
+    ids         [N] str      the examples' `id` field, split by split, each split in id order
+    embeddings  [N, Z] float32   posterior means of the modality (`inference.encode_split`: a modality of
+                             K stored frames averages its frames' posteriors, as validation and analysis do)
+    splits      [N] str      the split of each row
+
+The encoding path is the one validation and `mmvae analyze` use (`checkpoints.load_run`,
+`checkpoints.dataset_of_run`, `inference.encode_split`), so the exported rows are the latents the run's
+report scores.
+"""
+
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from mmvae import inference
+
+
+def _splits(requested, available: list[str]) -> list[str]:
+  """The splits to export: `requested` (a list or 'a,b'), default every split of the dataset; one-line errors."""
+  if requested is None:
+    return list(available)
+  names = [s.strip() for s in (requested.split(",") if isinstance(requested, str) else requested)]
+  if not names or not all(names):
+    raise ValueError(f"--splits {requested!r}: give comma-separated split names, e.g. train,validation,test")
+  unknown = [s for s in names if s not in available]
+  if unknown:
+    raise ValueError(f"--splits names {unknown}, which the dataset does not have (it has {available})")
+  if len(set(names)) != len(names):
+    raise ValueError(f"--splits {requested!r} names a split twice")
+  return names
+
+
+def export(workdir, modality: str, out, data_dir=None, splits=None, which: str = "best") -> dict:
+  """Writes OUT (.npz: ids, embeddings, splits) for `modality` of the run in WORKDIR; returns those arrays.
+
+  data_dir: the dataset to encode (default: the one the run trained on, refused if it changed since).
+  splits: split names (a list or 'train,test'; default: every split of the dataset).
+  which: the checkpoint, 'best' or 'last' (as `mmvae analyze --checkpoint`).
+  """
+  from mmvae.train import checkpoints
+  start = time.time()
+  out = pathlib.Path(out)
+  if out.suffix != ".npz":
+    raise ValueError(f"--out {out}: the file name must end in .npz")
+  if out.is_dir():
+    raise ValueError(f"--out {out} is a folder; give a file name ending in .npz")
+  model, config, _, step = checkpoints.load_run(workdir, which=which, return_step=True)
+  dataset = checkpoints.dataset_of_run(workdir, data_dir)  # refuses a dataset that changed since training
+  dataset.check_config(config)
+  specs = dataset.modalities(config.data.get("modalities", ()))
+  known = getattr(model, "specs", None)  # a --data dataset may hold more modalities than the run was built for
+  run_modalities = [n for n in specs if known is None or n in known]
+  if modality not in run_modalities:
+    raise ValueError(f"--modality {modality!r} is not a modality of the run {workdir} (it has {run_modalities})")
+  chosen = _splits(splits, dataset.splits)
+  encoder = inference.model_encoder(model)
+  ids, rows, names = [], [], []
+  for split in chosen:
+    arrays = dataset.arrays(split)
+    latents = inference.encode_split(encoder, arrays, {modality: specs[modality]})
+    ids.append(np.asarray(arrays["id"]).astype(str))
+    rows.append(np.asarray(latents[f"{modality}_mu"], np.float32))
+    names.append(np.full(len(arrays["id"]), split))
+  result = {"ids": np.concatenate(ids), "embeddings": np.concatenate(rows),
+            "splits": np.concatenate(names).astype(str)}
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(f".{out.name}.tmp")
+  with open(tmp, "wb") as f:  # a file object: numpy appends no second suffix; renamed into place when complete
+    np.savez(f, **result)
+  os.replace(tmp, out)
+  counts = ", ".join(f"{s} {len(i)}" for s, i in zip(chosen, ids))
+  print(f"mmvae embed: {modality} posterior means ({result['embeddings'].shape[1]} dims) of {counts} examples, "
+        f"{which} checkpoint (step {step}) -> {out} in {time.time() - start:.1f} s", flush=True)
+  return result

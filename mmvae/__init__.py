@@ -20,22 +20,23 @@ __version__ = "0.1.0"
 def prepare(corpus: str, out, config=None, overrides: Sequence[str] = (), **kwargs) -> dict:
   """Prepares a corpus into OUT (TFDS array_record + manifest.json) like `mmvae prep CORPUS`; returns the manifest.
 
-  corpus: 'synthetic' (kwargs: identities, seed, split, workers), 'voxceleb1' (root, strict, workers,
+  corpus: 'synthetic' (kwargs: identities, seed, split, workers, video), 'voxceleb1' (root, strict, workers,
   split_policy), 'avdigits' or 'mmdigits' (fsdd, mnist, seed, strict, workers; see
-  data_prep.prepare.prepare_<corpus>) or 'features' (root, seed, anchor, rename, standardize; see
-  data_prep.features.prepare_features; it reads no config).
+  data_prep.prepare.prepare_<corpus>), 'features' (root, seed, anchor, rename, standardize; see
+  data_prep.features.prepare_features) or 'yt8m' (records, max_steps; data_prep.yt8m.prepare_yt8m); the last
+  two read no config.
   config: whose input settings to follow: a name, 'NAME:variant', 'path.py[:variant]' or a ConfigDict
   (default: the command's: reference, synthetic, avdigits or mcvs). overrides: 'a.b=value' strings.
   """
-  from data_prep import features
+  from data_prep import features, yt8m
   from data_prep import prepare as prepare_lib
   functions = {"synthetic": prepare_lib.prepare_synthetic, "voxceleb1": prepare_lib.prepare_voxceleb1,
                "avdigits": prepare_lib.prepare_avdigits, "mmdigits": prepare_lib.prepare_mmdigits,
-               "features": features.prepare_features}
+               "features": features.prepare_features, "yt8m": yt8m.prepare_yt8m}
   if corpus not in functions:
     raise ValueError(f"unknown corpus {corpus!r}; use one of {', '.join(functions)}")
-  if corpus == "features" and (config is not None or overrides):
-    raise ValueError("prepare('features', ...) reads no config: give no config or overrides")
+  if corpus in ("features", "yt8m") and (config is not None or overrides):
+    raise ValueError(f"prepare({corpus!r}, ...) reads no config: give no config or overrides")
   if config is not None or overrides:
     kwargs["config"] = _config(config if config is not None else {"synthetic": "synthetic", "voxceleb1": "reference",
                                                                   "avdigits": "avdigits", "mmdigits": "mcvs"}[corpus],

@@ -125,13 +125,28 @@ def sync_nce(u_BxTxZ, v_BxTxZ, valid_BxT, temperature):
   return jnp.sum(per_clip_B * has_B) / jnp.maximum(jnp.sum(has_B), 1.0)
 
 
-def sync_term(model, batch, loss_cfg):
-  """loss.sync_weight * the mean over frame-level modality pairs and frame windows of sync_nce; None when off."""
-  weight = float(loss_cfg.get("sync_weight", 0.0))
-  names = model.frame_modalities() if weight > 0 else ()
+def encode_batch(model, batch, loss_cfg) -> tuple[dict, dict]:
+  """({m: (mu, logvar)} of every modality, {m: frame embeddings} of those sync_term needs), each encoder run once.
+
+  Frames are computed only when loss.sync_weight > 0, for the model's frame-level modalities
+  (model.encode_with_frames: the clip posterior and the frames from one pass of the temporal encoder).
+  """
+  framed = model.frame_modalities() if float(loss_cfg.get("sync_weight", 0.0)) > 0 else ()
+  post, frames = {}, {}
+  for m in model.specs:
+    if m in framed:
+      post[m], frames[m] = model.encode_with_frames(m, batch[m])
+    else:
+      post[m] = model.encode(m, batch[m])
+  return post, frames
+
+
+def sync_term(frames: dict, loss_cfg):
+  """The mean of sync_nce over every pair of frame-level modalities and their common windows (the caller weighs
+  it by loss.sync_weight); None with fewer than two such modalities. frames: encode_batch's."""
+  names = list(frames)
   if len(names) < 2:
     return None
-  frames = {m: model.encode_frames(m, batch[m]) for m in names}
   values = [sync_nce(frames[m][w][0], frames[n][w][0], frames[m][w][1] * frames[n][w][1],
                      float(loss_cfg.get("sync_temperature", loss_cfg.temperature)))
             for m, n in itertools.combinations(names, 2) for w in frames[m] if w in frames[n]]
@@ -253,7 +268,7 @@ def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name
                                   loss_cfg.infonce_weight > 0 and loss_cfg.infonce_positives == "identity")) if on]
   if needs and "label" not in batch:
     raise ValueError(f"config.loss {', '.join(needs)} needs identity labels, but the batch has no 'label'")
-  post = {m: model.encode(m, batch[m]) for m in names}
+  post, frames = encode_batch(model, batch, loss_cfg)
   # Noise per example and modality from its own key, so it does not depend on the device layout.
   eps_keys = jax.vmap(lambda k: jax.random.split(k, len(names)))(example_keys_B)
   z = {}
@@ -291,7 +306,7 @@ def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name
   if loss_cfg.identity_weight > 0:  # (7)
     metrics["identity_ce"] = identity_ce(model, [post[m][0] for m in names], batch["label"])
     total = total + loss_cfg.identity_weight * metrics["identity_ce"]
-  sync = sync_term(model, batch, loss_cfg)
+  sync = sync_term(frames, loss_cfg)
   if sync is not None:  # frame-level synchronisation of sequence modalities (temporal encoders)
     metrics["sync"] = sync
     total = total + loss_cfg.sync_weight * sync

@@ -32,6 +32,13 @@ class Multimodal(nnx.Module):
                        f"{list(self.frame_modalities())})")
     return self.encoders[modality].frames(x)
 
+  def encode_with_frames(self, modality: str, x):
+    """(encode(modality, x), encode_frames(modality, x)) from one run of the modality's encoder."""
+    if modality not in self.frame_modalities():
+      raise ValueError(f"modality {modality!r} has no frame-level encoder (those with one: "
+                       f"{list(self.frame_modalities())})")
+    return self.encoders[modality].encode_and_frames(x)
+
 
 class SharedDecoder(Multimodal):
   """A shared MLP trunk from z, then one head per modality (from its kind), so any latent decodes to every modality."""

@@ -141,19 +141,28 @@ class TemporalEncoder(nnx.Module):
       h = self.mix(h, mask.astype(self.dtype))
     return h, mask
 
-  def __call__(self, x_BxTxD1):
-    h, mask = self.mixed(x_BxTxD1)
+  def _clip(self, h, mask):
     mu, logvar = jnp.split(self.clip(masked_mean(h, mask.astype(h.dtype))).astype(jnp.float32), 2, axis=-1)
     return mu, logvar
 
-  def frames(self, x_BxTxD1) -> dict:
-    """{w: (embeddings [B, T - w + 1, Z] float32, mask [B, T - w + 1])} for each frame window w."""
-    h, mask = self.mixed(x_BxTxD1)
+  def _frames(self, h, mask) -> dict:
     out = {}
     for w in self.frame_windows:
       mean, valid = windows(h, mask.astype(h.dtype), w)
       out[w] = (self.frame(mean).astype(jnp.float32), valid.astype(jnp.float32))
     return out
+
+  def __call__(self, x_BxTxD1):
+    return self._clip(*self.mixed(x_BxTxD1))
+
+  def frames(self, x_BxTxD1) -> dict:
+    """{w: (embeddings [B, T - w + 1, Z] float32, mask [B, T - w + 1])} for each frame window w."""
+    return self._frames(*self.mixed(x_BxTxD1))
+
+  def encode_and_frames(self, x_BxTxD1):
+    """((mu, logvar), frames) from one pass of the step MLP and the temporal mixing (training needs both)."""
+    h, mask = self.mixed(x_BxTxD1)
+    return self._clip(h, mask), self._frames(h, mask)
 
 
 class Frozen(nnx.Module):
@@ -176,3 +185,6 @@ class Frozen(nnx.Module):
       raise ValueError("a frozen vector target has no frames")
     steps, mask = split_mask(jax.lax.stop_gradient(x.astype(jnp.float32)))
     return {w: windows(steps, mask, w) for w in self.frame_windows}
+
+  def encode_and_frames(self, x):
+    return self(x), self.frames(x)

@@ -46,6 +46,11 @@ class Contrastive(models.Multimodal):
     mu_BxZ, _ = self.encoders[modality](x)
     return mu_BxZ, jnp.zeros_like(mu_BxZ)
 
+  def encode_with_frames(self, modality: str, x):
+    """(encode(modality, x), its frame embeddings) from one run of the encoder."""
+    (mu_BxZ, _), frames = super().encode_with_frames(modality, x)
+    return (mu_BxZ, jnp.zeros_like(mu_BxZ)), frames
+
 
 def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> Contrastive:
   """The encoders of config.model (encoders, hidden, latent_dim) and the optional head."""
@@ -78,7 +83,8 @@ def loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None)
   if (by_identity or loss_cfg.identity_weight > 0) and "label" not in batch:
     raise ValueError("config.loss.infonce_positives='identity' or identity_weight > 0 needs identity labels, "
                      "but the batch has no 'label'")
-  mu_local = {m: model.encode(m, batch[m])[0] for m in model.specs}
+  post, frames = losses.encode_batch(model, batch, loss_cfg)
+  mu_local = {m: post[m][0] for m in model.specs}
   # Negatives come from the whole global batch, so the loss is the same on any device count.
   mu = {m: losses.gather(v, axis_name) for m, v in mu_local.items()}
   labels = losses.gather(batch["label"], axis_name) if "label" in batch else None
@@ -91,7 +97,7 @@ def loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None)
   if loss_cfg.identity_weight > 0:  # (2): a per-example term, a mean over the local rows like msvae's
     metrics["identity_ce"] = losses.identity_ce(model, list(mu_local.values()), batch["label"])
     total = total + loss_cfg.identity_weight * metrics["identity_ce"]
-  sync = losses.sync_term(model, batch, loss_cfg)
+  sync = losses.sync_term(frames, loss_cfg)
   if sync is not None:  # (3) frame-level synchronisation of sequence modalities
     metrics["sync"] = sync
     total = total + loss_cfg.sync_weight * sync

@@ -295,10 +295,10 @@ def feature_shape(data_cfg):
   return (1 + (seg - frame_len) // hop, int(data_cfg.n_bins))
 
 
-def utterance_features(path_or_wave, data_cfg, train, rng=None):
+def utterance_features(path_or_wave, data_cfg, train, rng=None, name=None):
   """Audio features of one utterance: a pooled vector (see `data.pooling`) or a normalised [T, F].
 
-  A wave given directly must already be mono at `data_cfg.sample_rate`.
+  A wave given directly must already be mono at `data_cfg.sample_rate`; `name` (e.g. its path) names it in errors.
   """
   feature_shape(data_cfg)  # validates the whole config before any work
   short = _cfg(data_cfg, "short_clips")
@@ -306,7 +306,7 @@ def utterance_features(path_or_wave, data_cfg, train, rng=None):
     wave = load_wav(path_or_wave, int(data_cfg.sample_rate))
     name = os.fspath(path_or_wave)
   else:
-    wave, name = np.asarray(path_or_wave, np.float32), "<wave>"
+    wave, name = np.asarray(path_or_wave, np.float32), name or "<wave>"
   try:
     seg = crop_segment(wave, int(data_cfg.segment_samples), "random" if train else "center",
                        rng, short)

@@ -222,8 +222,7 @@ def frame_sequence(paths, size, grayscale):
   if bad:
     warnings.warn(f"{os.path.dirname(paths[0])}: {len(bad)} of {len(paths)} frames unreadable, each replaced by the "
                   f"previous readable frame (e.g. {bad[0]})", ClipWarning, stacklevel=2)
+    previous = loaded[good[0]]
     for i, f in enumerate(loaded):
-      if f is None:
-        earlier = [j for j in good if j < i]
-        loaded[i] = loaded[earlier[-1] if earlier else good[0]]
+      loaded[i] = previous = previous if f is None else f
   return np.stack(loaded)

@@ -399,11 +399,11 @@ def read_embeddings(path) -> tuple[list[str], list[np.ndarray]]:
 
 
 def _check_new_name(name: str, existing) -> None:
-  if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+  if isinstance(name, str) and name in RESERVED:
+    raise ValueError(f"--name {name!r} is a reserved per-example field ({', '.join(RESERVED)}); choose another name")
+  if not isinstance(name, str) or not _valid_name(name):
     raise ValueError(f"--name {name!r} is not a Python identifier; a modality name is a config key "
                      "(config.model.encoders.NAME), e.g. --name speaker_emb")
-  if name in RESERVED:
-    raise ValueError(f"--name {name!r} is a reserved per-example field ({', '.join(RESERVED)}); choose another name")
   if name in existing:
     raise ValueError(f"--name {name!r} is already a modality of the dataset (it has {list(existing)}); "
                      "choose another name")

@@ -55,18 +55,18 @@ def _sequence_settings(data_cfg) -> tuple[int, float]:
   return steps, fps
 
 
-def _sequence_modalities(data_cfg) -> list[dict]:
+def _sequence_modalities(data_cfg, face_shape) -> list[dict]:
   """Manifest entries of audio_frames and face_frames (kind `sequence`: [T, D + 1] with the mask column)."""
   steps, fps = _sequence_settings(data_cfg)
   n_mels = int(audio._cfg(data_cfg, "n_mels"))
-  size, channels = _face_shape(data_cfg)[1], _face_shape(data_cfg)[3]
+  _, size, _, channels = face_shape
   return [{"name": "audio_frames", "kind": "sequence", "shape": [steps, n_mels + 1], "dtype": "float32",
            "step_shape": [n_mels], "step_seconds": 1.0 / fps},
           {"name": "face_frames", "kind": "sequence", "shape": [steps, size * size * channels + 1], "dtype": "float32",
            "step_shape": [size, size, channels], "step_seconds": 1.0 / fps}]
 
 
-def _sequences(spec: dict, data_cfg, train: bool, rng: np.random.Generator) -> dict:
+def _sequences(spec: dict, wave: np.ndarray, data_cfg, train: bool, rng: np.random.Generator) -> dict:
   """{audio_frames: float32 [L, n_mels], face_frames: uint8 [L, S, S, C]}: step t of both is [t/fps, (t+1)/fps) s.
 
   The utterance's audio steps (audio.frame_features) and its frames (frame k at k/fps s) are aligned by time
@@ -74,7 +74,6 @@ def _sequences(spec: dict, data_cfg, train: bool, rng: np.random.Generator) -> d
   window is kept, seeded random for train and centred otherwise, the same for both.
   """
   steps, fps = _sequence_settings(data_cfg)
-  wave = audio.load_wav(spec["wav"], int(data_cfg.sample_rate))
   try:
     sound = audio.frame_features(wave, data_cfg, fps)
   except audio.AudioError as e:
@@ -119,7 +118,9 @@ def _extract_one(index, spec, data_cfg, strict, sequences=False):
   rng = np.random.default_rng((int(data_cfg.seed), index))
   train = spec["split"] == "train"  # random crops for training, centred crops elsewhere
   try:
-    audio_features = np.asarray(audio.utterance_features(spec["wav"], data_cfg, train, rng), np.float32)
+    # One read of the WAV serves the features below and, with sequences, the frame features.
+    wave = audio.load_wav(spec["wav"], int(data_cfg.sample_rate)) if sequences else spec["wav"]
+    audio_features = np.asarray(audio.utterance_features(wave, data_cfg, train, rng, name=spec["wav"]), np.float32)
   except (audio.AudioError, OSError) as e:
     if strict:
       raise
@@ -135,7 +136,7 @@ def _extract_one(index, spec, data_cfg, strict, sequences=False):
   if sequences:
     try:
       # Its own generator: the audio and face above stay those of a prep without sequences.
-      parts.update(_sequences(spec, data_cfg, train, np.random.default_rng((int(data_cfg.seed), index, 1))))
+      parts.update(_sequences(spec, wave, data_cfg, train, np.random.default_rng((int(data_cfg.seed), index, 1))))
     except (audio.AudioError, faces.FaceError, OSError) as e:
       if strict:
         raise
@@ -153,7 +154,7 @@ def _modalities(corpus: voxceleb1.Corpus, audio_shape, face_shape, data_cfg=None
                     "vocab": list(corpus.text_vocab)})
   entries.extend(dict(m, shape=[int(d) for d in m["shape"]]) for m in corpus.extra_modalities)
   if corpus.frame_sequences:
-    entries.extend(_sequence_modalities(data_cfg))
+    entries.extend(_sequence_modalities(data_cfg, face_shape))
   return entries
 
 

@@ -15,7 +15,6 @@ figures, report.md; `rebuild` recomputes everything but the first three without 
 import itertools
 import json
 import pathlib
-import re
 
 import numpy as np
 
@@ -121,11 +120,6 @@ def analyze_arrays(report_dir, latents: dict, generated: dict | None, test: dict
                            run_info, lik, frames)
 
 
-def _frame_names(frames: dict | None, names) -> list:
-  """The modalities that frames.npz holds frame embeddings of ('<m>_w<w>' keys)."""
-  return [m for m in names if any(re.fullmatch(rf"{re.escape(m)}_w\d+", k) for k in frames or {})]
-
-
 def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest, config, run_info, lik,
                     frames) -> dict:
   report_dir.mkdir(parents=True, exist_ok=True)
@@ -141,10 +135,7 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
              "model.kind": zoo.kind_of(config) if config is not None else None,
              "model.can_generate": generated is not None}
   metrics.update(retrieval_section(latents, names, acfg["seed"]))
-  frame_names = _frame_names(frames, names)
-  if len(frame_names) >= 2:
-    windows = sorted({int(k.rsplit("_w", 1)[1]) for k in frames if not k.endswith("_mask")})
-    metrics.update(sync.section(frames, frame_names, windows, acfg["sync_offsets"], acfg["seed"]))
+  metrics.update(sync.section(frames, names, acfg["sync_offsets"], acfg["seed"]))
   lat_metrics, near = latent_section(latents, names, id_names, acfg, report_dir)
   metrics.update(lat_metrics)
   notes, figures, texts = [], [], {}

@@ -18,6 +18,7 @@ across ALL clips; the one relevant item is the window at the same position of th
 """
 
 import itertools
+import re
 
 import numpy as np
 
@@ -89,11 +90,21 @@ def frame_retrieval(query_NxTxZ, query_valid_NxT, gallery_NxTxZ, gallery_valid_N
       ids[g_idx], score="cosine", ks=(1, 10), progress=False))
 
 
-def section(frames: dict, names, windows, max_offset: int, seed: int = 0) -> dict:
-  """Flat metrics: `sync.<metric>` for the first two modalities at the smallest window, and per pair and window
-  `sync_by_pair.<q>_to_<g>.w<w>.<metric>` and `frame_retrieval.<q>_to_<g>.w<w>.<metric>`."""
+def contents(frames: dict | None, names) -> tuple[list, list]:
+  """(the modalities of `names` that frames.npz holds ('<m>_w<w>' keys), their windows in increasing order)."""
+  keys = [re.fullmatch(rf"({'|'.join(map(re.escape, names))})_w(\d+)", k) for k in frames or {}]
+  found = {m.group(1) for m in keys if m}
+  return [n for n in names if n in found], sorted({int(m.group(2)) for m in keys if m})
+
+
+def section(frames: dict, names, max_offset: int, seed: int = 0) -> dict:
+  """Flat metrics: `sync.<metric>` for the first two frame-level modalities of `names` at the smallest window,
+  and per pair and window `sync_by_pair.<q>_to_<g>.w<w>.<metric>` and `frame_retrieval.<q>_to_<g>.w<w>.<metric>`;
+  {} when frames holds fewer than two modalities."""
   out = {}
-  windows = sorted(int(w) for w in windows)
+  names, windows = contents(frames, names)
+  if len(names) < 2:
+    return out
   for q, g in itertools.permutations(names, 2):
     for w in windows:
       args = (frames[f"{q}_w{w}"], frames[f"{q}_w{w}_mask"], frames[f"{g}_w{w}"], frames[f"{g}_w{w}_mask"])

@@ -44,14 +44,16 @@ def _random_batches(shapes, batch_size, seed=0):
     step += 1
 
 
-def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded"):
-  cfg = config_lib.load(f"{name}:tiny" if tiny else name, [f"train.batch_size={batch_size}"])
+def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_workers=-1):
+  cfg = config_lib.load(f"{name}:tiny" if tiny else name, [f"train.batch_size={batch_size}",
+                                                           f"train.data_workers={data_workers}"])
   if data_dir:
     from mmvae import data
     dataset = data.Dataset(data_dir)
     dataset.check_config(cfg)
     shapes = dataset.input_shapes()
-    it = data.batches(dataset, "train", batch_size, seed=0, prefetch=cfg.train.prefetch)
+    it = data.batches(dataset, "train", batch_size, seed=0, prefetch=cfg.train.prefetch,
+                      workers=data.worker_count(cfg.train.data_workers, dataset, "train"))
   else:
     shapes = _shapes(cfg)
     it = _random_batches(shapes, batch_size)
@@ -76,19 +78,21 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded"):
     dev_state, m = runner.step(dev_state, batch)
   jax.block_until_ready((dev_state, m))
   total = time.perf_counter() - t0
+  if hasattr(it, "close"):
+    it.close()
   step_s = total / steps
   return {"config": cfg.name, "batch": batch_size, "step_ms": 1000 * step_s, "samples_per_s": batch_size / step_s,
           "mflop_per_sample": flops / batch_size / 1e6, "gflop_per_s": flops / step_s / 1e9,
           "data_wait": wait / total}
 
 
-def measure_trainer(name, batch_size, steps, tiny, data_dir, workdir, mode="sharded"):
+def measure_trainer(name, batch_size, steps, tiny, data_dir, workdir, mode="sharded", data_workers=-1):
   """samples/s of the full trainer over `steps` steps (compilation excluded, as final.json times it)."""
   from mmvae.train import trainer
   cfg = config_lib.load(f"{name}:tiny" if tiny else name,
                         [f"train.batch_size={batch_size}", f"train.num_steps={steps + 1}",
                          f"train.eval_every={steps + 1}", f"train.checkpoint_every={steps + 1}",
-                         f"parallel={mode}"])
+                         f"parallel={mode}", f"train.data_workers={data_workers}"])
   final = trainer.train(cfg, data_dir, workdir)
   return {"trainer_samples_per_s": final["samples_per_second"], "trainer_data_wait": final["data_wait_fraction"]}
 
@@ -110,6 +114,9 @@ def main(argv=None):
   p.add_argument("--tiny", action="store_true", help="tiny model variants (CPU smoke runs)")
   p.add_argument("--data", default=None, help="a prepared dataset to read batches from (must fit the config)")
   p.add_argument("--parallel", default="sharded", choices=parallel.MODES)
+  p.add_argument("--data-workers", type=int, default=-1,
+                 help="grain worker processes building batches from --data and in --trainer runs "
+                      "(config.train.data_workers; default: -1, the config's auto choice)")
   p.add_argument("--trainer", action="store_true",
                  help="also run the full trainer loop on a synthetic corpus prepared for each config")
   p.add_argument("--work", default=None, help="where --trainer keeps its corpora and runs (default: a temporary folder)")
@@ -123,10 +130,10 @@ def main(argv=None):
     for name in args.configs.split(","):
       data_dir = args.data or (prepared_synthetic(name, args.tiny, work) if args.trainer else None)
       for b in (int(x) for x in args.batch_sizes.split(",")):
-        row = measure(name, b, args.steps, args.tiny, args.data, args.parallel)  # the bare step: in-memory batches
+        row = measure(name, b, args.steps, args.tiny, args.data, args.parallel, args.data_workers)
         if args.trainer:
           row.update(measure_trainer(name, b, args.steps, args.tiny, data_dir, pathlib.Path(work) / f"{name}-{b}",
-                                     args.parallel))
+                                     args.parallel, args.data_workers))
           row["trainer_vs_step"] = row["trainer_samples_per_s"] / row["samples_per_s"]
         print(" | ".join(f"{row[c]:>16.4g}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in cols),
               flush=True)

@@ -1,10 +1,8 @@
-"""Prepared-dataset reader: whole splits in memory (or random access), and batches fixed by (seed, step)."""
+"""Prepared-dataset reader: whole splits in memory (or random access), and batches fixed by (seed, step), read by grain."""
 
 import json
+import os
 import pathlib
-import queue
-import threading
-from typing import Iterator
 
 import numpy as np
 
@@ -37,6 +35,10 @@ class Dataset:
     self.splits = list(self.manifest["splits"])
     self._arrays: dict[str, dict[str, np.ndarray]] = {}
     self._sources = {}
+
+  def __getstate__(self):
+    """Pickled (into grain's worker processes) as its folder and manifest: each process reads the data itself."""
+    return dict(self.__dict__, _arrays={}, _sources={})
 
   def num_examples(self, split: str) -> int:
     self._check_split(split)
@@ -168,32 +170,40 @@ class Pairing:
       bounds = np.r_[0, np.cumsum(np.bincount(self.group_of))]
       self.members = [order[bounds[g]:bounds[g + 1]] for g in range(len(bounds) - 1)]
 
-  def __call__(self, indices: np.ndarray, seed: int, step: int, frames: list[int], anchor_frames: int = 1):
-    """([(partner, frame) per other modality], anchor frame) per batch position j, drawn from (seed, step, j) only."""
+  def __call__(self, indices: np.ndarray, seed: int, step: int, frames: list[int], anchor_frames: int = 1,
+               positions=None):
+    """([(partner, frame) per other modality], anchor frame) per batch position j, drawn from (seed, step, j) only.
+
+    positions: each row's position j in the global batch (default 0, 1, ...): a process building only its own
+    rows draws what the whole batch would hold there.
+    """
     n = len(indices)
+    positions = range(n) if positions is None else positions
     partners = [np.array(indices, np.int64) for _ in frames]
     chosen = [np.zeros(n, np.int64) for _ in frames]
     anchor = np.zeros(n, np.int64)
     if self.policy == "utterance" and max(frames, default=1) == 1 and anchor_frames == 1:
       return list(zip(partners, chosen)), anchor
-    for j, i in enumerate(indices):
-      rng = np.random.default_rng((seed, step, j))
+    for row, (j, i) in enumerate(zip(positions, indices)):
+      rng = np.random.default_rng((seed, step, int(j)))
       for partner, frame, k in zip(partners, chosen, frames):
         if self.policy != "utterance":
           group = self.members[self.group_of[i]]
-          partner[j] = group[rng.integers(len(group))]
-        frame[j] = rng.integers(k)
+          partner[row] = group[rng.integers(len(group))]
+        frame[row] = rng.integers(k)
       if anchor_frames > 1:
-        anchor[j] = rng.integers(anchor_frames)
+        anchor[row] = rng.integers(anchor_frames)
     return list(zip(partners, chosen)), anchor
 
 
 def _batch(dataset: Dataset, split: str, perms: _Permutations, global_batch_size: int, seed: int,
-           step: int, pairing: Pairing, specs: dict) -> dict[str, np.ndarray]:
-  idx = _indices(perms, global_batch_size, step)
+           step: int, pairing: Pairing, specs: dict, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+  """Rows `rows` (default all) of batch `step`."""
+  idx = _indices(perms, global_batch_size, step)[rows]
+  positions = np.arange(global_batch_size)[rows]
   data = dataset.take(split, idx)
   first, *others = specs.values()
-  drawn, anchor_frame = pairing(idx, seed, step, [m.frames for m in others], first.frames)
+  drawn, anchor_frame = pairing(idx, seed, step, [m.frames for m in others], first.frames, positions)
   batch = {first.name: first.kind_module.inputs(first, data[first.name], anchor_frame)}
   for m, (partners, frames) in zip(others, drawn):
     stored = data[m.name] if pairing.policy == "utterance" else dataset.take(split, partners)[m.name]
@@ -227,44 +237,120 @@ def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, st
                 dataset.modalities(modality_names))
 
 
+def _start_method_safe() -> None:
+  """grain's worker processes read absl flags; a program that never parsed them (the mmvae CLI, pytest) marks them parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class _BatchAt:
+  """Rows `rows` of batch number `step` of one split's (seed)-ordered stream: the function grain maps over steps.
+
+  Pickled into grain's worker processes without the data: `Dataset` drops its arrays when pickled, so each
+  worker opens the prepared dataset itself (memory or random access, as `Dataset.take` decides).
+  """
+
+  def __init__(self, dataset: Dataset, split: str, global_batch_size: int, seed: int, pairing: str,
+               modality_names, rows: slice):
+    self.dataset, self.split, self.global_batch_size, self.seed = dataset, split, global_batch_size, seed
+    self.pairing, self.modality_names, self.rows = pairing, tuple(modality_names), rows
+    self._ready = None
+
+  def __getstate__(self):
+    return dict(self.__dict__, _ready=None)
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    if self._ready is None:
+      n = self.dataset.num_examples(self.split)
+      self._ready = (_Permutations(n, self.seed), Pairing(self.dataset, self.split, self.pairing),
+                     self.dataset.modalities(self.modality_names))
+    perms, pairing, specs = self._ready
+    return _batch(self.dataset, self.split, perms, self.global_batch_size, self.seed, int(step), pairing, specs,
+                  self.rows)
+
+
+class Batches:
+  """Batches start_step, start_step + 1, ... of a split (each `batch_at(step)`, or this process's rows of it), as a
+  grain pipeline: grain maps `_BatchAt` over step numbers, in a background thread (workers=0) or in `workers`
+  worker processes, `prefetch` batches ahead.
+
+  Its state (`get_state`/`set_state`, JSON bytes) is what `grain.checkpoint.CheckpointSave` writes into an Orbax
+  checkpoint, one file per process: the next step, and grain's own iterator state, which a resume with the same
+  worker count restores; with another worker count the pipeline restarts at the saved step (same batches, since
+  a batch is a function of (seed, step)). Call `close()` to stop the workers.
+  """
+
+  END = 1 << 62  # the stream has no end: training stops at config.train.num_steps
+
+  def __init__(self, dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
+               rows: slice = slice(None), workers: int = 0, prefetch: int = 2, pairing: str = "utterance",
+               modality_names=()):
+    if workers < 0:
+      raise ValueError(f"workers={workers} must be >= 0 (0: a background thread)")
+    self._fn = _BatchAt(dataset, split, global_batch_size, seed, pairing, modality_names, rows)
+    self.workers, self.prefetch = int(workers), max(0, int(prefetch))
+    self._it = None
+    self._open(base=int(start_step))
+    self.step = int(start_step)  # the step of the next batch
+
+  def _open(self, base: int, grain_state=None) -> None:
+    import grain
+    self.close()
+    pipeline = grain.MapDataset.range(base, self.END).map(self._fn).to_iter_dataset(
+        grain.ReadOptions(num_threads=1 if self.prefetch else 0, prefetch_buffer_size=max(1, self.prefetch)))
+    if self.workers:
+      _start_method_safe()
+      pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
+                                                                   per_worker_buffer_size=max(1, self.prefetch)))
+    self._it = iter(pipeline)
+    if grain_state is not None:
+      self._it.set_state(grain_state)
+    self.base = base
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._it)
+    self.step += 1
+    return batch
+
+  def get_state(self) -> bytes:
+    return json.dumps({"step": self.step, "base": self.base, "workers": self.workers,
+                       "grain": self._it.get_state()}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    saved = json.loads(state)
+    if saved.get("workers") == self.workers:
+      self._open(int(saved["base"]), saved["grain"])
+    else:
+      self._open(int(saved["step"]))
+    self.step = int(saved["step"])
+
+  def start_prefetch(self) -> None:
+    """Called by grain's checkpoint handler after a restore; the pipeline starts reading on the first batch."""
+
+  def close(self) -> None:
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
+def worker_count(requested: int, dataset: Dataset, split: str) -> int:
+  """Grain worker processes for config.train.data_workers: -1 (auto) -> none when the split is held in memory
+  (a batch is then an index gather, cheaper than a hop between processes), else up to 4 reading from disk."""
+  if requested >= 0:
+    return int(requested)
+  if requested != -1:
+    raise ValueError(f"config.train.data_workers={requested} must be -1 (auto) or >= 0 worker processes")
+  return 0 if dataset.in_memory(split) else max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
-            num_devices: int = 1, prefetch: int = 2, pairing: str = "utterance",
-            modality_names=()) -> Iterator[dict[str, np.ndarray]]:
-  """batch_at(step) for step = start_step, start_step + 1, ..., built ahead by a background thread."""
-  n = _check_batch(dataset, split, global_batch_size, num_devices)
-  perms = _Permutations(n, seed)
-  pair = Pairing(dataset, split, pairing)
-  specs = dataset.modalities(modality_names)
-  if prefetch < 1:
-    step = start_step
-    while True:
-      yield _batch(dataset, split, perms, global_batch_size, seed, step, pair, specs)
-      step += 1
-  buffer: queue.Queue = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
-
-  def produce():
-    step = start_step
-    try:
-      while not stop.is_set():
-        item = _batch(dataset, split, perms, global_batch_size, seed, step, pair, specs)
-        while not stop.is_set():
-          try:
-            buffer.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        step += 1
-    except BaseException as e:  # surface reader errors in the consumer instead of hanging it
-      buffer.put(e)
-
-  thread = threading.Thread(target=produce, name="mmvae-batches", daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = buffer.get()
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
+            num_devices: int = 1, prefetch: int = 2, pairing: str = "utterance", modality_names=(),
+            rows: slice = slice(None), workers: int = 0) -> Batches:
+  """batch_at(step) for step = start_step, start_step + 1, ... (`rows`: this process's rows of each), read by grain."""
+  _check_batch(dataset, split, global_batch_size, num_devices)
+  return Batches(dataset, split, global_batch_size, seed, start_step, rows, workers, prefetch, pairing,
+                 modality_names)

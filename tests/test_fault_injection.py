@@ -27,7 +27,7 @@ from mmvae.train import checkpoints
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "data_prep"))  # the VoxCeleb1 fault helpers live there
 import test_prep_bad_input as vox  # noqa: E402
-from slow_batches import SLOW_BATCHES  # noqa: E402  (tests/, on the path beside conftest.py)
+from slow_batches import SLOW_BATCHES, tapped  # noqa: E402  (tests/, on the path beside conftest.py)
 
 OVERRIDES = ["--config.train.num_steps=12", "--config.train.checkpoint_every=3", "--config.train.eval_every=6",
              "--config.train.keep_checkpoints=5", "--config.train.learning_rate=0.01"]
@@ -304,15 +304,13 @@ def test_one_trainer_per_workdir_and_kills_damage_and_sigterm_recover_the_same_p
   shutil.rmtree(workdir / f"checkpoints/last/{newest}/default")
   shutil.copytree(workdir / f"checkpoints/last/{newest - 3}/default", workdir / f"checkpoints/last/{newest}/default")
   # The rerun takes over the stale lock, falls back one checkpoint, and stops on SIGTERM three steps later.
+  def terminate(i, batch):
+    if i == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
   real = data.batches
-
-  def terminated(*args, **kwargs):
-    for i, batch in enumerate(real(*args, **kwargs)):
-      if i == 2:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  monkeypatch.setattr(data, "batches", terminated)
+  monkeypatch.setattr(data, "batches", tapped(terminate))
   capsys.readouterr()
   with pytest.raises(SystemExit) as stopped:
     cli.main(argv)
@@ -396,10 +394,7 @@ def test_nan_messages_offer_a_restart_that_works(synthetic_dataset, reference, t
   real = data.batches
 
   def poisoned_at(index):
-    def batches(*args, **kwargs):
-      for i, batch in enumerate(real(*args, **kwargs)):
-        yield dict(batch, audio=batch["audio"] * np.nan) if i == index else batch
-    return batches
+    return tapped(lambda i, batch: dict(batch, audio=batch["audio"] * np.nan) if i == index else batch, real)
 
   monkeypatch.setattr(data, "batches", poisoned_at(0))
   early = tmp_path / "early"

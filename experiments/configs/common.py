@@ -136,7 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
-  c.train.prefetch = 2
+  c.train.prefetch = 2  # batches the input pipeline builds ahead (0: none, on the training thread)
+  # grain worker processes building batches (reading, frame sampling, pairing): -1 = none when the split is held
+  # in memory (a background thread does it), up to 4 when it is read from disk; 0 = the background thread.
+  c.train.data_workers = -1
   # Optimizer steps per dispatch to the devices (a lax.scan over that many batches; the same numbers as
   # single steps): > 1 saves the per-step dispatch and host work where a step is short (small models or
   # batches). Blocks never cross an eval or checkpoint step; metrics are fetched once per block.

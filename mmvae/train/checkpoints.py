@@ -17,9 +17,11 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
 LAST, BEST = "last", "best"
+DATA = "data"  # the item of a `last` checkpoint holding the input pipeline's state (beside "default", the train state)
 DAMAGED = "damaged"  # checkpoints/damaged/: damaged steps set aside by a resuming trainer, kept for inspection
 
 
@@ -128,11 +130,18 @@ class Checkpoints:
   def latest_step(self):
     return self.last.latest_step()
 
-  def save(self, step: int, host_state, val_score=None) -> None:
-    """Saves the last checkpoint (and the best one when a validation score is given); waits until written."""
+  def save(self, step: int, host_state, val_score=None, batches=None) -> None:
+    """Saves the last checkpoint (and the best one when a validation score is given); waits until written.
+
+    batches: the training input pipeline (`data.Batches`); its state goes beside the model in `last`
+    (WORKDIR/checkpoints/last/N/data/process_P-of-N.json, written by grain's Orbax handler on every process).
+    """
     flat = flatten(host_state)
     digest = {"sha256": params_sha256(flat)}
-    self.last.save(step, args=ocp.args.StandardSave(flat), custom_metadata=digest, force=True)
+    items = {"default": ocp.args.StandardSave(flat)}
+    if batches is not None:
+      items[DATA] = grain_checkpoint.CheckpointSave(batches)
+    self.last.save(step, args=ocp.args.Composite(**items), custom_metadata=digest, force=True)
     if val_score is not None and np.isfinite(val_score):
       best = self.best.best_step()
       best_score = self.best.metrics(best)["score"] if best is not None else -np.inf
@@ -170,6 +179,14 @@ class Checkpoints:
       raise ValueError(f"no intact checkpoint: {self._damaged(which, problems, False)}; train into a new "
                        "--workdir, or start one from another run's checkpoint with --from")
     return None
+
+  def restore_batches(self, batches, step: int) -> bool:
+    """Sets the input pipeline to the state saved with `last` step `step`; False when that step saved none."""
+    where = self.root / LAST / str(step) / DATA
+    if not where.is_dir():
+      return False
+    grain_checkpoint.CheckpointHandler().restore(where, args=grain_checkpoint.CheckpointRestore(batches))
+    return True
 
   def _damaged(self, which: str, problems: list, set_aside: bool) -> str:
     """One line naming the damaged steps and the first one's problem."""

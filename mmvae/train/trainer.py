@@ -203,7 +203,13 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   previous = signal.getsignal(signal.SIGTERM)
   signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   batches = data.batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, num_devices=1,
-                         prefetch=t.prefetch, pairing=config.data.pairing, modality_names=tuple(specs))
+                         prefetch=t.prefetch, pairing=config.data.pairing, modality_names=tuple(specs),
+                         rows=runner.local_slice(),
+                         workers=data.worker_count(t.data_workers, dataset, "train"))
+  if restored is not None and ckpts.restore_batches(batches, start) and batches.step != start:
+    batches.close()
+    raise ValueError(f"the input pipeline state saved with step {start} in {workdir / 'checkpoints'} is at step "
+                     f"{batches.step}; the checkpoint is inconsistent: train into a new --workdir")
   last_metrics, last_val, wait_s, timed_from, timed_steps = {}, None, 0.0, None, 0
   t_start = time.perf_counter()
   bar = progress.bar(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
@@ -272,7 +278,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
           log.row({"step": done, "split": "validation", **last_val})
           val_score = validator.score(last_val)
       if due_ckpt:
-        ckpts.save(done, host, val_score=val_score)
+        ckpts.save(done, host, val_score=val_score, batches=batches)
       if stop["signal"] is not None:
         bar.close()
         print(f"mmvae train: received SIGTERM; saved step {done} to {workdir / 'checkpoints'}; "
@@ -284,9 +290,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
     signal.signal(signal.SIGTERM, previous)
     bar.close()
     log.close()
-    close = getattr(batches, "close", None)
-    if close is not None:
-      close()
+    batches.close()
 
   host = runner.host_state(dev_state)
   if restored is not None and start == t.num_steps:

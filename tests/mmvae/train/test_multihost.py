@@ -131,8 +131,10 @@ def test_two_processes_train_as_one(runs):
 
 
 @pytest.mark.parametrize("phase", ["sharded-2x2", "pmap-2x2"])
-def test_each_process_feeds_only_its_rows(runs, phase):
-  _, reports = runs[phase]
+def test_each_process_feeds_only_its_rows(runs, phase, synthetic_dataset):
+  from mmvae import data
+  dataset = data.Dataset(synthetic_dataset)
+  workdir, reports = runs[phase]
   local = BATCH // 2
   for r in reports:
     p = r["process_index"]
@@ -140,6 +142,15 @@ def test_each_process_feeds_only_its_rows(runs, phase):
     # The global-batch positions on each of this process's devices, at each step it ran.
     expected = np.arange(p * local, (p + 1) * local).reshape(2, -1).tolist()
     assert len(r["fed"]) == 2 and all(fed == expected for fed in r["fed"]), r["fed"]
+    # What they hold: this process's rows of the global batch of each step, which its input pipeline alone read.
+    first_step = 0 if phase == "sharded-2x2" else 2
+    for step, fed_audio in enumerate(r["audio"], start=first_step):
+      whole = data.batch_at(dataset, "train", BATCH, 0, step)["audio"][:, 0]
+      np.testing.assert_allclose(np.ravel(fed_audio), whole[p * local:(p + 1) * local], rtol=1e-6)
+    # Its input pipeline's state went into each checkpoint it saved, one file per process.
+    state = json.loads((workdir / "checkpoints/last" / str(first_step + 2) / "data" / f"process_{p}-of-2.json")
+                       .read_text())
+    assert state["step"] == first_step + 2
 
 
 def test_process_zero_alone_writes_the_workdir(runs):
@@ -182,7 +193,7 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str) -> 
   import jax
   from mmvae import config as config_lib
   from mmvae.train import parallel, trainer
-  fed, local_slices = [], []
+  fed, audio, local_slices = [], [], []
   real_init = parallel.Runner.__init__
 
   def init(self, *args, **kwargs):
@@ -190,12 +201,15 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str) -> 
     local_slices.append([self.local_slice().start, self.local_slice().stop])
     real_step = self._step
 
+    def on_devices(x) -> list:
+      if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:  # sharded: this process's devices' shards
+        by_device = {s.device: np.asarray(s.data).tolist() for s in x.addressable_shards}
+        return [by_device[d] for d in self.local_devices]
+      return np.asarray(x).tolist()  # pmap: this process's part, one row per local device
+
     def recording(state, batch, positions):
-      if isinstance(positions, jax.Array):  # sharded: a global array; what sits on this process's devices
-        by_device = {s.device: np.asarray(s.data).tolist() for s in positions.addressable_shards}
-        fed.append([by_device[d] for d in self.local_devices])
-      else:  # pmap: this process's part, one row per local device
-        fed.append(np.asarray(positions).tolist())
+      fed.append(on_devices(positions))
+      audio.append(on_devices(batch["audio"][..., 0]))
       return real_step(state, batch, positions)
     self._step = recording
 
@@ -204,7 +218,8 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str) -> 
   final = trainer.train(config, data_dir, workdir)
   pathlib.Path(report).write_text(json.dumps({
       "process_index": jax.process_index(), "process_count": jax.process_count(), "devices": jax.device_count(),
-      "local_devices": jax.local_device_count(), "final": final, "fed": fed, "local_slice": local_slices[0]}))
+      "local_devices": jax.local_device_count(), "final": final, "fed": fed, "audio": audio,
+      "local_slice": local_slices[0]}))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from mmvae import config as config_lib
 from mmvae import data
 from mmvae.train import checkpoints, trainer
-from slow_batches import SLOW_BATCHES  # tests/, on the path beside conftest.py
+from slow_batches import SLOW_BATCHES, tapped  # tests/, on the path beside conftest.py
 
 OVERRIDES = ["train.num_steps=40", "train.checkpoint_every=8", "train.eval_every=20", "train.log_every=1",
              "train.learning_rate=0.01"]
@@ -84,6 +84,15 @@ def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp
     if child.poll() is None:
       child.kill()
   assert not (workdir / "final.json").exists()
+  # The input pipeline's state was saved beside each checkpoint; a state that disagrees with its step is refused.
+  newest = max(int(p.name) for p in (workdir / "checkpoints" / "last").glob("[0-9]*") if p.name.isdigit())
+  saved = workdir / "checkpoints" / "last" / str(newest) / "data" / "process_0-of-1.json"
+  state = saved.read_text()
+  assert json.loads(state)["step"] == newest
+  saved.write_text(json.dumps(dict(json.loads(state), step=newest + 1)))
+  with pytest.raises(ValueError, match=f"input pipeline state saved with step {newest} .* is at step {newest + 1}"):
+    trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
+  saved.write_text(state)
   resumed = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
   assert 16 <= resumed["resumed_from"] < 40
   assert resumed["params_sha256"] == final["params_sha256"]
@@ -108,15 +117,12 @@ def test_bad_config_and_mismatched_dataset_fail_at_start(dataset_dir, tmp_path):
 
 
 def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir, tmp_path, monkeypatch):
-  real = data.batches
+  def poison(i, batch):
+    if i == 4:  # the batch of step 5 (steps count from 1)
+      batch = dict(batch, audio=np.where(np.arange(batch["audio"].shape[-1]) == 0, np.nan, batch["audio"]))
+    return batch
 
-  def poisoned(*args, **kwargs):
-    for i, batch in enumerate(real(*args, **kwargs)):
-      if i == 4:  # the batch of step 5 (steps count from 1)
-        batch = dict(batch, audio=np.where(np.arange(batch["audio"].shape[-1]) == 0, np.nan, batch["audio"]))
-      yield batch
-
-  monkeypatch.setattr(data, "batches", poisoned)
+  monkeypatch.setattr(data, "batches", tapped(poison))
   cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=2", "train.eval_every=100"])
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*recon_audio_from_audio=nan.*checkpoint \(step 4\)"):
     trainer.train(cfg, dataset_dir, tmp_path)
@@ -147,15 +153,12 @@ def test_several_steps_per_dispatch_train_the_same_run(full_run, dataset_dir, tm
 
 
 def test_a_nan_inside_a_block_names_its_own_step(dataset_dir, tmp_path, monkeypatch):
-  real = data.batches
+  def poison(i, batch):
+    if i == 4:  # step 5: the middle of the block of steps 4-6
+      batch = dict(batch, audio=np.full_like(batch["audio"], np.nan))
+    return batch
 
-  def poisoned(*args, **kwargs):
-    for i, batch in enumerate(real(*args, **kwargs)):
-      if i == 4:  # step 5: the middle of the block of steps 4-6
-        batch = dict(batch, audio=np.full_like(batch["audio"], np.nan))
-      yield batch
-
-  monkeypatch.setattr(data, "batches", poisoned)
+  monkeypatch.setattr(data, "batches", tapped(poison))
   cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=3", "train.eval_every=100",
                                            "train.steps_per_dispatch=3"])
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*checkpoint \(step 3\)"):

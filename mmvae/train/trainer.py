@@ -123,6 +123,14 @@ class _Validator:
     return sum(cross) / len(cross)
 
 
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process (one all-gather per dispatch in a multi-process run; none otherwise)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
 def _nonfinite(metrics: dict) -> list[str]:
   """Names of the non-finite numbers, loss terms first (the total and the gradient norm follow from them)."""
   terms = sorted(k for k in metrics if k not in ("loss", "grad_norm")) + ["loss", "grad_norm"]
@@ -259,8 +267,9 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
         timed_steps += k
       step = done = step + k
       bar.update(k)
+      stopping = _any_process(stop["signal"] is not None)  # every process saves the same step, then exits
       due_eval = done % t.eval_every == 0 or done == t.num_steps
-      due_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps or stop["signal"] is not None
+      due_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps or stopping
       if not (due_eval or due_ckpt):
         continue
       finish(*pending)
@@ -279,9 +288,10 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
           val_score = validator.score(last_val)
       if due_ckpt:
         ckpts.save(done, host, val_score=val_score, batches=batches)
-      if stop["signal"] is not None:
+      if stopping:
         bar.close()
-        print(f"mmvae train: received SIGTERM; saved step {done} to {workdir / 'checkpoints'}; "
+        who = "received SIGTERM" if stop["signal"] is not None else "another process received SIGTERM"
+        print(f"mmvae train: {who}; saved step {done} to {workdir / 'checkpoints'}; "
               "rerun the same command to resume")
         raise SystemExit(128 + signal.SIGTERM)
     if pending is not None:

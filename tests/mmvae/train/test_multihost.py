@@ -10,6 +10,7 @@ hosts share a bucket or NFS; only process 0 writes the workdir.
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +34,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(data_dir, workdir, mode: str, steps: int, processes: int, logs: pathlib.Path) -> list:
-  """Starts a training run as `processes` processes sharing 4 CPU devices: [(process, log, report)]."""
+def _start(data_dir, workdir, mode: str, steps: int, processes: int, logs: pathlib.Path, sigterm: int = -1) -> list:
+  """Starts a training run as `processes` processes sharing 4 CPU devices: [(process, log, report)].
+
+  sigterm: the process that sends itself SIGTERM as it takes its second batch (-1: none).
+  """
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MMVAE_"))}
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes} {XLA_FLAGS}", JAX_PLATFORMS="cpu")
   if processes > 1:
@@ -44,14 +48,15 @@ def _start(data_dir, workdir, mode: str, steps: int, processes: int, logs: pathl
   for p in range(processes):
     log, report = logs / f"process{p}.log", logs / f"process{p}.json"
     with log.open("w") as f:
-      child = subprocess.Popen([sys.executable, __file__, str(data_dir), str(workdir), mode, str(steps), str(report)],
+      child = subprocess.Popen([sys.executable, __file__, str(data_dir), str(workdir), mode, str(steps), str(report),
+                                str(sigterm)],
                                env=dict(env, MMVAE_PROCESS_ID=str(p)), stdout=f, stderr=subprocess.STDOUT)
     procs.append((child, log, report))
   return procs
 
 
-def _finish(name: str, procs: list) -> list[dict]:
-  """The processes' reports once all exit; fails with the log tail of each failed one."""
+def _finish(name: str, procs: list, exit_code: int = 0) -> list[dict]:
+  """The processes' reports once all exit; fails with the log tail of each one that did not exit with exit_code."""
   deadline, failed = time.monotonic() + TIMEOUT_S, []
   for child, log, _ in procs:
     late = ""
@@ -61,7 +66,7 @@ def _finish(name: str, procs: list) -> list[dict]:
       child.kill()
       child.wait()
       late = f", killed after {TIMEOUT_S} s"
-    if child.returncode != 0:
+    if child.returncode != exit_code:
       tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
       failed.append(f"{log.stem} (exit {child.returncode}{late}):\n{tail}")
   if failed:
@@ -71,14 +76,19 @@ def _finish(name: str, procs: list) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(synthetic_dataset, tmp_path_factory):
-  """{name: (workdir, per-process reports)}: 1 x 4 devices straight to STEPS; 2 x 2 in two phases."""
+  """{name: (workdir, per-process reports)}: 1 x 4 devices straight to STEPS; 2 x 2 in two phases.
+
+  The first 2 x 2 phase is stopped by a SIGTERM that only process 1 receives (taking its batch of step 2):
+  both processes must save step 2 and exit 143; the second phase resumes there in 'pmap' mode.
+  """
   root = tmp_path_factory.mktemp("multihost")
   one, two = root / "one-4", root / "two-2x2"
   out = {}
   # The single process needs no peer, so it runs beside the first 2 x 2 phase.
   single = _start(synthetic_dataset, one, "sharded", STEPS, 1, root / "one-logs")
-  out["sharded-2x2"] = two, _finish("2 x 2 sharded, steps 0-2", _start(synthetic_dataset, two, "sharded", 2, 2,
-                                                                        root / "sharded-2x2-logs"))
+  out["sharded-2x2"] = two, _finish("2 x 2 sharded, SIGTERM to process 1 at step 2",
+                                    _start(synthetic_dataset, two, "sharded", STEPS, 2, root / "sharded-2x2-logs",
+                                           sigterm=1), exit_code=128 + signal.SIGTERM)
   out["pmap-2x2"] = two, _finish("2 x 2 pmap, resumed at step 2", _start(synthetic_dataset, two, "pmap", STEPS, 2,
                                                                          root / "pmap-2x2-logs"))
   out["1x4"] = one, _finish("1 x 4 sharded", single)
@@ -106,6 +116,8 @@ def test_two_processes_train_as_one(runs):
   for phase in ("sharded-2x2", "pmap-2x2"):
     assert [(r["process_index"], r["process_count"], r["devices"], r["local_devices"]) for r in runs[phase][1]] == \
         [(0, 2, 4, 2), (1, 2, 4, 2)], phase
+  # Process 1 alone received SIGTERM, yet both saved step 2 and exited 143 (neither waited for the other).
+  assert [(r["exit"], r["final"]) for r in runs["sharded-2x2"][1]] == [(128 + signal.SIGTERM, None)] * 2
   assert [r["final"]["resumed_from"] for r in reports] == [2, 2]  # both processes restored step 2
   # Both processes hold the same replicated state and saw the same metrics.
   assert reports[0]["final"]["params_sha256"] == reports[1]["final"]["params_sha256"]
@@ -188,11 +200,16 @@ def test_the_launch_is_read_from_the_environment(monkeypatch, env, expected):
   assert calls == ([expected] if expected else [])
 
 
-def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str) -> None:
+def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str, sigterm: str) -> None:
   """One process of a run: trains, records the batch positions its devices were fed, writes `report`."""
   import jax
   from mmvae import config as config_lib
+  from mmvae import data
   from mmvae.train import parallel, trainer
+  sys.path.insert(0, str(pathlib.Path(__file__).parents[2]))  # tests/
+  from slow_batches import tapped
+  if int(os.environ["MMVAE_PROCESS_ID"] if "MMVAE_PROCESS_ID" in os.environ else 0) == int(sigterm):
+    data.batches = tapped(lambda i, b: (os.kill(os.getpid(), signal.SIGTERM) if i == 1 else None) or b)
   fed, audio, local_slices = [], [], []
   real_init = parallel.Runner.__init__
 
@@ -215,11 +232,15 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str) -> 
 
   parallel.Runner.__init__ = init
   config = config_lib.load("synthetic:tiny", OVERRIDES + [f"train.num_steps={steps}", f"parallel={mode}"])
-  final = trainer.train(config, data_dir, workdir)
+  try:
+    final, code = trainer.train(config, data_dir, workdir), 0
+  except SystemExit as e:
+    final, code = None, e.code
   pathlib.Path(report).write_text(json.dumps({
       "process_index": jax.process_index(), "process_count": jax.process_count(), "devices": jax.device_count(),
       "local_devices": jax.local_device_count(), "final": final, "fed": fed, "audio": audio,
-      "local_slice": local_slices[0]}))
+      "local_slice": local_slices[0], "exit": code}))
+  sys.exit(code)
 
 
 if __name__ == "__main__":

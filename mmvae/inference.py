@@ -48,15 +48,30 @@ def params_encoder(graphdef, params) -> Encoder:
   return lambda modality: lambda x: fn(params, modality, x)
 
 
+def params_decoder(graphdef, params):
+  """z_BxZ -> {modality: decoder output} for a (graphdef, params) pair of a model that can generate, jitted."""
+  fn = _params_decode(graphdef)
+  return lambda z: fn(params, z)
+
+
 _CACHE: dict = {}
 
 
 def _params_encode(graphdef):
   import jax
   from flax import nnx
-  if graphdef not in _CACHE:
-    _CACHE[graphdef] = jax.jit(lambda p, modality, x: nnx.merge(graphdef, p).encode(modality, x), static_argnums=1)
-  return _CACHE[graphdef]
+  if ("encode", graphdef) not in _CACHE:
+    _CACHE["encode", graphdef] = jax.jit(lambda p, modality, x: nnx.merge(graphdef, p).encode(modality, x),
+                                         static_argnums=1)
+  return _CACHE["encode", graphdef]
+
+
+def _params_decode(graphdef):
+  import jax
+  from flax import nnx
+  if ("decode", graphdef) not in _CACHE:
+    _CACHE["decode", graphdef] = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
+  return _CACHE["decode", graphdef]
 
 
 def encode_split(encode: Encoder, arrays: dict, specs: dict, batch_size: int = BATCH) -> dict:

@@ -133,6 +133,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.face_flip = False  # mirror each training face left-right with probability 1/2
   c.train.rotate_points = False  # turn each training point cloud about its vertical axis by a random angle
   c.train.log_every = 50
+  # At each validation, image modalities decoded from every modality for this many validation examples, logged as
+  # one picture per image modality to TensorBoard (and W&B) under validation/<name>_generated; 0 = none.
+  c.train.log_images = 8
+  # Weights & Biases (the `tracking` extra): a project name to log scalars and those images to ('' = no W&B);
+  # wandb_mode 'offline' writes WORKDIR/wandb/ without a network ('' = W&B's default, WANDB_MODE or online).
+  c.train.wandb_project = ""
+  c.train.wandb_mode = ""
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3

@@ -1,20 +1,46 @@
-"""Run logs in the workdir: JSON files written atomically, metrics.jsonl rows and TensorBoard scalars."""
+"""Run logs in the workdir: JSON files written atomically, metrics.jsonl rows, TensorBoard scalars and images, and
+optionally the same scalars and images in Weights & Biases (train.wandb_project; offline mode needs no network)."""
 
+import hashlib
 import json
 import os
 import pathlib
 
+import numpy as np
+
+WANDB_MODES = ("", "online", "offline", "disabled")
+
 
 class RunLog:
-  """Writes metrics.jsonl and tb/ event files (only on the process that owns the logs)."""
+  """Writes metrics.jsonl, tb/ event files and W&B records (only on the process that owns the logs).
 
-  def __init__(self, workdir, enabled: bool = True):
+  wandb_project: a Weights & Biases project to log to as well ('' = none); the W&B run's id is derived from
+  the workdir, so a resumed run continues the same W&B run; its local files go to WORKDIR/wandb/.
+  wandb_mode: 'online', 'offline' (written locally, `wandb sync` later) or 'disabled'; '' = W&B's own
+  default (the WANDB_MODE environment variable, else online).
+  """
+
+  def __init__(self, workdir, enabled: bool = True, wandb_project: str = "", wandb_mode: str = "",
+               config: dict | None = None, name: str = ""):
     self.workdir = pathlib.Path(workdir)
     self.enabled = enabled
     self.metrics_path = self.workdir / "metrics.jsonl"
     self._writer = None
+    self._wandb = None
+    if wandb_mode not in WANDB_MODES:
+      raise ValueError(f"config.train.wandb_mode={wandb_mode!r} is unknown; use one of {WANDB_MODES}")
     if enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
+    if enabled and wandb_project:
+      try:
+        import wandb
+      except ImportError:
+        raise ValueError("config.train.wandb_project is set but Weights & Biases is not installed: "
+                         "pip install 'mmvae[tracking]' (or leave wandb_project empty)") from None
+      (self.workdir / "wandb").mkdir(exist_ok=True)
+      run_id = "mmvae-" + hashlib.sha256(str(self.workdir.absolute()).encode()).hexdigest()[:12]
+      self._wandb = wandb.init(project=wandb_project, dir=str(self.workdir), id=run_id, resume="allow",
+                               name=name or self.workdir.name, config=config or {}, mode=wandb_mode or None)
 
   def write_json(self, name: str, obj) -> None:
     """Writes workdir/name via a temporary file, so a killed run never leaves half a file."""
@@ -52,14 +78,44 @@ class RunLog:
       from tensorboardX import SummaryWriter
       self._writer = SummaryWriter(str(self.workdir / "tb"))
     split = row.get("split", "train")
-    for k, v in row.items():
-      if k not in ("step", "split") and isinstance(v, (int, float)):
-        self._writer.add_scalar(f"{split}/{k}", v, row["step"])
+    scalars = {f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))}
+    for tag, v in scalars.items():
+      self._writer.add_scalar(tag, v, row["step"])
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=row["step"])
+
+  def images(self, step: int, images: dict) -> None:
+    """Logs {name: [H, W, C] float image in [0, 1]} as validation/<name> to TensorBoard (and W&B)."""
+    if not self.enabled or not images:
+      return
+    if self._writer is None:
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(str(self.workdir / "tb"))
+    for name, image in images.items():
+      self._writer.add_image(f"validation/{name}", np.clip(image, 0.0, 1.0), step, dataformats="HWC")
+    if self._wandb is not None:
+      import wandb
+      self._wandb.log({f"validation/{name}": wandb.Image(np.clip(image, 0.0, 1.0)) for name, image in images.items()},
+                      step=step)
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+
+def image_grid(rows: list, gap: int = 1) -> np.ndarray:
+  """Rows of images ([n, H, W, C] each, the same n and shape) tiled into one [H', W', C] picture, white between."""
+  rows = [np.asarray(r, np.float32) for r in rows]
+  n, h, w, c = rows[0].shape
+  grid = np.ones((len(rows) * (h + gap) - gap, n * (w + gap) - gap, c), np.float32)
+  for i, row in enumerate(rows):
+    for j in range(n):
+      grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = row[j]
+  return grid
 
 
 def _jsonable(x):

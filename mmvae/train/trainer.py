@@ -31,7 +31,8 @@ from mmvae.train import step as step_lib
 from mmvae.train import train_log
 
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.prefetch", "train.steps_per_dispatch", "parallel", "analysis")
+                     "train.keep_checkpoints", "train.prefetch", "train.data_workers", "train.steps_per_dispatch",
+                     "train.log_images", "train.wandb_project", "train.wandb_mode", "parallel", "analysis")
 
 
 class NonFiniteError(ValueError):
@@ -85,10 +86,12 @@ class _Validator:
   best checkpoint is chosen by the number the report shows for the validation split.
   """
 
-  def __init__(self, graphdef, config, dataset, specs: dict):
+  def __init__(self, graphdef, config, dataset, specs: dict, can_generate: bool = False):
     from mmvae import data
     self.config, self.graphdef, self.specs = config, graphdef, specs
-    self.arrays = None
+    self.arrays, self.latents = None, None
+    # Image modalities to show generated (train.log_images examples), when the model has a decoder.
+    self.shown = [g for g, m in specs.items() if _is_image(m)] if can_generate else []
     if "validation" in dataset.manifest.get("splits", {}) and dataset.num_examples("validation") > 0:
       self.arrays = dataset.arrays("validation")
       self.first = {**data.model_inputs(specs, self.arrays), "label": np.asarray(self.arrays["label"], np.int32)}
@@ -109,11 +112,28 @@ class _Validator:
         totals[k] = totals.get(k, 0.0) + float(v)
       batches += 1
     row = {k: v / batches for k, v in totals.items()}
-    lat = inference.encode_split(inference.params_encoder(self.graphdef, params), self.arrays, self.specs)
+    lat = self.latents = inference.encode_split(inference.params_encoder(self.graphdef, params), self.arrays,
+                                                self.specs)
     labels = self.first["label"]
     for q, g in itertools.permutations(self.specs, 2):
       row[f"mrr_{q}_to_{g}"] = float(retrieval.mean_reciprocal_rank(lat[f"{q}_mu"], lat[f"{g}_mu"], labels, labels))
     return row
+
+  def images(self, params) -> dict:
+    """{'<g>_generated': grid} for each image modality g: the first train.log_images validation examples' stored
+    first frame (top row), then g decoded from each modality's posterior means in turn (rows in `specs` order,
+    g itself giving the reconstruction). Uses the latents of the last call; {} when there is nothing to show."""
+    n = min(int(self.config.train.log_images), len(self.first["label"])) if self.latents is not None else 0
+    if n < 1 or not self.shown:
+      return {}
+    from mmvae import inference
+    decode = inference.params_decoder(self.graphdef, params)
+    decoded = {q: decode(np.asarray(self.latents[f"{q}_mu"][:n], np.float32)) for q in self.specs}
+    out = {}
+    for g in self.shown:
+      rows = [self.first[g][:n]] + [self.specs[g].kind_module.to_data(np.asarray(decoded[q][g])) for q in self.specs]
+      out[f"{g}_generated"] = train_log.image_grid(rows)
+    return out
 
   def score(self, row: dict) -> float:
     """Higher is better: the selection metric of config.train.select_by."""
@@ -121,6 +141,11 @@ class _Validator:
       return -row["loss"]
     cross = [row[f"mrr_{q}_to_{g}"] for q, g in itertools.permutations(self.specs, 2)]
     return sum(cross) / len(cross)
+
+
+def _is_image(m) -> bool:
+  """A modality whose model input is one picture, [S, S, C] with 1 or 3 channels."""
+  return len(m.model_shape) == 3 and m.model_shape[-1] in (1, 3)
 
 
 def _any_process(flag: bool) -> bool:
@@ -164,7 +189,8 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   if dataset.num_examples("train") < 1:
     raise ValueError(f"{data_dir} has no training examples; prepare a dataset with a train split")
 
-  log = train_log.RunLog(workdir, enabled=jax.process_index() == 0)
+  log = train_log.RunLog(workdir, enabled=jax.process_index() == 0, wandb_project=t.wandb_project,
+                         wandb_mode=t.wandb_mode, config=config_lib.to_dict(config), name=config.name)
   model = zoo.of(config).build(config, specs, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(t, model)
   schedule = step_lib.make_schedule(t)
@@ -173,6 +199,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   mask = step_lib.trainable_mask(graphdef, state["params"])
   # A staged model's trained parameters may be new to the --from checkpoint (a modality added to a space).
   fresh_ok = {k for k, v in ckpt_lib.flatten(mask).items() if v} if mask is not None else set()
+  can_generate = bool(getattr(model, "can_generate", False))
   del model
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
   history = {}
@@ -205,7 +232,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   log.truncate_after(start)  # rows a killed run logged after its last checkpoint are redone
   runner = parallel.Runner(graphdef, tx, config, config.parallel)
   dev_state = runner.put_state(restored if restored is not None else host_template)
-  validator = _Validator(graphdef, config, dataset, specs)
+  validator = _Validator(graphdef, config, dataset, specs, can_generate)
 
   stop = {"signal": None}
   previous = signal.getsignal(signal.SIGTERM)
@@ -285,6 +312,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
         last_val = validator(host["params"])
         if last_val is not None:
           log.row({"step": done, "split": "validation", **last_val})
+          log.images(done, validator.images(host["params"]))
           val_score = validator.score(last_val)
       if due_ckpt:
         ckpts.save(done, host, val_score=val_score, batches=batches)

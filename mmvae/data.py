@@ -329,7 +329,10 @@ class Batches:
     self.step = int(saved["step"])
 
   def start_prefetch(self) -> None:
-    """Called by grain's checkpoint handler after a restore; the pipeline starts reading on the first batch."""
+    """Starts the workers now rather than at the first batch (grain's checkpoint handler calls it after a restore)."""
+    start = getattr(self._it, "start_prefetch", None)
+    if start is not None:
+      start()
 
   def close(self) -> None:
     if self._it is not None and hasattr(self._it, "close"):

@@ -232,9 +232,8 @@ def _check_batch(dataset: Dataset, split: str, global_batch_size: int, num_devic
 def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, step: int,
              pairing: str = "utterance", modality_names=()) -> dict[str, np.ndarray]:
   """Batch number `step` of the (seed)-ordered stream: {modality: model input} (an image float32 [B,S,S,C] in [0,1]), label."""
-  n = _check_batch(dataset, split, global_batch_size)
-  return _batch(dataset, split, _Permutations(n, seed), global_batch_size, seed, step, Pairing(dataset, split, pairing),
-                dataset.modalities(modality_names))
+  _check_batch(dataset, split, global_batch_size)
+  return _BatchAt(dataset, split, global_batch_size, seed, pairing, modality_names)(step)
 
 
 def _start_method_safe() -> None:
@@ -252,7 +251,7 @@ class _BatchAt:
   """
 
   def __init__(self, dataset: Dataset, split: str, global_batch_size: int, seed: int, pairing: str,
-               modality_names, rows: slice):
+               modality_names, rows: slice = slice(None)):
     self.dataset, self.split, self.global_batch_size, self.seed = dataset, split, global_batch_size, seed
     self.pairing, self.modality_names, self.rows = pairing, tuple(modality_names), rows
     self._ready = None

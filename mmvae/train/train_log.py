@@ -31,16 +31,18 @@ class RunLog:
       raise ValueError(f"config.train.wandb_mode={wandb_mode!r} is unknown; use one of {WANDB_MODES}")
     if enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
+    # The W&B run starts with the first logged row, so a run refused at start-up (bad config, refused resume)
+    # leaves none behind; a missing package is reported now.
+    self._wandb_settings = None
     if enabled and wandb_project:
       try:
-        import wandb
+        import wandb  # noqa: F401
       except ImportError:
         raise ValueError("config.train.wandb_project is set but Weights & Biases is not installed: "
                          "pip install 'mmvae[tracking]' (or leave wandb_project empty)") from None
-      (self.workdir / "wandb").mkdir(exist_ok=True)
       run_id = "mmvae-" + hashlib.sha256(str(self.workdir.absolute()).encode()).hexdigest()[:12]
-      self._wandb = wandb.init(project=wandb_project, dir=str(self.workdir), id=run_id, resume="allow",
-                               name=name or self.workdir.name, config=config or {}, mode=wandb_mode or None)
+      self._wandb_settings = dict(project=wandb_project, dir=str(self.workdir), id=run_id, resume="allow",
+                                  name=name or self.workdir.name, config=config or {}, mode=wandb_mode or None)
 
   def write_json(self, name: str, obj) -> None:
     """Writes workdir/name via a temporary file, so a killed run never leaves half a file."""
@@ -74,29 +76,37 @@ class RunLog:
       return
     with self.metrics_path.open("a") as f:
       f.write(json.dumps(row, default=_jsonable) + "\n")
-    if self._writer is None:
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(str(self.workdir / "tb"))
     split = row.get("split", "train")
     scalars = {f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))}
     for tag, v in scalars.items():
-      self._writer.add_scalar(tag, v, row["step"])
-    if self._wandb is not None:
+      self._tensorboard().add_scalar(tag, v, row["step"])
+    if self._wandb_run() is not None:
       self._wandb.log(scalars, step=row["step"])
 
   def images(self, step: int, images: dict) -> None:
     """Logs {name: [H, W, C] float image in [0, 1]} as validation/<name> to TensorBoard (and W&B)."""
     if not self.enabled or not images:
       return
+    clipped = {f"validation/{name}": np.clip(image, 0.0, 1.0) for name, image in images.items()}
+    for tag, image in clipped.items():
+      self._tensorboard().add_image(tag, image, step, dataformats="HWC")
+    if self._wandb_run() is not None:
+      import wandb
+      self._wandb.log({tag: wandb.Image(image) for tag, image in clipped.items()}, step=step)
+
+  def _tensorboard(self):
     if self._writer is None:
       from tensorboardX import SummaryWriter
       self._writer = SummaryWriter(str(self.workdir / "tb"))
-    for name, image in images.items():
-      self._writer.add_image(f"validation/{name}", np.clip(image, 0.0, 1.0), step, dataformats="HWC")
-    if self._wandb is not None:
+    return self._writer
+
+  def _wandb_run(self):
+    """The W&B run (started on first use), or None without train.wandb_project."""
+    if self._wandb is None and self._wandb_settings is not None:
       import wandb
-      self._wandb.log({f"validation/{name}": wandb.Image(np.clip(image, 0.0, 1.0)) for name, image in images.items()},
-                      step=step)
+      (self.workdir / "wandb").mkdir(exist_ok=True)
+      self._wandb = wandb.init(**self._wandb_settings)
+    return self._wandb
 
   def close(self) -> None:
     if self._writer is not None:

@@ -91,7 +91,7 @@ class _Validator:
     self.config, self.graphdef, self.specs = config, graphdef, specs
     self.arrays, self.latents = None, None
     # Image modalities to show generated (train.log_images examples), when the model has a decoder.
-    self.shown = [g for g, m in specs.items() if _is_image(m)] if can_generate else []
+    self.shown = [g for g, m in specs.items() if m.kind == "image"] if can_generate else []
     if "validation" in dataset.manifest.get("splits", {}) and dataset.num_examples("validation") > 0:
       self.arrays = dataset.arrays("validation")
       self.first = {**data.model_inputs(specs, self.arrays), "label": np.asarray(self.arrays["label"], np.int32)}
@@ -141,11 +141,6 @@ class _Validator:
       return -row["loss"]
     cross = [row[f"mrr_{q}_to_{g}"] for q, g in itertools.permutations(self.specs, 2)]
     return sum(cross) / len(cross)
-
-
-def _is_image(m) -> bool:
-  """A modality whose model input is one picture, [S, S, C] with 1 or 3 channels."""
-  return len(m.model_shape) == 3 and m.model_shape[-1] in (1, 3)
 
 
 def _any_process(flag: bool) -> bool:

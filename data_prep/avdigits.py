@@ -7,7 +7,10 @@ Splits follow FSDD's own convention (takes 0-4 of every speaker and digit are th
 and carve a validation set out of the rest: takes 5-9 -> validation, takes 10+ -> train.
 The identity of an example is its digit, so retrieval relevance means 'same digit'; the FSDD
 speaker goes into the `video` field. Each recording gets its own MNIST image of its digit,
-drawn without replacement by a seeded generator, so no image is shared between splits.
+drawn without replacement by a seeded generator, so no image is shared between splits; with
+data.frames_per_utterance = K > 1, each training recording also gets up to K - 1 further images of its digit
+that no other example holds (stored as its K frames; training draws one per step), so training sees more of
+MNIST while validation and test keep their one image.
 """
 
 import gzip
@@ -62,8 +65,32 @@ def read_mnist(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False) -> Corpus:
-  """FSDD recordings + MNIST -> example specs carrying the paired image (`face_image`, `mnist_index`)."""
+def _deal_more_images(examples: list[dict], pools: dict, used: dict, labels: np.ndarray, images: np.ndarray,
+                      more: int) -> None:
+  """Gives each training example up to `more` further images of its digit that no example drew yet, round by
+  round (every training example gets its second image before any gets a third); never an image twice."""
+  distinct = {d: int(np.sum(labels == d)) for d in pools}
+  for e in examples:
+    e["more_mnist_indices"] = []
+  for _ in range(more):
+    for e in (e for e in examples if e["split"] == "train"):
+      digit = e["label"]
+      if used[digit] < distinct[digit]:  # pools[d][:distinct] are the digit's images, each once
+        e["more_mnist_indices"].append(int(pools[digit][used[digit]]))
+        used[digit] += 1
+  for e in examples:
+    e["more_images"] = images[np.asarray(e["more_mnist_indices"], np.int64)].reshape(-1, *images.shape[1:])
+
+
+def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False, train_images: int = 1) -> Corpus:
+  """FSDD recordings + MNIST -> example specs carrying the paired image (`face_image`, `mnist_index`).
+
+  With `train_images` > 1, each training example also carries up to train_images - 1 further images of its
+  digit (`more_images`, `more_mnist_indices`), dealt from the images no example drew, so training sees more
+  of MNIST; the first images (and with them validation and test) are the same for every train_images.
+  """
+  if train_images < 1:
+    raise ValueError(f"train_images={train_images} must be >= 1")
   fsdd_root = pathlib.Path(fsdd_root)
   recordings = fsdd_root / "recordings"
   if not recordings.is_dir():
@@ -99,6 +126,7 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False) -> 
                      "text": digit_text.describe(digit, text_rng),
                      "split": split_of_take(take), "identity": str(digit), "name": DIGIT_NAMES[digit],
                      "gender": "", "nationality": "", "video": speaker, "label": digit})
+  _deal_more_images(examples, pools, used, labels, images, train_images - 1)
   examples.sort(key=lambda e: e["id"])
   identities = [{"identity": str(d), "name": DIGIT_NAMES[d], "gender": "", "nationality": ""} for d in range(10)]
   return Corpus(examples=examples, identities=identities, attributes=[], skipped=skipped, image_name="image",

@@ -37,13 +37,17 @@ def _face_shape(data_cfg) -> tuple[int, int, int, int]:
 
 
 def _face(spec: dict, data_cfg) -> np.ndarray:
-  """uint8 [K, S, S, C]: K frames of the utterance's video, or K copies of its paired image."""
+  """uint8 [K, S, S, C]: K frames of the utterance's video, or its paired images (AV-digits: the first, then
+  `more_images`, cycled to K)."""
   k, size = int(data_cfg.frames_per_utterance), int(data_cfg.face_size)
-  if "face_image" in spec:  # AV-digits: an MNIST array, PNG-encoded so it takes the same path as a face file
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(spec["face_image"], np.uint8)).save(buf, format="PNG")
-    one = faces.load_face(buf.getvalue(), size, bool(data_cfg.grayscale))
-    return np.repeat(one[None], k, axis=0)
+  if "face_image" in spec:  # AV-digits: MNIST arrays, PNG-encoded so they take the same path as a face file
+    arrays = [spec["face_image"], *spec.get("more_images", ())]
+    loaded = []
+    for array in arrays[:k]:
+      buf = io.BytesIO()
+      Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
+      loaded.append(faces.load_face(buf.getvalue(), size, bool(data_cfg.grayscale)))
+    return np.stack([loaded[i % len(loaded)] for i in range(k)])
   return faces.face_stack(spec["faces"], k, size, bool(data_cfg.grayscale), spec.get("frame_shift", 0.5))
 
 
@@ -335,8 +339,12 @@ def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict:
   """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
   config = _checked_config(config)[0]
   with storage.Build(out) as build:
-    layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict)
-    return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed})"])
+    layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict,
+                                    train_images=int(config.data.frames_per_utterance))
+    extra = int(config.data.frames_per_utterance) - 1
+    more = (f"; each training recording also holds up to {extra} further distinct images of its digit "
+            "(its stored frames)") if extra else ""
+    return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed}){more}"])
 
 
 def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: bool = False, workers: int = 0) -> dict:

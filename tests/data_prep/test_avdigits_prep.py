@@ -36,6 +36,49 @@ def test_full_fsdd_layout_splits_and_seeded_pairing(shared_data):
   other = avdigits.list_examples(fsdd, mnist, seed=1)
   assert [e["mnist_index"] for e in again.examples] == [e["mnist_index"] for e in layout.examples]
   assert [e["mnist_index"] for e in other.examples] != [e["mnist_index"] for e in layout.examples]
+  assert all(len(e["more_mnist_indices"]) == 0 for e in layout.examples)
+
+
+def test_training_examples_get_more_images_never_shared(shared_data):
+  fsdd, mnist = shared_data / "fsdd", shared_data / "mnist-t10k"
+  images, labels = raw_mnist(mnist)
+  one = avdigits.list_examples(fsdd, mnist, seed=0)
+  three = avdigits.list_examples(fsdd, mnist, seed=0, train_images=3)
+  # The first images, and so validation and test, do not depend on train_images.
+  assert [e["mnist_index"] for e in three.examples] == [e["mnist_index"] for e in one.examples]
+  assert [e["text"] for e in three.examples] == [e["text"] for e in one.examples]
+  every = []
+  for e in three.examples:
+    more = e["more_mnist_indices"]
+    # 5 has 892 t10k images, the fewest: 300 first images + 2 x 240 training extras = 780 fit every digit.
+    assert len(more) == (2 if e["split"] == "train" else 0), e["id"]
+    assert all(labels[i] == e["label"] for i in more)
+    np.testing.assert_array_equal(e["more_images"], images[more].reshape(-1, 28, 28))
+    every += [e["mnist_index"], *more]
+  assert len(every) == len(set(every)) == 3000 + 2 * 2400  # no image twice, within or across splits
+  with pytest.raises(ValueError, match="train_images"):
+    avdigits.list_examples(fsdd, mnist, train_images=0)
+
+
+def test_more_images_stop_at_the_digits_supply(shared_data, tmp_path):
+  """A digit with fewer MNIST images than asked for: extras stop where its distinct images run out."""
+  mnist = tmp_path / "mnist"
+  mnist.mkdir()
+  images, labels = raw_mnist(shared_data / "mnist-t10k")
+  keep = np.concatenate([np.flatnonzero(labels == d)[:4 if d == 3 else 50] for d in range(10)])
+  for name, magic, body in (("t10k-images-idx3-ubyte.gz", 2051, images[keep]), ("t10k-labels-idx1-ubyte.gz", 2049,
+                                                                                 labels[keep])):
+    header = np.array([magic, len(keep), *body.shape[1:]], ">u4").tobytes()
+    (mnist / name).write_bytes(gzip.compress(header + body.tobytes()))
+  root = tmp_path / "fsdd"
+  (root / "recordings").mkdir(parents=True)
+  for take in (0, 10, 11):
+    shutil.copy(shared_data / "fsdd/recordings" / f"3_theo_{take}.wav", root / "recordings" / f"3_theo_{take}.wav")
+  layout = avdigits.list_examples(root, mnist, train_images=4)
+  # 4 images of digit 3: one for each of the 3 recordings, the fourth to the first training example in order.
+  assert sorted(len(e["more_mnist_indices"]) for e in layout.examples) == [0, 0, 1]
+  every = [i for e in layout.examples for i in (e["mnist_index"], *e["more_mnist_indices"])]
+  assert sorted(every) == [150, 151, 152, 153]  # all four 3s of the cut-down MNIST (after 50 each of 0, 1, 2)
 
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -52,7 +95,7 @@ def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
                                       workers=1)
   assert {s: v["examples"] for s, v in manifest["splits"].items()} == {"train": 10, "validation": 10, "test": 10}
   assert [(m["name"], m["kind"], m["shape"]) for m in manifest["modalities"]] == [
-      ("audio", "spectrogram", [40]), ("image", "image", [1, 28, 28, 1]), ("text", "tokens", [8])]
+      ("audio", "spectrogram", [40]), ("image", "image", [3, 28, 28, 1]), ("text", "tokens", [8])]
   assert manifest["relevance"] == "same digit"
   assert [i["identity"] for i in manifest["identities"]] == [str(d) for d in range(10)]
   assert "speaker" in " ".join(manifest["notes"])
@@ -67,10 +110,15 @@ def test_prepared_images_match_their_recording_digit(shared_data, tmp_path):
       words = [manifest["modalities"][2]["vocab"][t] for t in text if t != 0]
       named = {w for w in words if w in DIGITS} | {DIGITS[int(w)] for w in words if w.isdigit()}
       assert named == {DIGITS[label]}, words
-      # Look the stored image up among all 10,000 raw MNIST digits: it must be a digit of the same class.
-      nearest = np.abs(images.astype(int) - face[0, :, :, 0].astype(int)).sum(axis=(1, 2)).argmin()
-      assert np.abs(images[nearest].astype(int) - face[0, :, :, 0]).max() <= 2
-      assert labels[nearest] == label
+      # Look each stored frame up among all 10,000 raw MNIST digits: a digit of the same class; a training
+      # example's 3 frames are 3 different images, a held-out example's one image repeated.
+      found = []
+      for frame in face[..., 0].astype(int):
+        nearest = np.abs(images.astype(int) - frame).sum(axis=(1, 2)).argmin()
+        assert np.abs(images[nearest].astype(int) - frame).max() <= 2
+        assert labels[nearest] == label
+        found.append(nearest)
+      assert len(set(found)) == (3 if split == "train" else 1)
 
 
 def test_bad_fsdd_and_mnist_inputs(shared_data, tmp_path):

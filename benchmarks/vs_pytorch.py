@@ -12,6 +12,10 @@ mmvae runs through parallel.Runner ('sharded', one device). 'blocked' is the med
 by one (each waited for); 'pipelined' is steps dispatched back to back, waited for once, total / steps.
 GFLOP/s is from XLA's cost analysis of the compiled step; % of peak is against the faster of a jitted
 jnp.dot and torch.mm of two 2048 x 2048 float32 matrices, measured in the same run.
+The bounds are what mmvae could reach at most: 'Adam' is batch / the time of the optimizer update alone
+(the same optimizer and steps per dispatch, fixed gradients: streaming parameters and both moments through
+memory), 'roofline' adds the step's FLOPs at the jnp.dot peak; 'roofline/torch' is the largest
+mmvae/torch ratio those two allow.
 Needs PyTorch: pip install -e '.[bench]'.
 """
 
@@ -25,6 +29,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 from mmvae import config as config_lib
 from mmvae import modalities, zoo
@@ -191,6 +197,34 @@ def matmul_peaks(n: int, reps: int, torch_device) -> dict:
   return {"jax": flops / jax_s / 1e9, "torch": flops / torch_s / 1e9}
 
 
+def optimizer_seconds(cfg, model, per_dispatch: int, reps: int) -> float:
+  """Seconds per step of the step's own optimizer update alone (fixed gradients, no forward or backward),
+  K updates per call in a lax.scan with donated state, as the step runs them: a floor under any step time."""
+  tx = step_lib.make_optimizer(cfg.train)
+  _, state = step_lib.init_state(model, tx)
+  params, opt_state = state["params"], state["opt_state"]
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
+  k = max(1, per_dispatch)
+
+  def updates(params, opt_state):
+    def one(carry, _):
+      p, o = carry
+      u, o = tx.update(grads, o, p)
+      return (optax.apply_updates(p, u), o), None
+    return jax.lax.scan(one, (params, opt_state), None, length=k)[0]
+
+  run = jax.jit(updates, donate_argnums=(0, 1))
+  params, opt_state = run(params, opt_state)
+  jax.block_until_ready(params)
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    params, opt_state = run(params, opt_state)
+    jax.block_until_ready(params)
+    times.append(time.perf_counter() - t)
+  return statistics.median(times) / k
+
+
 def _pool(batch_size: int) -> list[dict]:
   """POOL random batches {m: float32 [B, D]}, the same for both frameworks."""
   rng = np.random.default_rng(0)
@@ -269,8 +303,8 @@ def time_mmvae(cfg, model, pool, steps: int, warmup: int, budget_s: float, per_d
 
 
 def measure(batch_size: int, steps: int, warmup: int, budget_s: float, per_dispatch: int, peaks: dict,
-            torch_device) -> dict:
-  """One row of the table: both frameworks at this batch size."""
+            torch_device, optimizer_s: float) -> dict:
+  """One row of the table: both frameworks at this batch size, and the bounds the optimizer sets."""
   cfg, model = build(batch_size)
   pool = _pool(batch_size)
   tt = time_torch(cfg, model, pool, steps, warmup, budget_s, torch_device)
@@ -300,13 +334,21 @@ def measure(batch_size: int, steps: int, warmup: int, budget_s: float, per_dispa
       "mmvae_pipelined_steps": mt["pipelined_steps"],
       "mmvae_first_dispatch_s": mt["first_step_s"],
       "steps_per_dispatch": per_dispatch,
+      # Upper bounds on mmvae's samples/s: the optimizer update alone, and that plus the step's FLOPs at the
+      # jnp.dot peak (XLA's count includes the update's few FLOPs, so this one is an estimate).
+      "optimizer_ms": 1000 * optimizer_s,
+      "optimizer_bound_samples_per_s": batch_size / optimizer_s,
+      "roofline_samples_per_s": batch_size / (optimizer_s + mt["flops"] / (peaks["jax"] * 1e9)),
+      "roofline_ratio": tt["step_s"] / (optimizer_s + mt["flops"] / (peaks["jax"] * 1e9)),
   }
 
 
 COLUMNS = (("batch", "batch", "d"), ("torch samples/s", "torch_samples_per_s", ".0f"),
            ("mmvae blocked", "mmvae_blocked_samples_per_s", ".0f"),
            ("mmvae pipelined", "mmvae_pipelined_samples_per_s", ".0f"), ("mmvae/torch", "ratio", ".2f"),
-           ("mmvae GFLOP/s", "mmvae_gflop_per_s", ".1f"), ("% of peak", "percent_of_peak", ".1f"))
+           ("mmvae GFLOP/s", "mmvae_gflop_per_s", ".1f"), ("% of peak", "percent_of_peak", ".1f"),
+           ("bound: Adam", "optimizer_bound_samples_per_s", ".0f"), ("bound: roofline", "roofline_samples_per_s", ".0f"),
+           ("roofline/torch", "roofline_ratio", ".2f"))
 
 
 def main(argv=None):
@@ -341,12 +383,16 @@ def main(argv=None):
   peaks = matmul_peaks(args.peak_size, 10, torch_device)
   print(f"fp32 matmul {args.peak_size}^2: jax {peaks['jax']:.1f} GFLOP/s, torch {peaks['torch']:.1f} GFLOP/s; "
         f"peak = {max(peaks.values()):.1f}")
+  cfg, model = build(10)
+  optimizer_s = optimizer_seconds(cfg, model, args.steps_per_dispatch, 20)
+  print(f"optimizer update alone ({sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))} parameters, "
+        f"steps-per-dispatch {args.steps_per_dispatch}): {1000 * optimizer_s:.2f} ms per step")
   print(f"config {CONFIG}; matmul precision {args.matmul_precision}; steps-per-dispatch {args.steps_per_dispatch}; samples/s = batch / step time "
         f"(torch and mmvae blocked: median step; pipelined: total / steps)")
   print(" | ".join(f"{name:>15}" for name, _, _ in COLUMNS), flush=True)
   rows = []
   for b in (int(x) for x in args.batch_sizes.split(",")):
-    row = measure(b, args.steps, args.warmup, args.budget, args.steps_per_dispatch, peaks, torch_device)
+    row = measure(b, args.steps, args.warmup, args.budget, args.steps_per_dispatch, peaks, torch_device, optimizer_s)
     rows.append(row)
     print(" | ".join(f"{row[key]:>15{fmt}}" for _, key, fmt in COLUMNS), flush=True)
   if args.json:

@@ -339,11 +339,10 @@ def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict:
   """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
   config = _checked_config(config)[0]
   with storage.Build(out) as build:
-    layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict,
-                                    train_images=int(config.data.frames_per_utterance))
-    extra = int(config.data.frames_per_utterance) - 1
-    more = (f"; each training recording also holds up to {extra} further distinct images of its digit "
-            "(its stored frames)") if extra else ""
+    k = int(config.data.frames_per_utterance)
+    layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict, train_images=k)
+    more = (f"; each training recording also holds up to {k - 1} further distinct images of its digit "
+            "(its stored frames)") if k > 1 else ""
     return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed}){more}"])
 
 

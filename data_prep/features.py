@@ -27,7 +27,6 @@ dataset's corpus metadata and adds the modality and a note; the fingerprint is r
 
 import collections
 import keyword
-import os
 import pathlib
 import re
 import time
@@ -256,7 +255,7 @@ def prepare_features(root, out, seed: int = 0, anchor: str | None = None, rename
                      standardize: bool = True) -> dict:
   """Prepares ROOT's per-modality feature files into OUT (TFDS array_record + manifest.json); returns the manifest."""
   start = time.time()
-  storage.check_out(out)  # before reading: a bad OUT fails first, and nothing is written until inputs pass
+  storage.check_out(out, {"--root": root})  # before reading: a bad OUT fails first; nothing written until inputs pass
   inputs = read_inputs(root, rename)
   splits = [s for s in SPLITS if s in next(iter(inputs.values()))]
   anchors = {s: choose_anchor(inputs, s, anchor) for s in splits}
@@ -297,7 +296,7 @@ def prepare_features(root, out, seed: int = 0, anchor: str | None = None, rename
                  "reused_rows": {s: p[1]["reused_rows"] for s, p in paired.items()},
                  "unused_items": {s: p[1]["unused_items"] for s, p in paired.items()}}}
   storage.register_corpus(CORPUS)
-  with storage.Build(out) as build:
+  with storage.Build(out, inputs={"--root": root}) as build:
     manifest = storage.write_dataset(build.path, CORPUS, {s: split_fn(s) for s in splits}, entries, manifest)
     out = build.commit()
   rows = ", ".join(f"{s} {v['examples']}" for s, v in manifest["splits"].items())
@@ -431,9 +430,8 @@ def join_embeddings(data_dir, embeddings, name: str, out, drop_missing: bool = F
               for m in modalities.of_manifest(source))]  # older datasets: audio and face from `features`
   existing = [e["name"] for e in entries]
   _check_new_name(name, existing)
-  out = storage.check_out(out)
-  if out == pathlib.Path(os.path.realpath(data_dir)):
-    raise ValueError(f"--out {out} is the --join dataset itself; write the joined dataset to another folder")
+  inputs = {"--join": data_dir, "--embeddings": embeddings}
+  out = storage.check_out(out, inputs)
   ids, rows = read_embeddings(embeddings)
   index = {i: r for r, i in enumerate(ids)}
 
@@ -506,7 +504,7 @@ def join_embeddings(data_dir, embeddings, name: str, out, drop_missing: bool = F
       "dropped": {s: int(n) for s, n in dropped.items()}}]
   corpus = source["corpus"]
   storage.register_corpus(corpus)
-  with storage.Build(out) as build:
+  with storage.Build(out, inputs=inputs) as build:
     manifest = storage.write_dataset(build.path, corpus, {s: split_fn(s) for s in ds.splits},
                                      entries + [entry], manifest)
     out = build.commit()

@@ -4,10 +4,13 @@ Everything that can be checked cheaply (arguments, config, the output folder) is
 slow work; the dataset is built beside OUT and swapped in only when complete (storage.Build).
 """
 
+import collections
 import io
+import itertools
 import multiprocessing
 import os
 import pathlib
+import shutil
 import sys
 import time
 import warnings
@@ -16,7 +19,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data_prep import audio, avdigits, digit_text, faces, mmdigits, storage, voxceleb1
+from data_prep import audio, avdigits, digit_text, faces, mmdigits, resume, shards, spool, storage, voxceleb1
 from mmvae import config as config_lib
 from mmvae import progress
 
@@ -188,7 +191,13 @@ def _record(spec: dict, audio_features, parts: dict, corpus: voxceleb1.Corpus, s
 
 
 class _Extractor:
-  """Runs `_extract` over tasks in order, in a process pool (or inline with one worker), with a progress bar."""
+  """Runs `_extract` over tasks in order, in a process pool (or inline with one worker), with a progress bar.
+
+  At most PREFETCH chunks per worker are submitted ahead of the consumer, so a slow writer holds the
+  workers back instead of piling their results up in memory.
+  """
+
+  PREFETCH = 2
 
   def __init__(self, workers: int):
     self.workers = workers or os.cpu_count() or 1
@@ -205,10 +214,24 @@ class _Extractor:
       self.pool.terminate() if exc[0] else self.pool.close()
       self.pool.join()
 
+  def _bounded(self, tasks: list, chunk: int):
+    chunks = (tasks[i:i + chunk] for i in range(0, len(tasks), chunk))
+    pending = collections.deque(self.pool.apply_async(_extract_many, (c,))
+                                for c in itertools.islice(chunks, self.PREFETCH * self.workers))
+    while pending:
+      results = pending.popleft().get()
+      for c in itertools.islice(chunks, 1):
+        pending.append(self.pool.apply_async(_extract_many, (c,)))
+      yield from results
+
   def map(self, tasks: list, desc: str):
     chunk = max(1, min(64, len(tasks) // (self.workers * 8)))
-    results = self.pool.imap(_extract, tasks, chunk) if self.pool else map(_extract, tasks)
+    results = self._bounded(tasks, chunk) if self.pool else map(_extract, tasks)
     yield from progress.bar(results, total=len(tasks), desc=desc, unit="utt", dynamic_ncols=True)
+
+
+def _extract_many(tasks: list) -> list:
+  return [_extract(t) for t in tasks]
 
 
 def _checked_config(config):
@@ -217,16 +240,10 @@ def _checked_config(config):
   return config, tuple(audio.feature_shape(config.data)), _face_shape(config.data)
 
 
-def _moved(records: list[dict], build: pathlib.Path, out: pathlib.Path) -> list[dict]:
-  """Records naming files inside the build folder (the synthetic corpus), renamed to where they end up."""
-  def move(path):
-    return str(out / pathlib.Path(path).relative_to(build)) if pathlib.Path(path).is_relative_to(build) else path
-  return [dict(r, path=move(r["path"])) for r in records]
-
-
 def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, config, strict: bool, workers: int,
-             notes: list[str]) -> dict:
-  """Shared back half of every prep: features for every spec, normalisation, TFDS write, manifest, swap."""
+             notes: list[str], examples_per_shard: int | None = None) -> dict:
+  """Shared back half of every prep: features for every spec streamed into shards (normalised when
+  data.time_average), manifest, swap. A killed prep's finished shards are reused (same plan)."""
   start = time.time()
   config, audio_shape, face_shape = _checked_config(config)
   notes = [*notes, *corpus.notes]
@@ -239,56 +256,64 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
   if not tasks:
     raise ValueError(f"no usable examples found for {corpus_name}; skipped: {corpus.skipped[:5]}")
   specs = corpus.examples
-  # Paths inside the build folder (the synthetic corpus) are recorded where they will be after the swap.
-  skipped, changed = _moved(corpus.skipped, build.path, build.out), []
-
-  seen = set()
-
-  def keep(skip, notes_) -> bool:
-    for note in _moved(notes_, build.path, build.out):
-      if (note["path"], note["warning"]) not in seen:  # frames shared by utterances warn once, not per utterance
-        seen.add((note["path"], note["warning"]))
-        changed.append(note)
-    skipped.extend(_moved([skip] if skip else [], build.path, build.out))
-    return not skip
+  modalities = _modalities(corpus, audio_shape, face_shape, data_cfg)
+  size = examples_per_shard or shards.shard_size(modalities)
+  reused, spooled = resume.adopt(build, resume.plan(corpus, corpus_name, build, data_cfg, strict, modalities, size,
+                                                               notes))
+  if reused or spooled:
+    print(f"resuming an interrupted prep of {corpus_name}: reusing its {reused} finished shards"
+          + (f" and {spooled} spooled parts" if spooled else ""))
+  outcomes = resume.Outcomes(corpus, build)
   normalisation = None
+  spool_dir, stage = build.path / resume.SPOOL / "train", build.path / shards.STAGE
 
+  def records(split: str, begin: int, normalise: bool):
+    """The split's records from task BEGIN on, in task order; outcomes noted as they pass."""
+    for position, (index, a, f, skip, notes_) in enumerate(
+        extractor.map(tasks[split][begin:], f"{corpus_name} {split}"), begin):
+      if outcomes.add(skip, notes_, position + 1):
+        yield _record(specs[index], audio.apply_normalisation(a, normalisation) if normalise else a, f, corpus, steps)
+
+  if data_cfg.time_average and "train" not in tasks:
+    raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
   with _Extractor(workers) as extractor:
-    if data_cfg.time_average:
-      # Small [F] vectors: keep them all, then standardise every split with the train split's per-bin stats.
-      kept = {s: [] for s in tasks}
-      for s, split_tasks in tasks.items():
-        for index, a, f, skip, notes_ in extractor.map(split_tasks, f"{corpus_name} {s}"):
-          if keep(skip, notes_):
-            kept[s].append((index, a, f))
-      if not kept.get("train"):
-        raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
-      train_audio = np.stack([a for _, a, _ in kept["train"]]).astype(np.float64)
-      mean, std = train_audio.mean(axis=0), np.maximum(train_audio.std(axis=0), STD_FLOOR)
-      normalisation = {"mean": mean.tolist(), "std": std.tolist()}
+    for s in tasks:
+      to_spool = bool(data_cfg.time_average) and s == "train"  # its statistics first, then its shards
+      done = spool.done_parts(spool_dir) if to_spool else shards.done_shards(stage, s)
+      for part in done:
+        outcomes.replay(part["meta"])
+      begin = done[-1]["meta"]["task_end"] if done else 0
+      outcomes.start(begin)
+      if to_spool:
+        stream, index = records(s, begin, False), len(done)
+        for first in stream:
+          spool.write_part(spool_dir, index, itertools.chain([first], itertools.islice(stream, size - 1)),
+                           outcomes.snapshot)
+          index += 1
+        parts = spool.done_parts(spool_dir)
+        if not parts:
+          raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
+        # Per-bin train statistics over the spooled vectors, exactly as np.mean / np.std of their stack.
+        normalisation = spool.mean_std(spool_dir, parts, "audio", STD_FLOOR)
+        for part in parts[len(shards.done_shards(stage, s)):]:
+          rows = (dict(r, audio=audio.apply_normalisation(r["audio"], normalisation))
+                  for r in spool.read_part(spool_dir, part["index"]))
+          shards.write_shard(stage, s, part["index"], rows, modalities)
+      else:
+        storage.write_split(build.path, s, records(s, begin, normalisation is not None), modalities, size,
+                            start=len(done), meta=outcomes.snapshot)
 
-      def split_fn(s):
-        return lambda: (_record(specs[i], audio.apply_normalisation(a, normalisation), f, corpus, steps)
-                        for i, a, f in kept[s])
-      split_examples = {s: split_fn(s) for s in kept if kept[s]}
-    else:
-      # Full [T, F] spectrograms can outgrow memory: stream them from the pool straight into TFDS.
-      def split_fn(s):
-        def generate():
-          for index, a, f, skip, notes_ in extractor.map(tasks[s], f"{corpus_name} {s}"):
-            if keep(skip, notes_):
-              yield _record(specs[index], a, f, corpus, steps)
-        return generate
-      split_examples = {s: split_fn(s) for s in tasks}
-
-    manifest = {"config": config.name, "data_config": data_cfg.to_dict(), "audio_normalisation": normalisation,
-                "relevance": corpus.relevance,
-                "identities": corpus.identities, "attributes": corpus.attributes, "skipped": skipped,
-                "warnings": changed, "notes": notes}
-    if corpus.split_policy:
-      manifest["split_policy"] = corpus.split_policy
-    manifest = storage.write_dataset(build.path, corpus_name, split_examples,
-                                     _modalities(corpus, audio_shape, face_shape, data_cfg), manifest)
+  manifest = {"config": config.name, "data_config": data_cfg.to_dict(), "audio_normalisation": normalisation,
+              "relevance": corpus.relevance,
+              "identities": corpus.identities, "attributes": corpus.attributes, "skipped": outcomes.skipped,
+              "warnings": outcomes.changed, "notes": notes}
+  if corpus.split_policy:
+    manifest["split_policy"] = corpus.split_policy
+  written = [s for s in tasks if shards.done_shards(stage, s)]  # a split whose every example was skipped is left out
+  if "train" in tasks and "train" not in written:
+    raise ValueError(f"no usable training examples in {corpus_name}; see the skipped files: {outcomes.skipped[:3]}")
+  manifest = storage.finish_dataset(build.path, corpus_name, modalities, manifest, written)
+  shutil.rmtree(build.path / resume.SPOOL, ignore_errors=True)
   out = build.commit()
   _summary(manifest, out, time.time() - start)
   return manifest
@@ -307,7 +332,7 @@ def prepare_voxceleb1(root, out, config="reference", strict: bool = False, worke
                       corpus: str = "voxceleb1", split_policy: str = "closed") -> dict:
   """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT."""
   config = _checked_config(config)[0]
-  with storage.Build(out) as build:
+  with storage.Build(out, inputs={"--root": root}) as build:
     layout, notes = _vox_layout(root, strict, corpus, split_policy)
     return _prepare(layout, corpus, build, config, strict, workers, notes)
 
@@ -338,7 +363,7 @@ def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict:
                      workers: int = 0) -> dict:
   """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
   config = _checked_config(config)[0]
-  with storage.Build(out) as build:
+  with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
     k = int(config.data.frames_per_utterance)
     layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict, train_images=k)
     more = (f"; each training recording also holds up to {k - 1} further distinct images of its digit "
@@ -356,7 +381,7 @@ def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: boo
   shape = {"video_frames": int(config.data.video_frames), "points": int(config.data.points),
            "face_size": int(config.data.face_size)}
   mmdigits.check_settings(**shape)
-  with storage.Build(out) as build:
+  with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
     layout = mmdigits.list_examples(fsdd, mnist, seed=seed, strict=strict, **shape)
     return _prepare(layout, "mmdigits", build, config, strict, workers, [mmdigits.NOTES + f" (seed {seed})"])
 

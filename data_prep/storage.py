@@ -1,92 +1,39 @@
-"""Prepared-dataset storage: a TFDS array_record builder directory, then manifest.json written last.
+"""Prepared-dataset storage: TFDS array_record shards (data_prep/shards.py), then manifest.json written last.
 
 Prep never works inside OUT: `Build` makes a fresh folder beside it (`.OUT.partial-PID@HOST`), prep
 fills it, and only a complete dataset is swapped in for OUT (old renamed away, new renamed in, old
-deleted). An interrupted or failed prep leaves the previous dataset untouched. OUT is refused before
-any work when it is a file, unwritable, or a non-empty folder that holds no mmvae dataset.
+deleted). An interrupted or failed prep leaves the previous dataset untouched, and a rerun can adopt
+the finished parts of the killed build. Only prep's own entries (OWN_ENTRIES) are ever deleted: anything
+else in a replaced dataset moves into the new one. OUT is refused before any work when it is a file,
+unwritable, a non-empty folder that holds no mmvae dataset, holds a training run, or is or holds an input.
 """
 
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import os
 import pathlib
 import re
 import shutil
+import sys
 from typing import Callable, Iterable
 
-import numpy as np
-import tensorflow_datasets as tfds
-
+from data_prep import shards
 from mmvae import locks
 
 FORMAT = "mmvae-prepared/1"
-VERSION = "1.0.0"
+VERSION = shards.VERSION
 MANIFEST = "manifest.json"
 MARKER = ".mmvae-build"  # in every folder prep builds: tells an interrupted mmvae build from a user's folder
-TEXT_FEATURES = ("id", "identity", "video", "gender")
+TEXT_FEATURES = shards.TEXT_FEATURES
+# What prep writes at the top of a dataset folder: a re-prep replaces these and keeps every other entry (a user's).
+OWN_ENTRIES = (MANIFEST, MARKER, "tfds", "columns", "raw", ".shards", ".spool", ".yt8m-gunzip")
+RUN_FILES = ("run.json", "config.json", "checkpoints")  # a training workdir: never inside a dataset
 
 
-class _PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Writes examples from per-split generator functions; features are fixed by the given shapes."""
-
-  VERSION = tfds.core.Version(VERSION)
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # No source-tree checksums file to look up; TFDS's own lookup needs importlib_resources for
-    # builders defined inside a regular package, which is not a dependency here.
-    return None
-
-  def __init__(self, *, modalities: list[dict], split_examples: dict[str, Callable[[], Iterable[dict]]], **kwargs):
-    self._modalities = [dict(m, shape=[int(d) for d in m["shape"]]) for m in modalities]
-    self._split_examples = split_examples
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # DatasetInfo(builder=self) rather than dataset_info_from_configs: this builder lives outside a TFDS package.
-    features = {m["name"]: tfds.features.Tensor(shape=tuple(m["shape"]), dtype=np.dtype(m["dtype"]))
-                for m in self._modalities}
-    features["label"] = np.int64
-    # A modality named like a text field (multi-modal digits' `video` clip) takes its place.
-    features.update({name: tfds.features.Text() for name in TEXT_FEATURES if name not in features})
-    return tfds.core.DatasetInfo(builder=self, description="mmvae prepared dataset; see manifest.json",
-                                 features=tfds.features.FeaturesDict(features), disable_shuffling=True)
-
-  # TFDS prints where it prepared the data: the build folder, which prep renames to OUT (its summary names OUT).
-  def _log_download_bytes(self):
-    pass
-
-  def _log_download_done(self):
-    pass
-
-  def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in self._split_examples}
-
-  def _generate_examples(self, split):
-    for example in self._split_examples[split]():
-      yield example["id"], example
-
-
-class MmvaeVoxceleb1(_PreparedBuilder):
-  name = "mmvae_voxceleb1"
-
-
-class MmvaeAvdigits(_PreparedBuilder):
-  name = "mmvae_avdigits"
-
-
-class MmvaeSynthetic(_PreparedBuilder):
-  name = "mmvae_synthetic"
-
-
-class MmvaeMmdigits(_PreparedBuilder):
-  name = "mmvae_mmdigits"
-
-
-BUILDERS = {"voxceleb1": MmvaeVoxceleb1, "avdigits": MmvaeAvdigits, "synthetic": MmvaeSynthetic,
-            "mmdigits": MmvaeMmdigits}
+# Corpus -> TFDS builder name (the folder under OUT/tfds/); register_corpus adds new corpora.
+BUILDERS = {corpus: f"mmvae_{corpus}" for corpus in ("voxceleb1", "avdigits", "synthetic", "mmdigits")}
 
 
 def versions() -> dict:
@@ -121,11 +68,27 @@ def _is_own(folder: pathlib.Path) -> bool:
     return False
 
 
-def check_out(out) -> pathlib.Path:
-  """OUT as an absolute path, or ValueError when prep must not write or replace it; checked before any work."""
+def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+  return path == folder or folder in path.parents
+
+
+def check_out(out, inputs=()) -> pathlib.Path:
+  """OUT as an absolute path, or ValueError when prep must not write or replace it; checked before any work.
+
+  inputs: {flag: path} (or (flag, path) pairs) of what prep reads: OUT must neither be nor hold one, since
+  replacing OUT would delete it.
+  """
   out = pathlib.Path(os.path.realpath(out))  # a symlinked OUT: build beside the folder it points to
   if out.exists() and not out.is_dir():
     raise ValueError(f"--out {out} is a file, not a folder")
+  for flag, path in (inputs.items() if isinstance(inputs, dict) else inputs):
+    if path is not None and _inside(pathlib.Path(os.path.realpath(path)), out):
+      raise ValueError(f"--out {out} holds the input {flag} {path}; replacing it would delete the input: "
+                       "write the dataset to another folder")
+  run = [name for name in RUN_FILES if (out / name).exists()]
+  if run:
+    raise ValueError(f"--out {out} holds a training run ({', '.join(run)}); prep would replace it: choose another "
+                     "folder for the dataset")
   if out.is_dir() and not _is_own(out):
     raise ValueError(f"--out {out} is not empty and holds no mmvae dataset (no {MANIFEST}); prep replaces only "
                      "its own datasets: choose an empty or new folder")
@@ -137,6 +100,19 @@ def check_out(out) -> pathlib.Path:
     if not os.access(folder, os.W_OK | os.X_OK):
       raise ValueError(f"--out {out}: {folder} is not writable")
   return out
+
+
+def _remove_own(folder: pathlib.Path) -> None:
+  """Deletes what prep wrote in FOLDER, then FOLDER if nothing else is left (a user's file never goes)."""
+  if not folder.is_dir():
+    return
+  for entry in folder.iterdir():
+    if entry.name in OWN_ENTRIES or entry.name.startswith(f".{MANIFEST}."):
+      shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+  try:
+    folder.rmdir()
+  except OSError:
+    print(f"mmvae prep: kept {folder}: it holds files prep did not write", file=sys.stderr)
 
 
 def _killed_builds(out: pathlib.Path) -> list[pathlib.Path]:
@@ -156,8 +132,8 @@ class Build:
   then `adopt` can move finished parts out of them (the synthetic corpus).
   """
 
-  def __init__(self, out, keep_on_error: bool = False):
-    self.out = check_out(out)
+  def __init__(self, out, keep_on_error: bool = False, inputs=()):
+    self.out = check_out(out, inputs)
     me = locks.this_process()
     self.path = self.out.parent / f".{self.out.name}.partial-{me['pid']}@{me['host']}"
     self.keep_on_error = keep_on_error
@@ -177,7 +153,11 @@ class Build:
     return False
 
   def commit(self) -> pathlib.Path:
-    """Replaces OUT by the finished build (old renamed away first, deleted last); returns OUT."""
+    """Replaces OUT by the finished build, carrying over entries prep did not write; returns OUT.
+
+    The old OUT is renamed away first and its own entries deleted last; a user's file is moved into the
+    new dataset, and a folder that still holds one is never deleted (see _remove_own).
+    """
     old = None
     if self.out.exists():
       if not self.out.is_dir() or not _is_own(self.out):  # changed while prep ran
@@ -186,9 +166,12 @@ class Build:
                          f"kept in {self.path}")
       old = self.path.with_name(self.path.name.replace(".partial-", ".old-", 1))
       os.replace(self.out, old)
+      for entry in sorted(old.iterdir()):
+        if entry.name not in OWN_ENTRIES and not (self.path / entry.name).exists():
+          os.replace(entry, self.path / entry.name)
     os.replace(self.path, self.out)
     for folder in ([old] if old else []) + self.stale:
-      shutil.rmtree(folder, ignore_errors=True)
+      _remove_own(folder)
     return self.out
 
   def __enter__(self):
@@ -196,28 +179,16 @@ class Build:
 
   def __exit__(self, exc_type, *exc):
     if exc_type is not None and self.path.exists() and not self.keep_on_error:
-      shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _hashed(examples: Callable[[], Iterable[dict]], digest) -> Callable[[], Iterable[dict]]:
-  """The split's generator, feeding every example's decoded content into `digest` as it passes."""
-  def generate():
-    for example in examples():
-      for key in sorted(example):
-        value = np.asarray(example[key])
-        digest.update(f"{key}:{value.dtype.str}:{value.shape}:".encode())
-        text = value.dtype.kind in "OUS"
-        digest.update(str(example[key]).encode() if text else np.ascontiguousarray(value).tobytes())
-      yield example
-  return generate
+      _remove_own(self.path)
 
 
 def fingerprint(manifest: dict, split_digests: dict[str, str]) -> str:
   """SHA-256 over every stored example (in order, per split) and the manifest's content keys.
 
-  A function of the content, not the path or the file bytes (TFDS's serialisation is not
-  byte-stable): a moved dataset keeps it, a re-prepared one with other inputs or settings gets a
-  new one. Versions, notes, skipped files and warnings do not count.
+  split_digests: per split, SHA-256 over the examples' own digests in stored order (shards.example_digest),
+  so neither the shard size, the worker count nor a resume changes it. A function of the content, not the
+  path or the file bytes (TFDS's serialisation is not byte-stable): a moved dataset keeps it, a re-prepared
+  one with other inputs or settings gets a new one. Versions, notes, skipped files and warnings do not count.
   """
   essentials = {k: manifest.get(k) for k in ("corpus", "data_config", "audio_normalisation", "identities",
                                               "splits", "features")}
@@ -237,48 +208,63 @@ def audio_and_face(audio_shape, face_shape) -> list[dict]:
           {"name": "face", "kind": "image", "shape": [int(d) for d in face_shape], "dtype": "uint8"}]
 
 
-def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Iterable[dict]]],
-                  modalities: list[dict], manifest: dict) -> dict:
-  """Builds OUT/tfds/<name>/<version> from the split generators in a fresh folder (see Build), then the manifest.
+def write_split(out, split: str, records: Iterable[dict], modalities: list[dict], examples_per_shard: int,
+                start: int = 0, meta: Callable[[], dict] | None = None) -> int:
+  """Writes `records` (in order) as shards START, START + 1, ... of SPLIT into OUT/.shards; returns the next index.
 
-  modalities: the manifest entries {name, kind, shape, dtype, ...} of the stored modalities, in order.
+  meta: called when a shard's records are consumed; what it returns is kept in the shard's summary (a resume
+  reads it back).
   """
+  records, index = iter(records), start
+  for first in records:
+    group = itertools.chain([first], itertools.islice(records, examples_per_shard - 1))
+    shards.write_shard(pathlib.Path(out) / shards.STAGE, split, index, group, modalities, meta)
+    index += 1
+  return index
+
+
+def finish_dataset(out, corpus: str, modalities: list[dict], manifest: dict, splits: list[str]) -> dict:
+  """Turns the written shards of every split into the TFDS builder directory and columns, then writes the manifest."""
   out = pathlib.Path(out)
-  if (out / "tfds").exists() or (out / MANIFEST).exists():
-    raise ValueError(f"{out} already holds a dataset; write into a fresh folder (storage.Build)")
-  out.mkdir(parents=True, exist_ok=True)
-  tfds.disable_progress_bar()  # the caller's feature-extraction bar already counts every example
-  if corpus not in BUILDERS:
-    raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(BUILDERS)}")
-  digests = {split: hashlib.sha256() for split in split_examples}
-  split_examples = {split: _hashed(fn, digests[split]) for split, fn in split_examples.items()}
-  builder = BUILDERS[corpus](modalities=modalities, split_examples=split_examples,
-                             data_dir=str(out / "tfds"), file_format="array_record")
-  try:
-    builder.download_and_prepare(download_dir=str(out / "tfds" / "downloads"))
-  except AssertionError as e:  # TFDS asserts on a split whose every example was skipped
-    raise ValueError(f"could not write the prepared dataset: {e}; see the skipped files") from None
-  shutil.rmtree(out / "tfds" / "downloads", ignore_errors=True)
-  data_dir = pathlib.Path(builder.data_dir)
+  name = register_corpus(corpus)
+  modalities = [dict(m, shape=[int(d) for d in m["shape"]]) for m in modalities]
+  written = shards.finalize(out, name, modalities, splits)
   manifest = dict(manifest)
   manifest.update({
-      "format": FORMAT, "corpus": corpus, "tfds_dir": str(data_dir.relative_to(out)),
-      "tfds_name": builder.name, "tfds_version": VERSION,
-      "splits": {s: {"examples": int(info.num_examples)} for s, info in builder.info.splits.items()},
-      "features": {m["name"]: {"shape": m["shape"], "dtype": m["dtype"]} for m in builder._modalities},
-      "modalities": builder._modalities,
+      "format": FORMAT, "corpus": corpus, "tfds_dir": str(pathlib.Path("tfds") / name / VERSION),
+      "tfds_name": name, "tfds_version": VERSION, "columns": shards.COLUMNS,
+      "splits": {s: {"examples": int(w["examples"])} for s, w in written.items()},
+      "features": {m["name"]: {"shape": m["shape"], "dtype": m["dtype"]} for m in modalities},
+      "modalities": modalities,
       "versions": versions()})
-  manifest["fingerprint"] = fingerprint(manifest, {split: d.hexdigest() for split, d in digests.items()})
+  manifest["fingerprint"] = fingerprint(manifest, {s: w["digest"] for s, w in written.items()})
   manifest["complete"] = True
   write_json_atomic(out / MANIFEST, manifest)
   return manifest
 
 
-def register_corpus(corpus: str) -> type:
-  """The builder write_dataset uses for CORPUS: BUILDERS' entry, made (`mmvae_<corpus>`) on first use for a new one."""
+def write_dataset(out, corpus: str, split_examples: dict[str, Callable[[], Iterable[dict]]],
+                  modalities: list[dict], manifest: dict, examples_per_shard: int | None = None) -> dict:
+  """Writes OUT/tfds/<name>/<version> from the split generators (streamed, shard by shard), then the manifest.
+
+  OUT is a fresh folder (see Build). modalities: the manifest entries {name, kind, shape, dtype, ...} of the
+  stored modalities, in order. examples_per_shard: default shards.shard_size(modalities).
+  """
+  out = pathlib.Path(out)
+  if (out / "tfds").exists() or (out / MANIFEST).exists():
+    raise ValueError(f"{out} already holds a dataset; write into a fresh folder (storage.Build)")
+  register_corpus(corpus)
+  out.mkdir(parents=True, exist_ok=True)
+  size = examples_per_shard or shards.shard_size(modalities)
+  for split, examples in split_examples.items():
+    write_split(out, split, examples(), modalities, size)
+  return finish_dataset(out, corpus, modalities, manifest, list(split_examples))
+
+
+def register_corpus(corpus: str) -> str:
+  """The TFDS builder name of CORPUS (`mmvae_<corpus>`), added to BUILDERS on first use for a new one."""
   if corpus not in BUILDERS:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", corpus):
       raise ValueError(f"corpus name {corpus!r}: use lowercase letters, digits and underscores")
-    BUILDERS[corpus] = type(f"Mmvae{corpus.title().replace('_', '')}", (_PreparedBuilder,),
-                            {"name": f"mmvae_{corpus}", "__module__": __name__})
+    BUILDERS[corpus] = f"mmvae_{corpus}"
   return BUILDERS[corpus]

@@ -541,7 +541,7 @@ def prepare_yt8m(records, out, max_steps: int = DEFAULT_MAX_STEPS) -> dict:
   patterns = [str(p) for p in ([records] if isinstance(records, (str, os.PathLike)) else records)]
   files = find_records(patterns)
   storage.register_corpus(CORPUS)
-  with storage.Build(out) as build:
+  with storage.Build(out, inputs=[("--records", f) for f in files]) as build:
     gunzip = build.path / ".yt8m-gunzip"  # gzip files decompressed for seeking; removed before the commit
     readable = []
     for i, path in enumerate(files):

@@ -82,7 +82,7 @@ def read_meta(path) -> tuple[dict[str, dict], list[str]]:
 def read_split(path) -> list[tuple[str, str]]:
   """iden_split.txt -> [(split, 'id/ytid/utt.wav')] with split in train|validation|test."""
   path = pathlib.Path(path)
-  out = []
+  out, lines_of = [], {}
   for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
     if not line.strip():
       continue
@@ -90,6 +90,17 @@ def read_split(path) -> list[tuple[str, str]]:
     if len(parts) != 2 or parts[0] not in SPLIT_CODES or parts[1].count("/") != 2:
       raise ValueError(f"{path}:{line_no}: expected '1|2|3 <id>/<youtube id>/<utterance>.wav', got {line!r}")
     out.append((SPLIT_CODES[parts[0]], parts[1]))
+    lines_of.setdefault(parts[1], []).append((line_no, SPLIT_CODES[parts[0]]))
+  # A repeated utterance is a duplicate training example, or one example in two splits (a train/test leak).
+  repeated = [(rel, seen) for rel, seen in lines_of.items() if len(seen) > 1]
+  if repeated:
+    def where(rel, seen):
+      splits = list(dict.fromkeys(s for _, s in seen))
+      what = f"in {' and '.join(splits)}" if len(splits) > 1 else f"{len(seen)} times in {splits[0]}"
+      return f"{rel} on lines {', '.join(str(n) for n, _ in seen)} ({what})"
+    more = f"; and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+    raise ValueError(f"{path}: {len(repeated)} utterance(s) listed more than once: "
+                     f"{'; '.join(where(*r) for r in repeated[:3])}{more}. List each utterance once")
   return out
 
 

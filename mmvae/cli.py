@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
       epilog="A sweep file (experiments/sweeps/NAME.py) returns {'rows': [{'name', 'config', 'overrides'}], "
              "'seeds': [...], 'metrics': [...]} from get_sweep(). Rerunning the same command skips finished runs.")
   sweep.add_argument("--sweep", required=True, help="sweep name (experiments/sweeps/NAME.py) or path.py")
-  sweep.add_argument("--out", required=True, help="output folder: runs/<row>/seed<s>/, data/, results.{md,json}")
+  sweep.add_argument("--out", required=True, help="output folder: runs/<row>/seed<s>/, data/, results.{md,json}; "
+                     "one sweep per folder: a results.md it did not write, or another sweep's, is refused, and "
+                     "earlier --rows/--seeds of the same sweep stay in its table")
   source = sweep.add_mutually_exclusive_group(required=True)
   source.add_argument("--data", help="one prepared dataset for every row")
   source.add_argument("--root", help="raw VoxCeleb1 root: prepared once per distinct data section into OUT/data/")

@@ -5,6 +5,7 @@ import difflib
 import importlib.util
 import json
 import pathlib
+import traceback
 from typing import Sequence
 
 import ml_collections
@@ -34,13 +35,55 @@ def resolve(spec: str) -> tuple[pathlib.Path, str]:
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Builds the config of `spec` and applies overrides like 'train.batch_size=256'."""
   path, variant = resolve(spec)
-  module_spec = importlib.util.spec_from_file_location(f"mmvae_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(variant) if variant else module.get_config()
+  config = call_user_file(path, "config", "get_config", *([variant] if variant else []))
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"config {path}: get_config() must return an ml_collections.ConfigDict, got "
+                     f"{type(config).__name__}")
   for item in overrides:
     apply_override(config, item)
+  # Which per-modality keys the command line set: the trainer refuses those naming no modality of the run
+  # (a config file may configure modalities of other datasets). Kept off the fields, so config.json is unchanged.
+  touched = [k for k in (i.partition("=")[0].removeprefix("--").removeprefix("config.") for i in overrides)
+             if k.rpartition(".")[0] in OPEN_SECTIONS]
+  object.__setattr__(config, _OVERRIDDEN, tuple(touched))
   return config
+
+
+def _where(path: pathlib.Path, e: BaseException) -> str:
+  """'FILE:LINE' of the line of the user's file (else the innermost one) where `e` was raised."""
+  if isinstance(e, SyntaxError) and e.filename:
+    return f"{e.filename}:{e.lineno}"
+  frames = traceback.extract_tb(e.__traceback__)
+  own = [f for f in frames if pathlib.Path(f.filename).resolve() == path.resolve()]
+  frame = (own or frames or [None])[-1]
+  return f"{frame.filename}:{frame.lineno}" if frame else str(path)
+
+
+def call_user_file(path: pathlib.Path, what: str, func: str, *args):
+  """Runs `func(*args)` of the Python file `path`; any error in it is one ValueError naming the file and line.
+
+  A config or sweep file is user code: its syntax errors, missing function and exceptions must reach the
+  command line as one line saying where, not as a traceback from deep inside importlib.
+  """
+  module_spec = importlib.util.spec_from_file_location(f"mmvae_{what}_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 (user code raises anything)
+    raise _user_error(path, what, e) from None
+  if not callable(getattr(module, func, None)):
+    raise ValueError(f"{what} {path} defines no {func}()")
+  try:
+    return getattr(module, func)(*args)
+  except Exception as e:  # noqa: BLE001
+    raise _user_error(path, what, e) from None
+
+
+def _user_error(path: pathlib.Path, what: str, e: Exception) -> ValueError:
+  msg = e.msg if isinstance(e, SyntaxError) else (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+  # A ValueError is the file's own message (e.g. an unknown variant); other types say what broke.
+  kind = "" if type(e) is ValueError else f"{type(e).__name__}: "
+  return ValueError(f"{what} {_where(path, e)}: {kind}{msg}")
 
 
 def _parse_value(text: str):
@@ -72,6 +115,30 @@ def _did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
 
 # Sections keyed by modality name: an override may add a modality the defaults do not name.
 OPEN_SECTIONS = ("model.encoders", "model.encoder_hidden", "loss.sigma")
+_OVERRIDDEN = "_mmvae_modality_overrides"  # an attribute of a loaded config (not a field): its overridden such keys
+
+
+def check_modality_keys(config: ml_collections.ConfigDict, modalities) -> None:
+  """ValueError when a per-modality key (OPEN_SECTIONS) names no modality of the run, so it would be ignored.
+
+  Refused: a display label (e.g. 'voice', how reports show 'audio'), from anywhere, and any key an override set
+  (config.load records those). A key a config file sets for a modality this dataset lacks passes: experiment
+  configs serve several datasets. A staged model's later stages (model.stages) count as the run's modalities.
+  """
+  from mmvae.analysis import markdown
+  names = list(modalities)
+  names += [n for stage in config.model.get("stages", ()) for n in stage if n not in names]
+  overridden = set(getattr(config, _OVERRIDDEN, None) or ())
+  shown_as = {label: name for name, label in markdown.VOICE_FACE.items() if label != name}
+  for section in OPEN_SECTIONS:
+    head, leaf = section.split(".")
+    for key, value in (config[head].get(leaf) or {}).items():
+      label_of = shown_as.get(key) if shown_as.get(key) in names else None
+      if key in names or not (label_of or f"{section}.{key}" in overridden):
+        continue
+      hint = f" ('{key}' is how reports show '{label_of}': use --config.{section}.{label_of})" if label_of else ""
+      raise ValueError(f"config.{section}.{key}={value!r} names no modality of this run, so it would be "
+                       f"ignored{hint}; the run's modalities: {', '.join(names)}")
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:

@@ -3,7 +3,9 @@
 A sweep file (experiments/sweeps/NAME.py) defines `get_sweep()` -> {'rows': [{'name', 'config', 'overrides'}],
 'seeds': [...], 'metrics': optional [key or (key, title)]}. Every run (row x seed) trains and is analysed in
 its own subprocess (`python -m mmvae.sweep WORKDIR`) into OUT/runs/<row slug>/seed<s>/, with its output in
-sweep.log there. A run whose sweep_done.json matches what the sweep asks for now is not rerun.
+sweep.log there. A run whose sweep_done.json matches what the sweep asks for now is not rerun. OUT holds one
+sweep: OUT/sweep.json marks its results.md/json as this sweep's; a results.md the sweep did not write, or another
+sweep's, is refused, and the rows and seeds of earlier invocations (other --rows, --seeds) stay in the table.
 """
 
 import concurrent.futures
@@ -11,7 +13,6 @@ import dataclasses
 import datetime
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -57,13 +58,8 @@ def slug(name: str) -> str:
 def load_sweep(spec: str) -> dict:
   """Runs the sweep file's get_sweep() and checks its rows, seeds and metrics."""
   path = resolve(spec)
-  module_spec = importlib.util.spec_from_file_location(f"mmvae_sweep_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
   where = f"sweep {path}"
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{where} defines no get_sweep()")
-  sweep = module.get_sweep()
+  sweep = config_lib.call_user_file(path, "sweep", "get_sweep")
   if not isinstance(sweep, dict) or set(sweep) - {"rows", "seeds", "metrics", "description"}:
     raise ValueError(f"{where}: get_sweep() must return a dict with 'rows', 'seeds' and optionally 'metrics', "
                      f"'description' (got {sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__})")
@@ -86,7 +82,7 @@ def load_sweep(spec: str) -> dict:
   slugs = [r["slug"] for r in clean]
   if len(set(slugs)) != len(slugs):
     raise ValueError(f"{where}: two rows share a folder name: {sorted(s for s in slugs if slugs.count(s) > 1)}")
-  return {"path": str(path), "rows": clean, "seeds": parse_seeds(sweep.get("seeds", [0]), where),
+  return {"path": str(path.absolute()), "rows": clean, "seeds": parse_seeds(sweep.get("seeds", [0]), where),
           "columns": sweep_table.columns(sweep.get("metrics")), "description": sweep.get("description", "")}
 
 
@@ -118,6 +114,7 @@ class Run:
   config: object = None  # the ConfigDict; None when the row's config or overrides are bad
   data_dir: pathlib.Path | None = None
   status: str = "pending"  # pending | skipped (finished before) | done | failed | interrupted
+  # | not run (listed by an earlier invocation, not asked for by this one)
   error: str = ""
 
   @property
@@ -333,6 +330,37 @@ def _assign_data(runs: list[Run], out: pathlib.Path, data, root) -> None:
     r.data_dir = data if data is not None else out / "data" / data_key(r.config)
 
 
+def _earlier_runs(earlier, every_row: list[dict], runs: list[Run], out: pathlib.Path, data, root,
+                  split: str) -> list[Run]:
+  """The runs an earlier invocation's table listed that this one does not run (other --rows or --seeds).
+
+  They stay in the table: finished ones (for this split and data) with their results, the others with their
+  earlier failure or as 'not run'. Rows since removed from the sweep file leave the table.
+  """
+  if not earlier:
+    return []
+  planned = {(r.row["name"], r.seed) for r in runs}
+  by_name = {row["name"]: row for row in every_row}
+  kept = []
+  for old_row in earlier.get("rows", []):
+    row = by_name.get(old_row.get("name"))
+    for old in old_row.get("runs", []) if row is not None else ():
+      if (row["name"], old.get("seed")) in planned or not isinstance(old.get("seed"), int):
+        continue
+      planned.add((row["name"], old["seed"]))
+      run = plan({"rows": [row]}, out, [old["seed"]])[0]
+      if run.status == "pending":
+        _assign_data([run], out, data, root)
+        if is_finished(run, split):
+          run.status = "skipped"
+        elif old.get("status") in ("failed", "interrupted"):
+          run.status, run.error = old["status"], old.get("error", "")
+        else:
+          run.status = "not run"
+      kept.append(run)
+  return kept
+
+
 def _execute(runs: list[Run], todo: list[Run], parallel: int, split: str, context: dict) -> bool:
   """Runs `todo` with a progress bar, rewriting the results after each; False when interrupted (Ctrl-C, SIGTERM)."""
   from mmvae import progress
@@ -373,10 +401,12 @@ def run(spec: str, out, data=None, root=None, parallel: int = 0, seeds=None, row
   if parallel < 0:
     raise ValueError(f"--parallel {parallel} must be >= 1 (or 0: half the cores)")
   sweep = load_sweep(spec)
+  every_row = list(sweep["rows"])
   if rows:
     _select_rows(sweep, rows)
   seeds = parse_seeds(seeds) if seeds is not None else sweep["seeds"]
   out = pathlib.Path(out).absolute()
+  earlier = sweep_table.previous(out, sweep["path"])  # refuses a results.md that is not this sweep's
   data = pathlib.Path(data).absolute() if data is not None else None
   root = pathlib.Path(root).absolute() if root is not None else None
   runs = plan(sweep, out, seeds)
@@ -388,7 +418,11 @@ def run(spec: str, out, data=None, root=None, parallel: int = 0, seeds=None, row
   if root is not None and todo:
     _prepare_data(todo, root, out)
     todo = [r for r in todo if r.status == "pending"]
-  context = {"sweep": sweep, "command": command, "split": split, "seeds": seeds, "out": out,
+  kept = _earlier_runs(earlier, every_row, runs, out, data, root, split)
+  runs += kept
+  shown = [row for row in every_row if any(r.row is row for r in runs)]
+  context = {"sweep": dict(sweep, rows=shown), "command": command, "split": split, "out": out,
+             "seeds": seeds + sorted({r.seed for r in kept} - set(seeds)),
              "data": str(data) if data else None, "root": str(root) if root else None}
   _write_results(runs, context)
   completed = _execute(runs, todo, parallel or max(1, (os.cpu_count() or 1) // 2), split, context) if todo else True

@@ -339,11 +339,14 @@ def test_damaged_checkpoints_are_skipped_by_analysis_in_one_line(synthetic_datas
     (best / "default/_METADATA").write_text("")
   before = snapshot(broken)
   capsys.readouterr()
-  model, _, _ = checkpoints.load_run(broken, which="best")
+  model, _, _, step = checkpoints.load_run(broken, which="best", return_step=True)
   err = capsys.readouterr().err
   warnings = [line for line in err.splitlines() if "warning" in line]
-  assert "Traceback" not in err and len(warnings) == 2, err
-  assert "no intact checkpoint" in warnings[0] and warnings[1].endswith("; using step 9"), warnings
+  # One line: which checkpoints are damaged and which one is used instead; the report's label says the same.
+  assert "Traceback" not in err and len(warnings) == 1, err
+  assert re.search(r"best/\d+ is damaged .* and checkpoint \S+/last/12 is damaged .*; using the last checkpoint "
+                   r"of step 9$", warnings[0]), warnings
+  assert (step, step.which) == (9, "last") and step.label.startswith("last (step 9): checkpoint "), step.label
   from flax import nnx
   params = nnx.state(model, nnx.Param)
   step9 = checkpoints.load_params(reference / "checkpoints/last/9", params)
@@ -437,3 +440,117 @@ def test_rejected_config_writes_nothing_and_other_messages(synthetic_dataset, re
   wav = next((synthetic_dataset / "raw/wav").rglob("*.wav"))
   rc, lines = run_cli(capsys, "generate", "face", "--workdir", reference, "--wav", wav, "--out", tmp_path)
   assert_refused(rc, lines, "generate", "must name an image file .*it is a folder")
+
+
+# --- issue 24: nothing lost, nothing silently wrong (round two) -------------------------------------
+
+
+def test_an_utterance_listed_twice_or_in_two_splits_is_refused_with_its_lines(mini, tmp_path, capsys):
+  root = vox.make_root(mini, tmp_path / "root")
+  with open(root / "iden_split.txt", "a") as f:
+    f.write("1 id10001/1zcIwhmdeo4/00001.wav\n1 id10001/utrA-v8pPm4/00001.wav\n")  # lines 6, 7 repeat lines 1, 3
+  rc, lines = run_cli(capsys, "prep", "voxceleb1", "--root", root, "--out", tmp_path / "out", "--config",
+                      "reference:tiny", "--workers", 1)
+  assert_refused(rc, lines, "prep", r"iden_split.txt: 2 utterance\(s\) listed more than once: "
+                 r"id10001/1zcIwhmdeo4/00001.wav on lines 1, 6 \(2 times in train\); "
+                 r"id10001/utrA-v8pPm4/00001.wav on lines 3, 7 \(in test and train\)")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("--config.model.encoders.voice=conv", r"config.model.encoders.voice='conv' names no modality of this run, "
+     r"so it would be ignored \('voice' is how reports show 'audio': use --config.model.encoders.audio\); "
+     r"the run's modalities: audio, face$"),
+    ("--config.loss.sigma.voice=5.0", r"config.loss.sigma.voice=5.0 .*use --config.loss.sigma.audio"),
+    ("--config.loss.sigma.image=0.5", r"config.loss.sigma.image=0.5 names no modality of this run.*: audio, face$"),
+    ("--config.model.encoder_hidden.text=(8,)", r"config.model.encoder_hidden.text=\(8,\) names no modality"),
+    ("--config.train.warmup_steps=-10", r"config.train.warmup_steps=-10 must be >= 0"),
+])
+def test_a_key_for_a_modality_the_data_lacks_or_a_negative_warmup_is_refused(synthetic_dataset, tmp_path, capsys,
+                                                                             override, pattern):
+  workdir = tmp_path / "run"
+  rc, lines = run_cli(capsys, *train_args(synthetic_dataset, workdir, override))
+  assert_refused(rc, lines, "train", pattern)
+  assert not (workdir / "config.json").exists() and not (workdir / "run.json").exists()
+
+
+def test_the_checkpoint_loaded_is_named_with_why_in_one_warning(reference, tmp_path, capsys):
+  best = json.loads((reference / "final.json").read_text())["best_step"]
+  capsys.readouterr()
+  _, _, _, step = checkpoints.load_run(reference, which="best", return_step=True)
+  assert (step, step.label) == (best, f"best (step {best})") and capsys.readouterr().err == ""
+  # Only the best checkpoint damaged: the newest last one (step 12) is used, and the label says so and why.
+  broken = tmp_path / "broken"
+  shutil.copytree(reference, broken)
+  (broken / f"checkpoints/best/{best}/default/_METADATA").write_text("")
+  _, _, _, step = checkpoints.load_run(broken, which="best", return_step=True)
+  warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert len(warnings) == 1 and re.fullmatch(rf"mmvae: warning: checkpoint \S+/best/{best} is damaged \(.*\); "
+                                             r"using the last checkpoint of step 12", warnings[0]), warnings
+  assert step == 12 and re.fullmatch(rf"last \(step 12\): checkpoint \S+/best/{best} is damaged \(.*\)", step.label)
+  # A run that saved no best checkpoint: the last one, said without a warning.
+  shutil.rmtree(broken / "checkpoints/best")
+  _, _, _, step = checkpoints.load_run(broken, which="best", return_step=True)
+  assert step.label == "last (step 12): the run saved no best checkpoint" and capsys.readouterr().err == ""
+
+
+# --- issue 24: prep never deletes what it did not write ---------------------------------------------
+
+
+def _feature_root(folder) -> pathlib.Path:
+  """A tiny `prep features` input: two modalities, train and test."""
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for m, d in (("img", 3), ("txt", 2)):
+    for split, n in (("train", 12), ("test", 6)):
+      np.save(folder / f"{m}_{split}_features.npy", rng.normal(size=(n, d)).astype(np.float32))
+      np.save(folder / f"{m}_{split}_labels.npy", np.arange(n) % 3)
+  return folder
+
+
+def test_prep_replacing_a_dataset_keeps_the_users_files_in_it(synthetic_dataset, tmp_path, capsys):
+  out = tmp_path / "syn"
+  shutil.copytree(synthetic_dataset, out)
+  (out / "NOTES.md").write_text("notes\n")
+  (out / "my_analysis").mkdir()
+  (out / "my_analysis/table.csv").write_text("a,b\n")
+  rc, lines = run_cli(capsys, "prep", "features", "--root", _feature_root(tmp_path / "feat"), "--out", out)
+  assert rc == 0, lines
+  assert data.Dataset(out).manifest["corpus"] == "features" and not (out / "raw").exists()  # prep's own: replaced
+  assert (out / "NOTES.md").read_text() == "notes\n" and (out / "my_analysis/table.csv").read_text() == "a,b\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["feat", "syn"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["voxceleb1", "--root", "{out}/raw", "--config", "synthetic:tiny"], "--root"),
+    (["features", "--root", "{out}"], "--root"),
+    (["features", "--join", "{other}", "--embeddings", "{out}/emb.npz", "--name", "e"], "--embeddings"),
+    (["avdigits", "--fsdd", "{out}/raw/wav", "--mnist", "{other}"], "--fsdd"),
+])
+def test_prep_refuses_an_out_that_holds_its_input(synthetic_dataset, tmp_path, capsys, argv, flag):
+  out = tmp_path / "syn"
+  shutil.copytree(synthetic_dataset, out)
+  np.savez(out / "emb.npz", ids=np.array(["x"]), embeddings=np.zeros((1, 2), np.float32))
+  before = snapshot(out)
+  argv = [a.format(out=out, other=synthetic_dataset) for a in argv]
+  rc, lines = run_cli(capsys, "prep", *argv, "--out", out)
+  assert_refused(rc, lines, "prep", rf"--out .*syn holds the input {flag} ")
+  assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+
+
+def test_a_run_and_a_dataset_never_share_a_folder(synthetic_dataset, reference, tmp_path, capsys, monkeypatch):
+  out = tmp_path / "syn"
+  shutil.copytree(synthetic_dataset, out)
+  for workdir in (out, out / "run"):
+    rc, lines = run_cli(capsys, *train_args(out, workdir))
+    assert_refused(rc, lines, "train", r"--workdir .* lies inside the prepared dataset .*syn, which `mmvae prep` "
+                   "replaces")
+  assert not (out / "run").exists() and not (out / "config.json").exists()
+  from data_prep import synthetic
+  monkeypatch.setattr(synthetic, "generate_corpus", lambda *a, **k: pytest.fail("slow work started"))
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  before = snapshot(run)
+  rc, lines = run_cli(capsys, "prep", "synthetic", "--out", run, "--identities", 4, "--workers", 1)
+  assert_refused(rc, lines, "prep", r"--out .*run holds a training run \(run.json, config.json, checkpoints\)")
+  assert snapshot(run) == before

@@ -20,6 +20,9 @@ DEFAULT_COLUMNS = [
 ]
 TIMING = [("train_seconds", "train (s)", 1), ("step_ms", "step (ms)", 2)]
 OK = ("done", "skipped")  # statuses of runs whose report exists
+# Beside results.md/json: says that the sweep wrote them, and which sweep, so a user's own results.md is never
+# overwritten and one folder never mixes two sweeps' tables.
+MARKER = "sweep.json"
 STD_NOTE = "sample standard deviation over seeds (ddof=1); null with fewer than two finished runs"
 
 
@@ -164,6 +167,45 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    value = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); move it or choose another --out") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} was not written by mmvae sweep; move it or choose another --out")
+  return value
+
+
+def previous(out, sweep: str) -> dict | None:
+  """The results.json an earlier run of `sweep` wrote into OUT, or None; ValueError if OUT's results are not its.
+
+  Refused: a results.md or results.json that no sweep wrote (no MARKER beside it), and the results of another
+  sweep file (a folder holds one sweep; its rows and seeds from earlier invocations are merged).
+  """
+  out = pathlib.Path(out)
+  found = [out / n for n in ("results.md", "results.json") if (out / n).exists()]
+  marker, results = out / MARKER, out / "results.json"
+  owner = None
+  if marker.exists():
+    mark = _read_json(marker)
+    if mark.get("written_by") != "mmvae sweep":  # someone's own sweep.json: not ours to overwrite
+      raise ValueError(f"{marker} was not written by mmvae sweep; move it or choose another --out")
+    owner = mark.get("sweep")
+  old = _read_json(results) if results.is_file() else None
+  if owner is None and old is not None and old.get("std") == STD_NOTE:
+    owner = old.get("sweep")  # written before the marker existed: results.json itself says which sweep
+  if owner is None:
+    if found:
+      raise ValueError(f"{found[0]} was not written by mmvae sweep (no {MARKER} beside it); move it or choose "
+                       "another --out")
+    return None
+  if pathlib.Path(owner).absolute() != pathlib.Path(sweep).absolute():
+    raise ValueError(f"{out} holds the results of another sweep ({owner}); a folder holds one sweep's table: "
+                     "choose another --out")
+  return old
+
+
 def write(out, rows: list[dict], context: dict) -> dict:
   """Aggregates rows [{'row': row, 'records': [...]}] and writes OUT/results.json and OUT/results.md."""
   out = pathlib.Path(out)
@@ -172,6 +214,8 @@ def write(out, rows: list[dict], context: dict) -> dict:
   results = {**context, "columns": cols, "std": STD_NOTE,
              "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "rows": [aggregate_row(r["row"], r["records"], cols) for r in rows]}
+  _write_atomic(out / MARKER, json.dumps({"written_by": "mmvae sweep", "sweep": str(context.get("sweep")),
+                                          "files": ["results.md", "results.json"]}, indent=1) + "\n")
   _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
   _write_atomic(out / "results.md", markdown(results))
   return results

@@ -125,6 +125,7 @@ class Checkpoints:
         max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=BEST)))
     self.root = root
+    self.skipped = ""  # the damaged steps the last restore skipped, in words ('' when none)
     self.last_good = None  # the newest step of `last` known intact: restored or saved by this process
 
   def latest_step(self):
@@ -152,11 +153,12 @@ class Checkpoints:
     self.best.wait_until_finished()
     self.last_good = step
 
-  def restore(self, template, which: str = LAST, step=None, set_aside: bool = False):
+  def restore(self, template, which: str = LAST, step=None, set_aside: bool = False, warn: bool = True):
     """The newest intact state (best first for BEST, or the one at `step`) shaped like `template`; None if none saved.
 
-    Damaged steps are skipped with one warning line on stderr; set_aside=True (a resuming trainer)
-    moves them to checkpoints/damaged/ so that those steps can be saved again. ValueError if none is intact.
+    Damaged steps are skipped with one warning line on stderr (warn=False: none; `self.skipped` names them
+    either way); set_aside=True (a resuming trainer) moves them to checkpoints/damaged/ so that those steps
+    can be saved again. ValueError if none is intact.
     """
     manager = self.best if which == BEST else self.last
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
@@ -164,11 +166,14 @@ class Checkpoints:
       steps.remove(manager.best_step())
       steps.insert(0, manager.best_step())
     problems = []
+    self.skipped = ""
     for s in steps:
       flat, problem = _read(self.root / which / str(s))
       if problem is None:
         if problems:
-          print(f"mmvae: warning: {self._damaged(which, problems, set_aside)}; using step {s}", file=sys.stderr)
+          self.skipped = self._damaged(which, problems, set_aside)
+        if problems and warn:
+          print(f"mmvae: warning: {self.skipped}; using step {s}", file=sys.stderr)
         for damaged, _ in problems if set_aside else ():
           self._set_aside(manager, which, damaged)
         if which == LAST:
@@ -176,6 +181,7 @@ class Checkpoints:
         return unflatten(template, flat)
       problems.append((s, problem))
     if problems:  # left where they are: nothing to resume from, and nothing a rerun should silently restart over
+      self.skipped = self._damaged(which, problems, False)
       raise ValueError(f"no intact checkpoint: {self._damaged(which, problems, False)}; train into a new "
                        "--workdir, or start one from another run's checkpoint with --from")
     return None
@@ -247,11 +253,27 @@ def dataset_of_run(workdir, data_dir=None):
   return dataset
 
 
+class LoadedStep(int):
+  """The step of the checkpoint load_run used (an int), with which kind it was (`which`) and why (`why`)."""
+
+  def __new__(cls, step: int, which: str, why: str = ""):
+    out = super().__new__(cls, step)
+    out.which, out.why = which, why
+    return out
+
+  @property
+  def label(self) -> str:
+    """What a report says about it, e.g. 'last (step 40): the best checkpoint .../best/30 is damaged (...)'."""
+    return f"{self.which} (step {int(self)})" + (f": {self.why}" if self.why else "")
+
+
 def load_run(workdir, which: str = BEST, return_step: bool = False):
   """(model, config, data_dir) of a trained run, from its config.json, run.json and checkpoints.
 
   which: 'best' (the highest validation score; the newest intact 'last' one when there is none) or 'last'.
-  return_step: also return the training step of the checkpoint loaded, as a fourth element.
+  return_step: also return the checkpoint used, as a fourth element: a LoadedStep, the step as an int whose
+  `label` says which checkpoint it was and why ('last (step 40): the run saved no best checkpoint').
+  A damaged checkpoint skipped on the way gives one warning line on stderr naming what was used instead.
   """
   import ml_collections
   from mmvae import data, zoo
@@ -278,20 +300,37 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
   # Only the parameters and the step: a run is loaded whatever optimizer state its checkpoints hold.
   graphdef, params = nnx.split(model, nnx.Param)
   state = {"params": params, "step": np.zeros((), np.int32)}
-  ckpts = Checkpoints(workdir, keep=config.train.keep_checkpoints)
-  try:
-    try:
-      restored = ckpts.restore(state, which)
-    except ValueError as e:  # every best checkpoint damaged: the last ones are the next best thing
-      if which != BEST:
-        raise
-      print(f"mmvae: warning: {e}; using the newest intact last checkpoint", file=sys.stderr)
-      restored = None
-    if restored is None and which == BEST:  # a run without a validation split has no best checkpoint
-      restored = ckpts.restore(state, LAST)
-  finally:
-    ckpts.close()
+  restored, used, why = _restore_for_loading(Checkpoints(workdir, keep=config.train.keep_checkpoints), state, which)
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first (mmvae train --workdir {workdir})")
+  step = LoadedStep(int(restored["step"]), used, why)
+  if why and why != NO_BEST:  # damaged checkpoints were skipped: one line saying which, and what is used instead
+    print(f"mmvae: warning: {why}; using the {used} checkpoint of step {int(step)}", file=sys.stderr)
   model = nnx.merge(graphdef, restored["params"])
-  return (model, config, data_dir, int(restored["step"])) if return_step else (model, config, data_dir)
+  return (model, config, data_dir, step) if return_step else (model, config, data_dir)
+
+
+NO_BEST = "the run saved no best checkpoint"
+
+
+def _restore_for_loading(ckpts: Checkpoints, state, which: str):
+  """(restored state or None, the kind used: 'best' or 'last', why it is not the newest one asked for, or '')."""
+  try:
+    best_damaged = ""
+    if which == BEST:
+      try:
+        restored = ckpts.restore(state, BEST, warn=False)
+      except ValueError:  # every best checkpoint damaged: the last ones are the next best thing
+        best_damaged, restored = ckpts.skipped, None
+      if restored is not None:
+        return restored, BEST, ckpts.skipped
+    try:
+      restored = ckpts.restore(state, LAST, warn=False)
+    except ValueError as e:
+      raise ValueError(f"{e} (the best ones are damaged too)" if best_damaged else str(e)) from None
+    if restored is None:
+      return None, LAST, ""
+    first = (best_damaged or NO_BEST) if which == BEST else ""
+    return restored, LAST, " and ".join(p for p in (first, ckpts.skipped) if p)
+  finally:
+    ckpts.close()

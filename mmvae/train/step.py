@@ -16,6 +16,12 @@ _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
 _AUGMENT_TAG = 2  # folded into an example's key for its augmentation draws
 
 
+def check_schedule(train_cfg) -> None:
+  """ValueError naming the key when the learning-rate schedule's settings are out of range."""
+  if train_cfg.warmup_steps < 0:
+    raise ValueError(f"config.train.warmup_steps={train_cfg.warmup_steps} must be >= 0 (0: no warmup)")
+
+
 def make_schedule(train_cfg):
   """Linear warmup from 0, then a cosine decay to 0 at num_steps or a constant rate."""
   lr = train_cfg.learning_rate

@@ -56,6 +56,7 @@ def check_config(config) -> None:
   if config.parallel not in parallel.MODES:
     raise ValueError(f"config.parallel={config.parallel!r} is unknown; use one of {parallel.MODES}")
   parallel.check_batch_size(t.batch_size, jax.device_count())
+  step_lib.check_schedule(t)
 
 
 def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
@@ -157,6 +158,19 @@ def _nonfinite(metrics: dict) -> list[str]:
   return [k for k in terms if k in metrics and not np.isfinite(metrics[k])]
 
 
+def check_not_in_dataset(workdir) -> None:
+  """ValueError when the workdir is, or lies inside, a prepared dataset: the next prep of it would delete the run."""
+  path = pathlib.Path(workdir).resolve()
+  for folder in (path, *path.parents):
+    try:
+      prepared = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("format") == "mmvae-prepared/1"
+    except (OSError, ValueError, AttributeError):
+      prepared = False
+    if prepared or (folder / ".mmvae-build").is_file():
+      raise ValueError(f"--workdir {workdir} lies inside the prepared dataset {folder}, which `mmvae prep` replaces; "
+                       "train into a folder outside it")
+
+
 def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
   """Trains (or resumes) the run in `workdir` on the prepared dataset `data_dir`; returns final.json's contents.
 
@@ -165,6 +179,7 @@ def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=
   optimizer state and the step start fresh, so the config's whole schedule runs.
   """
   parallel.maybe_initialize_distributed()
+  check_not_in_dataset(workdir)
   from mmvae.train import stages
   if stages.is_staged(config):  # a model kind with a stage plan (mcvs): one run per stage
     return stages.train(config, data_dir, workdir, allow_data_change, init_from)
@@ -179,6 +194,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   dataset = data.Dataset(data_dir)
   dataset.check_config(config)
   specs = dataset.modalities(config.data.get("modalities", ()))
+  config_lib.check_modality_keys(config, specs)
   shapes = {name: m.model_shape for name, m in specs.items()}
   t = config.train
   if dataset.num_examples("train") < 1:

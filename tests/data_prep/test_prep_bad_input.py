@@ -165,3 +165,18 @@ def test_interrupted_build_never_looks_complete_and_rerun_finishes(mini, tmp_pat
   ds = data.Dataset(out)
   assert ds.arrays("test")["audio"].shape == (2, 297, 512)
   assert set(ds.arrays("test")["id"]) == {"id10001/utrA-v8pPm4/00001.wav", "id10118/bZyPBCVCYxw/00001.wav"}
+
+
+def test_split_file_repeats_are_refused_naming_every_line(tmp_path):
+  split = tmp_path / "iden_split.txt"
+  utts = [f"id1/v/{i:05d}.wav" for i in range(6)]
+  lines = [f"1 {u}" for u in utts] + ["3 id1/v/00000.wav", "1 id1/v/00001.wav", "", "1 id1/v/00001.wav"]
+  lines += [f"2 {u}" for u in utts[2:5]]  # three more, in train and validation
+  split.write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError) as e:
+    voxceleb1.read_split(split)
+  assert str(e.value) == (f"{split}: 5 utterance(s) listed more than once: id1/v/00000.wav on lines 1, 7 (in train "
+                          "and test); id1/v/00001.wav on lines 2, 8, 10 (3 times in train); id1/v/00002.wav on lines "
+                          "3, 11 (in train and validation); and 2 more. List each utterance once")
+  split.write_text("\n".join(f"1 {u}" for u in utts) + "\n")  # each once: read as before
+  assert voxceleb1.read_split(split) == [("train", u) for u in utts]

@@ -1,6 +1,7 @@
 """Config loading, overrides and the CLI's handling of bad arguments."""
 
 import json
+import re
 
 import pytest
 
@@ -70,3 +71,22 @@ def test_an_old_runs_config_reads_as_today_keys_added_since_at_their_defaults():
   # A key the old run lacks but the new config sets away from its default is a real change.
   changed = dict(new, **{"loss.estimator": "dreg"})
   assert config_lib.upgraded(old, changed)["loss.estimator"] == "elbo"  # the old run's: a change to report
+
+
+@pytest.mark.parametrize("body, pattern", [
+    ("def get_config(:\n  pass\n", r"bad\.py:1: SyntaxError: "),
+    ("x = 1\n", r"bad\.py defines no get_config\(\)"),
+    ("from experiments.configs import common\n\ndef get_config():\n  c = common.base_config()\n"
+     "  c.train.batch_size = 1 / 0\n  return c\n", r"bad\.py:5: ZeroDivisionError: division by zero"),
+    ("import no_such_module_here\n", r"bad\.py:1: ModuleNotFoundError: No module named 'no_such_module_here'"),
+    ("def get_config():\n  return {'train': {}}\n", r"bad\.py: get_config\(\) must return an ml_collections"),
+])
+def test_a_broken_config_file_is_one_line_naming_file_and_line(body, pattern, tmp_path, capsys):
+  path = tmp_path / "bad.py"
+  path.write_text(body)
+  rc = cli.main(["train", "--config", str(path), "--data", str(tmp_path), "--workdir", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert rc == 2 and len(lines) == 1 and lines[0].startswith("mmvae train: error: config "), err
+  assert re.search(pattern, lines[0]) and str(tmp_path) in lines[0], lines[0]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.py"]  # nothing written

@@ -163,6 +163,9 @@ def test_workers_get_thread_limits_when_they_share_the_cores(monkeypatch):
     ("def get_sweep():\n  return {'rows': [{'name': 'a', 'config': 'x'}, {'name': 'A', 'config': 'x'}]}",
      "share a folder"),
     ("def get_sweep():\n  return {'rows': [{'name': 'a', 'config': 'x'}], 'metrics': [3]}", "metrics.json key"),
+    ("def get_sweep(:\n  pass", "bad.py:1: SyntaxError: "),
+    ("x = 1", "bad.py defines no get_sweep()"),
+    ("def get_sweep():\n  rows = []\n  return {'rows': rows[3]}", "bad.py:3: IndexError: list index out of range"),
 ])
 def test_bad_sweep_files_and_arguments_get_one_line(body, match, tmp_path, capsys):
   path = tmp_path / "bad.py"
@@ -235,3 +238,59 @@ def test_default_columns_expand_to_every_pair_of_the_runs_modalities(tmp_path):
   cols = sweep_table.expand(sweep_table.columns(None), [{"modalities": ["audio", "face"]}])
   assert [(c["key"], c["title"]) for c in cols[:2]] == [("retrieval.audio_to_face.mrr", "voice->face MRR"),
                                                         ("retrieval.face_to_audio.mrr", "face->voice MRR")]
+
+
+def _one_error_line(capsys) -> str:
+  err = capsys.readouterr().err
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("mmvae sweep: error: ") and "Traceback" not in err, err
+  return lines[0]
+
+
+def test_a_results_md_the_sweep_did_not_write_is_refused_untouched(sweep_file, dataset, tmp_path, capsys):
+  for name in ("results.md", "results.json", "sweep.json"):
+    out = tmp_path / name.replace(".", "_")
+    out.mkdir()
+    (out / name).write_text("{}" if name.endswith(".json") else "# my own notes\n")
+    assert cli.main(_args(sweep_file, out, dataset, "--rows", "bad override", "--seeds", "0")) == 2
+    assert f"{out / name} was not written by mmvae sweep" in _one_error_line(capsys)
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() in ("{}", "# my own notes\n")
+
+
+def test_another_sweep_into_the_same_folder_is_refused(swept, dataset, sweep_file, tmp_path, capsys):
+  out, _ = swept
+  before = {n: (out / n).read_bytes() for n in ("results.md", "results.json", "sweep.json")}
+  other = tmp_path / "other.py"
+  other.write_text(SWEEP.format(metrics=COLUMNS))  # the same rows, but another sweep file
+  assert cli.main(_args(other, out, dataset, "--rows", "plain", "--seeds", "0")) == 2
+  assert f"{out} holds the results of another sweep ({sweep_file})" in _one_error_line(capsys)
+  assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_other_rows_and_seeds_of_the_same_sweep_join_the_table(swept, dataset, sweep_file, tmp_path, capsys):
+  import shutil
+  out = tmp_path / "out"
+  shutil.copytree(swept[0], out)
+  old = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+  (_run_dir(out, "sample-l2", 1) / "sweep_done.json").unlink()  # no longer finished: shown as not run
+  capsys.readouterr()
+  assert cli.main(_args(sweep_file, out, dataset, "--rows", "plain", "--seeds", "0")) == 1  # 'bad override' failed
+  assert "0 trained, 3 finished before, 2 failed" in capsys.readouterr().out
+  results = json.loads((out / "results.json").read_text())
+  rows = {r["name"]: r for r in results["rows"]}
+  assert list(rows) == ["plain", "Sample L2", "bad override"] and results["seeds"] == [0, 1]
+  assert rows["plain"]["metrics"] == old["plain"]["metrics"]  # both seeds, though only seed 0 was asked for
+  assert [(r["seed"], r["status"]) for r in rows["Sample L2"]["runs"]] == [(0, "skipped"), (1, "not run")]
+  assert rows["Sample L2"]["metrics"]["retrieval.audio_to_face.mrr"]["n"] == 1
+  assert [r["status"] for r in rows["bad override"]["runs"]] == ["failed", "failed"]
+  table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| Sample L2 |")]
+  assert len(table) == 1 and table[0].endswith("| not run |")
+
+
+def test_results_written_before_the_marker_existed_still_count_as_the_sweeps(tmp_path):
+  legacy = {"sweep": str(tmp_path / "grid.py"), "std": sweep_table.STD_NOTE, "rows": []}
+  (tmp_path / "results.json").write_text(json.dumps(legacy))
+  (tmp_path / "results.md").write_text("# Sweep `grid`\n")
+  assert sweep_table.previous(tmp_path, str(tmp_path / "grid.py")) == legacy
+  with pytest.raises(ValueError, match="holds the results of another sweep"):
+    sweep_table.previous(tmp_path, str(tmp_path / "other.py"))

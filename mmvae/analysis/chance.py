@@ -21,7 +21,8 @@ def _log_comb(n, k):
       np.asarray(k, np.float64) + 1) - special.gammaln(np.asarray(n, np.float64) - k + 1)
 
 
-@functools.lru_cache(maxsize=4096)
+# Few entries: each holds an m-long array (8 MB at a million items); the metrics need one (m, r) at a time.
+@functools.lru_cache(maxsize=8)
 def first_hit_pmf(m: int, r: int) -> np.ndarray:
   """P(first relevant item at position k), k = 1..m-r+1: C(m-k, r-1) / C(m, r)."""
   _check(m, r)
@@ -29,6 +30,12 @@ def first_hit_pmf(m: int, r: int) -> np.ndarray:
   pmf = np.exp(_log_comb(m - k, r - 1) - _log_comb(m, r))
   pmf.setflags(write=False)
   return pmf
+
+
+def expected_inverse_first_hit(m: int, r: int, g: int = 0) -> float:
+  """E[1 / (g + position of the first relevant item)] among m items with r relevant, ranked at random."""
+  pmf = first_hit_pmf(m, r)
+  return float(np.sum(pmf / (g + np.arange(1, pmf.size + 1))))
 
 
 def miss_probability(m: int, r: int, j) -> np.ndarray:

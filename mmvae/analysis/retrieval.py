@@ -1,4 +1,9 @@
-"""Cross-modal retrieval metrics with exact chance levels, computed in query chunks.
+"""Cross-modal retrieval metrics with exact chance levels, computed from blocked score products.
+
+Scores come a block of queries at a time (ranking.py: NumPy float64 for small sets, JAX float32 jit for large
+ones), never as an N x M matrix, and several scores of one (query, gallery) pair share the dot products
+(`retrieval_scores`). No row is sorted: each relevant item's rank is a count of the items scoring above it and
+tied with it (ranking.threshold_counts), and the metrics follow from those counts (rank_metrics.py).
 
 Tie policy: every metric is its EXPECTED value under uniformly random tie-breaking (the ranking
 is a random order among items with equal scores). For the rank itself this is the average of the
@@ -20,10 +25,12 @@ The query is never removed from the gallery array (that shifts labels); with exc
 score is set to -inf and it is neither relevant nor a negative, and the gallery size drops by one.
 """
 
+import math
+
 import numpy as np
 
 from mmvae import progress as progress_lib
-from mmvae.analysis import chance
+from mmvae.analysis import chance, rank_metrics, ranking
 
 SCORES = ("cosine", "euclidean", "w2")
 DEFAULT_KS = (1, 5, 10)
@@ -55,149 +62,148 @@ def score_matrix(query_QxD, gallery_MxD, score: str = "cosine") -> np.ndarray:
   raise ValueError(f"unknown retrieval score {score!r}; use one of {SCORES}")
 
 
-def _group_stats(s_CxM):
-  """For rows sorted descending: start (= items strictly above) and size of each item's tie group."""
-  c, m = s_CxM.shape
-  idx = np.broadcast_to(np.arange(m), (c, m))
-  new = np.ones((c, m), bool)
-  new[:, 1:] = s_CxM[:, 1:] != s_CxM[:, :-1]
-  start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
-  last = np.ones((c, m), bool)
-  last[:, :-1] = new[:, 1:]
-  end = np.minimum.accumulate(np.where(last, idx, m)[:, ::-1], axis=1)[:, ::-1]
-  return start, end
-
-
-def _in_groups(mask_CxM, start, end):
-  """Count of mask items above each item's group, and inside it."""
-  cum = np.cumsum(mask_CxM, axis=1)
-  excl = cum - mask_CxM
-  above = np.take_along_axis(excl, start, axis=1)
-  inside = np.take_along_axis(cum, end, axis=1) - above
-  return above, inside
-
-
-def _ap_top(rel, g, t, rel_above, rel_in, n_rel, k, prec_full, harm):
-  """E[AP_top@k]: precision summed at relevant ranks <= k over the number n of relevant items in the top k.
-
-  Groups wholly in the top k (g + t <= k) give a fixed count and their expected precisions `prec_full`. At
-  most one group straddles the cut-off (g < k < g + t); the number j of its relevant items in its first
-  p = k - g positions is hypergeometric(t, rel_in, p) and, given j, they sit uniformly among those p, so their
-  expected precision sum B_j is the full-group formula with t -> p and rel_in -> j. The groups above are
-  ordered independently of it: E = sum_j P(j) (A + B_j) / (n_above + j), 0 where the denominator is 0.
-  """
-  inside = rel & (g + t <= k)
-  n_in = inside.sum(1)
-  a_sum = np.where(inside, prec_full, 0.0).sum(1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    out = np.where(n_rel > 0, np.where(n_in > 0, a_sum / n_in, 0.0), np.nan)
-  straddle = rel & (g < k) & (g + t > k)  # a tied group cut by k that holds a relevant item: rare
-  for i in np.flatnonzero(straddle.any(1)):
-    c = int(np.argmax(straddle[i]))
-    gi, ti, ri, above = int(g[i, c]), int(t[i, c]), int(rel_in[i, c]), int(rel_above[i, c])
-    p = k - gi
-    pmf = chance.hypergeom_pmf(ti, ri, p)
-    j = np.arange(pmf.size)
-    h = harm[gi + p] - harm[gi]
-    b = (j - 1) / (p - 1) if p > 1 else np.zeros(pmf.size)
-    b_sum = j / p * ((above + 1) * h + b * (p - (gi + 1) * h))
-    den = above + j  # every relevant item above the straddling group is in the top k
-    with np.errstate(invalid="ignore", divide="ignore"):
-      out[i] = float(np.sum(np.where(den > 0, pmf * (a_sum[i] + b_sum) / den, 0.0)))
-  return out
-
-
-def _chunk_metrics(s_CxM, rel_CxM, neg_CxM, negg_CxM, ks, ap_k, harm):
-  """Per-query expected metrics under random tie-breaking for one chunk of score rows."""
-  order = np.argsort(-s_CxM, axis=1, kind="stable")
-  s = np.take_along_axis(s_CxM, order, axis=1)
-  rel = np.take_along_axis(rel_CxM, order, axis=1)
-  start, end = _group_stats(s)
-  g, t = start, end - start + 1
-  rel_above, rel_in = _in_groups(rel, start, end)
-  n_rel = rel.sum(1)
-  # E[precision at a relevant item] with position p uniform in its group and the other relevant
-  # items of the group placed at random: (1/t) sum_p (rel_above + 1 + (p-1)(rel_in-1)/(t-1)) / (g+p).
-  b = np.where(t > 1, (rel_in - 1) / np.maximum(t - 1, 1), 0.0)
-  a = rel_above + 1.0
-
-  def expected_precision(p_max):
-    h = harm[g + p_max] - harm[g]
-    return np.where(rel, (a * h + b * (p_max - (g + 1) * h)) / t, 0.0)
-
-  prec = expected_precision(t)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    ap = prec.sum(1) / n_rel
-    ap_at = expected_precision(np.clip(ap_k - g, 0, t)).sum(1) / np.minimum(n_rel, ap_k)
-  out = {"ap": ap, f"ap@{ap_k}": ap_at,
-         f"ap_top@{ap_k}": _ap_top(rel, g, t, rel_above, rel_in, n_rel, ap_k, prec, harm)}
-
-  # First relevant group: its position in the group follows the chance law of (t, rel_in).
-  first = np.argmax(rel, axis=1)[:, None]
-  g0, t0, r0 = (np.take_along_axis(x, first, axis=1)[:, 0] for x in (g, t, rel_in))
-  has = n_rel > 0
-  rr = np.where(has, 1.0 / (g0 + 1), np.nan)
-  hits = {k: np.where(has, (g0 < k).astype(np.float64), np.nan) for k in ks}
-  for i in np.flatnonzero(has & (t0 > 1)):  # only tied first groups need the exact law
-    pmf = chance.first_hit_pmf(int(t0[i]), int(r0[i]))
-    rr[i] = float(np.sum(pmf / (g0[i] + np.arange(1, pmf.size + 1))))
-    for k in ks:
-      hits[k][i] = 1.0 - chance.miss_probability(int(t0[i]), int(r0[i]), k - g0[i])
-  out["mrr"] = rr
-  out.update({f"recall@{k}": hits[k] for k in ks})
-
-  for name, neg_mask in (("matching_1v2", neg_CxM), ("matching_1v2_gender", negg_CxM)):
-    if neg_mask is None:
-      continue
-    neg = np.take_along_axis(neg_mask, order, axis=1)
-    n_neg = neg.sum(1)
-    neg_above, neg_in = _in_groups(neg, start, end)
-    wins = np.where(rel, (n_neg[:, None] - neg_above - neg_in) + 0.5 * neg_in, 0.0).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-      out[name] = np.where(n_neg > 0, wins / (n_rel * n_neg), np.nan)
-  return out
-
-
-def rank_queries(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
-                 exclude_self=False, query_groups=None, gallery_groups=None, ks=DEFAULT_KS,
-                 ap_k=DEFAULT_AP_K, chunk_elems=1 << 20, progress=True) -> dict:
-  """Per-query metric arrays and their exact chance levels; NaN for queries with nothing relevant.
-
-  `*_NxD` are `features(...)` of the same score; `*_groups` (e.g. gender) enable the constrained
-  1:2 matching; exclude_self requires query i and gallery i to be the same example.
-  """
+def _codes(query_labels, gallery_labels):
+  """Labels as small integers shared by query and gallery (any label type)."""
   q_lab, g_lab = np.asarray(query_labels), np.asarray(gallery_labels)
-  n, m = len(query_NxD), len(gallery_MxD)
-  if len(q_lab) != n or len(g_lab) != m:
-    raise ValueError(f"labels ({len(q_lab)}, {len(g_lab)}) do not match latents ({n}, {m})")
+  _, inv = np.unique(np.concatenate([q_lab, g_lab]), return_inverse=True)
+  return inv[:len(q_lab)].astype(np.int32), inv[len(q_lab):].astype(np.int32)
+
+
+class _Relevant:
+  """(row, gallery index) of every relevant pair of a query block, from the gallery grouped by label."""
+
+  def __init__(self, q_code, g_code, exclude_self):
+    self.q_code, self.exclude_self = q_code, exclude_self
+    self.order = np.argsort(g_code, kind="stable")
+    n_codes = int(max(q_code.max(initial=0), g_code.max(initial=0))) + 1
+    self.count = np.bincount(g_code, minlength=n_codes)
+    self.start = np.cumsum(self.count) - self.count
+
+  def block(self, lo, hi):
+    code = self.q_code[lo:hi]
+    r = self.count[code]
+    row = np.repeat(np.arange(hi - lo), r)
+    within = np.arange(len(row)) - np.repeat(np.cumsum(r) - r, r)
+    col = self.order[self.start[code][row] + within]
+    if self.exclude_self:
+      keep = col != row + lo
+      row, col = row[keep], col[keep]
+    return row, col
+
+
+def _count(x, b):
+  return np.bincount(x, minlength=b)
+
+
+def _block_stats(s_BxM, key_BxM, key_rows, row, col, lo, exclude_self, groups, n_cells):
+  """Counts behind every metric for the relevant pairs (row, col) of one query block."""
+  b, m = s_BxM.shape
+  counts = ranking.threshold_counts(s_BxM, key_BxM, row, col, n_cells, groups is not None, key_rows)
+  (above, tied), group_counts = (counts, None) if groups is None else counts
+  val = s_BxM[row, col]
+  rel_above, rel_in = ranking.rank_within(row, val)
+  n_rel = _count(row, b)
+  n_valid = m - (1 if exclude_self else 0)
+  matching = [("matching_1v2", above - rel_above, tied - rel_in, n_valid - n_rel)]
+  if groups is not None:
+    q_grp, g_grp = groups
+    g_count = np.bincount(g_grp, minlength=int(max(q_grp.max(), g_grp.max())) + 1)
+    n_same = g_count[q_grp[lo:lo + b]] - (1 if exclude_self else 0)  # an excluded self is in its own group
+    rel_same = q_grp[lo + row] == g_grp[col]
+    rg_above, rg_in = ranking.rank_within(row, val, mask=rel_same)
+    (g_above, g_tied) = group_counts
+    matching.append(("matching_1v2_gender", g_above - rg_above, g_tied - rg_in, n_same - _count(row[rel_same], b)))
+  return dict(row=row, g=above, t=tied, rel_above=rel_above, rel_in=rel_in, n_rel=n_rel, matching=matching)
+
+
+class _PairSampler:
+  """Today's seeded verification sample: each pair kept with probability p, drawn row block by row block."""
+
+  def __init__(self, n, m, max_pairs, seed):
+    self.keep_p = min(1.0, max_pairs / float(n * m))
+    self.rng = np.random.default_rng(seed)
+
+  def keep(self, lo, b, m, exclude_self):
+    keep = np.ones((b, m), bool)
+    if exclude_self:
+      keep[np.arange(b), np.arange(lo, lo + b)] = False
+    if self.keep_p < 1.0:
+      keep &= self._draw((b, m))  # the same stream as one draw over all rows
+    return keep
+
+  def _draw(self, shape):
+    """rng.random(shape) < keep_p, from the raw 64-bit draws it is made of (u = (x >> 11) / 2^53): 3x faster."""
+    c = math.ceil(self.keep_p * 2.0 ** 53)
+    if isinstance(self.rng.bit_generator, np.random.PCG64) and c < 2 ** 53:
+      return self.rng.bit_generator.random_raw(shape) < np.uint64(c << 11)
+    return self.rng.random(shape) < self.keep_p
+
+
+def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("cosine",), exclude_self=False,
+              query_groups=None, gallery_groups=None, ks=DEFAULT_KS, ap_k=DEFAULT_AP_K, verify=None,
+              use_jax=None, block_elems=None, n_cells=ranking.N_CELLS, progress=True, desc="retrieval",
+              metrics="all"):
+  """{score: per-query metrics} for several scores of one (query, gallery) pair, from shared score blocks.
+
+  q_sig / g_sig: posterior standard deviations (needed by 'w2'); verify: (max_pairs, seed) to also return
+  {score: (sampled scores, same-label flags)} as the second value, else None; metrics='first_hit': MRR and
+  Recall@K only, from three counts per query fused with the score kernel (no per-item work).
+  """
+  n, m = len(q_mu), len(g_mu)
+  if len(query_labels) != n or len(gallery_labels) != m:
+    raise ValueError(f"labels ({len(query_labels)}, {len(gallery_labels)}) do not match latents ({n}, {m})")
   if exclude_self and n != m:
     raise ValueError("exclude_self needs the query set to be the gallery set")
   if m == 0 or n == 0:
     raise ValueError("empty query or gallery set")
+  q_code, g_code = _codes(query_labels, gallery_labels)
+  groups = None
+  if query_groups is not None and gallery_groups is not None:
+    groups = _codes(query_groups, gallery_groups)
+  relevant = _Relevant(q_code, g_code, exclude_self)
+  first_only = metrics == "first_hit"
+  if block_elems is None:  # query rows x gallery per block: few counts come back per row in first_hit mode
+    block_elems = 1 << (25 if first_only else 23)
+  scorer = ranking.BlockScorer(q_mu, q_sig, g_mu, g_sig, q_code, g_code, scores, exclude_self, use_jax,
+                               block_elems, 0 if first_only else n_cells, None if first_only else groups)
+  sampler = _PairSampler(n, m, *verify) if verify is not None else None
   harm = chance.harmonic(np.arange(m + 1))
-  rows = max(1, chunk_elems // m)
-  per = {}
-  starts = range(0, n, rows)
-  for lo in progress_lib.bar(starts, desc=f"retrieval ({score})", disable=not progress or len(starts) < 4):
-    hi = min(n, lo + rows)
-    s = score_matrix(query_NxD[lo:hi], gallery_MxD, score)
-    rel = q_lab[lo:hi, None] == g_lab[None, :]
-    valid = np.ones_like(rel)
-    if exclude_self:
-      i = np.arange(lo, hi)
-      s[i - lo, i] = -np.inf
-      rel[i - lo, i] = False
-      valid[i - lo, i] = False
-    neg = valid & ~rel
-    negg = None
-    if query_groups is not None and gallery_groups is not None:
-      qg, gg = np.asarray(query_groups)[lo:hi, None], np.asarray(gallery_groups)[None, :]
-      negg = neg & (qg == gg)
-    for key, val in _chunk_metrics(s, rel, neg, negg, ks, ap_k, harm).items():
-      per.setdefault(key, []).append(val)
-    per.setdefault("n_relevant", []).append(rel.sum(1))
-  out = {k: np.concatenate(v) for k, v in per.items()}
-  m_eff = m - 1 if exclude_self else m
+  per = {s: {} for s in scores}
+  pairs = {s: ([], []) for s in scores}
+  for lo, hi, blocks in progress_lib.bar(scorer, desc=desc, disable=not progress or len(scorer) < 4):
+    if first_only:
+      for score, (g0, t0, r0) in blocks.items():
+        n_rel = relevant.count[q_code[lo:hi]] - (1 if exclude_self else 0) * (
+            relevant.count[q_code[lo:hi]] > 0)
+        rows = np.flatnonzero(n_rel > 0)
+        rr, hits = rank_metrics.first_hit(rows, g0[rows], t0[rows], r0[rows], n_rel, ks)
+        for key, val in {"mrr": rr, **{f"recall@{k}": hits[k] for k in ks}, "n_relevant": n_rel}.items():
+          per[score].setdefault(key, []).append(val)
+      continue
+    row, col = relevant.block(lo, hi)
+    keep = same = None
+    if sampler is not None:
+      keep = sampler.keep(lo, hi - lo, m, exclude_self)
+      same = (q_code[lo:hi, None] == g_code[None, :])[keep]
+    for score, (s_BxM, key_BxM, key_rows) in blocks.items():
+      st = _block_stats(s_BxM, key_BxM, key_rows, row, col, lo, exclude_self, groups, scorer.n_cells)
+      vals = rank_metrics.query_metrics(st["row"], st["g"], st["t"], st["rel_above"], st["rel_in"], st["n_rel"],
+                                        ks, ap_k, harm, st["matching"])
+      vals["n_relevant"] = st["n_rel"]
+      for key, val in vals.items():
+        per[score].setdefault(key, []).append(val)
+      if keep is not None:
+        pairs[score][0].append(s_BxM[keep])  # float32 sorts faster; same order
+        pairs[score][1].append(same)
+  out = {s: _with_chance({k: np.concatenate(v) for k, v in per[s].items()}, m - 1 if exclude_self else m, ks,
+                         ap_k) for s in scores}
+  if sampler is None:
+    return out, None
+  return out, {s: (np.concatenate(a), np.concatenate(b)) for s, (a, b) in pairs.items()}
+
+
+def _with_chance(out, m_eff, ks, ap_k):
+  """Adds `<metric>_chance` per query: the same metric of a uniformly random ranking of its gallery."""
   r = out["n_relevant"]
   cache = {}
   for ri in np.unique(r[r > 0]):
@@ -206,9 +212,26 @@ def rank_queries(query_NxD, gallery_MxD, query_labels, gallery_labels, score="co
                  f"ap@{ap_k}": chance.average_precision_at_k(m_eff, ri, ap_k),
                  f"ap_top@{ap_k}": chance.average_precision_top_k(m_eff, ri, ap_k),
                  **{f"recall@{k}": chance.recall_at_k(m_eff, ri, k) for k in ks}}
-  for key in next(iter(cache.values()), {}):
+  for key in [k for k in next(iter(cache.values()), {}) if k in out]:
     out[f"{key}_chance"] = np.array([cache[int(x)][key] if x > 0 else np.nan for x in r])
   return out
+
+
+def rank_queries(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
+                 exclude_self=False, query_groups=None, gallery_groups=None, ks=DEFAULT_KS,
+                 ap_k=DEFAULT_AP_K, chunk_elems=None, progress=True, use_jax=None) -> dict:
+  """Per-query metric arrays and their exact chance levels; NaN for queries with nothing relevant.
+
+  `*_NxD` are `features(...)` of the same score; `*_groups` (e.g. gender) enable the constrained
+  1:2 matching; exclude_self requires query i and gallery i to be the same example.
+  """
+  if score not in SCORES:
+    raise ValueError(f"unknown retrieval score {score!r}; use one of {SCORES}")
+  kind = "cosine" if score == "cosine" else "euclidean"  # W2 features: the Euclidean distance of [mu, sigma]
+  per, _ = rank_many(query_NxD, None, gallery_MxD, None, query_labels, gallery_labels, (kind,), exclude_self,
+                     query_groups, gallery_groups, ks, ap_k, use_jax=use_jax, block_elems=chunk_elems,
+                     progress=progress, desc=f"retrieval ({score})")
+  return per[kind]
 
 
 def summarise(per_query: dict) -> dict:
@@ -233,12 +256,35 @@ def retrieval_metrics(query_mu, gallery_mu, query_labels, gallery_labels, score=
                       query_logvar=None, gallery_logvar=None, exclude_self=False, max_pairs=4_000_000,
                       seed=0, **kwargs) -> dict:
   """Summary metrics (with `_chance` keys) for one direction and score, verification included."""
-  q = features(query_mu, query_logvar, score)
-  g = features(gallery_mu, gallery_logvar, score)
-  out = summarise(rank_queries(q, g, query_labels, gallery_labels, score=score,
-                               exclude_self=exclude_self, **kwargs))
-  out.update(verification(q, g, query_labels, gallery_labels, score=score, exclude_self=exclude_self,
-                          max_pairs=max_pairs, seed=seed))
+  return retrieval_scores(query_mu, gallery_mu, query_labels, gallery_labels, (score,), query_logvar,
+                          gallery_logvar, exclude_self, max_pairs, seed, **kwargs)[score]
+
+
+def _sigma(mu, logvar, scores):
+  if "w2" not in scores:
+    return None
+  if logvar is None:
+    raise ValueError("score 'w2' needs the posteriors' log-variances")
+  return np.exp(0.5 * np.asarray(logvar, np.float64))
+
+
+def retrieval_scores(query_mu, gallery_mu, query_labels, gallery_labels, scores=SCORES, query_logvar=None,
+                     gallery_logvar=None, exclude_self=False, max_pairs=4_000_000, seed=0, **kwargs) -> dict:
+  """{score: retrieval_metrics(...)} for several scores at once: one pass of shared dot products."""
+  for score in scores:
+    if score not in SCORES:
+      raise ValueError(f"unknown retrieval score {score!r}; use one of {SCORES}")
+  kwargs.setdefault("progress", True)
+  kwargs.pop("chunk_elems", None)
+  per, pairs = rank_many(np.asarray(query_mu, np.float64), _sigma(query_mu, query_logvar, scores),
+                         np.asarray(gallery_mu, np.float64), _sigma(gallery_mu, gallery_logvar, scores),
+                         query_labels, gallery_labels, tuple(scores), exclude_self, verify=(max_pairs, seed),
+                         **kwargs)
+  out = {}
+  for score in scores:
+    out[score] = summarise(per[score])
+    out[score].update(_verification_summary(*pairs[score], pairs_sampled=max_pairs < len(query_mu) * len(
+        gallery_mu)))
   return out
 
 
@@ -247,8 +293,10 @@ def mean_reciprocal_rank(query_NxZ, gallery_MxZ, query_labels, gallery_labels, s
   """MRR of retrieving same-label gallery items (expected value under random tie-breaking)."""
   q = features(query_NxZ, query_logvar, score)
   g = features(gallery_MxZ, gallery_logvar, score)
-  per = rank_queries(q, g, query_labels, gallery_labels, score=score, ks=(), progress=False)
-  rr = per["mrr"][per["n_relevant"] > 0]
+  kind = "cosine" if score == "cosine" else "euclidean"
+  per, _ = rank_many(q, None, g, None, query_labels, gallery_labels, (kind,), ks=(), progress=False,
+                     metrics="first_hit")
+  rr = per[kind]["mrr"][per[kind]["n_relevant"] > 0]
   return float(rr.mean()) if rr.size else float("nan")
 
 
@@ -274,6 +322,11 @@ def equal_error_rate(scores, same) -> float:
   last = np.r_[s[1:] != s[:-1], True]  # accept everything scoring >= each distinct threshold
   tpr = np.r_[0.0, np.cumsum(y)[last] / n_pos]
   fpr = np.r_[0.0, np.cumsum(~y)[last] / n_neg]
+  return _eer(tpr, fpr)
+
+
+def _eer(tpr, fpr) -> float:
+  """The EER on an ROC curve given at every distinct threshold, from the strictest (0, 0) on."""
   d = fpr - (1.0 - tpr)  # rises from -1 to +1
   i = int(np.argmax(d >= 0))
   if i == 0:
@@ -283,28 +336,48 @@ def equal_error_rate(scores, same) -> float:
   return float(f0 + a * (f1 - f0))
 
 
+def _verification_summary(s, y, pairs_sampled) -> dict:
+  """roc_auc and equal_error_rate of the same pairs from one sort (the sample holds millions of pairs)."""
+  s, y = np.asarray(s), np.asarray(y, bool)
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  auc = eer = float("nan")
+  if n_pos and n_neg:
+    if s.dtype == np.float32:  # one sort of (order-preserving bits, label) keys instead of an argsort
+      u = (s + np.float32(0.0)).view(np.uint32)  # -0.0 becomes 0.0: equal values, equal bits
+      bits = np.where(u >> 31, ~u, u | np.uint32(1 << 31)).astype(np.uint64)
+      key = np.sort((bits << np.uint64(1)) | y)
+      ss, yy = key >> np.uint64(1), (key & np.uint64(1)).astype(bool)
+    else:
+      order = np.argsort(s, kind="stable")
+      ss, yy = s[order], y[order]
+    new = np.r_[True, ss[1:] != ss[:-1]]
+    gid = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(ss)]
+    midrank = (starts + 1 + ends) / 2.0  # ties share the mean of their ranks
+    auc = float((midrank[gid][yy].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    pos = np.bincount(gid, weights=yy, minlength=len(starts))[::-1]  # highest threshold first
+    neg = (ends - starts)[::-1] - pos
+    eer = _eer(np.r_[0.0, np.cumsum(pos) / n_pos], np.r_[0.0, np.cumsum(neg) / n_neg])
+  return {"auc": auc, "auc_chance": chance.AUC_CHANCE, "eer": eer, "eer_chance": chance.EER_CHANCE,
+          "verification_pairs": int(len(s)), "verification_pairs_sampled": pairs_sampled}
+
+
 def verification(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
-                 exclude_self=False, max_pairs=4_000_000, seed=0, chunk_elems=1 << 20) -> dict:
+                 exclude_self=False, max_pairs=4_000_000, seed=0, chunk_elems=1 << 22) -> dict:
   """ROC AUC and EER over (query, gallery) pairs: all of them, or each kept with probability
   max_pairs / (N*M) by a seeded generator when there are more (same pairs for any chunk size)."""
-  q_lab, g_lab = np.asarray(query_labels), np.asarray(gallery_labels)
+  if score not in SCORES:
+    raise ValueError(f"unknown retrieval score {score!r}; use one of {SCORES}")
   n, m = len(query_NxD), len(gallery_MxD)
-  keep_p = min(1.0, max_pairs / float(n * m))
-  rng = np.random.default_rng(seed)
-  rows = max(1, chunk_elems // m)
+  kind = "cosine" if score == "cosine" else "euclidean"
+  q_code, g_code = _codes(query_labels, gallery_labels)
+  scorer = ranking.BlockScorer(query_NxD, None, gallery_MxD, None, q_code, g_code, (kind,), exclude_self,
+                               block_elems=chunk_elems)
+  sampler = _PairSampler(n, m, max_pairs, seed)
   scores, same = [], []
-  for lo in range(0, n, rows):
-    hi = min(n, lo + rows)
-    s = score_matrix(query_NxD[lo:hi], gallery_MxD, score)
-    keep = np.ones(s.shape, bool)
-    if exclude_self:
-      i = np.arange(lo, hi)
-      keep[i - lo, i] = False
-    if keep_p < 1.0:
-      keep &= rng.random(s.shape) < keep_p
-    scores.append(s[keep])
-    same.append((q_lab[lo:hi, None] == g_lab[None, :])[keep])
-  s, y = np.concatenate(scores), np.concatenate(same)
-  return {"auc": roc_auc(s, y), "auc_chance": chance.AUC_CHANCE, "eer": equal_error_rate(s, y),
-          "eer_chance": chance.EER_CHANCE, "verification_pairs": int(len(s)),
-          "verification_pairs_sampled": keep_p < 1.0}
+  for lo, hi, blocks in scorer:
+    keep = sampler.keep(lo, hi - lo, m, exclude_self)
+    scores.append(blocks[kind][0][keep])  # float32 sorts faster; same order
+    same.append((q_code[lo:hi, None] == g_code[None, :])[keep])
+  return _verification_summary(np.concatenate(scores), np.concatenate(same), sampler.keep_p < 1.0)

@@ -1,0 +1,202 @@
+"""Blocked score kernels: a block of queries against the whole gallery, never an N x M matrix.
+
+Several scores come from the same dot products: cosine and euclidean from mu.mu', W2 from mu.mu' + sigma.sigma'
+and the squared norms. Large sets run in JAX (float32, jit, the same code on CPU and GPU) on query blocks padded
+to one shape, so it compiles once; small sets run in NumPy float64 (no compile time, today's exact scores).
+
+Besides the scores, each kernel returns a monotone cell index per item (`cells`): items in a cell above a
+threshold's cell score above it, items in a cell below score below it, so a rank needs exact comparisons only
+inside the few cells that hold a relevant item's score (see `threshold_counts`). The cells span the row's
+relevant scores, where the ranks are needed, so few items share a cell with one.
+"""
+
+import functools
+
+import numpy as np
+
+N_CELLS = 4096
+SCORE_KINDS = {"cosine": ("cos", False), "euclidean": ("euc", False), "w2": ("euc", True)}
+
+
+def _cells(xp, s_BxM, rel_BxM, n_cells):
+  """Monotone cell of each score: 0 below the lowest relevant score, then N_CELLS - 2 cells up to the highest."""
+  inf = xp.asarray(np.inf, s_BxM.dtype)
+  lo = xp.min(xp.where(rel_BxM, s_BxM, inf), axis=1)
+  hi = xp.max(xp.where(rel_BxM, s_BxM, -inf), axis=1)
+  has = xp.isfinite(lo)
+  lo = xp.where(has, lo, 0)
+  width = xp.where(has, hi - lo, 1)
+  width = xp.where(width > 0, width, xp.maximum(xp.abs(lo), 1) * 2.0 ** -10)  # one distinct relevant score
+  scale = xp.where(has, (n_cells - 3) / width, 0).astype(s_BxM.dtype)
+  x = (s_BxM - lo[:, None]) * scale[:, None]  # rounding is monotone, so the cells are too
+  ok = x >= 0  # False for -inf (an excluded self score) and the NaN it may give
+  return xp.where(ok, xp.minimum(xp.floor(xp.where(ok, x, 0)) + 1, n_cells - 1), 0).astype(xp.int32)
+
+
+def _scores(xp, q, g, kinds):
+  """{kind: B x M score block} from the shared dot products of query and gallery parts."""
+  dot = q["mu"] @ g["mu"].T
+  dot_w2 = dot + q["sig"] @ g["sig"].T if any(w2 for _, w2 in kinds.values()) else None
+  out = {}
+  for name, (kind, w2) in kinds.items():
+    d = dot_w2 if w2 else dot
+    if kind == "cos" and "unit" in q:
+      s = q["unit"] @ g["unit"].T  # NumPy: today's scores, exactly (parallel vectors tie)
+    elif kind == "cos":
+      s = d / (xp.maximum(q["norm"], 1e-12)[:, None] * xp.maximum(g["norm"], 1e-12)[None, :])
+    else:
+      sq_q, sq_g = (q["sq_w2"], g["sq_w2"]) if w2 else (q["sq"], g["sq"])
+      s = -xp.sqrt(xp.maximum(sq_q[:, None] + sq_g[None, :] - 2.0 * d, 0.0))
+    out[name] = s + 0.0  # -0.0 becomes 0.0: equal scores stay equal to every comparison
+  return out
+
+
+def _block(xp, q, g, q_code, g_code, q_idx, exclude_self, kinds, n_cells, q_grp=None, g_grp=None):
+  """Scores and cell keys of one query block; an excluded self pair scores -inf and is not relevant.
+
+  key = row * n_cells + cell, plus rows * n_cells for items outside the query's group (when groups are given),
+  so one histogram counts both all items and the query's group.
+  """
+  rel = q_code[:, None] == g_code[None, :]
+  scores = _scores(xp, q, g, kinds)
+  if exclude_self:
+    me = q_idx[:, None] == xp.arange(g_code.shape[0])[None, :]
+    rel = rel & ~me
+    scores = {k: xp.where(me, -np.inf, s) for k, s in scores.items()}
+  if n_cells == 0:  # first relevant group only (MRR, Recall@K): three counts per query, fused with the scores
+    out = {}
+    for k, s in scores.items():
+      best = xp.max(xp.where(rel, s, -np.inf), axis=1, keepdims=True)
+      at = s == best
+      out[k] = (xp.sum(s > best, axis=1), xp.sum(at, axis=1), xp.sum(at & rel, axis=1))
+    return out
+  b = q_code.shape[0]
+  itype = xp.int32 if xp is not np else np.int64
+  base = (xp.arange(b, dtype=itype) * n_cells)[:, None]
+  if q_grp is not None:
+    base = base + xp.where(q_grp[:, None] == g_grp[None, :], 0, b * n_cells).astype(itype)
+  return {k: (s, base + _cells(xp, s, rel, n_cells).astype(itype)) for k, s in scores.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _jax_block(kinds_items, exclude_self, n_cells):
+  import jax
+  import jax.numpy as jnp
+
+  def f(q, g, q_code, g_code, q_idx, q_grp, g_grp):
+    return _block(jnp, q, g, q_code, g_code, q_idx, exclude_self, dict(kinds_items), n_cells, q_grp, g_grp)
+  return jax.jit(f)
+
+
+def parts(mu_NxZ, sig_NxZ, dtype):
+  """The per-item arrays the kernels read: means, sigmas and the norms every score needs."""
+  mu = np.asarray(mu_NxZ, dtype)
+  sig = np.zeros((len(mu), 0), dtype) if sig_NxZ is None else np.asarray(sig_NxZ, dtype)
+  sq = np.sum(mu.astype(np.float64) ** 2, axis=1)
+  sq_w2 = sq + np.sum(sig.astype(np.float64) ** 2, axis=1)
+  out = {"mu": mu, "sig": sig, "sq": sq.astype(dtype), "sq_w2": sq_w2.astype(dtype),
+         "norm": np.sqrt(sq).astype(dtype)}
+  if dtype == np.float64:  # small sets: cosine of normalised means as before; large ones reuse the dot
+    out["unit"] = mu / np.maximum(np.linalg.norm(mu, axis=1, keepdims=True), 1e-12)
+  return out
+
+
+class BlockScorer:
+  """Yields (lo, hi, {score: (s_BxM, key_BxM, key_rows)}) over query blocks; NumPy float64 or JAX float32.
+
+  n_cells=0: {score: (above, tied, relevant tied)} of each query's best relevant item instead.
+  """
+
+  def __init__(self, q_mu, q_sig, g_mu, g_sig, q_code, g_code, scores, exclude_self, use_jax=None,
+               block_elems=1 << 22, n_cells=N_CELLS, groups=None):
+    n, m = len(q_mu), len(g_mu)
+    self.use_jax = n * m >= (1 << 22) if use_jax is None else use_jax
+    self.kinds = tuple((s, SCORE_KINDS[s]) for s in scores)
+    dtype = np.float32 if self.use_jax else np.float64
+    self.q, self.g = parts(q_mu, q_sig, dtype), parts(g_mu, g_sig, dtype)
+    self.q_code, self.g_code = np.asarray(q_code, np.int32), np.asarray(g_code, np.int32)
+    # Cells a few items wide: enough that few items share one with a relevant score, few enough to histogram.
+    n_cells = n_cells and int(min(n_cells, max(16, 1 << int(np.log2(max(m, 1) // 8 or 1)))))
+    self.exclude_self, self.n, self.n_cells = exclude_self, n, n_cells
+    self.groups = None if groups is None else tuple(np.asarray(x, np.int32) for x in groups)
+    rows = min(4096, max(1, block_elems // max(m, 1)))  # keys stay within int32
+    self.rows = 1 << int(np.log2(rows)) if self.use_jax else rows  # few distinct shapes: few compiles
+    if self.use_jax:
+      import jax
+      self.g_dev = jax.device_put(self.g)
+      self.g_code_dev = jax.device_put(self.g_code)
+      self.g_grp_dev = None if self.groups is None else jax.device_put(self.groups[1])
+
+  def __len__(self):
+    return -(-self.n // self.rows)
+
+  def __iter__(self):
+    for lo in range(0, self.n, self.rows):
+      hi = min(self.n, lo + self.rows)
+      yield lo, hi, self._one(lo, hi)
+
+  def _one(self, lo, hi):
+    idx = np.arange(lo, lo + self.rows if self.use_jax else hi)
+    take = np.minimum(idx, self.n - 1)  # padded rows repeat the last query and are dropped below
+    q = {k: v[take] for k, v in self.q.items()}
+    code = np.where(idx < self.n, self.q_code[take], -1)  # padding matches nothing
+    q_grp = None if self.groups is None else self.groups[0][take]
+    if not self.use_jax:
+      g_grp = None if self.groups is None else self.groups[1]
+      with np.errstate(invalid="ignore"):  # -inf self scores times a zero scale: NaN, put in cell 0
+        out = _block(np, q, self.g, code, self.g_code, idx, self.exclude_self, dict(self.kinds), self.n_cells,
+                     q_grp, g_grp)
+      return {k: v + ((hi - lo,) if self.n_cells else ()) for k, v in out.items()}
+    import jax
+    f = _jax_block(self.kinds, self.exclude_self, self.n_cells)
+    out = jax.device_get(f(q, self.g_dev, code, self.g_code_dev, idx.astype(np.int32), q_grp, self.g_grp_dev))
+    return {k: tuple(x[:hi - lo] for x in v) + ((self.rows,) if self.n_cells else ()) for k, v in out.items()}
+
+
+def threshold_counts(s_BxM, key_BxM, t_row, t_col, n_cells=N_CELLS, grouped=False, key_rows=None):
+  """Items scoring strictly above, and equal to, each threshold s[t_row, t_col] in its row: (above, tied) of
+  all items, and with `grouped` (keys from groups) also of the items in the query's group.
+
+  Whole cells above the threshold's cell are counted from a histogram; inside its cell the items are compared
+  exactly, through one sort of the items that share a cell with some threshold (few, by construction).
+  """
+  b = s_BxM.shape[0] if key_rows is None else key_rows  # the rows the kernel made keys for (padding included)
+  half = b * n_cells  # keys of items outside the query's group start here
+  key = key_BxM.ravel()
+  hist = np.bincount(key, minlength=2 * half if grouped else half)
+  hist = hist.reshape(-1, b, n_cells)
+  above_cell = (np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1] - hist).reshape(len(hist), -1)
+  t_key = key_BxM[t_row, t_col] % half  # the threshold's cell (a relevant item may lie outside the group)
+  t_val = s_BxM[t_row, t_col]
+  mark = np.zeros(len(hist) * half, bool)
+  for part in range(len(hist)):
+    mark[t_key + part * half] = True
+  sel = np.flatnonzero(mark[key])
+  vals = s_BxM.ravel()[sel]
+  uniq = np.unique(np.concatenate([vals, t_val]))
+  u = len(uniq) + 1
+  comp = np.sort(key[sel].astype(np.int64) * u + np.searchsorted(uniq, vals))  # (part, row, cell, value) as one
+  t_rank = np.searchsorted(uniq, t_val)
+  counts = []
+  for part in range(len(hist)):
+    k = t_key.astype(np.int64) + part * half
+    left = np.searchsorted(comp, k * u + t_rank, "left")
+    right = np.searchsorted(comp, k * u + t_rank, "right")
+    end = np.searchsorted(comp, (k + 1) * u, "left")
+    counts.append((above_cell[part][t_key] + (end - right), right - left))
+  if not grouped:
+    return counts[0]
+  (ga, gt), (oa, ot) = counts
+  return (ga + oa, gt + ot), (ga, gt)
+
+
+def rank_within(t_row, t_val, mask=None):
+  """For entries (row, value): how many entries of the same row (of mask) score strictly above, and equal."""
+  mask = np.ones(len(t_row), bool) if mask is None else mask
+  uniq = np.unique(t_val)
+  u = len(uniq) + 1
+  key = t_row.astype(np.int64) * u + np.searchsorted(uniq, t_val)
+  comp = np.sort(key[mask])
+  left, right = np.searchsorted(comp, key, "left"), np.searchsorted(comp, key, "right")
+  end = np.searchsorted(comp, (t_row.astype(np.int64) + 1) * u, "left")
+  return end - right, right - left

@@ -1,0 +1,214 @@
+"""Blocked ranking (NumPy and JAX kernels) against plain loops over every tie order, sorted rows and counts."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from mmvae.analysis import chance, ranking, retrieval
+
+
+def _tie_orders(scores):
+  levels = sorted(set(scores), reverse=True)
+  groups = [[i for i, s in enumerate(scores) if s == lv] for lv in levels]
+  for perms in itertools.product(*(itertools.permutations(g) for g in groups)):
+    yield [i for p in perms for i in p]
+
+
+def _metrics_of_ranking(ranked_rel, ks, ap_k):
+  """MRR, Recall@k, AP, AP@k and AP_top@k of one ranked list of relevance flags, by a plain loop."""
+  n_rel = sum(ranked_rel)
+  hits, precisions, first = 0, [], None
+  for pos, rel in enumerate(ranked_rel, start=1):
+    if rel:
+      hits += 1
+      precisions.append((pos, hits / pos))
+      first = first or pos
+  top = [p for pos, p in precisions if pos <= ap_k]
+  out = {"mrr": 1.0 / first, "ap": sum(p for _, p in precisions) / n_rel,
+         f"ap@{ap_k}": sum(top) / min(n_rel, ap_k), f"ap_top@{ap_k}": sum(top) / len(top) if top else 0.0}
+  out.update({f"recall@{k}": float(first <= k) for k in ks})
+  return out
+
+
+def _expected(scores, relevant, ks, ap_k):
+  """Every metric averaged over all tie orders (tiny galleries only)."""
+  totals, count = {}, 0
+  for order in _tie_orders(scores):
+    count += 1
+    for key, v in _metrics_of_ranking([relevant[j] for j in order], ks, ap_k).items():
+      totals[key] = totals.get(key, 0.0) + v
+  return {k: v / count for k, v in totals.items()}
+
+
+def _matching(scores, relevant, negative):
+  pairs = [(a, b) for a in range(len(scores)) for b in range(len(scores)) if relevant[a] and negative[b]]
+  if not pairs:
+    return float("nan")
+  return sum(1.0 if scores[a] > scores[b] else 0.5 if scores[a] == scores[b] else 0.0 for a, b in pairs) / len(pairs)
+
+
+def _close(got, want):
+  return (math.isnan(want) and np.isnan(got)) or got == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("use_jax", [False, True])
+@pytest.mark.parametrize("n,m,chunk,exclude_self", [(13, 7, 28, False), (9, 9, 30, True), (11, 6, 6, False)])
+def test_ties_match_every_tie_order(use_jax, n, m, chunk, exclude_self):
+  rng = np.random.default_rng(n * 100 + m)
+  # Integer 1-d features under the euclidean score: exact small-integer scores in float32 too, so many ties.
+  q = rng.integers(0, 3, (n, 1)).astype(float)
+  g = q[:m].copy() if exclude_self else rng.integers(0, 3, (m, 1)).astype(float)
+  q_lab = rng.integers(0, 3, n)
+  g_lab = q_lab[:m].copy() if exclude_self else rng.integers(0, 3, m)
+  q_lab[0] = 7  # nothing relevant (with exclude_self: only itself, which is excluded)
+  q_grp, g_grp = rng.integers(0, 2, n), rng.integers(0, 2, m)
+  if exclude_self:
+    g_lab, g_grp = q_lab.copy(), q_grp.copy()
+  ks, ap_k = (1, 2, 4), 3
+  per = retrieval.rank_queries(q, g, q_lab, g_lab, score="euclidean", exclude_self=exclude_self, ks=ks, ap_k=ap_k,
+                               query_groups=q_grp, gallery_groups=g_grp, chunk_elems=chunk, use_jax=use_jax,
+                               progress=False)
+  for i in range(n):
+    items = [j for j in range(m) if not (exclude_self and j == i)]
+    scores = [-abs(q[i, 0] - g[j, 0]) for j in items]
+    relevant = [q_lab[i] == g_lab[j] for j in items]
+    assert per["n_relevant"][i] == sum(relevant)
+    if not any(relevant):
+      assert np.isnan(per["mrr"][i]) and np.isnan(per["ap"][i])
+      continue
+    for key, v in _expected(scores, relevant, ks, ap_k).items():
+      assert _close(per[key][i], v), (i, key)
+    negative = [not r for r in relevant]
+    assert _close(per["matching_1v2"][i], _matching(scores, relevant, negative))
+    neg_g = [negative[k] and q_grp[i] == g_grp[j] for k, j in enumerate(items)]
+    assert _close(per["matching_1v2_gender"][i], _matching(scores, relevant, neg_g))
+
+
+@pytest.mark.parametrize("use_jax", [False, True])
+@pytest.mark.parametrize("n,m,chunk", [(37, 53, 53 * 8), (64, 61, 61 * 16), (5, 200, 200 * 4)])
+def test_continuous_scores_match_sorted_rows(use_jax, n, m, chunk):
+  rng = np.random.default_rng(n + m)
+  q, g = rng.normal(size=(n, 6)), rng.normal(size=(m, 6))
+  q_lab, g_lab = rng.integers(0, 5, n), rng.integers(0, 5, m)
+  q_lab[-1] = 99
+  ks, ap_k = (1, 5, 10), 20
+  per = retrieval.rank_queries(q, g, q_lab, g_lab, ks=ks, ap_k=ap_k, chunk_elems=chunk, use_jax=use_jax,
+                               progress=False)
+  for i in range(n):
+    s = [float(q[i] @ g[j]) / math.sqrt(float(q[i] @ q[i]) * float(g[j] @ g[j])) for j in range(m)]
+    ranked = [g_lab[j] == q_lab[i] for j in sorted(range(m), key=lambda j: -s[j])]
+    if not any(ranked):
+      assert np.isnan(per["mrr"][i])
+      continue
+    for key, v in _metrics_of_ranking(ranked, ks, ap_k).items():
+      assert per[key][i] == pytest.approx(v, abs=1e-9), (i, key)
+  mrr = retrieval.mean_reciprocal_rank(q, g, q_lab, g_lab)
+  assert mrr == pytest.approx(np.nanmean(per["mrr"]), abs=1e-12)
+
+
+@pytest.mark.parametrize("use_jax", [False, True])
+def test_first_hit_mode_matches_a_plain_loop(use_jax):
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 3, (21, 2)).astype(float)  # ties, some in the first relevant group
+  lab = rng.integers(0, 4, 21)
+  per, _ = retrieval.rank_many(x, None, x, None, lab, lab, ("euclidean",), exclude_self=True, ks=(1, 3),
+                               use_jax=use_jax, block_elems=21 * 4, progress=False, metrics="first_hit")
+  for i in range(21):
+    items = [j for j in range(21) if j != i]
+    scores = [-float(np.linalg.norm(x[i] - x[j])) for j in items]
+    relevant = [lab[i] == lab[j] for j in items]
+    if not any(relevant):
+      assert np.isnan(per["euclidean"]["mrr"][i])
+      continue
+    # Independent of the library's law: the exact mean over random tie orders by a seeded simulation.
+    rng_i = np.random.default_rng(i)
+    sims = [next(p for p, j in enumerate(sorted(range(20), key=lambda j: (-scores[j], key[j])), 1) if relevant[j])
+            for key in rng_i.random((4000, 20))]
+    assert per["euclidean"]["mrr"][i] == pytest.approx(np.mean([1.0 / p for p in sims]), abs=0.02), i
+    assert per["euclidean"]["recall@3"][i] == pytest.approx(np.mean([p <= 3 for p in sims]), abs=0.03), i
+    assert per["euclidean"]["mrr_chance"][i] == pytest.approx(chance.mrr(20, sum(relevant)))
+
+
+def test_threshold_counts_match_brute_force():
+  rng = np.random.default_rng(4)
+  for n_cells in (3, 5, 64):
+    s = rng.integers(0, 6, (7, 40)).astype(np.float32)
+    s[2, 5] = -np.inf
+    rel = rng.random((7, 40)) < 0.2
+    with np.errstate(invalid="ignore"):  # the -inf item in a row of zero scale
+      key = ranking._cells(np, s, rel, n_cells) + np.arange(7)[:, None] * n_cells
+    row, col = np.nonzero(rel)
+    mask = rng.random((7, 40)) < 0.5  # the query's group
+    plain = ranking.threshold_counts(s, key, row, col, n_cells)
+    both, in_group = ranking.threshold_counts(s, key + np.where(mask, 0, 7 * n_cells), row, col, n_cells,
+                                              grouped=True)
+    np.testing.assert_array_equal(plain, both)
+    for counts, ok in ((plain, np.ones((7, 40), bool)), (in_group, mask)):
+      for e, (i, j) in enumerate(zip(row, col)):
+        assert counts[0][e] == sum(1 for k in range(40) if ok[i, k] and s[i, k] > s[i, j])
+        assert counts[1][e] == sum(1 for k in range(40) if ok[i, k] and s[i, k] == s[i, j])
+
+
+def test_shared_scores_equal_separate_calls_and_sklearn():
+  from sklearn import metrics as skm
+  rng = np.random.default_rng(5)
+  mu_a, mu_b = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+  lv_a, lv_b = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+  lab = rng.integers(0, 5, 30)
+  both = retrieval.retrieval_scores(mu_a, mu_b, lab, lab, retrieval.SCORES, lv_a, lv_b, progress=False)
+  for score in retrieval.SCORES:
+    one = retrieval.retrieval_metrics(mu_a, mu_b, lab, lab, score, lv_a, lv_b, progress=False)
+    assert set(one) == set(both[score])
+    for key, v in one.items():
+      assert v == pytest.approx(both[score][key], abs=1e-12), (score, key)
+    s = retrieval.score_matrix(retrieval.features(mu_a, lv_a, score), retrieval.features(mu_b, lv_b, score), score)
+    assert one["auc"] == pytest.approx(skm.roc_auc_score((lab[:, None] == lab[None]).ravel(), s.ravel()))
+
+
+def test_jax_path_agrees_with_numpy_on_continuous_scores():
+  rng = np.random.default_rng(6)
+  x, y = rng.normal(size=(150, 8)), rng.normal(size=(150, 8))
+  lab, grp = rng.integers(0, 10, 150), rng.integers(0, 2, 150)
+  for score in ("cosine", "euclidean"):
+    a = retrieval.rank_queries(x, y, lab, lab, score, query_groups=grp, gallery_groups=grp, progress=False,
+                               use_jax=False)
+    b = retrieval.rank_queries(x, y, lab, lab, score, query_groups=grp, gallery_groups=grp, progress=False,
+                               use_jax=True, chunk_elems=150 * 32)
+    for key in a:
+      np.testing.assert_allclose(a[key], b[key], atol=1e-9, err_msg=key)
+
+
+def test_chance_cache_is_bounded():
+  chance.first_hit_pmf.cache_clear()
+  for r in range(1, 60):
+    chance.mrr(5000, r)
+  info = chance.first_hit_pmf.cache_info()
+  assert info.maxsize is not None and info.maxsize <= 16 and info.currsize <= info.maxsize
+  assert chance.expected_inverse_first_hit(6, 2, 3) == pytest.approx(
+      sum(math.comb(6 - k, 1) / math.comb(6, 2) / (3 + k) for k in range(1, 6)))
+
+
+def test_pair_sample_is_todays_stream():
+  for n, m, max_pairs, rows in [(13, 17, 50, 4), (40, 9, 100, 7), (8, 8, 63, 3)]:
+    sampler = retrieval._PairSampler(n, m, max_pairs, seed=3)
+    got = np.concatenate([sampler.keep(lo, min(rows, n - lo), m, False) for lo in range(0, n, rows)])
+    want = np.random.default_rng(3).random((n, m)) < max_pairs / (n * m)  # one draw over all pairs
+    np.testing.assert_array_equal(got, want)
+
+
+def test_verification_summary_of_float32_ties_matches_sklearn():
+  from sklearn import metrics as skm
+  rng = np.random.default_rng(8)
+  for trial in range(4):
+    same = rng.random(2000) < 0.2
+    s = (rng.normal(size=2000) + same).astype(np.float32)
+    if trial % 2:
+      s = np.round(s, 1).astype(np.float32)  # ties, and -0.0 beside 0.0
+    out = retrieval._verification_summary(s, same, False)
+    assert out["auc"] == pytest.approx(skm.roc_auc_score(same, s.astype(np.float64)), abs=1e-12)
+    fpr, tpr, _ = skm.roc_curve(same, s.astype(np.float64))
+    i = int(np.argmax(fpr + tpr >= 1.0))  # the first ROC point past the EER line, then interpolate
+    a = (1.0 - tpr[i - 1] - fpr[i - 1]) / ((fpr[i] - fpr[i - 1]) + (tpr[i] - tpr[i - 1]))
+    assert out["eer"] == pytest.approx(fpr[i - 1] + a * (fpr[i] - fpr[i - 1]), abs=1e-12)

@@ -17,6 +17,9 @@ FEATURE_KEYS = ("sample_rate", "segment_samples", "window_ms", "hop_ms", "n_fft"
 PAIRINGS = ("utterance", "video", "identity")
 _GROUP_KEY = {"video": "video", "identity": "label"}
 IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access instead
+CHUNK = 4096  # examples read from disk at a time when a split is streamed, at most
+# ... and at most about this many bytes of arrays: decoding a chunk's records holds several copies of it.
+CHUNK_BYTES = 32 << 20
 
 
 class Dataset:
@@ -35,10 +38,11 @@ class Dataset:
     self.splits = list(self.manifest["splits"])
     self._arrays: dict[str, dict[str, np.ndarray]] = {}
     self._sources = {}
+    self._columns: dict[str, dict[str, np.ndarray]] = {}
 
   def __getstate__(self):
     """Pickled (into grain's worker processes) as its folder and manifest: each process reads the data itself."""
-    return dict(self.__dict__, _arrays={}, _sources={})
+    return dict(self.__dict__, _arrays={}, _sources={}, _columns={})
 
   def num_examples(self, split: str) -> int:
     self._check_split(split)
@@ -58,32 +62,59 @@ class Dataset:
 
   def _source(self, split: str):
     if split not in self._sources:
+      _map_large_blocks()
       import tensorflow_datasets as tfds  # only here: the in-memory path after the first load needs none of it
       builder = tfds.builder_from_directory(str(self.data_dir / self.manifest["tfds_dir"]))
       self._sources[split] = builder.as_data_source(split)
     return self._sources[split]
 
+  def example_bytes(self) -> int:
+    """Bytes of one example's stored modalities."""
+    return sum(np.dtype(m.dtype).itemsize * int(np.prod(m.shape)) for m in modalities.of_manifest(self.manifest))
+
   def in_memory(self, split: str) -> bool:
     """Whether a split is small enough to hold whole (the normal case)."""
-    per_example = sum(np.dtype(m.dtype).itemsize * int(np.prod(m.shape)) for m in modalities.of_manifest(self.manifest))
-    return self.num_examples(split) * per_example <= IN_MEMORY_BYTES
+    return self.num_examples(split) * self.example_bytes() <= IN_MEMORY_BYTES
+
+  def chunk_size(self) -> int:
+    """Examples per streamed chunk: CHUNK, fewer for large examples (CHUNK_BYTES), a multiple of 256 above 256."""
+    # 256 = inference.BATCH: a split encoded chunk by chunk then meets the batches it would whole.
+    n = min(CHUNK, max(1, CHUNK_BYTES // max(1, self.example_bytes())))
+    return n if n < 256 else n - n % 256
 
   def read(self, split: str, indices) -> dict[str, np.ndarray]:
     """Examples at `indices` of the stored order (sorted by id), read from disk."""
     self._check_split(split)
     records = self._source(split).__getitems__([int(i) for i in indices])
-    out = {m.name: np.stack([r[m.name] for r in records]).astype(m.dtype) for m in modalities.of_manifest(self.manifest)}
+    out = {m.name: np.stack([r[m.name] for r in records]).astype(m.dtype, copy=False)
+           for m in modalities.of_manifest(self.manifest)}
     out["label"] = np.array([r["label"] for r in records], np.int32)
     for name in (n for n in TEXT_FEATURES if n not in out):  # a modality named like a text field replaced it
       out[name] = np.array([r[name].decode() if isinstance(r[name], bytes) else str(r[name]) for r in records])
     return out
 
+  def chunks(self, split: str, size: int | None = None):
+    """(first position, `read` of the next `size` (default chunk_size()) examples) over the split in stored order."""
+    n, size = self.num_examples(split), size or self.chunk_size()
+    for lo in range(0, n, size):
+      yield lo, self.read(split, range(lo, min(n, lo + size)))
+
   def arrays(self, split: str) -> dict[str, np.ndarray]:
     """Every example of `split`, sorted by id: each modality as stored, label int32, text fields as str arrays."""
     if split not in self._arrays:
-      data = self.read(split, range(self.num_examples(split)))
-      order = np.argsort(data["id"], kind="stable")
-      self._arrays[split] = {k: v[order] for k, v in data.items()}
+      # Filled chunk by chunk into arrays of the final size: the peak is the split once plus one chunk.
+      n, data = self.num_examples(split), {}
+      for lo, chunk in self.chunks(split):
+        for k, v in chunk.items():
+          if k not in data:
+            data[k] = np.empty((n,) + v.shape[1:], v.dtype if v.dtype.kind != "U" else object)
+          data[k][lo:lo + len(v)] = v
+      data = {k: v.astype(str) if v.dtype == object else v for k, v in data.items()}
+      ids = data.get("id", ())
+      if len(ids) > 1 and not np.all(ids[:-1] <= ids[1:]):  # prep writes in id order; older datasets may not
+        order = np.argsort(ids, kind="stable")
+        data = {k: v[order] for k, v in data.items()}
+      self._arrays[split] = data
     return self._arrays[split]
 
   def take(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,12 +123,38 @@ class Dataset:
       return {k: v[indices] for k, v in self.arrays(split).items()}
     return self.read(split, indices)  # prep writes examples in id order, so stored order == id order
 
+  def stored_columns(self, split: str) -> dict[str, np.ndarray] | None:
+    """The per-example fields prep stored beside the records (OUT/<manifest columns>/<split>.npz), or None."""
+    folder = self.manifest.get("columns")
+    if not folder:
+      return None
+    if split not in self._columns:
+      self._check_split(split)
+      path = self.data_dir / folder / f"{split}.npz"
+      with np.load(path, allow_pickle=False) as f:  # str arrays need no pickle
+        cols = {k: f[k] for k in f.files}
+      n = self.num_examples(split)
+      wrong = {k: len(v) for k, v in cols.items() if len(v) != n}
+      if wrong:
+        raise ValueError(f"{path}: columns {wrong} have other lengths than the {n} examples the manifest gives "
+                         f"split {split!r}; the dataset is damaged: re-run `mmvae prep`")
+      self._columns[split] = cols
+    return self._columns[split]
+
   def column(self, split: str, name: str) -> np.ndarray:
-    """One per-example field of `split` in id order (label, video, ...)."""
-    if split in self._arrays or self.in_memory(split):
+    """One per-example field of `split` in id order (label int32, video, ...): prep's stored column when it has one."""
+    if split in self._arrays:
+      return self._arrays[split][name]
+    cols = self.stored_columns(split)
+    if cols is not None and name in cols:
+      value = cols[name].astype(np.int32) if name == "label" else cols[name].astype(str)
+      ids = cols.get("id")
+      if ids is not None and len(ids) > 1 and not np.all(ids[:-1] <= ids[1:]):  # stored order -> id order
+        value = value[np.argsort(ids.astype(str), kind="stable")]
+      return value
+    if self.in_memory(split):
       return self.arrays(split)[name]
-    n = self.num_examples(split)
-    return np.concatenate([self.read(split, range(lo, min(n, lo + 4096)))[name] for lo in range(0, n, 4096)])
+    return np.concatenate([chunk[name] for _, chunk in self.chunks(split)])
 
   def check_config(self, config) -> None:
     """ValueError saying what to change when `config.data` does not match how this dataset was prepared."""
@@ -120,6 +177,27 @@ class Dataset:
       if split not in self.manifest["splits"]:
         raise ValueError(f"the prepared dataset {self.data_dir} has no {split!r} split (it has {self.splits}); "
                          "prepare a corpus with that split or set --config.analysis.split")
+
+
+def _map_large_blocks(threshold: int = 1 << 20) -> None:
+  """glibc only: blocks of `threshold` bytes and more are mapped and unmapped, never kept in malloc's arenas.
+
+  Records decode in the reader's threads; a chunk's arrays stacked from them otherwise land in arenas that
+  grow by about a split's size per pass (measured: 190 MiB read in 32 MiB chunks, RSS +175 MiB per pass).
+  """
+  import ctypes
+  import ctypes.util
+  global _MAPPED
+  if _MAPPED:
+    return
+  _MAPPED = True
+  try:
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
+  except (OSError, AttributeError):  # not glibc (macOS, musl): its own allocator's behaviour stands
+    pass
+
+
+_MAPPED = False
 
 
 def check_pairing(manifest: dict, policy: str) -> None:
@@ -356,3 +434,23 @@ def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, sta
   _check_batch(dataset, split, global_batch_size, num_devices)
   return Batches(dataset, split, global_batch_size, seed, start_step, rows, workers, prefetch, pairing,
                  modality_names)
+
+
+def stratified_rows(labels, limit: int, seed: int = 0) -> np.ndarray:
+  """Sorted positions of at most `limit` examples, spread evenly over the labels (seeded): every row when they fit.
+
+  The k-th pick of each label (in a seeded order) comes before any label's (k+1)-th, so a subset of a large split
+  keeps every identity it can and no identity crowds out the others.
+  """
+  labels = np.asarray(labels)
+  n = len(labels)
+  if n <= limit:
+    return np.arange(n)
+  perm = np.random.default_rng(seed).permutation(n)
+  _, group = np.unique(labels[perm], return_inverse=True)
+  order = np.argsort(group, kind="stable")  # rows grouped by label, each group in the seeded order
+  starts = np.r_[0, np.cumsum(np.bincount(group))[:-1]]
+  rank = np.empty(n, np.int64)
+  rank[order] = np.arange(n) - starts[group[order]]  # position of each row within its label's seeded order
+  keep = np.lexsort((np.arange(n), rank))[:limit]  # by rank, ties in seeded order
+  return np.sort(perm[keep])

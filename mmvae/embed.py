@@ -37,6 +37,21 @@ def _splits(requested, available: list[str]) -> list[str]:
   return names
 
 
+def _encode(encoder, dataset, split: str, spec: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, posterior means float32) of one split: whole when it fits in memory, else chunk by chunk from disk."""
+  (name,) = spec
+  if dataset.in_memory(split):
+    arrays = dataset.arrays(split)
+    mu = inference.encode_split(encoder, arrays, spec)[f"{name}_mu"]
+    return np.asarray(arrays["id"]).astype(str), np.asarray(mu, np.float32)
+  # Only ids and [N, Z] means are kept: the split's raw arrays are never all in memory.
+  parts = inference.over_chunks(dataset, split, {
+      "ids": lambda c, lo: {"id": np.asarray(c["id"]).astype(str)},
+      "mu": lambda c, lo: {"mu": np.asarray(inference.encode_split(encoder, c, spec, pad=True)[f"{name}_mu"],
+                                            np.float32)}})
+  return parts["ids"]["id"], parts["mu"]["mu"]
+
+
 def export(workdir, modality: str, out, data_dir=None, splits=None, which: str = "best") -> dict:
   """Writes OUT (.npz: ids, embeddings, splits) for `modality` of the run in WORKDIR; returns those arrays.
 
@@ -63,11 +78,10 @@ def export(workdir, modality: str, out, data_dir=None, splits=None, which: str =
   encoder = inference.model_encoder(model)
   ids, rows, names = [], [], []
   for split in chosen:
-    arrays = dataset.arrays(split)
-    latents = inference.encode_split(encoder, arrays, {modality: specs[modality]})
-    ids.append(np.asarray(arrays["id"]).astype(str))
-    rows.append(np.asarray(latents[f"{modality}_mu"], np.float32))
-    names.append(np.full(len(arrays["id"]), split))
+    split_ids, mu = _encode(encoder, dataset, split, {modality: specs[modality]})
+    ids.append(split_ids)
+    rows.append(mu)
+    names.append(np.full(len(split_ids), split))
   result = {"ids": np.concatenate(ids), "embeddings": np.concatenate(rows),
             "splits": np.concatenate(names).astype(str)}
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,5 +91,5 @@ def export(workdir, modality: str, out, data_dir=None, splits=None, which: str =
   os.replace(tmp, out)
   counts = ", ".join(f"{s} {len(i)}" for s, i in zip(chosen, ids))
   print(f"mmvae embed: {modality} posterior means ({result['embeddings'].shape[1]} dims) of {counts} examples, "
-        f"{which} checkpoint (step {step}) -> {out} in {time.time() - start:.1f} s", flush=True)
+        f"checkpoint {step.label} -> {out} in {time.time() - start:.1f} s", flush=True)
   return result

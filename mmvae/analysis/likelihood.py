@@ -60,14 +60,18 @@ def _log_weights_fn(specs: dict, log_sigma: dict):
 
 
 def estimate(model, inputs: dict, specs: dict, log_sigma: dict, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-             latent_dim: int | None = None, batch_size: int | None = None) -> dict:
-  """Per-example 'iwae' (the log p(x) estimate, nats) and 'expected_log_lik_<m>' of each modality; 'samples' = K."""
+             latent_dim: int | None = None, batch_size: int | None = None, offset: int = 0) -> dict:
+  """Per-example 'iwae' (the log p(x) estimate, nats) and 'expected_log_lik_<m>' of each modality; 'samples' = K.
+
+  offset: the split position of inputs' first row (a chunk of a streamed split draws the noise the whole split would).
+  """
   from scipy import special
   n = len(next(iter(inputs.values())))
   if latent_dim is None:
     latent_dim = int(np.shape(model.joint_posterior({k: v[:1] for k, v in inputs.items()})[0])[-1])
   batch_size = batch_size or max(1, inference.BATCH // samples)  # K decodes per example
-  eps_NxKxZ = np.stack([np.random.default_rng((seed, i)).standard_normal((samples, latent_dim)) for i in range(n)])
+  eps_NxKxZ = np.stack([np.random.default_rng((seed, offset + i)).standard_normal((samples, latent_dim))
+                        for i in range(n)])
   fn = _log_weights_fn(specs, {k: np.float32(v) for k, v in log_sigma.items()})
   parts = []
   for lo in progress.bar(range(0, n, batch_size), desc="likelihood", disable=n <= 4 * batch_size):
@@ -83,7 +87,8 @@ def estimate(model, inputs: dict, specs: dict, log_sigma: dict, samples: int = D
   return out
 
 
-def for_run(model, config, arrays: dict, specs: dict, samples: int, seed: int, latent_dim: int) -> dict:
+def for_run(model, config, arrays: dict, specs: dict, samples: int, seed: int, latent_dim: int,
+            offset: int = 0) -> dict:
   """estimate() on a split's stored arrays, or {'skipped': why} for a model that cannot be scored."""
   if not getattr(model, "can_generate", False):
     return {"skipped": np.array("the model cannot generate (no decoder), so it has no likelihood")}
@@ -94,7 +99,7 @@ def for_run(model, config, arrays: dict, specs: dict, samples: int, seed: int, l
     sigma = log_sigmas(model, config.loss)
   except (AttributeError, KeyError) as e:  # a model whose scales live elsewhere than the MS-VAE's decoder
     return {"skipped": np.array(f"the model's likelihood scales are unknown ({e}); give it log_sigmas(loss_cfg)")}
-  return estimate(model, data.model_inputs(specs, arrays), specs, sigma, samples, seed, latent_dim)
+  return estimate(model, data.model_inputs(specs, arrays), specs, sigma, samples, seed, latent_dim, offset=offset)
 
 
 def summary(result: dict) -> dict:

@@ -263,3 +263,84 @@ def test_pairing_is_a_function_of_seed_step_position(grouped, pairing, monkeypat
   assert not from_disk.in_memory("train")
   for key, value in data.batch_at(from_disk, "train", 6, 5, 4, pairing=pairing).items():
     np.testing.assert_array_equal(value, direct[1][key])
+
+
+def _with_columns(source, dest, edit=None):
+  """A copy of a prepared dataset plus the columns prep now stores, written here from its decoded records."""
+  import shutil
+  shutil.copytree(source, dest)
+  ds = data.Dataset(dest)
+  shutil.rmtree(dest / "columns", ignore_errors=True)  # replaced by the ones written here
+  (dest / "columns").mkdir()
+  for split in ds.splits:
+    records = ds._source(split).__getitems__(list(range(ds.num_examples(split))))  # stored order, decoded here
+    cols = {"label": np.array([r["label"] for r in records], np.int64)}
+    cols.update({k: np.array([r[k].decode() for r in records]) for k in ("id", "identity", "video", "gender")})
+    if edit:
+      edit(split, cols)
+    np.savez(dest / "columns" / f"{split}.npz", **cols)
+  manifest = json.loads((dest / "manifest.json").read_text())
+  (dest / "manifest.json").write_text(json.dumps(dict(manifest, columns="columns")))
+  return dest
+
+
+def test_stored_columns_equal_the_record_path_and_skip_the_records(synthetic_dataset, tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)  # streamed splits: column() would otherwise decode every record
+  plain = data.Dataset(synthetic_dataset)
+  plain.manifest.pop("columns", None)  # the record-decoding path, whether or not prep stored columns
+  with_cols = data.Dataset(_with_columns(synthetic_dataset, tmp_path / "cols"))
+  expected = {s: plain.arrays(s) for s in plain.splits}  # every record decoded and sorted by id
+  readers = [with_cols] + ([data.Dataset(synthetic_dataset)]  # and prep's own columns, where it writes them
+                           if data.Dataset(synthetic_dataset).manifest.get("columns") else [])
+
+  def no_records(*_):
+    raise AssertionError("column() read the records although the columns file holds the field")
+
+  monkeypatch.setattr(data.Dataset, "read", no_records)
+  for reader, split in itertools.product(readers, plain.splits):
+    for name in ("label", "id", "identity", "video", "gender"):
+      got = reader.column(split, name)
+      np.testing.assert_array_equal(got, expected[split][name])
+      assert got.dtype == expected[split][name].dtype or got.dtype.kind == expected[split][name].dtype.kind == "U"
+  for policy in ("identity", "video"):  # group lists from the columns, identical to those built from the records
+    from_cols, from_records = data.Pairing(with_cols, "train", policy), data.Pairing(plain, "train", policy)
+    np.testing.assert_array_equal(from_cols.group_of, from_records.group_of)
+    assert [list(m) for m in from_cols.members] == [list(m) for m in from_records.members]
+
+
+def test_a_columns_file_of_the_wrong_length_is_a_clear_error(synthetic_dataset, tmp_path):
+  def drop_one(split, cols):
+    if split == "test":
+      cols["label"] = cols["label"][:-1]
+
+  ds = data.Dataset(_with_columns(synthetic_dataset, tmp_path / "bad", drop_one))
+  n = ds.num_examples("test")
+  with pytest.raises(ValueError, match=rf"columns \{{'label': {n - 1}\}} have other lengths than the {n} examples"):
+    ds.column("test", "label")
+  assert len(ds.column("train", "label")) == ds.num_examples("train")  # the other splits' files are fine
+
+
+def test_arrays_filled_chunk_by_chunk_equal_one_read(prepared, monkeypatch):
+  ds = data.Dataset(prepared)
+  whole = ds.read("train", range(N))  # stored order is id order here
+  monkeypatch.setattr(data, "CHUNK", 4)  # 13 examples: chunks of 4, 4, 4, 1
+  chunked = data.Dataset(prepared).arrays("train")
+  assert set(chunked) == set(whole)
+  for key, value in whole.items():
+    np.testing.assert_array_equal(chunked[key], value)
+    assert chunked[key].dtype == value.dtype, key
+  assert [lo for lo, _ in ds.chunks("train", 5)] == [0, 5, 10]
+
+
+@pytest.mark.parametrize("limit,seed", [(7, 0), (12, 3), (40, 1), (100, 0)])
+def test_stratified_rows_spread_over_labels(limit, seed):
+  labels = np.repeat([4, 9, 2, 7], [20, 3, 9, 1])
+  rows = data.stratified_rows(labels, limit, seed)
+  assert len(rows) == min(limit, len(labels)) and np.all(np.diff(rows) > 0)
+  counts = {c: int(np.sum(labels[rows] == c)) for c in np.unique(labels)}
+  total = {c: int(np.sum(labels == c)) for c in np.unique(labels)}
+  # Balanced: a label below another's count by more than one must have run out of examples.
+  for a in counts:
+    for b in counts:
+      assert counts[a] >= counts[b] - 1 or counts[a] == total[a], (counts, limit)
+  np.testing.assert_array_equal(rows, data.stratified_rows(labels, limit, seed))  # seeded

@@ -82,3 +82,25 @@ def test_unknown_modality_and_split_are_one_line_errors(run, tmp_path, capsys):
   with pytest.raises(ValueError, match=r"must end in \.npz"):
     embed.export(run, "audio", tmp_path / "x.txt")
   assert not list(tmp_path.iterdir())
+
+
+def test_a_split_too_large_for_memory_is_encoded_chunk_by_chunk(run, synthetic_dataset, tmp_path, monkeypatch):
+  """Streamed from disk in chunks (never `arrays`), the rows are the model's own frame-averaged means."""
+  in_memory = embed.export(run, "face", tmp_path / "whole.npz", splits="train,test")
+  monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+  monkeypatch.setattr(data, "CHUNK", 24)  # 80 training examples: chunks of 24, 24, 24, 8
+
+  def no_whole_split(*_):
+    raise AssertionError("a streamed export loaded a whole split")
+
+  monkeypatch.setattr(data.Dataset, "arrays", no_whole_split)
+  streamed = embed.export(run, "face", tmp_path / "streamed.npz", splits="train,test")
+  np.testing.assert_array_equal(streamed["ids"], in_memory["ids"])
+  np.testing.assert_array_equal(streamed["splits"], in_memory["splits"])
+  assert streamed["embeddings"].dtype == np.float32
+  model, _, _ = checkpoints.load_run(run)
+  ds = data.Dataset(synthetic_dataset)
+  stored = ds.read("train", range(ds.num_examples("train")))["face"]  # read here, not through export
+  np.testing.assert_allclose(streamed["embeddings"][streamed["splits"] == "train"], _direct(model, "face", stored),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(streamed["embeddings"], in_memory["embeddings"], rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@ from mmvae import progress
 SPLITS = ("train", "validation", "test")
 STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
 SEQUENCES = ("audio_frames", "face_frames")  # a corpus with per-utterance frame folders (Corpus.frame_sequences)
+BEAM_MISSING = "--beam needs Apache Beam: pip install 'mmvae[beam]'"
 
 
 def _load_config(config) -> ml_collections.ConfigDict:
@@ -241,9 +242,10 @@ def _checked_config(config):
 
 
 def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, config, strict: bool, workers: int,
-             notes: list[str], examples_per_shard: int | None = None) -> dict:
+             notes: list[str], examples_per_shard: int | None = None, beam_options: str | None = None) -> dict:
   """Shared back half of every prep: features for every spec streamed into shards (normalised when
-  data.time_average), manifest, swap. A killed prep's finished shards are reused (same plan)."""
+  data.time_average), manifest, swap. A killed prep's finished shards are reused (same plan); with beam_options
+  (Beam pipeline options, "" for the local default) the shards are written on Apache Beam instead (beam_prep)."""
   start = time.time()
   config, audio_shape, face_shape = _checked_config(config)
   notes = [*notes, *corpus.notes]
@@ -258,8 +260,8 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
   specs = corpus.examples
   modalities = _modalities(corpus, audio_shape, face_shape, data_cfg)
   size = examples_per_shard or shards.shard_size(modalities)
-  reused, spooled = resume.adopt(build, resume.plan(corpus, corpus_name, build, data_cfg, strict, modalities, size,
-                                                               notes))
+  reused, spooled = (0, 0) if beam_options is not None else resume.adopt(
+      build, resume.plan(corpus, corpus_name, build, data_cfg, strict, modalities, size, notes))
   if reused or spooled:
     print(f"resuming an interrupted prep of {corpus_name}: reusing its {reused} finished shards"
           + (f" and {spooled} spooled parts" if spooled else ""))
@@ -276,32 +278,40 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
 
   if data_cfg.time_average and "train" not in tasks:
     raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
-  with _Extractor(workers) as extractor:
-    for s in tasks:
-      to_spool = bool(data_cfg.time_average) and s == "train"  # its statistics first, then its shards
-      done = spool.done_parts(spool_dir) if to_spool else shards.done_shards(stage, s)
-      for part in done:
-        outcomes.replay(part["meta"])
-      begin = done[-1]["meta"]["task_end"] if done else 0
-      outcomes.start(begin)
-      if to_spool:
-        stream, index = records(s, begin, False), len(done)
-        for first in stream:
-          spool.write_part(spool_dir, index, itertools.chain([first], itertools.islice(stream, size - 1)),
-                           outcomes.snapshot)
-          index += 1
-        parts = spool.done_parts(spool_dir)
-        if not parts:
-          raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
-        # Per-bin train statistics over the spooled vectors, exactly as np.mean / np.std of their stack.
-        normalisation = spool.mean_std(spool_dir, parts, "audio", STD_FLOOR)
-        for part in parts[len(shards.done_shards(stage, s)):]:
-          rows = (dict(r, audio=audio.apply_normalisation(r["audio"], normalisation))
-                  for r in spool.read_part(spool_dir, part["index"]))
-          shards.write_shard(stage, s, part["index"], rows, modalities)
-      else:
-        storage.write_split(build.path, s, records(s, begin, normalisation is not None), modalities, size,
-                            start=len(done), meta=outcomes.snapshot)
+  if beam_options is not None:
+    try:
+      from data_prep import beam_prep  # pylint: disable=g-import-not-at-top  (Apache Beam is an optional extra)
+    except ModuleNotFoundError as e:
+      raise ValueError(BEAM_MISSING) from e
+    normalisation = beam_prep.write_splits(tasks, corpus, corpus_name, build.path, modalities, size, steps, outcomes,
+                                           bool(data_cfg.time_average), beam_options)
+  else:
+    with _Extractor(workers) as extractor:
+      for s in tasks:
+        to_spool = bool(data_cfg.time_average) and s == "train"  # its statistics first, then its shards
+        done = spool.done_parts(spool_dir) if to_spool else shards.done_shards(stage, s)
+        for part in done:
+          outcomes.replay(part["meta"])
+        begin = done[-1]["meta"]["task_end"] if done else 0
+        outcomes.start(begin)
+        if to_spool:
+          stream, index = records(s, begin, False), len(done)
+          for first in stream:
+            spool.write_part(spool_dir, index, itertools.chain([first], itertools.islice(stream, size - 1)),
+                             outcomes.snapshot)
+            index += 1
+          parts = spool.done_parts(spool_dir)
+          if not parts:
+            raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
+          # Per-bin train statistics over the spooled vectors, exactly as np.mean / np.std of their stack.
+          normalisation = spool.mean_std(spool_dir, parts, "audio", STD_FLOOR)
+          for part in parts[len(shards.done_shards(stage, s)):]:
+            rows = (dict(r, audio=audio.apply_normalisation(r["audio"], normalisation))
+                    for r in spool.read_part(spool_dir, part["index"]))
+            shards.write_shard(stage, s, part["index"], rows, modalities)
+        else:
+          storage.write_split(build.path, s, records(s, begin, normalisation is not None), modalities, size,
+                              start=len(done), meta=outcomes.snapshot)
 
   manifest = {"config": config.name, "data_config": data_cfg.to_dict(), "audio_normalisation": normalisation,
               "relevance": corpus.relevance,
@@ -329,12 +339,13 @@ def _summary(manifest: dict, out: pathlib.Path, seconds: float) -> None:
 
 
 def prepare_voxceleb1(root, out, config="reference", strict: bool = False, workers: int = 0,
-                      corpus: str = "voxceleb1", split_policy: str = "closed") -> dict:
-  """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT."""
+                      corpus: str = "voxceleb1", split_policy: str = "closed", beam_options: str | None = None) -> dict:
+  """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT (on Beam with
+  beam_options: see _prepare)."""
   config = _checked_config(config)[0]
   with storage.Build(out, inputs={"--root": root}) as build:
     layout, notes = _vox_layout(root, strict, corpus, split_policy)
-    return _prepare(layout, corpus, build, config, strict, workers, notes)
+    return _prepare(layout, corpus, build, config, strict, workers, notes, beam_options=beam_options)
 
 
 def _vox_layout(root, strict: bool, corpus: str, split_policy: str,
@@ -360,7 +371,7 @@ def _vox_layout(root, strict: bool, corpus: str, split_policy: str,
 
 
 def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict: bool = False,
-                     workers: int = 0) -> dict:
+                     workers: int = 0, beam_options: str | None = None) -> dict:
   """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
   config = _checked_config(config)[0]
   with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
@@ -368,10 +379,12 @@ def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict:
     layout = avdigits.list_examples(fsdd, mnist, seed=seed, strict=strict, train_images=k)
     more = (f"; each training recording also holds up to {k - 1} further distinct images of its digit "
             "(its stored frames)") if k > 1 else ""
-    return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed}){more}"])
+    return _prepare(layout, "avdigits", build, config, strict, workers, [avdigits.NOTES + f" (seed {seed}){more}"],
+                    beam_options=beam_options)
 
 
-def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: bool = False, workers: int = 0) -> dict:
+def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: bool = False, workers: int = 0,
+                     beam_options: str | None = None) -> dict:
   """Prepares the multi-modal digits corpus (audio, image, text, video, pointcloud of a digit) into OUT."""
   config = _checked_config(config)[0]
   missing = [k for k in ("video_frames", "points") if k not in config.data]
@@ -383,18 +396,19 @@ def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: boo
   mmdigits.check_settings(**shape)
   with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
     layout = mmdigits.list_examples(fsdd, mnist, seed=seed, strict=strict, **shape)
-    return _prepare(layout, "mmdigits", build, config, strict, workers, [mmdigits.NOTES + f" (seed {seed})"])
+    return _prepare(layout, "mmdigits", build, config, strict, workers, [mmdigits.NOTES + f" (seed {seed})"],
+                    beam_options=beam_options)
 
 
 def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "closed", config="synthetic",
-                      workers: int = 0, video: bool = False, **corpus) -> dict:
+                      workers: int = 0, video: bool = False, beam_options: str | None = None, **corpus) -> dict:
   """Generates the synthetic corpus into OUT/raw, then prepares it like VoxCeleb1.
 
   video: the corpus with lip-synced per-utterance frames, prepared with audio_frames and face_frames too
   (its audio and face modalities are those of the corpus without video). A killed run leaves its build
   folder beside OUT; the rerun takes a finished corpus from it instead of generating it again.
   corpus: further generate_corpus arguments (videos_per_identity, utterances_per_video, frames_per_video,
-  utterance_seconds), e.g. for a small corpus.
+  utterance_seconds), e.g. for a small corpus. beam_options: prepare it on Apache Beam (see _prepare).
   """
   from data_prep import synthetic  # written alongside; imported late so other corpora do not need it
   args = dict(identities=identities, seed=seed, split=split, video=bool(video), **corpus)
@@ -408,4 +422,4 @@ def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "cl
       synthetic.generate_corpus(raw, workers=workers, **args)
     # The corpus's own iden_split.txt; `face` from the per-video stills, as without video.
     layout, notes = _vox_layout(raw, False, "synthetic", "closed", face_source="video")
-    return _prepare(layout, "synthetic", build, config, False, workers, notes)
+    return _prepare(layout, "synthetic", build, config, False, workers, notes, beam_options=beam_options)

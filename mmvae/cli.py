@@ -41,6 +41,16 @@ def _add_config(parser, default: str) -> None:
                            "or path.py[:variant]")
 
 
+def _add_beam(parser) -> None:
+  parser.add_argument("--beam", action="store_true",
+                      help="extract and write the shards on Apache Beam (pip install 'mmvae[beam]'); alone: the local "
+                           "DirectRunner with 2 worker processes; the same dataset and fingerprint as without")
+  parser.add_argument("--beam-options", default=None, metavar="OPTIONS",
+                      help='Beam pipeline options, implying --beam, e.g. --beam-options="--runner=FlinkRunner '
+                           '--flink_master=HOST:8081 --environment_type=PROCESS ..."; on a cluster, OUT\'s parent and '
+                           "the corpus must be on a file system every worker mounts at the same path (default: none)")
+
+
 def _add_prep(sub) -> None:
   prep = _parser(sub, "prep", help="prepare a raw corpus into a TFDS array_record dataset", epilog=PREP_EPILOG)
   corpora = prep.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
@@ -52,6 +62,7 @@ def _add_prep(sub) -> None:
   _add_config(vox, "reference")
   vox.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   vox.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+  _add_beam(vox)
   vox.add_argument("--split", choices=("closed", "open"), default="closed",
                    help="closed: iden_split.txt as given (test: new utterances of seen identities); open: the "
                         "identities with Set=test in vox1_meta.csv (id10270-id10309) are held out, all their "
@@ -67,6 +78,7 @@ def _add_prep(sub) -> None:
   avd.add_argument("--seed", type=int, default=0, help="seed of the audio-image pairing")
   avd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   avd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+  _add_beam(avd)
 
   mmd = _parser(corpora, "mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point cloud "
                 "of the same class, imbalanced training classes", epilog=PREP_EPILOG)
@@ -78,6 +90,7 @@ def _add_prep(sub) -> None:
                    help="seed of the pairing, the rendered videos and point clouds, and the class imbalance")
   mmd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   mmd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+  _add_beam(mmd)
 
   syn = _parser(corpora, "synthetic", help="generate the built-in synthetic corpus and prepare it",
                 epilog=PREP_EPILOG)
@@ -88,6 +101,7 @@ def _add_prep(sub) -> None:
                    help="closed: new videos of seen identities in test; open: unseen identities in test")
   _add_config(syn, "synthetic")
   syn.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+  _add_beam(syn)
   syn.add_argument("--video", action="store_true",
                    help="also write each utterance's lip-synced face frames at 25 fps (the mouth opens with the "
                         "voice's loudness; OUT/raw/unzippedIntervalFaces/, VoxCeleb1's per-utterance layout) and "
@@ -174,18 +188,24 @@ def _run_prep(args, config) -> None:
     yt8m.prepare_yt8m(args.records, args.out, max_steps=args.max_steps)
     return
   from data_prep import prepare
+  beam = None
+  if args.beam or args.beam_options is not None:
+    import importlib.util
+    if importlib.util.find_spec("apache_beam") is None:  # before any work
+      raise ValueError(prepare.BEAM_MISSING)
+    beam = args.beam_options or ""  # "": beam_prep.DEFAULT_OPTIONS
   if args.corpus == "voxceleb1":
     prepare.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
-                              split_policy=args.split)
+                              split_policy=args.split, beam_options=beam)
   elif args.corpus == "avdigits":
     prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
-                             strict=args.strict, workers=args.workers)
+                             strict=args.strict, workers=args.workers, beam_options=beam)
   elif args.corpus == "mmdigits":
     prepare.prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
-                             strict=args.strict, workers=args.workers)
+                             strict=args.strict, workers=args.workers, beam_options=beam)
   else:
     prepare.prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split,
-                              config=config, workers=args.workers, video=args.video)
+                              config=config, workers=args.workers, video=args.video, beam_options=beam)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 import json
 import math
 
-from mmvae.analysis import sync
+from mmvae.analysis import coherence, sync
 
 # The one place a modality name becomes a display label: on a dataset whose modalities are exactly these
 # (VoxCeleb-style), audio is shown as "voice". Metric keys and file names always use the modality names.
@@ -180,8 +180,12 @@ def _generation_lines(metrics: dict, names: list, display: dict, figures: list, 
               for ident, truth, gens in table["rows"]]
     lines.append("")
   lines += ["### Coherence", "",
-            "Each modality has its own classifier of the label (standardised features, logistic regression) "
-            "trained on REAL training data of that modality only. Cross coherence source -> target: its "
+            "Each modality has its own classifier of the label, trained on REAL training data of that modality "
+            f"only: up to {coherence.SVM_MAX_CLASSES} classes an RBF support-vector machine (on at most "
+            f"{coherence.SVM_MAX_EXAMPLES:,} training examples, a seeded subsample; it reads real data best), "
+            "beyond a softmax (multinomial logistic) regression on standardised features, projected on their "
+            f"leading {coherence.SOFTMAX_DIM} principal components when wider (at most "
+            f"{coherence.MAX_TRAIN_EXAMPLES:,} training examples). Cross coherence source -> target: its "
             "accuracy on the target decoded from the source's posterior mean of each test example. Chance = "
             "sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.", ""]
   if any(f"coherence.{q}_to_{g}.accuracy" in metrics for q in names for g in names):
@@ -238,6 +242,13 @@ def _dataset_lines(manifest: dict, specs: dict) -> list[str]:
           f"- skipped files at preparation: {len(manifest.get('skipped', []))}"]
 
 
+def _points_shown(shown, total) -> str:
+  """'20,000 of 150,000 (stratified)', 'all 60', or '?' for a report written before points were recorded."""
+  if shown is None or total is None:
+    return "?"
+  return f"all {total:,}" if shown >= total else f"{shown:,} of {total:,} (stratified)"
+
+
 def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict, id_names: dict, config=None,
                  run_info: dict | None = None, figures=(), texts=None, notes=(), likelihood_note=None) -> None:
   """Writes report.md."""
@@ -260,17 +271,26 @@ def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict
   joint = ", ".join(f"{display[n]}" for n in names)
   lines += ["## Latent space", "", "![t-SNE](tsne.png)", "",
             f"*t-SNE of each modality's posterior means and of all of them together ({joint}: one marker per "
-            "modality); colour: identity*", "",
-            "DBSCAN clusters every point; eps is read at the knee of the k-distance curve of the distinct "
+            "modality); colour: identity*", ""]
+  sampled = [s for s in names + ["joint"] if (metrics.get(f"clusters.{s}.points_shown") or 0)
+             < (metrics.get(f"clusters.{s}.points") or 0)]
+  if sampled:
+    lines += [f"Spaces of more than {metrics['clusters.max_points']:,} points are mapped and clustered through a "
+              f"sample stratified by identity (seeded, seed {metrics.get('clusters.sample_seed')}): every identity "
+              "keeps its share, to within one point; a modality's sample holds the same examples in every "
+              "modality, and the joint space's holds every modality's latent of each of its examples. All the "
+              "numbers below are of the points shown.", ""]
+  lines += ["DBSCAN clusters every point shown; eps is read at the knee of the k-distance curve of the distinct "
             "points, since copies (e.g. face latents of utterances that share their video's frames) would put "
             "the knee at 0. Duplicates: points equal (to float precision) to an earlier one; they still count "
             "toward min_samples.", "",
-            "| space | eps | clusters | identities | noise | duplicates | ARI (chance) "
+            "| space | points shown | eps | clusters | identities | noise | duplicates | ARI (chance) "
             "| NMI (chance, by permutation) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
   for s in names + ["joint"]:
     g = lambda k: metrics.get(f"clusters.{s}.{k}")  # noqa: E731
-    lines.append(f"| {display.get(s, s)} | {_fmt(g('eps'))} | {g('clusters')} | {g('identities')} "
+    lines.append(f"| {display.get(s, s)} | {_points_shown(g('points_shown'), g('points'))} "
+                 f"| {_fmt(g('eps'))} | {g('clusters')} | {g('identities')} "
                  f"| {_fmt(g('noise_fraction'))} | {g('duplicates')} | {_fmt(g('ari'))} ({_fmt(g('ari_chance'))}) "
                  f"| {_fmt(g('nmi'))} ({_fmt(g('nmi_chance'))}) |")
   lines += ["", "![DBSCAN](dbscan.png)", "",

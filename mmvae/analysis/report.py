@@ -18,7 +18,7 @@ import pathlib
 
 import numpy as np
 
-from mmvae import inference, progress, zoo
+from mmvae import data, inference, progress, zoo
 from mmvae.analysis import (coherence, generation, generation_figures, latent_space, likelihood, markdown, retrieval,
                             sync)
 
@@ -27,6 +27,10 @@ TEXT_KEYS = ("id", "identity", "video", "gender")
 JOINT = "joint"  # the space of every modality's latents together
 # What a model that generates writes (besides `<g>_from_<q>.png`); the last two are older reports' figure names.
 GENERATED_FILES = ("generated.npz", "likelihood.npz", "faces_from_voices.png", "spectra_from_faces.png")
+# A split too large for memory: the test rows cross-generated (figures, coherence) and the training rows coherence
+# learns from, label-stratified subsets (coherence's classifiers fit at most MAX_TRAIN_EXAMPLES anyway).
+GENERATED_EXAMPLES = 10_000
+COHERENCE_TRAIN_EXAMPLES = coherence.MAX_TRAIN_EXAMPLES
 
 
 def _analysis_cfg(config) -> dict:
@@ -36,7 +40,8 @@ def _analysis_cfg(config) -> dict:
           "tsne_perplexity": float(a.get("tsne_perplexity", -1.0)), "seed": int(a.get("seed", 0)),
           "likelihood_samples": int(a.get("likelihood_samples", likelihood.DEFAULT_SAMPLES)),
           "joint_samples": int(a.get("joint_samples", generation.JOINT_SAMPLES)),
-          "sync_offsets": int(a.get("sync_offsets", 6))}
+          "sync_offsets": int(a.get("sync_offsets", 6)),
+          "max_points": int(a.get("max_points", latent_space.MAX_POINTS))}
 
 
 def _groups(genders):
@@ -51,39 +56,55 @@ def retrieval_section(latents: dict, names, seed: int = 0) -> dict:
   labels = np.asarray(latents["label"])
   groups = _groups(latents["gender"]) if "gender" in latents else None
   out = {}
-  for score, prefix in SCORE_PREFIX.items():
-    for q, g in itertools.product(names, repeat=2):
-      res = retrieval.retrieval_metrics(
-          latents[f"{q}_mu"], latents[f"{g}_mu"], labels, labels, score=score,
-          query_logvar=latents[f"{q}_logvar"], gallery_logvar=latents[f"{g}_logvar"],
-          exclude_self=q == g, query_groups=groups, gallery_groups=groups, seed=seed)
-      out.update({f"{prefix}.{q}_to_{g}.{k}": v for k, v in res.items()})
+  for q, g in itertools.product(names, repeat=2):
+    # One pass per ordered pair: the three scores share its dot products (blocked, never N x N in memory).
+    res = retrieval.retrieval_scores(
+        latents[f"{q}_mu"], latents[f"{g}_mu"], labels, labels, tuple(SCORE_PREFIX),
+        query_logvar=latents[f"{q}_logvar"], gallery_logvar=latents[f"{g}_logvar"],
+        exclude_self=q == g, query_groups=groups, gallery_groups=groups, seed=seed, desc=f"retrieval {q}->{g}")
+    for score, prefix in SCORE_PREFIX.items():
+      out.update({f"{prefix}.{q}_to_{g}.{k}": v for k, v in res[score].items()})
   return out
 
 
 def latent_section(latents: dict, names, id_names: dict, acfg: dict, report_dir: pathlib.Path) -> tuple[dict, dict]:
-  """t-SNE and DBSCAN of each modality's space and the joint one, nearest identities; writes two figures."""
+  """t-SNE and DBSCAN of each modality's space and the joint one, nearest identities; writes two figures.
+
+  Above acfg['max_points'] points a space is mapped and clustered through a stratified (by identity), seeded
+  sample: the same examples in every modality, and in the joint space max_points // modalities examples
+  with every modality's latent of each; `clusters.<space>.points_shown` of `clusters.<space>.points` say so.
+  """
   names = list(names)
   labels = np.asarray(latents["label"])
   display = markdown.display_labels(names)
+  cap, seed = max(3 * len(names), acfg.get("max_points", latent_space.MAX_POINTS)), acfg["seed"]
+  keep = latent_space.stratified_sample(labels, cap, seed)
+  keep_joint = latent_space.stratified_sample(labels, cap // len(names), seed)
   spaces = {m: np.asarray(latents[f"{m}_mu"]) for m in names}
-  spaces[JOINT] = np.vstack([spaces[m] for m in names])
-  space_labels = {**{m: labels for m in names}, JOINT: np.tile(labels, len(names))}
-  emb, clusters, kdist, out = {}, {}, {}, {}
-  for space in progress.bar(spaces, desc="t-SNE + DBSCAN"):
-    emb[space] = latent_space.tsne(spaces[space], acfg["tsne_perplexity"], acfg["seed"])
-    clusters[space] = latent_space.dbscan(spaces[space], space_labels[space], acfg["dbscan_eps"],
-                                          acfg["dbscan_min_samples"], acfg["seed"])
+  shown = {m: spaces[m][keep] for m in names}
+  shown[JOINT] = np.vstack([spaces[m][keep_joint] for m in names])
+  shown_labels = {**{m: labels[keep] for m in names}, JOINT: labels[keep_joint]}
+  totals = {**{m: len(labels) for m in names}, JOINT: len(names) * len(labels)}
+  emb, clusters, kdist, out = {}, {}, {}, {"clusters.max_points": int(cap), "clusters.sample_seed": int(seed)}
+  for space in progress.bar(shown, desc="t-SNE + DBSCAN"):
+    tiled = np.tile(shown_labels[space], len(names) if space == JOINT else 1)
+    emb[space] = latent_space.tsne(shown[space], acfg["tsne_perplexity"], seed)
+    clusters[space] = latent_space.dbscan(shown[space], tiled, acfg["dbscan_eps"], acfg["dbscan_min_samples"], seed)
     # The curve the knee was read from: distinct points only (copies are counted in the results).
-    kdist[space] = latent_space.k_distances(latent_space.distinct(spaces[space])[0], acfg["dbscan_min_samples"])
-    out.update({f"clusters.{space}.{k}": v for k, v in clusters[space].items() if k != "assignment"})
-  shown = lambda d: {display.get(s, s): v for s, v in d.items()}  # noqa: E731
-  latent_space.plot_embedding(report_dir / "tsne.png", shown(emb), labels, id_names,
+    kdist[space] = clusters[space]["k_distances"]
+    out.update({f"clusters.{space}.{k}": v for k, v in clusters[space].items()
+                if k not in ("assignment", "k_distances")})
+    out.update({f"clusters.{space}.points": int(totals[space]), f"clusters.{space}.points_shown": len(shown[space])})
+  by_display = lambda d: {display.get(s, s): v for s, v in d.items()}  # noqa: E731
+  latent_space.plot_embedding(report_dir / "tsne.png", by_display(emb), by_display(shown_labels), id_names,
                               "t-SNE of posterior means, coloured by identity",
-                              joint={JOINT: [display[m] for m in names]})
-  latent_space.plot_dbscan(report_dir / "dbscan.png", shown(emb), shown(clusters), shown(kdist))
+                              joint={JOINT: [display[m] for m in names]}, totals=by_display(totals))
+  latent_space.plot_dbscan(report_dir / "dbscan.png", by_display(emb), by_display(clusters), by_display(kdist),
+                           totals=by_display(totals))
+  # Which rows of latents.npz each map shows (a joint map: these examples, modality after modality).
   np.savez_compressed(report_dir / "embeddings.npz", **{f"tsne_{k}": v for k, v in emb.items()},
-                      **{f"dbscan_{k}": v["assignment"] for k, v in clusters.items()})
+                      **{f"dbscan_{k}": v["assignment"] for k, v in clusters.items()},
+                      **{f"rows_{m}": keep for m in names}, **{f"rows_{JOINT}": keep_joint})
   near = {}
   n_ids = len(np.unique(labels))
   for q, g in itertools.permutations(names, 2):
@@ -146,8 +167,9 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
     metrics.update(coh)
     metrics.update(likelihood.summary(lik or {}))
     display = markdown.display_labels(names)
-    figures = generation_figures.plot_pairs(report_dir, specs, test, generated, labels, id_names, display)
-    texts = generation_figures.text_examples(specs, test, generated, labels, id_names)
+    shown = np.asarray(test["label"])  # the rows generated: every test row, or a subset of a streamed split
+    figures = generation_figures.plot_pairs(report_dir, specs, test, generated, shown, id_names, display)
+    texts = generation_figures.text_examples(specs, test, generated, shown, id_names)
   metrics = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
   (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
   skipped = (lik or {}).get("skipped")
@@ -158,6 +180,7 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
 
 
 def _save_latents(report_dir: pathlib.Path, latents: dict, arrays: dict) -> dict:
+  """Writes report/latents.npz: the posteriors, label and text fields of every analysed example; returns them."""
   full = dict(latents, label=np.asarray(arrays["label"]))
   # A text field that shares a modality's name (mmdigits' `video` clips) was dropped at prep: never stored as text.
   full.update({k: np.asarray(arrays[k]).astype(str) for k in TEXT_KEYS
@@ -166,8 +189,43 @@ def _save_latents(report_dir: pathlib.Path, latents: dict, arrays: dict) -> dict
   return full
 
 
+def _encode_streamed(model, config, dataset, split: str, specs: dict, frame_names, acfg: dict):
+  """(fields, latents, frames, lik) of a split too large for memory: one pass over chunks read from disk."""
+  encoder = inference.model_encoder(model)
+  stored = set(dataset.modalities())  # a modality named like a text field replaced it
+  none = lambda c, lo: None  # noqa: E731
+  parts = inference.over_chunks(dataset, split, {
+      "fields": lambda c, lo: {k: c[k] for k in ("label",) + TEXT_KEYS if k in c and k not in stored},
+      "latents": lambda c, lo: inference.encode_split(encoder, c, specs, pad=True),
+      "frames": (lambda c, lo: inference.encode_frames_split(model, c, frame_names, pad=True))
+                if len(frame_names) >= 2 else none,
+      # The noise of example i is drawn from (seed, i) whatever the chunk, so the estimate is the whole split's.
+      "lik": (lambda c, lo: likelihood.for_run(model, config, c, specs, acfg["likelihood_samples"], acfg["seed"],
+                                               None, offset=lo)) if model.can_generate else none})
+  return parts["fields"], parts["latents"], parts["frames"], parts["lik"]
+
+
+def _coherence_data(dataset, split: str, rows=None) -> dict:
+  """A split's stored arrays for coherence and figures: whole when it fits in memory, else the given rows only."""
+  if rows is None:
+    return dataset.arrays(split)
+  return dataset.take(split, rows)
+
+
+def _train_rows(dataset, seed: int):
+  """None (every training example) when train fits in memory, else a label-stratified subset coherence can fit."""
+  if dataset.in_memory("train"):
+    return None
+  return data.stratified_rows(dataset.column("train", "label"), COHERENCE_TRAIN_EXAMPLES, seed)
+
+
 def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") -> dict:
-  """Loads a run's `which` checkpoint ('best' or 'last'), encodes `split`, cross-generates, writes WORKDIR/report/."""
+  """Loads a run's `which` checkpoint ('best' or 'last'), encodes `split`, cross-generates, writes WORKDIR/report/.
+
+  A split too large for memory (`Dataset.in_memory`) is encoded chunk by chunk from disk, to the same latents;
+  cross generation, its figures and coherence then use a label-stratified subset of GENERATED_EXAMPLES test rows
+  (report/generated.npz `rows`) and COHERENCE_TRAIN_EXAMPLES training rows.
+  """
   from mmvae.train import checkpoints
   workdir = pathlib.Path(workdir)
   model, config, _, step = checkpoints.load_run(workdir, which=which, return_step=True)
@@ -177,26 +235,40 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
     raise ValueError(f"split {split!r} is not in {dataset.data_dir} (it has {dataset.splits}); use --split")
   specs = dataset.modalities(config.data.get("modalities", ()))
   acfg = _analysis_cfg(config)
-  test = dataset.arrays(split)
   report_dir = workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
-  latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test, specs), test)
   frame_names = [m for m in model.frame_modalities() if m in specs] if hasattr(model, "frame_modalities") else []
-  frames = None
   (report_dir / "frames.npz").unlink(missing_ok=True)
-  if len(frame_names) >= 2:
-    frames = inference.encode_frames_split(model, test, frame_names)
+  streamed = not dataset.in_memory(split)
+  if streamed:
+    fields, latents, frames, lik = _encode_streamed(model, config, dataset, split, specs, frame_names, acfg)
+    latents = _save_latents(report_dir, latents, fields)
+  else:
+    test, lik = dataset.arrays(split), None
+    latents = _save_latents(report_dir, inference.encode_split(inference.model_encoder(model), test, specs), test)
+    frames = inference.encode_frames_split(model, test, frame_names) if len(frame_names) >= 2 else None
+  if frames is not None:
     np.savez_compressed(report_dir / "frames.npz", **frames)
-  generated = lik = None
+  generated, rows = None, None
   if model.can_generate:
     latent_dim = int(latents[f"{next(iter(specs))}_mu"].shape[1])
-    generated = generation.cross_generate(model, latents, specs)
+    if streamed:  # decoded data is as large as the raw split: a stated, stratified subset of it
+      rows = data.stratified_rows(latents["label"], GENERATED_EXAMPLES, acfg["seed"])
+      test = _coherence_data(dataset, split, rows)
+      print(f"mmvae analyze: split {split!r} ({len(latents['label'])} examples) is streamed; cross generation, its "
+            f"figures and coherence use {len(rows)} label-stratified examples (report/generated.npz rows)", flush=True)
+    generated = generation.cross_generate(model, latents if rows is None else {k: v[rows] for k, v in latents.items()},
+                                          specs)
     generated.update(generation.sample_prior(model, specs, latent_dim, acfg["joint_samples"], acfg["seed"]))
-    np.savez_compressed(report_dir / "generated.npz", **generated)
-    lik = likelihood.for_run(model, config, test, specs, acfg["likelihood_samples"], acfg["seed"], latent_dim)
+    np.savez_compressed(report_dir / "generated.npz", **generated, **({} if rows is None else {"rows": rows}))
+    if not streamed:
+      lik = likelihood.for_run(model, config, test, specs, acfg["likelihood_samples"], acfg["seed"], latent_dim)
     np.savez_compressed(report_dir / "likelihood.npz", **lik)
-  run_info = _run_info(workdir, dataset.data_dir, split, f"{which} (step {step})")
-  train = dataset.arrays("train") if generated is not None else {}  # only coherence reads training data
+  else:
+    test = {"label": latents["label"]}  # nothing reads the raw split when nothing is generated
+  run_info = _run_info(workdir, dataset.data_dir, split, step.label)  # which checkpoint was used, and why
+  # Only coherence reads training data.
+  train = _coherence_data(dataset, "train", _train_rows(dataset, acfg["seed"])) if generated is not None else {}
   return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config, run_info, lik,
                         frames)
 
@@ -228,9 +300,16 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
   config = ml_collections.ConfigDict(json.loads((checkpoints.run_folder(workdir) / "config.json").read_text()))
   dataset = checkpoints.dataset_of_run(workdir, data_dir)
   specs = dataset.modalities(config.data.get("modalities", ()))
-  test, train = dataset.arrays(split), dataset.arrays("train") if can_generate else {}
-  if not np.array_equal(test["id"], latents["id"]):
+  if not np.array_equal(dataset.column(split, "id"), latents["id"]):
     raise ValueError(f"latents.npz does not match split {split!r} of {dataset.data_dir} (example ids differ)")
+  # A streamed analysis generated from a subset of rows (generated.npz `rows`): the same rows of the real data.
+  rows = generated.pop("rows", None) if generated is not None else None
+  if generated is None:
+    test, train = {"label": latents["label"]}, {}
+  else:
+    acfg = _analysis_cfg(config)
+    test = _coherence_data(dataset, split, rows)
+    train = _coherence_data(dataset, "train", _train_rows(dataset, acfg["seed"]))
   missing = [m for m in specs if f"{m}_mu" not in latents]
   if generated is not None:
     missing += [k for k in (f"{g}_from_{q}" for q in specs for g in specs) if k not in generated]

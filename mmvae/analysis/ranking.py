@@ -33,20 +33,27 @@ def _cells(xp, s_BxM, rel_BxM, n_cells):
   return xp.where(ok, xp.minimum(xp.floor(xp.where(ok, x, 0)) + 1, n_cells - 1), 0).astype(xp.int32)
 
 
-def _scores(xp, q, g, kinds):
-  """{kind: B x M score block} from the shared dot products of query and gallery parts."""
-  dot = q["mu"] @ g["mu"].T
-  dot_w2 = dot + q["sig"] @ g["sig"].T if any(w2 for _, w2 in kinds.values()) else None
+def _scores(xp, q, g, kinds, paired=False):
+  """{kind: B x M score block} from the shared dot products of query and gallery parts; with `paired`, the
+  B scores of the pairs (q[k], g[k]) by the same formulas in the same precision."""
+  if paired:  # row-wise dot products: a pair's score does not depend on which other pairs share the call
+    mm = lambda a, b: xp.einsum("ij,ij->i", a, b)
+    col = row = lambda v: v
+  else:
+    mm = lambda a, b: a @ b.T
+    col, row = (lambda v: v[:, None]), (lambda v: v[None, :])
+  dot = mm(q["mu"], g["mu"])
+  dot_w2 = dot + mm(q["sig"], g["sig"]) if any(w2 for _, w2 in kinds.values()) else None
   out = {}
   for name, (kind, w2) in kinds.items():
     d = dot_w2 if w2 else dot
     if kind == "cos" and "unit" in q:
-      s = q["unit"] @ g["unit"].T  # NumPy: today's scores, exactly (parallel vectors tie)
+      s = mm(q["unit"], g["unit"])  # NumPy: today's scores, exactly (parallel vectors tie)
     elif kind == "cos":
-      s = d / (xp.maximum(q["norm"], 1e-12)[:, None] * xp.maximum(g["norm"], 1e-12)[None, :])
+      s = d / (col(xp.maximum(q["norm"], 1e-12)) * row(xp.maximum(g["norm"], 1e-12)))
     else:
       sq_q, sq_g = (q["sq_w2"], g["sq_w2"]) if w2 else (q["sq"], g["sq"])
-      s = -xp.sqrt(xp.maximum(sq_q[:, None] + sq_g[None, :] - 2.0 * d, 0.0))
+      s = -xp.sqrt(xp.maximum(col(sq_q) + row(sq_g) - 2.0 * d, 0.0))
     out[name] = s + 0.0  # -0.0 becomes 0.0: equal scores stay equal to every comparison
   return out
 
@@ -101,6 +108,27 @@ def parts(mu_NxZ, sig_NxZ, dtype):
   return out
 
 
+def default_jax(n, m):
+  """Whether an N x M set is scored in JAX float32 (large) rather than NumPy float64 (small)."""
+  return n * m >= (1 << 22)
+
+
+def pair_scores(q_mu, q_sig, g_mu, g_sig, rows, cols, scores, use_jax=None, chunk=1 << 16):
+  """{score: scores of the pairs (q[rows[k]], g[cols[k]])}: what BlockScorer's blocks hold at those positions,
+  by the same formulas in the same precision (up to float32 summation order), without the N x M products."""
+  dtype = np.float32 if (default_jax(len(q_mu), len(g_mu)) if use_jax is None else use_jax) else np.float64
+  kinds = {s: SCORE_KINDS[s] for s in scores}
+  q, g = parts(q_mu, q_sig, dtype), parts(g_mu, g_sig, dtype)
+  rows, cols, chunk = np.asarray(rows, np.int64), np.asarray(cols, np.int64), max(1, chunk)
+  out = {s: np.empty(len(rows), dtype) for s in scores}
+  for lo in range(0, len(rows), chunk):  # bounded gathers: chunk x D per part
+    r, c = rows[lo:lo + chunk], cols[lo:lo + chunk]
+    got = _scores(np, {k: v[r] for k, v in q.items()}, {k: v[c] for k, v in g.items()}, kinds, paired=True)
+    for s in scores:
+      out[s][lo:lo + len(r)] = got[s]
+  return out
+
+
 class BlockScorer:
   """Yields (lo, hi, {score: (s_BxM, key_BxM, key_rows)}) over query blocks; NumPy float64 or JAX float32.
 
@@ -110,7 +138,7 @@ class BlockScorer:
   def __init__(self, q_mu, q_sig, g_mu, g_sig, q_code, g_code, scores, exclude_self, use_jax=None,
                block_elems=1 << 22, n_cells=N_CELLS, groups=None):
     n, m = len(q_mu), len(g_mu)
-    self.use_jax = n * m >= (1 << 22) if use_jax is None else use_jax
+    self.use_jax = default_jax(n, m) if use_jax is None else use_jax
     self.kinds = tuple((s, SCORE_KINDS[s]) for s in scores)
     dtype = np.float32 if self.use_jax else np.float64
     self.q, self.g = parts(q_mu, q_sig, dtype), parts(g_mu, g_sig, dtype)

@@ -25,8 +25,6 @@ The query is never removed from the gallery array (that shifts labels); with exc
 score is set to -inf and it is neither relevant nor a negative, and the gallery size drops by one.
 """
 
-import math
-
 import numpy as np
 
 from mmvae import progress as progress_lib
@@ -116,27 +114,47 @@ def _block_stats(s_BxM, key_BxM, key_rows, row, col, lo, exclude_self, groups, n
   return dict(row=row, g=above, t=tied, rel_above=rel_above, rel_in=rel_in, n_rel=n_rel, matching=matching)
 
 
-class _PairSampler:
-  """Today's seeded verification sample: each pair kept with probability p, drawn row block by row block."""
+def _distinct(rng, t, k):
+  """k distinct integers of [0, t), sorted: the first k distinct values of uniform draws, a uniform k-subset
+  (every k-subset equally likely by symmetry) in O(k) memory and time, however large t is."""
+  if k == 0:
+    return np.empty(0, np.int64)
+  if 2 * k > t:  # mostly kept: drop a uniform (t - k)-subset instead (t < 2k here, so still O(k))
+    keep = np.ones(t, bool)
+    keep[_distinct(rng, t, t - k)] = False
+    return np.flatnonzero(keep)
+  draws = np.empty(0, np.int64)
+  have = 0
+  while have < k:
+    short = k - have
+    more = int(short * t / (t - have)) + 16  # expected repeats among the new draws, plus slack
+    draws = np.concatenate([draws, rng.integers(0, t, size=more, dtype=np.int64)])
+    uniq, first = np.unique(draws, return_index=True)  # index of each value's first draw
+    have = len(uniq)
+  return np.sort(draws[np.sort(first)[:k]])
 
-  def __init__(self, n, m, max_pairs, seed):
-    self.keep_p = min(1.0, max_pairs / float(n * m))
-    self.rng = np.random.default_rng(seed)
 
-  def keep(self, lo, b, m, exclude_self):
-    keep = np.ones((b, m), bool)
-    if exclude_self:
-      keep[np.arange(b), np.arange(lo, lo + b)] = False
-    if self.keep_p < 1.0:
-      keep &= self._draw((b, m))  # the same stream as one draw over all rows
-    return keep
+def sample_pairs(n, m, max_pairs, seed, exclude_self=False):
+  """The seeded verification sample of N x M pairs as (rows, cols), row-major, self pairs left out with
+  exclude_self: each pair kept independently with probability max_pairs / (N*M), drawn as a Binomial count of
+  distinct uniform positions (the same law) in O(max_pairs) instead of one draw per pair."""
+  width = m - 1 if exclude_self else m
+  total = n * width
+  rng = np.random.default_rng(seed)
+  k = int(rng.binomial(total, min(1.0, max_pairs / float(n * m)))) if total else 0
+  flat = _distinct(rng, total, k)
+  rows, cols = np.divmod(flat, max(width, 1))
+  if exclude_self:
+    cols = cols + (cols >= rows)  # skip the diagonal: position j of row i's M - 1 others
+  return rows, cols
 
-  def _draw(self, shape):
-    """rng.random(shape) < keep_p, from the raw 64-bit draws it is made of (u = (x >> 11) / 2^53): 3x faster."""
-    c = math.ceil(self.keep_p * 2.0 ** 53)
-    if isinstance(self.rng.bit_generator, np.random.PCG64) and c < 2 ** 53:
-      return self.rng.bit_generator.random_raw(shape) < np.uint64(c << 11)
-    return self.rng.random(shape) < self.keep_p
+
+def _full_pairs(lo, b, m, exclude_self):
+  """Every pair of a query block, self pairs left out with exclude_self."""
+  keep = np.ones((b, m), bool)
+  if exclude_self:
+    keep[np.arange(b), np.arange(lo, lo + b)] = False
+  return keep
 
 
 def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("cosine",), exclude_self=False,
@@ -166,7 +184,9 @@ def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("c
     block_elems = 1 << (25 if first_only else 23)
   scorer = ranking.BlockScorer(q_mu, q_sig, g_mu, g_sig, q_code, g_code, scores, exclude_self, use_jax,
                                block_elems, 0 if first_only else n_cells, None if first_only else groups)
-  sampler = _PairSampler(n, m, *verify) if verify is not None else None
+  sample = None
+  if verify is not None and verify[0] < n * m:
+    sample = sample_pairs(n, m, *verify, exclude_self=exclude_self)
   harm = chance.harmonic(np.arange(m + 1))
   per = {s: {} for s in scores}
   pairs = {s: ([], []) for s in scores}
@@ -182,8 +202,12 @@ def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("c
       continue
     row, col = relevant.block(lo, hi)
     keep = same = None
-    if sampler is not None:
-      keep = sampler.keep(lo, hi - lo, m, exclude_self)
+    if sample is not None:  # the block's sampled pairs, read off the block
+      i0, i1 = np.searchsorted(sample[0], (lo, hi))
+      keep = (sample[0][i0:i1] - lo, sample[1][i0:i1])
+      same = q_code[sample[0][i0:i1]] == g_code[keep[1]]
+    elif verify is not None:
+      keep = _full_pairs(lo, hi - lo, m, exclude_self)
       same = (q_code[lo:hi, None] == g_code[None, :])[keep]
     for score, (s_BxM, key_BxM, key_rows) in blocks.items():
       st = _block_stats(s_BxM, key_BxM, key_rows, row, col, lo, exclude_self, groups, scorer.n_cells)
@@ -197,7 +221,7 @@ def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("c
         pairs[score][1].append(same)
   out = {s: _with_chance({k: np.concatenate(v) for k, v in per[s].items()}, m - 1 if exclude_self else m, ks,
                          ap_k) for s in scores}
-  if sampler is None:
+  if verify is None:
     return out, None
   return out, {s: (np.concatenate(a), np.concatenate(b)) for s, (a, b) in pairs.items()}
 
@@ -365,19 +389,32 @@ def _verification_summary(s, y, pairs_sampled) -> dict:
 
 def verification(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
                  exclude_self=False, max_pairs=4_000_000, seed=0, chunk_elems=1 << 22) -> dict:
-  """ROC AUC and EER over (query, gallery) pairs: all of them, or each kept with probability
-  max_pairs / (N*M) by a seeded generator when there are more (same pairs for any chunk size)."""
+  """ROC AUC and EER over (query, gallery) pairs: all of them, or the seeded `sample_pairs` when there are more
+  than max_pairs (the same pairs and scores for any chunk size)."""
+  return _verification_summary(*verification_pairs(query_NxD, gallery_MxD, query_labels, gallery_labels, score,
+                                                   exclude_self, max_pairs, seed, chunk_elems))
+
+
+def verification_pairs(query_NxD, gallery_MxD, query_labels, gallery_labels, score="cosine",
+                       exclude_self=False, max_pairs=4_000_000, seed=0, chunk_elems=1 << 22):
+  """(scores, same-label flags, sampled) of the pairs `verification` summarises, row-major."""
   if score not in SCORES:
     raise ValueError(f"unknown retrieval score {score!r}; use one of {SCORES}")
   n, m = len(query_NxD), len(gallery_MxD)
+  if exclude_self and n != m:
+    raise ValueError("exclude_self needs the query set to be the gallery set")
   kind = "cosine" if score == "cosine" else "euclidean"
   q_code, g_code = _codes(query_labels, gallery_labels)
+  if max_pairs < n * m:  # score the sampled pairs alone, as the blocks would hold them: O(max_pairs)
+    rows, cols = sample_pairs(n, m, max_pairs, seed, exclude_self)
+    chunk = chunk_elems // max(1, np.shape(query_NxD)[-1])  # pairs per gather, as many elements as a block
+    s = ranking.pair_scores(query_NxD, None, gallery_MxD, None, rows, cols, (kind,), chunk=chunk)
+    return s[kind], q_code[rows] == g_code[cols], True
   scorer = ranking.BlockScorer(query_NxD, None, gallery_MxD, None, q_code, g_code, (kind,), exclude_self,
                                block_elems=chunk_elems)
-  sampler = _PairSampler(n, m, max_pairs, seed)
   scores, same = [], []
   for lo, hi, blocks in scorer:
-    keep = sampler.keep(lo, hi - lo, m, exclude_self)
+    keep = _full_pairs(lo, hi - lo, m, exclude_self)
     scores.append(blocks[kind][0][keep])  # float32 sorts faster; same order
     same.append((q_code[lo:hi, None] == g_code[None, :])[keep])
-  return _verification_summary(np.concatenate(scores), np.concatenate(same), sampler.keep_p < 1.0)
+  return np.concatenate(scores), np.concatenate(same), False

@@ -190,12 +190,109 @@ def test_chance_cache_is_bounded():
       sum(math.comb(6 - k, 1) / math.comb(6, 2) / (3 + k) for k in range(1, 6)))
 
 
-def test_pair_sample_is_todays_stream():
-  for n, m, max_pairs, rows in [(13, 17, 50, 4), (40, 9, 100, 7), (8, 8, 63, 3)]:
-    sampler = retrieval._PairSampler(n, m, max_pairs, seed=3)
-    got = np.concatenate([sampler.keep(lo, min(rows, n - lo), m, False) for lo in range(0, n, rows)])
-    want = np.random.default_rng(3).random((n, m)) < max_pairs / (n * m)  # one draw over all pairs
-    np.testing.assert_array_equal(got, want)
+@pytest.mark.parametrize("n, m, max_pairs, exclude_self", [(5, 5, 5, True), (5, 5, 20, True), (4, 6, 6, False)])
+def test_pair_sample_keeps_each_pair_with_probability_p(n, m, max_pairs, exclude_self):
+  p, seeds = max_pairs / (n * m), 3000
+  freq, counts = np.zeros((n, m)), []
+  for seed in range(seeds):
+    rows, cols = retrieval.sample_pairs(n, m, max_pairs, seed, exclude_self)
+    flat = rows * m + cols
+    assert np.all(np.diff(flat) > 0)  # distinct, row-major
+    freq[rows, cols] += 1
+    counts.append(len(rows))
+  valid = ~np.eye(n, m, dtype=bool) if exclude_self else np.ones((n, m), bool)
+  assert np.all(freq[~valid] == 0)
+  sd = math.sqrt(p * (1 - p) / seeds)
+  assert np.all(np.abs(freq[valid] / seeds - p) < 5 * sd)  # every valid pair equally likely, at p
+  total = valid.sum()
+  assert abs(np.mean(counts) - total * p) < 5 * math.sqrt(total * p * (1 - p) / seeds)
+  assert np.var(counts) == pytest.approx(total * p * (1 - p), rel=0.15)  # a Binomial count: independent pairs
+
+
+def test_pair_sample_at_size_is_uniform_seeded_and_never_n_by_m():
+  n = m = 400
+  p = 0.1
+  rows, cols = retrieval.sample_pairs(n, m, int(p * n * m), seed=4, exclude_self=True)
+  total = n * (m - 1)
+  assert abs(len(rows) - total * p) < 5 * math.sqrt(total * p * (1 - p))
+  assert np.all(rows != cols) and len(np.unique(rows * m + cols)) == len(rows)
+  for c in (np.bincount(rows, minlength=n), np.bincount(cols, minlength=m)):
+    e = (m - 1) * p  # Binomial(M - 1, p) per row (and per column)
+    stat = np.sum((c - e) ** 2) / (e * (1 - p))  # ~ chi-square with n degrees of freedom
+    assert abs(stat - n) < 6 * math.sqrt(2 * n)
+  again = retrieval.sample_pairs(n, m, int(p * n * m), seed=4, exclude_self=True)
+  other = retrieval.sample_pairs(n, m, int(p * n * m), seed=5, exclude_self=True)
+  assert all(np.array_equal(x, y) for x, y in zip((rows, cols), again))
+  assert len(other[0]) != len(rows) or not np.array_equal(other[1], cols)
+  n = m = 200_000  # 4e10 pairs: one draw (or bool) per pair would not fit in memory
+  rows, cols = retrieval.sample_pairs(n, m, 100_000, seed=0, exclude_self=True)
+  assert abs(len(rows) - 100_000) < 5 * math.sqrt(100_000) and np.all(rows != cols)
+  assert len(np.unique(rows * m + cols)) == len(rows) and rows.max() > 0.99 * n and cols.max() > 0.99 * m
+
+
+def _plain_score(a, b, score):
+  """One pair's score by a plain loop over coordinates."""
+  dot = sum(x * y for x, y in zip(a, b))
+  if score == "cosine":
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+  return -math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+
+
+def _plain_eer(scores, same):
+  """EER by brute force over every threshold, interpolated where FAR crosses FRR."""
+  pos, neg = [s for s, y in zip(scores, same) if y], [s for s, y in zip(scores, same) if not y]
+  pts = [(0.0, 0.0)] + [(sum(x >= t for x in neg) / len(neg), sum(x >= t for x in pos) / len(pos))
+                        for t in sorted(set(scores), reverse=True)]
+  for (f0, t0), (f1, t1) in zip(pts, pts[1:]):
+    if f1 + t1 >= 1.0:
+      return f0 + (1.0 - t0 - f0) / ((f1 - f0) + (t1 - t0)) * (f1 - f0)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_sampled_verification_is_sklearn_on_the_sampled_pairs(exclude_self):
+  from sklearn import metrics as skm
+  rng = np.random.default_rng(9)
+  n, m = (70, 70) if exclude_self else (70, 50)
+  mu_q, mu_g = rng.normal(size=(n, 4)), rng.normal(size=(m, 4))
+  lv_q, lv_g = rng.normal(size=(n, 4)), rng.normal(size=(m, 4))
+  lq, lg = rng.integers(0, 4, n), rng.integers(0, 4, m)
+  rows, cols = retrieval.sample_pairs(n, m, 900, 2, exclude_self)
+  both = retrieval.retrieval_scores(mu_q, mu_g, lq, lg, retrieval.SCORES, lv_q, lv_g, exclude_self, max_pairs=900,
+                                    seed=2, progress=False)  # pairs read off the ranking blocks
+  for score in retrieval.SCORES:
+    q, g = retrieval.features(mu_q, lv_q, score), retrieval.features(mu_g, lv_g, score)
+    s, same, sampled = retrieval.verification_pairs(q, g, lq, lg, score, exclude_self, 900, seed=2)
+    plain = [_plain_score(q[i], g[j], score) for i, j in zip(rows, cols)]
+    plain_same = [lq[i] == lg[j] for i, j in zip(rows, cols)]
+    assert sampled and np.array_equal(same, plain_same)
+    np.testing.assert_allclose(s, plain, rtol=1e-12, atol=1e-12)
+    out = retrieval.verification(q, g, lq, lg, score, exclude_self, 900, seed=2)
+    assert out == retrieval.verification(q, g, lq, lg, score, exclude_self, 900, seed=2, chunk_elems=7)
+    assert out["verification_pairs"] == len(rows) and out["verification_pairs_sampled"]
+    assert out["auc"] == pytest.approx(skm.roc_auc_score(plain_same, plain), abs=1e-12)
+    assert out["eer"] == pytest.approx(_plain_eer(plain, plain_same), abs=1e-12)
+    for key in ("auc", "eer", "verification_pairs", "verification_pairs_sampled"):
+      assert both[score][key] == pytest.approx(out[key], abs=1e-12), (score, key)
+
+
+def test_sampled_pair_scores_are_the_block_scores_in_float32():
+  rng = np.random.default_rng(10)
+  mu_q, mu_g = rng.normal(size=(40, 6)), rng.normal(size=(30, 6))
+  sig_q, sig_g = rng.uniform(0.1, 2, size=(40, 6)), rng.uniform(0.1, 2, size=(30, 6))
+  code_q, code_g = rng.integers(0, 3, 40).astype(np.int32), rng.integers(0, 3, 30).astype(np.int32)
+  rows, cols = retrieval.sample_pairs(40, 30, 300, seed=1)
+  for use_jax in (False, True):
+    scorer = ranking.BlockScorer(mu_q, sig_q, mu_g, sig_g, code_q, code_g, retrieval.SCORES, False, use_jax)
+    full = {k: np.concatenate([blocks[k][0] for _, _, blocks in scorer]) for k in retrieval.SCORES}
+    got = ranking.pair_scores(mu_q, sig_q, mu_g, sig_g, rows, cols, retrieval.SCORES, use_jax, chunk=17)
+    for k in retrieval.SCORES:
+      assert got[k].dtype == full[k].dtype == (np.float32 if use_jax else np.float64)
+      tol = 4e-6 * np.abs(full[k]).max() if use_jax else 1e-13  # float32: summation order only
+      np.testing.assert_allclose(got[k], full[k][rows, cols], rtol=tol, atol=tol, err_msg=k)
+  big = rng.normal(size=(2100, 3))  # 4.4M pairs: the float32 size class, as the blocks would be
+  s, _, sampled = retrieval.verification_pairs(big, big, np.arange(2100) % 7, np.arange(2100) % 7,
+                                               max_pairs=5000, exclude_self=True)
+  assert sampled and s.dtype == np.float32 and abs(len(s) - 5000) < 5 * math.sqrt(5000)
 
 
 def test_verification_summary_of_float32_ties_matches_sklearn():

@@ -91,5 +91,5 @@ def export(workdir, modality: str, out, data_dir=None, splits=None, which: str =
   os.replace(tmp, out)
   counts = ", ".join(f"{s} {len(i)}" for s, i in zip(chosen, ids))
   print(f"mmvae embed: {modality} posterior means ({result['embeddings'].shape[1]} dims) of {counts} examples, "
-        f"checkpoint {step.label} -> {out} in {time.time() - start:.1f} s", flush=True)
+        f"{step.which} checkpoint (step {int(step)}){f' ({step.why})' if step.why else ''} -> {out} in {time.time() - start:.1f} s", flush=True)
   return result

@@ -554,3 +554,94 @@ def test_a_run_and_a_dataset_never_share_a_folder(synthetic_dataset, reference, 
   rc, lines = run_cli(capsys, "prep", "synthetic", "--out", run, "--identities", 4, "--workers", 1)
   assert_refused(rc, lines, "prep", r"--out .*run holds a training run \(run.json, config.json, checkpoints\)")
   assert snapshot(run) == before
+
+
+# --- issue 24, item 18: a batch that cannot fit -------------------------------------------------------
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_its_size_and_leaves_no_workdir(synthetic_dataset, tmp_path, capsys):
+  size = 10 ** 11  # about 2 TiB of examples: more than any test machine holds
+  # By hand: each stored array, plus its float32 model input (one frame of a multi-frame image), plus the label.
+  per_example = 4
+  for m in data.Dataset(synthetic_dataset).manifest["modalities"]:
+    stored = int(np.prod(m["shape"])) * np.dtype(m["dtype"]).itemsize
+    shown = int(np.prod(m["shape"][1:] if m["kind"] == "image" and len(m["shape"]) == 4 else m["shape"])) * 4
+    per_example += stored + (0 if m["dtype"] == "float32" and shown == stored else shown)
+  workdir = tmp_path / "new" / "run"
+  rc, lines = run_cli(capsys, *train_args(synthetic_dataset, workdir, f"--config.train.batch_size={size}"))
+  assert_refused(rc, lines, "train", rf"^mmvae train: error: config.train.batch_size={size}: one batch takes about "
+                 rf"{size * per_example / 2 ** 30:.1f} GiB \(stored examples and model inputs\), more than the "
+                 r"[\d.]+ GiB of memory available; lower it$")
+  assert list(tmp_path.iterdir()) == []  # the folders the refused run made are gone
+  # A workdir the user made stays, and so does what is in it.
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine\n")
+  for workdir in (mine, tmp_path / "empty"):
+    workdir.mkdir(exist_ok=True)
+    rc, lines = run_cli(capsys, *train_args(synthetic_dataset, workdir, f"--config.train.batch_size={size}"))
+    assert_refused(rc, lines, "train", "one batch takes about")
+  assert snapshot(mine) == {"notes.txt": b"mine\n"} and (tmp_path / "empty").is_dir()
+
+
+# --- issue 24, item 19: analysis of a collapsed model -------------------------------------------------
+
+
+def test_analysis_of_collapsed_latents_flags_them_and_keeps_what_is_defined(synthetic_dataset, reference, tmp_path,
+                                                                           capsys):
+  from mmvae.analysis import report
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  rc, lines = run_cli(capsys, "analyze", "--workdir", run)
+  assert rc == 0, lines
+  saved = dict(np.load(run / "report/latents.npz"))
+  names = [m["name"] for m in data.Dataset(synthetic_dataset).manifest["modalities"]]
+  first, other = names[0], names[1]
+  for collapsed in ([other], names):  # one modality's posterior means constant, then every modality's
+    latents = dict(saved)
+    for k, m in enumerate(collapsed):
+      latents[f"{m}_mu"] = np.full_like(saved[f"{m}_mu"], 0.25 * (k + 1))
+    np.savez_compressed(run / "report/latents.npz", **latents)
+    capsys.readouterr()
+    metrics = report.rebuild(run)
+    assert "Traceback" not in capsys.readouterr().err
+    assert json.loads((run / "report/metrics.json").read_text())[f"clusters.{other}.collapsed"] is True
+    for space in names + ["joint"]:
+      assert metrics[f"clusters.{space}.collapsed"] is (space in collapsed or space == "joint" and collapsed == names)
+    # Retrieval into a gallery of one repeated point: every item ties, so the MRR is exactly its chance level.
+    key = f"retrieval.{first}_to_{other}.mrr"
+    assert metrics[key] == pytest.approx(metrics[key + "_chance"], abs=1e-12)
+    text = (run / "report/report.md").read_text()
+    flagged = [line for line in text.splitlines() if line.startswith("**Collapsed:**")]
+    assert len(flagged) == 1 and "(near-)zero variance" in flagged[0], flagged
+    figures = collapsed != names  # the joint space is mapped unless every modality collapsed
+    embeddings = np.load(run / "report/embeddings.npz")
+    maps = [k for k in embeddings if k.startswith("tsne_")]
+    assert maps == [f"tsne_{m}" for m in names if m not in collapsed] + (["tsne_joint"] if figures else []), maps
+    assert all(np.isfinite(embeddings[k]).all() for k in maps)
+    assert (run / "report/tsne.png").is_file() is figures and ("![t-SNE](tsne.png)" in text) is figures
+
+
+# --- issue 24, item 11: a damaged checkpoint is one warning, not asyncio tracebacks ------------------------
+
+
+def test_a_damaged_checkpoint_read_prints_one_warning_and_no_event_loop_traceback(synthetic_dataset, reference,
+                                                                                  tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(reference, broken)
+  # Truncating the largest data file fails one TensorStore read while others are in flight: Orbax then closed its
+  # event loop under them, and each late one printed `RuntimeError: Event loop is closed` with a traceback.
+  best = json.loads((broken / "final.json").read_text())["best_step"]
+  biggest = max((p for p in (broken / f"checkpoints/best/{best}").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:1000])
+  wav = next((synthetic_dataset / "raw/wav").rglob("*.wav"))
+  # A process of its own: the late reads report on TensorStore's threads, possibly after the load returned.
+  done = subprocess.run([sys.executable, "-c", "import sys; from mmvae import cli; sys.exit(cli.main(sys.argv[1:]))",
+                         "generate", "face", "--workdir", str(broken), "--wav", str(wav), "--out",
+                         str(tmp_path / "face.png")], capture_output=True, text=True, timeout=300)
+  lines = [line for line in done.stderr.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
+  assert done.returncode == 0 and (tmp_path / "face.png").is_file(), done.stderr
+  assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, done.stderr
+  assert len(lines) == 1 and re.search(rf"checkpoint \S+/best/{best} is damaged .*; using the last checkpoint",
+                                       lines[0]), lines

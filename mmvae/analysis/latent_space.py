@@ -24,6 +24,9 @@ MAX_POINTS = 20000  # t-SNE and DBSCAN points per space beyond which a stratifie
 # Rows closer than this share of the set's spread count as copies: float32 encoders can return a
 # repeated input with last-bit differences (batch position), which would still land the knee near 0.
 DUPLICATE_RTOL = 1e-6
+# A space whose spread is below this share of its scale (at least the prior's unit scale) is collapsed: every
+# example encodes to (float32 copies of) one point, and a t-SNE map of it is undefined (NaN) or a map of rounding.
+COLLAPSE_RTOL = 1e-5
 
 
 def stratified_sample(labels, cap: int, seed: int = 0) -> np.ndarray:
@@ -56,13 +59,29 @@ def adapted_perplexity(n: int, perplexity: float = -1.0) -> float:
   return float(max(1.0, min(p, n - 1.5)))
 
 
+def spread(x_NxZ) -> float:
+  """Root mean squared distance of the rows to their mean."""
+  x = np.asarray(x_NxZ, np.float64)
+  return float(np.sqrt(np.mean(np.sum((x - x.mean(0)) ** 2, axis=1)))) if len(x) else 0.0
+
+
+def collapsed(x_NxZ) -> bool:
+  """Whether the rows are (near-)copies of one point: spread at most COLLAPSE_RTOL of max(1, their RMS norm)."""
+  x = np.asarray(x_NxZ, np.float64)
+  scale = max(1.0, float(np.sqrt(np.mean(np.sum(x * x, axis=1))))) if len(x) else 1.0
+  return spread(x) <= COLLAPSE_RTOL * scale
+
+
 def tsne(x_NxZ, perplexity: float = -1.0, seed: int = 0) -> np.ndarray:
   """2-d t-SNE embedding (PCA start, seeded): exact gradients up to EXACT_TSNE points, then openTSNE.
 
   openTSNE takes exact neighbours from the index, Barnes-Hut gradients up to FFT_TSNE points and
-  FFT-interpolated ones (linear in N) on every core this process may use above.
+  FFT-interpolated ones (linear in N) on every core this process may use above. ValueError for collapsed points.
   """
   x = np.asarray(x_NxZ, np.float64)
+  if collapsed(x):  # scikit-learn fails on NaNs of its PCA start; openTSNE returns them without a word
+    raise ValueError(f"t-SNE of {len(x)} points that are (near-)copies of one point (spread {spread(x):.3g}) is "
+                     "undefined")
   p = adapted_perplexity(len(x), perplexity)
   # Threads pay off only at FFT sizes. Measured on a busy 2-core machine: 400 points 4 s on one thread, 38 s on
   # two (their barriers); 10,000 points Barnes-Hut 107 s on one, FFT 115 s on one, 72 s on two.
@@ -90,10 +109,10 @@ def distinct(x_NxZ) -> tuple[np.ndarray, int]:
   x = np.asarray(x_NxZ, np.float64)
   if len(x) < 2:
     return x, 0
-  spread = float(np.sqrt(np.mean(np.sum((x - x.mean(0)) ** 2, axis=1))))
-  if spread == 0.0:
+  radius = spread(x)
+  if radius == 0.0:
     return x[:1], len(x) - 1
-  i, j = neighbours.copy_pairs(x, DUPLICATE_RTOL * spread)
+  i, j = neighbours.copy_pairs(x, DUPLICATE_RTOL * radius)
   graph = sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(len(x), len(x)))
   _, group = csgraph.connected_components(graph, directed=False)
   _, first = np.unique(group, return_index=True)

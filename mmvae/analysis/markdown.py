@@ -269,9 +269,18 @@ def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict
   lines += _retrieval_lines(metrics, names, display)
   lines += sync.lines(metrics, display)
   joint = ", ".join(f"{display[n]}" for n in names)
-  lines += ["## Latent space", "", "![t-SNE](tsne.png)", "",
+  collapsed = [s for s in names if metrics.get(f"clusters.{s}.collapsed")]
+  mapped = not metrics.get("clusters.joint.collapsed")  # the joint space is mapped unless every modality collapsed
+  lines += ["## Latent space", ""]
+  if collapsed:
+    spreads = ", ".join(format(metrics.get(f"clusters.{s}.spread", 0.0), ".3g") for s in collapsed)
+    lines += [f"**Collapsed:** the {', '.join(display[s] for s in collapsed)} latents have (near-)zero variance "
+              f"(spread {spreads}): every example "
+              "encodes to one point, so they have no t-SNE map and DBSCAN cannot separate them; as a retrieval gallery "
+              "every item ties (exactly chance), and as queries every example gets the same ranking.", ""]
+  lines += ["![t-SNE](tsne.png)", "",
             f"*t-SNE of each modality's posterior means and of all of them together ({joint}: one marker per "
-            "modality); colour: identity*", ""]
+            "modality); colour: identity*", ""] if mapped else []
   sampled = [s for s in names + ["joint"] if (metrics.get(f"clusters.{s}.points_shown") or 0)
              < (metrics.get(f"clusters.{s}.points") or 0)]
   if sampled:
@@ -294,7 +303,7 @@ def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict
                  f"| {_fmt(g('noise_fraction'))} | {g('duplicates')} | {_fmt(g('ari'))} ({_fmt(g('ari_chance'))}) "
                  f"| {_fmt(g('nmi'))} ({_fmt(g('nmi_chance'))}) |")
   lines += ["", "![DBSCAN](dbscan.png)", "",
-            "*DBSCAN clusters on the t-SNE maps, and the k-distance curves that chose eps*", ""]
+            "*DBSCAN clusters on the t-SNE maps, and the k-distance curves that chose eps*", ""] if mapped else [""]
   lines += _nearest_lines(metrics, near, id_names, names, display)
   if metrics.get("model.can_generate") is False:
     lines += ["## Cross generation", "", f"Skipped: the model (kind `{metrics.get('model.kind')}`) cannot generate, "

@@ -73,6 +73,8 @@ def latent_section(latents: dict, names, id_names: dict, acfg: dict, report_dir:
   Above acfg['max_points'] points a space is mapped and clustered through a stratified (by identity), seeded
   sample: the same examples in every modality, and in the joint space max_points // modalities examples
   with every modality's latent of each; `clusters.<space>.points_shown` of `clusters.<space>.points` say so.
+  A collapsed space (`clusters.<space>.collapsed`: its latents are copies of one point; the joint one when every
+  modality's is) has no t-SNE map, so no panel in either figure; its DBSCAN and nearest identities stay.
   """
   names = list(names)
   labels = np.asarray(latents["label"])
@@ -85,22 +87,31 @@ def latent_section(latents: dict, names, id_names: dict, acfg: dict, report_dir:
   shown[JOINT] = np.vstack([spaces[m][keep_joint] for m in names])
   shown_labels = {**{m: labels[keep] for m in names}, JOINT: labels[keep_joint]}
   totals = {**{m: len(labels) for m in names}, JOINT: len(names) * len(labels)}
+  collapsed = {m: latent_space.collapsed(spaces[m]) for m in names}
+  collapsed[JOINT] = all(collapsed.values())  # one collapsed modality still leaves the others' points to map
   emb, clusters, kdist, out = {}, {}, {}, {"clusters.max_points": int(cap), "clusters.sample_seed": int(seed)}
   for space in progress.bar(shown, desc="t-SNE + DBSCAN"):
     tiled = np.tile(shown_labels[space], len(names) if space == JOINT else 1)
-    emb[space] = latent_space.tsne(shown[space], acfg["tsne_perplexity"], seed)
+    out.update({f"clusters.{space}.collapsed": collapsed[space],
+                f"clusters.{space}.spread": latent_space.spread(spaces[space] if space != JOINT else shown[space])})
+    if not collapsed[space]:
+      emb[space] = latent_space.tsne(shown[space], acfg["tsne_perplexity"], seed)
     clusters[space] = latent_space.dbscan(shown[space], tiled, acfg["dbscan_eps"], acfg["dbscan_min_samples"], seed)
     # The curve the knee was read from: distinct points only (copies are counted in the results).
     kdist[space] = clusters[space]["k_distances"]
     out.update({f"clusters.{space}.{k}": v for k, v in clusters[space].items()
                 if k not in ("assignment", "k_distances")})
     out.update({f"clusters.{space}.points": int(totals[space]), f"clusters.{space}.points_shown": len(shown[space])})
-  by_display = lambda d: {display.get(s, s): v for s, v in d.items()}  # noqa: E731
-  latent_space.plot_embedding(report_dir / "tsne.png", by_display(emb), by_display(shown_labels), id_names,
-                              "t-SNE of posterior means, coloured by identity",
-                              joint={JOINT: [display[m] for m in names]}, totals=by_display(totals))
-  latent_space.plot_dbscan(report_dir / "dbscan.png", by_display(emb), by_display(clusters), by_display(kdist),
-                           totals=by_display(totals))
+  by_display = lambda d: {display.get(s, s): v for s, v in d.items() if s in emb}  # noqa: E731 (mapped spaces)
+  if emb:
+    latent_space.plot_embedding(report_dir / "tsne.png", by_display(emb), by_display(shown_labels), id_names,
+                                "t-SNE of posterior means, coloured by identity",
+                                joint={JOINT: [display[m] for m in names]}, totals=by_display(totals))
+    latent_space.plot_dbscan(report_dir / "dbscan.png", by_display(emb), by_display(clusters), by_display(kdist),
+                             totals=by_display(totals))
+  else:  # every space collapsed: an earlier analysis's maps in this (our own) folder would stand for this one
+    for name in ("tsne.png", "dbscan.png"):
+      (report_dir / name).unlink(missing_ok=True)
   # Which rows of latents.npz each map shows (a joint map: these examples, modality after modality).
   np.savez_compressed(report_dir / "embeddings.npz", **{f"tsne_{k}": v for k, v in emb.items()},
                       **{f"dbscan_{k}": v["assignment"] for k, v in clusters.items()},

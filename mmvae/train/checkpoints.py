@@ -8,6 +8,8 @@ Multi-host: every process calls the same methods in the same order (Orbax's save
 0 writes, the others wait at its barriers); all of them read the checkpoints from the shared workdir.
 """
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import pathlib
@@ -77,12 +79,45 @@ def params_sha256(params) -> str:
   return h.hexdigest()
 
 
+class _QuietLoop(asyncio.SelectorEventLoop):
+  """An event loop that drops callbacks handed to it after it closed, instead of raising.
+
+  Orbax restores on a fresh loop that it closes as soon as one read fails; TensorStore's reads still in
+  flight then complete on their own threads and hand their results to the closed loop, and each
+  `RuntimeError: Event loop is closed` went to stderr as a traceback (dozens per damaged checkpoint). Nothing
+  waits on those results any more, so dropping them loses nothing.
+  """
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    try:
+      return super().call_soon_threadsafe(callback, *args, context=context)
+    except RuntimeError:
+      if self.is_closed():  # only that error; anything else still surfaces
+        return None
+      raise
+
+
+class _QuietPolicy(asyncio.DefaultEventLoopPolicy):
+  _loop_factory = _QuietLoop
+
+
+@contextlib.contextmanager
+def _quiet_loops():
+  """Event loops created inside (Orbax's, for one restore) are _QuietLoops."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_QuietPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
+
+
 def _read(step_dir: pathlib.Path):
   """(flat state, None) for an intact checkpoint step folder, or (None, what is wrong)."""
   try:
     meta = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
     digest = (meta.get("custom_metadata") or {}).get("sha256")  # None: written before digests existed
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _quiet_loops(), ocp.StandardCheckpointer() as checkpointer:
       flat = checkpointer.restore(step_dir / "default")  # as saved: unflatten checks names and shapes
   except Exception as e:  # noqa: BLE001 (damage surfaces as any of Orbax's, TensorStore's or json's errors)
     return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'}"

@@ -14,6 +14,7 @@ Multi-host: see mmvae/train/parallel.py.
 import datetime
 import itertools
 import json
+import os
 import pathlib
 import signal
 import time
@@ -57,6 +58,57 @@ def check_config(config) -> None:
     raise ValueError(f"config.parallel={config.parallel!r} is unknown; use one of {parallel.MODES}")
   parallel.check_batch_size(t.batch_size, jax.device_count())
   step_lib.check_schedule(t)
+
+
+def available_memory() -> int | None:
+  """Bytes of memory this process can still take: MemAvailable, capped by a cgroup limit; None where unknown."""
+  try:
+    meminfo = pathlib.Path("/proc/meminfo").read_text()
+    free = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))) * 1024
+  except (OSError, StopIteration, ValueError, IndexError):
+    try:
+      free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+      return None
+  # A container's limit is not in /proc/meminfo, which shows the whole machine.
+  cgroup = pathlib.Path("/sys/fs/cgroup")
+  for limit, used in (("memory.max", "memory.current"),
+                      ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    try:
+      cap = int((cgroup / limit).read_text()) - int((cgroup / used).read_text())
+    except (OSError, ValueError):  # no such cgroup file, or "max": unlimited
+      continue
+    free = min(free, max(cap, 0))
+  return free
+
+
+def example_bytes(specs: dict) -> int:
+  """Bytes one training example occupies while its batch is built: its stored arrays plus its model inputs."""
+  total = 0
+  for m in specs.values():
+    stored = np.zeros((1, *m.shape), m.dtype)
+    model_input = np.asarray(m.kind_module.inputs(m, stored, np.zeros(1, np.int64)))
+    # Both live at once while a batch is assembled, unless the input is a view of the stored array.
+    total += stored.nbytes + (0 if np.shares_memory(model_input, stored) else model_input.nbytes)
+  return total + np.dtype(np.int32).itemsize  # the label
+
+
+def check_batch_memory(batch_size: int, specs: dict, available=None) -> None:
+  """ValueError when one batch of the run's modalities cannot fit in this host's available memory.
+
+  Checked before anything is allocated: a batch that cannot fit otherwise ends in a long MemoryError or the kernel's
+  OOM killer. The estimate is a lower bound (prefetched batches and device copies add more), so the check never
+  refuses a batch that fits.
+  """
+  per_example = example_bytes(specs)
+  hosts = jax.process_count()
+  need = -(-batch_size // hosts) * per_example  # each process reads its rows of the global batch
+  free = available_memory() if available is None else available
+  if free is not None and need > free:
+    share = f"this host's 1/{hosts} of " if hosts > 1 else ""
+    raise ValueError(f"config.train.batch_size={batch_size}: {share}one batch takes about {need / 2**30:.1f} GiB "
+                     f"(stored examples and model inputs), more than the {free / 2**30:.1f} GiB of memory available; "
+                     "lower it")
 
 
 def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
@@ -181,11 +233,32 @@ def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=
   parallel.maybe_initialize_distributed()
   check_not_in_dataset(workdir)
   from mmvae.train import stages
-  if stages.is_staged(config):  # a model kind with a stage plan (mcvs): one run per stage
-    return stages.train(config, data_dir, workdir, allow_data_change, init_from)
-  workdir = resume.checked_workdir(workdir)
-  with resume.lock(workdir, owner=jax.process_index() == 0):
-    return _train(config, data_dir, workdir, allow_data_change, init_from)
+  path = pathlib.Path(workdir).absolute()
+  created = [p for p in (path, *path.parents) if not p.exists()]  # the folders this call makes, deepest first
+  try:
+    if stages.is_staged(config):  # a model kind with a stage plan (mcvs): one run per stage
+      return stages.train(config, data_dir, workdir, allow_data_change, init_from)
+    workdir = resume.checked_workdir(workdir)
+    with resume.lock(workdir, owner=jax.process_index() == 0):
+      return _train(config, data_dir, workdir, allow_data_change, init_from)
+  except BaseException:
+    if jax.process_index() == 0:
+      _remove_empty(created)
+    raise
+
+
+def _remove_empty(created: list[pathlib.Path]) -> None:
+  """Removes the folders a refused or failed run created while they hold nothing but empty folders (its own)."""
+  for folder in created:
+    try:
+      inside = list(folder.rglob("*"))
+      if any(p.is_symlink() or not p.is_dir() for p in inside):
+        return  # the run wrote something: keep it all as it is
+      for sub in sorted(inside, key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+      folder.rmdir()
+    except OSError:  # gone already, or another process writes into it now
+      return
 
 
 def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, init_from) -> dict:
@@ -195,6 +268,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   dataset.check_config(config)
   specs = dataset.modalities(config.data.get("modalities", ()))
   config_lib.check_modality_keys(config, specs)
+  check_batch_memory(config.train.batch_size, specs)
   shapes = {name: m.model_shape for name, m in specs.items()}
   t = config.train
   if dataset.num_examples("train") < 1:

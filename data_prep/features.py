@@ -40,6 +40,7 @@ CORPUS = "features"
 SPLITS = ("train", "validation", "test")
 REQUIRED_SPLITS = ("train", "test")
 STD_FLOOR = 1e-8  # a constant feature would otherwise divide by zero
+CHUNK_ROWS = 4096  # feature rows read from ROOT's files at a time
 RESERVED = ("label", *storage.TEXT_FEATURES)  # per-example fields beside the modalities
 _SPLIT = "|".join(SPLITS)
 _NPZ = re.compile(rf"(?P<modality>.+)_(?P<split>{_SPLIT})\.npz")
@@ -97,11 +98,33 @@ def find_files(root) -> dict[str, dict[str, dict]]:
   return dict(found)
 
 
+class MappedRows:
+  """An .npy matrix read by rows: each read maps the file and unmaps it after, so resident memory stays bounded."""
+
+  def __init__(self, path):
+    self.path = path
+    x = np.load(path, mmap_mode="r", allow_pickle=False)
+    self.shape, self.dtype, self.ndim = x.shape, x.dtype, x.ndim
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    x = np.load(self.path, mmap_mode="r", allow_pickle=False)
+    return np.array(x[index], np.float32)  # a copy: the mapping goes with `x`
+
+
+def row_chunks(x, rows: int = CHUNK_ROWS):
+  """float32 blocks of `rows` rows of an array or MappedRows, in order."""
+  for lo in range(0, len(x), rows):
+    yield np.asarray(x[lo:lo + rows], np.float32)
+
+
 def _load(path: pathlib.Path, key: str | None):
-  """One array of an .npy file (memory-mapped) or of an .npz archive; a one-line ValueError when unreadable."""
+  """One array of an .npy file (MappedRows) or of an .npz archive; a one-line ValueError when unreadable."""
   try:
     if key is None:
-      return np.load(path, mmap_mode="r", allow_pickle=False)
+      return MappedRows(path)
     with np.load(path, allow_pickle=False) as archive:
       arrays = {k: archive[k] for k in ("features", "labels") if k in archive.files}
       present = archive.files
@@ -118,8 +141,9 @@ def _checked_features(x, path) -> np.ndarray:
     raise ValueError(f"{path}: features have dtype {x.dtype}; expected floats")
   if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
     raise ValueError(f"{path}: features have shape {x.shape}; expected [N, D] with N, D >= 1")
-  x32 = np.asarray(x, np.float32)
-  bad = np.flatnonzero(~np.isfinite(x32).all(axis=1))
+  x32 = x if isinstance(x, MappedRows) else np.asarray(x, np.float32)  # an .npy file stays on disk
+  bad = np.concatenate([np.flatnonzero(~np.isfinite(b).all(axis=1)) + i * CHUNK_ROWS
+                        for i, b in enumerate(row_chunks(x32))])
   if len(bad):
     raise ValueError(f"{path}: row {bad[0]} of the features is not finite (NaN, inf, or beyond float32 range); "
                      f"{len(bad)} such rows")
@@ -226,7 +250,10 @@ def normalisation(inputs: dict) -> dict[str, dict]:
   out = {}
   for m, splits in inputs.items():
     x = splits["train"]["features"]
-    out[m] = {"mean": x.mean(axis=0, dtype=np.float64), "std": np.maximum(x.std(axis=0, dtype=np.float64), STD_FLOOR)}
+    # Two passes over row blocks in float64: never a float64 copy of the whole matrix.
+    mean = sum(b.astype(np.float64).sum(axis=0) for b in row_chunks(x)) / len(x)
+    var = sum(((b.astype(np.float64) - mean) ** 2).sum(axis=0) for b in row_chunks(x)) / len(x)
+    out[m] = {"mean": mean, "std": np.maximum(np.sqrt(var), STD_FLOOR)}
   return out
 
 
@@ -271,10 +298,15 @@ def prepare_features(root, out, seed: int = 0, anchor: str | None = None, rename
       picks = paired[split][0]
       labels = inputs[anchors[split]][split]["labels"]
       width = len(str(len(labels) - 1))  # zero-padded: id order == row order
+      block = {}
       for row in progress.bar(range(len(labels)), desc=f"features {split}", unit="row", dynamic_ncols=True):
+        if row % CHUNK_ROWS == 0:  # the next rows of every modality, read at once: memory bounded by the block
+          block = {m: inputs[m][split]["features"][np.sort(picks[m][row:row + CHUNK_ROWS])] for m in order}
+          where = {m: np.searchsorted(np.sort(picks[m][row:row + CHUNK_ROWS]), picks[m][row:row + CHUNK_ROWS])
+                   for m in order}
         record = {}
         for m in order:
-          x = np.asarray(inputs[m][split]["features"][picks[m][row]], np.float64)
+          x = np.asarray(block[m][where[m][row % CHUNK_ROWS]], np.float64)
           record[m] = ((x - norm[m]["mean"]) / norm[m]["std"] if norm else x).astype(np.float32)
         c = str(labels[row])
         record.update(label=int(np.searchsorted(classes, labels[row])), id=f"{split}/{anchors[split]}/{row:0{width}d}",

@@ -301,9 +301,10 @@ def prepare_features(root, out, seed: int = 0, anchor: str | None = None, rename
       block = {}
       for row in progress.bar(range(len(labels)), desc=f"features {split}", unit="row", dynamic_ncols=True):
         if row % CHUNK_ROWS == 0:  # the next rows of every modality, read at once: memory bounded by the block
-          block = {m: inputs[m][split]["features"][np.sort(picks[m][row:row + CHUNK_ROWS])] for m in order}
-          where = {m: np.searchsorted(np.sort(picks[m][row:row + CHUNK_ROWS]), picks[m][row:row + CHUNK_ROWS])
-                   for m in order}
+          # Each modality's distinct items in file order (sequential reads); `where`: each row's place among them.
+          unique = {m: np.unique(picks[m][row:row + CHUNK_ROWS], return_inverse=True) for m in order}
+          block = {m: inputs[m][split]["features"][items] for m, (items, _) in unique.items()}
+          where = {m: inverse for m, (_, inverse) in unique.items()}
         record = {}
         for m in order:
           x = np.asarray(block[m][where[m][row % CHUNK_ROWS]], np.float64)

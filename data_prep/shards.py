@@ -80,10 +80,12 @@ def example_digest(record: dict) -> bytes:
   return digest.digest()
 
 
-def _write_json(path: pathlib.Path, obj) -> None:
+def write_json_atomic(path, obj, indent: int | None = None) -> None:
+  """Writes JSON to a temporary sibling, then renames it into place (atomic on POSIX)."""
+  path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f)
+    json.dump(obj, f, indent=indent)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -118,7 +120,7 @@ def write_shard(stage, split: str, index: int, records, modalities: list[dict], 
   os.replace(tmp, path)
   summary = {"split": split, "index": int(index), "examples": len(digests), "bytes": size, "digests": digests,
              "columns": columns, "meta": (meta() if callable(meta) else meta) or {}}
-  _write_json(folder / f"{index:05d}.json", summary)  # last: its presence means the shard is whole
+  write_json_atomic(folder / f"{index:05d}.json", summary)  # last: its presence means the shard is whole
   return summary
 
 

@@ -47,15 +47,6 @@ def versions() -> dict:
   return out
 
 
-def write_json_atomic(path, obj) -> None:
-  """Writes JSON to a temporary sibling, then renames it into place (atomic on POSIX)."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _is_own(folder: pathlib.Path) -> bool:
@@ -239,7 +230,7 @@ def finish_dataset(out, corpus: str, modalities: list[dict], manifest: dict, spl
       "versions": versions()})
   manifest["fingerprint"] = fingerprint(manifest, {s: w["digest"] for s, w in written.items()})
   manifest["complete"] = True
-  write_json_atomic(out / MANIFEST, manifest)
+  shards.write_json_atomic(out / MANIFEST, manifest, indent=1)
   return manifest
 
 

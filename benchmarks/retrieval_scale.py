@@ -35,7 +35,8 @@ def peak_rss_mb():
 
 
 def run_section(lat, old=False):
-  from mmvae.analysis import report, retrieval
+  from mmvae.analysis import report
+  from mmvae.metrics import retrieval
   if not old:
     return report.retrieval_section(lat, ["audio", "face"])
   out = {}  # today's path: 12 independent calls of the float64 full-sort implementation
@@ -55,7 +56,7 @@ def _old_module():
   import pathlib
   import subprocess
   import tempfile
-  src = subprocess.run(["git", "show", "HEAD:mmvae/analysis/retrieval.py"], check=True, capture_output=True,
+  src = subprocess.run(["git", "show", "HEAD:mmvae/metrics/retrieval.py"], check=True, capture_output=True,
                        text=True, cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
   path = pathlib.Path(tempfile.mkdtemp()) / "retrieval_old.py"
   path.write_text(src)
@@ -67,7 +68,7 @@ def _old_module():
 
 def run_mrr(lat, queries):
   """Cosine MRR and Recall@K of `queries` audio queries against the whole face gallery."""
-  from mmvae.analysis import retrieval
+  from mmvae.metrics import retrieval
   per, _ = retrieval.rank_many(lat["audio_mu"][:queries], None, lat["face_mu"], None, lat["label"][:queries],
                                lat["label"], ("cosine",), use_jax=True, progress=False, metrics="first_hit")
   return float(np.nanmean(per["cosine"]["mrr"]))

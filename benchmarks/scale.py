@@ -14,7 +14,7 @@ and runs the stages (STAGES; `--stages` picks some, those they need run first):
   chunks       vox's train split read by Dataset.chunks (at most 4,096 examples or ~32 MiB at a time), nothing kept
   pairing      data.Pairing(vox, 'train', policy='identity') from the stored columns (written here when prep did not)
   pairing_records   the same from the records (a manifest without columns)
-  train        trainer.train(msvae_public:tiny) on the prepared features (`--train-steps`, a validation and a
+  train        entry.train(msvae_public:tiny) on the prepared features (`--train-steps`, a validation and a
                checkpoint every 2 steps)
   encode       posterior means of the analysed split as `mmvae analyze` computes them (whole, or by chunks)
   retrieval    report.retrieval_section on those latents
@@ -191,10 +191,10 @@ def stage_pairing(ctx, columns: bool = True) -> str:
 
 def stage_train(ctx) -> str:
   from mmvae import config as config_lib
-  from mmvae.train import trainer
+  from mmvae.train import entry
   shutil.rmtree(ctx["run"], ignore_errors=True)
   cfg = config_lib.load("msvae_public:tiny", [f"train.num_steps={ctx['train_steps']}"])
-  final = trainer.train(cfg, ctx["features"], ctx["run"])
+  final = entry.train(cfg, ctx["features"], ctx["run"])
   return f"{ctx['train_steps']} steps at batch {cfg.train.batch_size}; final keys {len(final)}"
 
 
@@ -308,7 +308,7 @@ def _child(name: str, ctx: dict, result_path: str) -> None:
 
   from mmvae import data, inference  # noqa: F401,F811
   from mmvae.analysis import report  # noqa: F401
-  from mmvae.train import trainer  # noqa: F401
+  from mmvae.train import entry  # noqa: F401
   base = _rss_mb("VmRSS")
   start = time.perf_counter()
   result = {"base_mb": base}

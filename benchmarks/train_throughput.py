@@ -7,7 +7,7 @@ FLOPs per sample come from XLA's cost analysis of the compiled step (forward + b
 The data wait is the time blocked on the batch iterator over the total, with a prefetching
 iterator over in-memory random arrays (or a prepared dataset via --data, through mmvae.data.batches).
 
---trainer also runs the whole trainer (mmvae.train.trainer.train: the prepared-dataset reader,
+--trainer also runs the whole trainer (mmvae.train.entry.train: the prepared-dataset reader,
 logging at the config's log_every, one validation and one checkpoint in the run, as with the config's
 own cadence of one of each per eval_every steps) on a synthetic corpus prepared for the config, and
 prints its samples/s beside the bare step's and their ratio.
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from mmvae import config as config_lib
-from mmvae import zoo
+from mmvae import modalities, zoo
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
 
@@ -32,6 +32,12 @@ def _shapes(cfg):
   frames = 1 + (d.segment_samples - int(d.sample_rate * d.window_ms / 1000)) // int(d.sample_rate * d.hop_ms / 1000)
   audio = (d.n_bins,) if d.time_average else (frames, d.n_bins)
   return {"audio": audio, "face": (d.face_size, d.face_size, 1 if d.grayscale else 3)}
+
+
+def _specs(shapes):
+  """The modalities a dataset of these model shapes declares: audio a spectrogram, face one image frame."""
+  return {"audio": modalities.Modality("audio", "spectrogram", shapes["audio"], "float32"),
+          "face": modalities.Modality("face", "image", (1, *shapes["face"]), "uint8")}
 
 
 def _random_batches(shapes, batch_size, seed=0):
@@ -51,13 +57,14 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_w
     from mmvae import data
     dataset = data.Dataset(data_dir)
     dataset.check_config(cfg)
-    shapes = dataset.input_shapes()
+    specs = dataset.modalities(cfg.data.modalities)
     it = data.batches(dataset, "train", batch_size, seed=0, prefetch=cfg.train.prefetch,
                       workers=data.worker_count(cfg.train.data_workers, dataset, "train"))
   else:
     shapes = _shapes(cfg)
+    specs = _specs(shapes)
     it = _random_batches(shapes, batch_size)
-  model = zoo.of(cfg).build(cfg, shapes, seed=0, num_classes=0)
+  model = zoo.of(cfg).build(cfg, specs, seed=0, num_classes=0)
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   runner = parallel.Runner(graphdef, tx, cfg, mode)
@@ -88,12 +95,12 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_w
 
 def measure_trainer(name, batch_size, steps, tiny, data_dir, workdir, mode="sharded", data_workers=-1):
   """samples/s of the full trainer over `steps` steps (compilation excluded, as final.json times it)."""
-  from mmvae.train import trainer
+  from mmvae.train import entry
   cfg = config_lib.load(f"{name}:tiny" if tiny else name,
                         [f"train.batch_size={batch_size}", f"train.num_steps={steps + 1}",
                          f"train.eval_every={steps + 1}", f"train.checkpoint_every={steps + 1}",
                          f"parallel={mode}", f"train.data_workers={data_workers}"])
-  final = trainer.train(cfg, data_dir, workdir)
+  final = entry.train(cfg, data_dir, workdir)
   return {"trainer_samples_per_s": final["samples_per_second"], "trainer_data_wait": final["data_wait_fraction"]}
 
 

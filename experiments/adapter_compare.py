@@ -33,9 +33,9 @@ def _config(steps: int, seed: int, overrides=()):
 def _run(config, data, workdir: pathlib.Path) -> dict:
   """Trains (or resumes) and analyses one run; its metrics."""
   from mmvae.analysis import report
-  from mmvae.train import trainer
+  from mmvae.train import entry
   if not (workdir / "report" / "metrics.json").is_file():
-    trainer.train(config, data, workdir)
+    entry.train(config, data, workdir)
     report.analyze(workdir)
   return json.loads((workdir / "report" / "metrics.json").read_text())
 

@@ -25,11 +25,11 @@ ROWS = {"synthetic": ("synthetic", ("audio", "face")), "pooled": ("temporal:pool
 
 def _run(spec: str, names, seed: int, data, workdir: pathlib.Path, steps: int | None) -> dict:
   from mmvae.analysis import report
-  from mmvae.train import trainer
+  from mmvae.train import entry
   if not (workdir / "report" / "metrics.json").is_file():
     overrides = [f"train.seed={seed}", f"data.modalities={tuple(names)!r}"]
     overrides += [f"train.num_steps={steps}"] if steps else []
-    trainer.train(config_lib.load(spec, overrides), data, workdir)
+    entry.train(config_lib.load(spec, overrides), data, workdir)
     report.analyze(workdir)
   return json.loads((workdir / "report" / "metrics.json").read_text())
 

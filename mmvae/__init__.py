@@ -14,23 +14,25 @@ import os
 import types
 from typing import Sequence
 
-__version__ = "0.1.0"
+from mmvae.version import __version__
 
 
 def prepare(corpus: str, out, config=None, overrides: Sequence[str] = (), **kwargs) -> dict:
   """Prepares a corpus into OUT (TFDS array_record + manifest.json) like `mmvae prep CORPUS`; returns the manifest.
 
   corpus: 'synthetic' (kwargs: identities, seed, split, workers, video), 'voxceleb1' (root, strict, workers,
-  split_policy), 'avdigits' or 'mmdigits' (fsdd, mnist, seed, strict, workers; see
+  split_policy), 'folder' (your own data: root, videos, split_seed, validation_fraction, test_fraction, strict,
+  workers; data_prep.folder.prepare_folder), 'avdigits' or 'mmdigits' (fsdd, mnist, seed, strict, workers; see
   data_prep.prepare.prepare_<corpus>), 'features' (root, seed, anchor, rename, standardize; see
   data_prep.features.prepare_features) or 'yt8m' (records, max_steps; data_prep.yt8m.prepare_yt8m); the last
   two read no config.
   config: whose input settings to follow: a name, 'NAME:variant', 'path.py[:variant]' or a ConfigDict
-  (default: the command's: reference, synthetic, avdigits or mcvs). overrides: 'a.b=value' strings.
+  (default: the command's: voxceleb1 (voxceleb1, folder), synthetic, avdigits or mcvs). overrides: 'a.b=value' strings.
   """
-  from data_prep import features, yt8m
+  from data_prep import features, folder, yt8m
   from data_prep import prepare as prepare_lib
   functions = {"synthetic": prepare_lib.prepare_synthetic, "voxceleb1": prepare_lib.prepare_voxceleb1,
+               "folder": folder.prepare_folder,
                "avdigits": prepare_lib.prepare_avdigits, "mmdigits": prepare_lib.prepare_mmdigits,
                "features": features.prepare_features, "yt8m": yt8m.prepare_yt8m}
   if corpus not in functions:
@@ -38,7 +40,8 @@ def prepare(corpus: str, out, config=None, overrides: Sequence[str] = (), **kwar
   if corpus in ("features", "yt8m") and (config is not None or overrides):
     raise ValueError(f"prepare({corpus!r}, ...) reads no config: give no config or overrides")
   if config is not None or overrides:
-    kwargs["config"] = _config(config if config is not None else {"synthetic": "synthetic", "voxceleb1": "reference",
+    kwargs["config"] = _config(config if config is not None else {"synthetic": "synthetic", "voxceleb1": "voxceleb1",
+                                                                  "folder": "voxceleb1",
                                                                   "avdigits": "avdigits", "mmdigits": "mcvs"}[corpus],
                                overrides)
   return functions[corpus](out=out, **kwargs)
@@ -82,10 +85,10 @@ class _Train(types.ModuleType):
     """Trains (or resumes) a run in WORKDIR on a prepared dataset like `mmvae train`; returns final.json's contents.
 
     config: a name ('reference', 'synthetic:tiny'), 'path.py[:variant]' or a ConfigDict; overrides:
-    'a.b=value' strings. kwargs: allow_data_change, init_from (see mmvae.train.trainer.train).
+    'a.b=value' strings. kwargs: allow_data_change, init_from (see mmvae.train.entry.train).
     """
-    from mmvae.train import trainer
-    return trainer.train(_config(config, overrides), data_dir, workdir, **kwargs)
+    from mmvae.train import entry
+    return entry.train(_config(config, overrides), data_dir, workdir, **kwargs)
 
 
 # `mmvae.train` is both the subpackage (mmvae/train/) and the API function: the import system binds the

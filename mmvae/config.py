@@ -10,9 +10,17 @@ from typing import Sequence
 
 import ml_collections
 
-import experiments
 
-CONFIG_DIR = pathlib.Path(experiments.__file__).parent / "configs"
+def _experiments_dir() -> pathlib.Path:
+  """The `experiments` package's folder (installed beside mmvae), located without importing it: it is data here."""
+  spec = importlib.util.find_spec("experiments")
+  if spec is None or not spec.submodule_search_locations:
+    return pathlib.Path(__file__).resolve().parents[1] / "experiments"  # where a source checkout keeps it
+  return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+EXPERIMENTS_DIR = _experiments_dir()
+CONFIG_DIR = EXPERIMENTS_DIR / "configs"  # the built-in configs: experiments/configs/NAME.py
 
 
 def available() -> list[str]:
@@ -177,23 +185,24 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
   return config.to_dict()
 
 
-# Keys renamed since a run's config.json was written: old key -> new key.
-RENAMED = {"model.audio_encoder": "model.encoders.audio", "model.face_encoder": "model.encoders.face"}
+def stored(path: pathlib.Path) -> dict:
+  """The config a run's config.json holds; ValueError (one line) when an older mmvae wrote it.
 
-
-def upgraded(old: dict, new: dict) -> dict:
-  """A flat old config as today's code reads it: renamed keys moved, keys added since then at their defaults.
-
-  A key the old run lacks means the behaviour from before the key existed, which is its default, so a
-  resume with that default is no config change (model.kind -> 'msvae', data.modalities -> all, ...).
+  Older means it lacks a key of today's shared schema or of its own model kind's `default_config()` (the keys of
+  kinds registered since do not count).
   """
-  from experiments.configs import common
-  defaults = flat(json.loads(json.dumps(to_dict(common.base_config()))))  # as JSON has it: tuples are lists
-  out = {RENAMED.get(k, k): v for k, v in old.items()}
-  for key in new:
-    if key not in out and key in defaults:
-      out[key] = defaults[key]
-  return out
+  from mmvae import config_schema, zoo
+  config = json.loads(pathlib.Path(path).read_text())
+  have = flat(config)
+  expected = flat(to_dict(config_schema.shared_config()))
+  kind = config.get("model", {}).get("kind")
+  if kind is not None:
+    expected.update(flat(getattr(zoo.get(kind), "default_config", dict)()))
+  missing = [k for k in expected if k not in have and k.rpartition(".")[0] not in OPEN_SECTIONS]
+  if missing:
+    raise ValueError(f"{path} was made by an older mmvae (it has no {', '.join(missing[:3])}"
+                     f"{', ...' if len(missing) > 3 else ''}): train a new run with this version")
+  return config
 
 
 def flat(d: dict, prefix: str = "") -> dict:

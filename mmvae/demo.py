@@ -27,7 +27,7 @@ def summary(metrics: dict, report_dir: pathlib.Path, seconds: float) -> str:
   for q, g in pairs:
     lines.append(_line(metrics, f"retrieval.{q}_to_{g}.mrr", f"{display[q]} -> {display[g]} MRR"))
   for q, g in pairs:
-    lines.append(_line(metrics, f"coherence.{q}_to_{g}.accuracy", f"{display[g]} from {display[q]}: label acc."))
+    lines.append(_line(metrics, f"coherence.{q}_to_{g}.accuracy", f"{display[g]} from {display[q]}: coherence"))
   if "coherence.joint.accuracy" in metrics:
     lines.append(_line(metrics, "coherence.joint.accuracy", "joint coherence (prior samples)"))
   return "\n".join(lines)
@@ -38,7 +38,7 @@ def run(workdir: str, config: str = "synthetic", identities: int = 24, seed: int
   """Runs every stage into WORKDIR/{data,run}; rerunning resumes where the last run stopped."""
   from data_prep import prepare
   from mmvae.analysis import report
-  from mmvae.train import trainer
+  from mmvae.train import entry
 
   start = time.time()
   root = pathlib.Path(workdir)
@@ -50,7 +50,7 @@ def run(workdir: str, config: str = "synthetic", identities: int = 24, seed: int
   else:
     prepare.prepare_synthetic(str(data_dir), identities=identities, seed=seed, split="closed", config=cfg)
   print(f"[2/3] training {cfg.name} for {cfg.train.num_steps} steps -> {run_dir}", flush=True)
-  trainer.train(cfg, str(data_dir), str(run_dir))
+  entry.train(cfg, str(data_dir), str(run_dir))
   print(f"[3/3] analysis of the test split -> {run_dir / 'report'}", flush=True)
   metrics = report.analyze(str(run_dir), data_dir=str(data_dir), split="test")
   text = summary(metrics, run_dir / "report", time.time() - start)

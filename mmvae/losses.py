@@ -1,22 +1,8 @@
-"""The MS-VAE objective: per-encoder ELBOs (self and cross reconstruction, KL to N(0, I)) plus alignment terms.
+"""Loss terms the model kinds share: Gaussian KL and Wasserstein distances, InfoNCE, triplet, sync, identity CE.
 
-For each modality m of a pair (x_audio, x_face), with z_m ~ q_m(z | x_m), the shared decoder gives
-one ELBO on log p(x_audio, x_face) per encoder:
-  ELBO_m = E_q_m[log p(x_m | z_m)]          (1) self reconstruction
-         + E_q_m[log p(x_n | z_m)]          (2) cross reconstruction, n the other modality
-         - KL(q_m(z | x_m) || N(0, I))      (3)
-with p(x_n | z) = N(dec_n(z), sigma_n^2 I): a Gaussian with a per-modality scale sigma_n (fixed by
-config, or learned), so -log p is a negative log-likelihood in nats and the loss with unit weights
-is -(ELBO_audio + ELBO_face). The logged `elbo` is the mean of the two bounds per example.
-`loss.likelihood='sse'` keeps the seed report's summed squared error (twice the unit-variance NLL
-up to a constant) to reproduce it.
-Alignment of the two posteriors of a pair, each with its own weight and combinable:
-  (4) a Wasserstein term: exact W2^2 between the Gaussians, L2 between samples, or sliced W2,
-  (5) symmetric InfoNCE between the posterior means of the global batch (CLIP/VATT),
-  (6) the M-CVS triplet loss (within each modality and across, batch-hard, global batch),
-  (7) identity cross-entropy of a linear head on both posterior means.
-Every term is a mean over the batch; batch-level terms (sliced, InfoNCE, triplet) see the whole
-global batch so 1 and 4 devices give the same loss.
+Each kind's objective (mmvae/zoo/<kind>.py) assembles these. Per-example terms return [B]; batch-level
+terms (sliced W2, InfoNCE, triplet) take the global batch, gathered with `gather` under pmap, so 1 and 4
+devices give the same loss.
 """
 
 import itertools
@@ -29,7 +15,6 @@ from jax import lax
 from mmvae import modalities
 from mmvae.likelihoods import gaussian_nll, reconstruction  # noqa: F401  (the loss terms' likelihoods)
 
-WASSERSTEIN_VARIANTS = ("w2_gaussian", "sample_l2", "sliced")
 LIKELIHOODS = ("gaussian", "sse")
 POSITIVES = ("pair", "identity")
 
@@ -162,21 +147,14 @@ def kl_weight(loss_cfg, step):
 
 
 def check_loss_config(loss_cfg) -> None:
-  """Raises ValueError naming the key to change when the loss section is unusable."""
-  if loss_cfg.wasserstein not in WASSERSTEIN_VARIANTS:
-    raise ValueError(f"config.loss.wasserstein={loss_cfg.wasserstein!r} is unknown; use one of {WASSERSTEIN_VARIANTS}")
-  for name in ("self_recon_weight", "cross_recon_weight", "kl_weight", "wasserstein_weight", "kl_anneal_steps"):
+  """Raises ValueError naming the key to change among the loss keys kinds share (each kind checks its own)."""
+  for name in ("kl_weight", "kl_anneal_steps", "triplet_weight", "identity_weight"):
     if loss_cfg[name] < 0:
       raise ValueError(f"config.loss.{name}={loss_cfg[name]} must be >= 0")
-  if loss_cfg.sliced_projections < 1:
-    raise ValueError(f"config.loss.sliced_projections={loss_cfg.sliced_projections} must be >= 1")
   if loss_cfg.likelihood not in LIKELIHOODS:
     raise ValueError(f"config.loss.likelihood={loss_cfg.likelihood!r} is unknown; use one of {LIKELIHOODS}")
   if loss_cfg.infonce_positives not in POSITIVES:
     raise ValueError(f"config.loss.infonce_positives={loss_cfg.infonce_positives!r} is unknown; use one of {POSITIVES}")
-  for name in ("infonce_weight", "triplet_weight", "identity_weight"):
-    if loss_cfg[name] < 0:
-      raise ValueError(f"config.loss.{name}={loss_cfg[name]} must be >= 0")
   if not loss_cfg.temperature > 0:
     raise ValueError(f"config.loss.temperature={loss_cfg.temperature} must be > 0")
   if not loss_cfg.min_sigma > 0 or any(not v > 0 for v in loss_cfg.sigma.values()):
@@ -205,114 +183,8 @@ def log_sigmas(model, loss_cfg) -> dict:
   return out
 
 
-def _alignment(post, z, labels_B, step_key, loss_cfg, axis_name) -> dict:
-  """(4)-(6): the alignment terms that have a weight, each a mean over every modality pair (one pair: that pair)."""
-  names = list(post)
-  pairs = list(itertools.combinations(names, 2))
-  out = {}
-  if loss_cfg.wasserstein_weight > 0 or loss_cfg.wasserstein == "w2_gaussian":
-    def distance(a, v):
-      if loss_cfg.wasserstein == "w2_gaussian":  # (4)
-        return jnp.mean(w2_gaussian(*post[a], *post[v]))
-      if loss_cfg.wasserstein == "sample_l2":
-        return jnp.mean(sample_l2(z[a], z[v]))
-      # A batch-level distance: on the whole global batch so it is the same on any device count.
-      return sliced_w2(gather(z[a], axis_name), gather(z[v], axis_name), step_key, loss_cfg.sliced_projections)
-    out["wasserstein"] = _mean([distance(a, v) for a, v in pairs])
-  if loss_cfg.infonce_weight > 0 or loss_cfg.triplet_weight > 0:
-    mu = {m: gather(post[m][0], axis_name) for m in names}
-    labels = gather(labels_B, axis_name)
-    if loss_cfg.infonce_weight > 0:  # (5)
-      pos_labels = labels if loss_cfg.infonce_positives == "identity" else None
-      out["infonce"] = _mean([info_nce(mu[a], mu[v], loss_cfg.temperature, pos_labels) for a, v in pairs])
-    if loss_cfg.triplet_weight > 0:  # (6)
-      m_first, m_other, m_x = loss_cfg.triplet_margins
-      within = sum(triplet(mu[m], mu[m], labels, m_first if i == 0 else m_other, True) for i, m in enumerate(names))
-      across = _mean([0.5 * (triplet(mu[a], mu[v], labels, m_x, False) + triplet(mu[v], mu[a], labels, m_x, False))
-                      for a, v in pairs])
-      out["triplet"] = within + across
-  return out
-
-
-def _mean(values: list):
-  """The mean of a list of terms; a single term is returned as it is (bitwise)."""
-  return values[0] if len(values) == 1 else sum(values) / len(values)
-
-
 def identity_ce(model, mus_BxZ: list, labels_B):
   """(7) Identity cross-entropy of the model's identity head, averaged over the given posterior means."""
   ce = sum(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(model.identity_logits(mu_BxZ), labels_B))
            for mu_BxZ in mus_BxZ)
   return (1.0 / len(mus_BxZ)) * ce  # as a product: bitwise the 0.5 * ce the two-modality loss always used
-
-
-def decode_each(model, z: dict) -> dict:
-  """{m: model.decode(z[m])} for each modality's latent, decoded in one call on their concatenation.
-
-  One shared decoder serves every latent, so one call reads its weights once per step instead of once
-  per modality and its matmuls are taller (per row the same function of z).
-  """
-  names = list(z)
-  size = z[names[0]].shape[0]
-  out = model.decode(jnp.concatenate([z[m] for m in names]))
-  return {m: {n: v[i * size:(i + 1) * size] for n, v in out.items()} for i, m in enumerate(names)}
-
-
-def msvae_loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
-  """The MS-VAE loss of a batch: (total, {term: value}); keys give each example its own noise."""
-  specs = model.specs
-  names = list(specs)
-  needs = [name for name, on in (("identity_weight", loss_cfg.identity_weight > 0),
-                                 ("triplet_weight", loss_cfg.triplet_weight > 0),
-                                 ("infonce_positives='identity'",
-                                  loss_cfg.infonce_weight > 0 and loss_cfg.infonce_positives == "identity")) if on]
-  if needs and "label" not in batch:
-    raise ValueError(f"config.loss {', '.join(needs)} needs identity labels, but the batch has no 'label'")
-  post, frames = encode_batch(model, batch, loss_cfg)
-  # Noise per example and modality from its own key, so it does not depend on the device layout.
-  eps_keys = jax.vmap(lambda k: jax.random.split(k, len(names)))(example_keys_B)
-  z = {}
-  for i, m in enumerate(names):
-    mu_BxZ, logvar_BxZ = post[m]
-    eps_BxZ = jax.vmap(lambda k: jax.random.normal(k, mu_BxZ.shape[1:]))(eps_keys[:, i])
-    z[m] = mu_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ
-
-  log_sigma = log_sigmas(model, loss_cfg)
-  terms, nll = {}, {}
-  decoded = decode_each(model, z)
-  for m in names:
-    out = decoded[m]
-    for n in names:
-      kind = specs[n].kind_module
-      nll[(n, m)] = kind.nll(out[n], batch[n], log_sigma.get(n))  # (1) n == m, (2) n != m
-      # The optimised reconstruction term: the NLL, or the seed recipe's summed squared error.
-      sse = loss_cfg.likelihood == "sse" and n in log_sigma
-      terms[f"recon_{n}_from_{m}"] = reconstruction(out[n], batch[n]) if sse else nll[(n, m)]
-    terms[f"kl_{m}"] = gaussian_kl(*post[m])  # (3)
-  per_encoder = 1.0 / len(names)  # the logged bound is the mean of the encoders' ELBOs
-  elbo_B = (-per_encoder * sum(nll[(n, m)] for n in names for m in names)
-            - per_encoder * sum(terms[f"kl_{m}"] for m in names))
-
-  metrics = {name: jnp.mean(value) for name, value in terms.items()}
-  metrics.update(_alignment(post, z, batch["label"] if "label" in batch else None, step_key, loss_cfg, axis_name))
-  beta = kl_weight(loss_cfg, step)
-  total = (loss_cfg.self_recon_weight * sum(metrics[f"recon_{m}_from_{m}"] for m in names)
-           + loss_cfg.cross_recon_weight * sum(metrics[f"recon_{n}_from_{m}"] for m in names for n in names if n != m)
-           + beta * sum(metrics[f"kl_{m}"] for m in names))
-  for name, weight in (("wasserstein", loss_cfg.wasserstein_weight), ("infonce", loss_cfg.infonce_weight),
-                       ("triplet", loss_cfg.triplet_weight)):
-    if name in metrics:
-      total = total + weight * metrics[name]
-  if loss_cfg.identity_weight > 0:  # (7)
-    metrics["identity_ce"] = identity_ce(model, [post[m][0] for m in names], batch["label"])
-    total = total + loss_cfg.identity_weight * metrics["identity_ce"]
-  sync = sync_term(frames, loss_cfg)
-  if sync is not None:  # frame-level synchronisation of sequence modalities (temporal encoders)
-    metrics["sync"] = sync
-    total = total + loss_cfg.sync_weight * sync
-  metrics["loss"] = total
-  metrics["elbo"] = jnp.mean(elbo_B)
-  metrics["kl_scale"] = beta
-  for m, value in log_sigma.items():
-    metrics[f"sigma_{m}"] = jnp.exp(value)
-  return total, metrics

@@ -1,11 +1,9 @@
-"""The MS-VAE: per-modality Gaussian encoders and one shared decoder with a head per modality."""
+"""What every model kind builds on: a module that keeps its modalities, per-modality encoders, the identity head."""
 
-import jax.numpy as jnp
 from flax import nnx
 
-from mmvae import layers, modalities
+from mmvae import modalities
 from mmvae.layers import compute_dtype, init_module  # noqa: F401  (the model zoo's entry points to them)
-from mmvae.zoo import experts
 
 
 class Multimodal(nnx.Module):
@@ -40,65 +38,6 @@ class Multimodal(nnx.Module):
     return self.encoders[modality].encode_and_frames(x)
 
 
-class SharedDecoder(Multimodal):
-  """A shared MLP trunk from z, then one head per modality (from its kind), so any latent decodes to every modality."""
-
-  def __init__(self, latent_dim, specs: dict, mc, dtype, rngs: nnx.Rngs):
-    widths = (latent_dim,) + layers.decoder_widths(mc)
-    self.trunk = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-    super().__init__(specs)
-    self.heads = nnx.Dict({name: m.kind_module.head(widths[-1], m, mc.decoder, mc, dtype, rngs)
-                           for name, m in specs.items()})
-    # A learned factor on each Gaussian modality's likelihood scale. Zero on purpose, not from an
-    # initialiser: log-offset 0 means training starts at exactly the config's sigma.
-    self.log_sigma_offset = nnx.Dict({name: nnx.Param(jnp.zeros((), jnp.float32)) for name, m in specs.items()
-                                      if m.kind_module.DEFAULT_SIGMA is not None})
-    self.dtype = dtype
-
-  def __call__(self, z_BxZ):
-    h_BxH = z_BxZ.astype(self.dtype)
-    for layer in self.trunk:
-      h_BxH = nnx.relu(layer(h_BxH))
-    return {name: m.kind_module.activate(self.heads[name](h_BxH)) for name, m in self.specs.items()}
-
-
-class MSVAE(Multimodal):
-  """Per-modality encoders (in an nnx.Dict), one shared decoder and an optional identity head on the latent."""
-
-  can_generate = True  # the shared decoder maps any modality's latent to every modality
-
-  def __init__(self, encoders: dict, decoder: SharedDecoder, identity_head=None):
-    super().__init__(decoder.specs)
-    self.encoders = nnx.Dict(encoders)
-    self.decoder = decoder
-    self.identity_head = identity_head
-
-  def identity_logits(self, mu_BxZ):
-    """Identity logits of latent means (the optional cross-entropy objective)."""
-    return self.identity_head(mu_BxZ).astype(jnp.float32)
-
-  def encode(self, modality: str, x):
-    """(mu_BxZ, logvar_BxZ) of q(z | x) for one modality."""
-    return self.encoders[modality](x)
-
-  def joint_posterior(self, inputs: dict):
-    """(mu_BxZ, logvar_BxZ) of the given modalities: the product of their posteriors and the N(0, I) prior expert.
-
-    The MS-VAE trains no joint posterior; this is MVAE's combination of its encoders (precision-weighted,
-    so the sharper modality leads; the prior keeps it proper), offered for the test likelihood and joint
-    latents. One modality gives PoE(p(z), q_m), a little narrower than q_m itself.
-    """
-    names = [n for n in self.specs if n in inputs]
-    if not names or any(n not in self.specs for n in inputs if n != "label"):
-      raise ValueError(f"joint_posterior takes modalities of {list(self.specs)}, got {list(inputs)}")
-    pairs = [self.encode(n, inputs[n]) for n in names]
-    return experts.product_of_experts(jnp.stack([mu for mu, _ in pairs]), jnp.stack([lv for _, lv in pairs]))
-
-  def decode(self, z_BxZ):
-    """{modality: output} decoded from one latent."""
-    return self.decoder(z_BxZ)
-
-
 def build_encoders(mc, specs: dict, dtype, rngs) -> dict:
   """{name: encoder} of config.model.encoders (each kind's default when unnamed), in the modalities' order."""
   return {name: m.kind_module.encoder(modalities.encoder_choice(mc, m), m, mc, dtype, rngs)
@@ -123,26 +62,3 @@ def identity_head(config, num_classes: int, rngs: nnx.Rngs):
   if num_classes < 2:
     raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")
   return nnx.Linear(config.model.latent_dim, num_classes, dtype=compute_dtype(config.model.dtype), rngs=rngs)
-
-
-def build_model(config, input_shapes: dict, seed: int, num_classes: int = 0) -> MSVAE:
-  """The MS-VAE for `config.model` and the modalities {name: Modality} (or legacy {'audio': shape, 'face': shape}).
-
-  num_classes: training identities, for the identity head (built when config.loss.identity_weight > 0).
-  """
-  mc = config.model
-  specs = modalities.specs(input_shapes)
-  check_model_config(mc)
-  if config.loss.get("identity_weight", 0.0) > 0 and num_classes < 2:
-    raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")
-  dtype = compute_dtype(mc.dtype)
-
-  def build(rngs: nnx.Rngs):
-    # Draw order (encoders, decoder, head) fixes every parameter's key: keep it.
-    encoders = build_encoders(mc, specs, dtype, rngs)
-    decoder = SharedDecoder(mc.latent_dim, specs, mc, dtype, rngs)
-    return MSVAE(encoders, decoder, identity_head(config, num_classes, rngs))
-
-  return init_module(build, seed)
-
-

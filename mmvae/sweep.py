@@ -23,11 +23,10 @@ import sys
 import threading
 import time
 
-import experiments
 from mmvae import config as config_lib
 from mmvae.analysis import sweep_table
 
-SWEEP_DIR = pathlib.Path(experiments.__file__).parent / "sweeps"
+SWEEP_DIR = config_lib.EXPERIMENTS_DIR / "sweeps"
 JOB, DONE, LOG = "sweep_job.json", "sweep_done.json", "sweep.log"
 # XLA's multi-threaded Eigen kernels on every worker would oversubscribe the cores; XLA aborts on a flag it
 # does not know, so it is probed once before use (accepted by jaxlib 0.10.2).
@@ -444,9 +443,9 @@ def _worker(workdir: pathlib.Path) -> None:
   if json.loads(json.dumps(config_lib.to_dict(config), default=list)) != job["config_dict"]:
     raise ValueError(f"config {job['config']!r} changed since the sweep planned {workdir}; rerun the sweep")
   from mmvae.analysis import report
-  from mmvae.train import trainer
+  from mmvae.train import entry
   t0 = time.perf_counter()
-  trainer.train(config, job["data_dir"], workdir)
+  entry.train(config, job["data_dir"], workdir)
   t1 = time.perf_counter()
   report.analyze(workdir, data_dir=job["data_dir"], split=job["split"])
   t2 = time.perf_counter()

@@ -1,10 +1,11 @@
 """AV-digits: FSDD spoken digits, MNIST images (28x28 gray) and text descriptions of the same digit: three modalities."""
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "avdigits"
   c.data.segment_samples = 16000  # FSDD clips are ~0.5 s: 1 s segments, zero-padded
   c.data.face_size = 28

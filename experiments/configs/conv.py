@@ -1,10 +1,11 @@
 """Larger variant: full [297, 512] spectrograms and 64x64 RGB faces with conv encoders/decoder."""
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "conv"
   c.data.time_average = False
   c.data.magnitude = "log"

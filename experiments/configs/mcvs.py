@@ -6,10 +6,11 @@ Train:   mmvae train --config mcvs --data data/mmdigits --workdir runs/mcvs     
 """
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "mcvs"
   # Multi-modal digits (data_prep/mmdigits.py): image, audio, text, video, 3D point cloud of a digit.
   c.data.segment_samples = 16000  # FSDD clips are ~0.5 s: 1 s segments, zero-padded

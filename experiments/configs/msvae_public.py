@@ -13,10 +13,11 @@ benchmarks/vs_pytorch.py times this step against the same step written in PyTorc
 import ml_collections
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "msvae_public"
   c.data.modalities = ("visual", "audio")
   c.model.kind = "msvae"

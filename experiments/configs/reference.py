@@ -8,10 +8,11 @@ speaker, its reconstruction is a summed squared error and its pairs stay within 
 """
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "reference"
   c.data.pooling = "magnitude_mean"
   c.loss.likelihood = "sse"

@@ -1,10 +1,11 @@
 """The built-in synthetic corpus (the default of `mmvae demo`): averaged spectrograms, 32x32 RGB faces."""
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "synthetic"
   c.data.magnitude = "log"
   c.data.face_size = 32

@@ -9,10 +9,11 @@ adds these one at a time. `voxceleb1.py:tiny` is the same pipeline with a tiny m
 """
 
 from experiments.configs import common
+from mmvae import config_schema
 
 
 def get_config(variant: str = ""):
-  c = common.base_config()
+  c = config_schema.base_config()
   c.name = "voxceleb1"
   c.data.pooling = "mfcc_stats"
   # Up to 6 s of each clip, and a shorter clip as it is (not zero-padded: the statistics need no fixed

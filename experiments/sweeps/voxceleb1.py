@@ -26,7 +26,7 @@ METRICS = [("retrieval.audio_to_face.mrr", "voice->face MRR"), ("retrieval.face_
            ("retrieval.audio_to_face.recall@1", "voice->face R@1"),
            ("retrieval.face_to_audio.recall@1", "face->voice R@1"),
            ("retrieval.audio_to_face.matching_1v2", "voice->face 1:2 matching"),
-           ("coherence.audio_to_face.accuracy", "faces from voices: identity acc.")]
+           ("coherence.audio_to_face.accuracy", "faces from voices: coherence")]
 
 
 def _row(name: str, *overrides: str, config: str = "reference") -> dict:

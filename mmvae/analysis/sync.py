@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from mmvae.analysis import retrieval
+from mmvae.metrics import retrieval
 
 MAX_FRAME_QUERIES = 2000  # frame-level retrieval scores this many query windows at most (seeded choice)
 

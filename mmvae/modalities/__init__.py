@@ -33,8 +33,6 @@ from mmvae import registry
 _BUILTIN = {k: f"mmvae.modalities.{k}" for k in ("spectrogram", "image", "vector", "tokens", "video", "points", "sequence")}
 _FUNCTIONS = ("model_shape", "frames", "inputs", "encoder", "head", "activate", "nll", "to_data", "augment")
 _REGISTRY = registry.Registry("modality kind", "a manifest's modality kind", _BUILTIN, _FUNCTIONS)
-# The kinds of datasets and runs from before manifests declared modalities (two fixed names).
-LEGACY_KINDS = {"audio": "spectrogram", "face": "image"}
 
 
 register = _REGISTRY.register  # register(kind, module): makes `kind` usable in manifests
@@ -84,26 +82,21 @@ def from_dict(d: dict) -> Modality:
 
 
 def of_manifest(manifest: dict) -> tuple[Modality, ...]:
-  """The dataset's modalities in order: its `modalities` list, or (older datasets) audio and face from `features`."""
-  if manifest.get("modalities"):
-    return tuple(from_dict(d) for d in manifest["modalities"])
-  feats = manifest.get("features", {})
-  return tuple(Modality(name, kind, tuple(feats[name]["shape"]), feats[name]["dtype"])
-               for name, kind in LEGACY_KINDS.items() if name in feats)
+  """The dataset's modalities in order (its `modalities` list); ValueError when an older mmvae prepared it."""
+  if not manifest.get("modalities"):
+    raise ValueError("the dataset was made by an older mmvae (its manifest.json declares no modalities): "
+                     "re-run prep")
+  return tuple(from_dict(d) for d in manifest["modalities"])
 
 
 def specs(input_shapes: dict) -> dict[str, Modality]:
-  """{name: Modality} from a dict of Modality values, or of model-input shapes of the two legacy names."""
+  """{name: Modality} from a dict of Modality values or of their manifest entries (without the name)."""
   out = {}
   for name, value in input_shapes.items():
     if isinstance(value, Modality):
       out[name] = value
     elif isinstance(value, dict):
       out[name] = from_dict({"name": name, **value})
-    elif name in LEGACY_KINDS:  # a model shape, as run.json and older callers give it
-      shape = tuple(int(d) for d in value)
-      stored = (1, *shape) if LEGACY_KINDS[name] == "image" else shape
-      out[name] = Modality(name, LEGACY_KINDS[name], stored, "uint8" if LEGACY_KINDS[name] == "image" else "float32")
     else:
       raise ValueError(f"modality {name!r} is given only a shape {tuple(value)}; give its manifest entry "
                        "(name, kind, shape, dtype) so its kind is known")
@@ -127,9 +120,7 @@ def encoder_choice(model_cfg, m: Modality) -> str:
   """config.model.encoders[m.name], else the kind's default; ValueError naming the choices when unknown."""
   kind = m.kind_module
   choices = model_cfg.get("encoders", {}) or {}
-  # Configs written before `encoders` existed name the two legacy modalities' encoders directly.
-  legacy = model_cfg.get(f"{m.name}_encoder", kind.ENCODERS[0]) if m.name in LEGACY_KINDS else kind.ENCODERS[0]
-  choice = choices.get(m.name, legacy)
+  choice = choices.get(m.name, kind.ENCODERS[0])
   if m.name == (model_cfg.get("frozen_target", "") or ""):
     if "frozen" not in kind.ENCODERS:
       raise ValueError(f"config.model.frozen_target={m.name!r} is a {m.kind!r} modality; a frozen target must be "

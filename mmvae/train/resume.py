@@ -30,6 +30,26 @@ def checked_workdir(workdir) -> pathlib.Path:
   return workdir
 
 
+def created_folders(workdir) -> list[pathlib.Path]:
+  """The folders that creating `workdir` would make (those that do not exist yet), deepest first."""
+  path = pathlib.Path(workdir).absolute()
+  return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(created: list[pathlib.Path]) -> None:
+  """Removes the folders a refused or failed run created while they hold nothing but empty folders (its own)."""
+  for folder in created:
+    try:
+      inside = list(folder.rglob("*"))
+      if any(p.is_symlink() or not p.is_dir() for p in inside):
+        return  # the run wrote something: keep it all as it is
+      for sub in sorted(inside, key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+      folder.rmdir()
+    except OSError:  # gone already, or another process writes into it now
+      return
+
+
 def lock(workdir, owner: bool = True):
   """WORKDIR/.lock for the process that writes the workdir (multi-host: process 0); released on exit."""
   return locks.Lock(workdir) if owner else contextlib.nullcontext()

@@ -27,6 +27,7 @@ import jax
 from mmvae import zoo
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import resume
+from mmvae.train import trainer
 
 STAGES_JSON = "stages.json"
 
@@ -108,10 +109,10 @@ def _adopted(init_from, plan) -> tuple[list[dict], str | None]:
 def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
   """Runs every stage of the plan in WORKDIR/stages/K (resuming what is done); returns the last stage's final.json.
 
+  Each stage is one trainer.run; entry.train calls this for a staged kind.
   init_from: a checkpoint folder (stage 1 starts from it) or a staged workdir (see the module docstring).
   """
   from mmvae import data
-  from mmvae.train import trainer
   names = tuple(data.Dataset(data_dir).modalities(config.data.get("modalities", ())))
   plan = zoo.of(config).stages(config, names)
   workdir = resume.checked_workdir(workdir)
@@ -123,7 +124,13 @@ def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=
       print(f"mmvae train: stage {k}/{len(plan)}: adding {', '.join(plan[k - 1])} to the space "
             f"({', '.join(_in_space(plan, k))}) -> {run}", flush=True)
       cfg = stage_config(config, plan, k)
-      final = trainer.train(cfg, data_dir, run, allow_data_change=allow_data_change, init_from=start_from)
+      created = resume.created_folders(run)
+      try:
+        final = trainer.run(cfg, data_dir, run, allow_data_change=allow_data_change, init_from=start_from)
+      except BaseException:
+        if jax.process_index() == 0:  # a stage refused before it wrote anything leaves no empty folder
+          resume.remove_empty(created)
+        raise
       records.append(_record(run, k, plan, cfg, final))
       _write_json(workdir / STAGES_JSON, records)
       start_from = str(_chosen_checkpoint(run))

@@ -1,4 +1,4 @@
-"""The training loop: resume from the workdir, step, validate, checkpoint, log, stop cleanly on NaN or SIGTERM.
+"""The training loop: resume from the workdir, step, validate, checkpoint, log, stop cleanly on NaN, SIGTERM or SIGINT.
 
 Workdir: config.json, run.json, metrics.jsonl (train rows and validation rows with split='validation'),
 tb/ (TensorBoard), checkpoints/{last,best}/ (Orbax) and final.json. Rerunning the same command resumes
@@ -22,9 +22,8 @@ import time
 import jax
 import numpy as np
 
-import mmvae
 from mmvae import config as config_lib
-from mmvae import progress, zoo
+from mmvae import progress, version, zoo
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import parallel
 from mmvae.train import resume
@@ -34,6 +33,9 @@ from mmvae.train import train_log
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.prefetch", "train.data_workers", "train.steps_per_dispatch",
                      "train.log_images", "train.wandb_project", "train.wandb_mode", "parallel", "analysis")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # exit 128 + the signal, with the current step saved
 
 
 class NonFiniteError(ValueError):
@@ -113,8 +115,7 @@ def check_batch_memory(batch_size: int, specs: dict, available=None) -> None:
 
 def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
   new = config_lib.flat(json.loads(json.dumps(config_lib.to_dict(config))))
-  # A run started before a key existed (model.kind, data.modalities, ...) ran with its default.
-  old = config_lib.upgraded(config_lib.flat(json.loads(path.read_text())), new)
+  old = config_lib.flat(config_lib.stored(path))  # refused in one line when an older mmvae wrote it
   # The cosine schedule decays to zero at num_steps: another length would change the rate of every later step.
   free = [r for r in RESUMABLE_CHANGES if r != "train.num_steps" or config.train.lr_schedule != "cosine"]
   changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
@@ -154,7 +155,7 @@ class _Validator:
     if self.arrays is None:
       return None
     from mmvae import inference
-    from mmvae.analysis import retrieval  # analysis code stays off the import path of training
+    from mmvae.metrics import retrieval
     n = len(self.first["label"])
     size = min(self.config.train.batch_size, n)
     totals, batches = {}, 0
@@ -196,12 +197,12 @@ class _Validator:
     return sum(cross) / len(cross)
 
 
-def _any_process(flag: bool) -> bool:
-  """Whether `flag` holds on any process (one all-gather per dispatch in a multi-process run; none otherwise)."""
+def _any_process(signum: int) -> int:
+  """The highest of `signum` over all processes (one all-gather per dispatch in a multi-process run; none otherwise)."""
   if jax.process_count() == 1:
-    return flag
+    return signum
   from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+  return int(np.max(multihost_utils.process_allgather(np.array([signum], np.int32))))
 
 
 def _nonfinite(metrics: dict) -> list[str]:
@@ -210,55 +211,16 @@ def _nonfinite(metrics: dict) -> list[str]:
   return [k for k in terms if k in metrics and not np.isfinite(metrics[k])]
 
 
-def check_not_in_dataset(workdir) -> None:
-  """ValueError when the workdir is, or lies inside, a prepared dataset: the next prep of it would delete the run."""
-  path = pathlib.Path(workdir).resolve()
-  for folder in (path, *path.parents):
-    try:
-      prepared = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("format") == "mmvae-prepared/1"
-    except (OSError, ValueError, AttributeError):
-      prepared = False
-    if prepared or (folder / ".mmvae-build").is_file():
-      raise ValueError(f"--workdir {workdir} lies inside the prepared dataset {folder}, which `mmvae prep` replaces; "
-                       "train into a folder outside it")
-
-
-def train(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
-  """Trains (or resumes) the run in `workdir` on the prepared dataset `data_dir`; returns final.json's contents.
+def run(config, data_dir, workdir, allow_data_change: bool = False, init_from=None) -> dict:
+  """One run (no stage plan) in `workdir`, created and locked; returns final.json's contents. Callers: entry.train.
 
   allow_data_change: resume on a dataset other than the one the run started on (recorded in run.json).
   init_from: a kept checkpoint (WORKDIR/checkpoints/last/N) whose parameters start a new run; the
   optimizer state and the step start fresh, so the config's whole schedule runs.
   """
-  parallel.maybe_initialize_distributed()
-  check_not_in_dataset(workdir)
-  from mmvae.train import stages
-  path = pathlib.Path(workdir).absolute()
-  created = [p for p in (path, *path.parents) if not p.exists()]  # the folders this call makes, deepest first
-  try:
-    if stages.is_staged(config):  # a model kind with a stage plan (mcvs): one run per stage
-      return stages.train(config, data_dir, workdir, allow_data_change, init_from)
-    workdir = resume.checked_workdir(workdir)
-    with resume.lock(workdir, owner=jax.process_index() == 0):
-      return _train(config, data_dir, workdir, allow_data_change, init_from)
-  except BaseException:
-    if jax.process_index() == 0:
-      _remove_empty(created)
-    raise
-
-
-def _remove_empty(created: list[pathlib.Path]) -> None:
-  """Removes the folders a refused or failed run created while they hold nothing but empty folders (its own)."""
-  for folder in created:
-    try:
-      inside = list(folder.rglob("*"))
-      if any(p.is_symlink() or not p.is_dir() for p in inside):
-        return  # the run wrote something: keep it all as it is
-      for sub in sorted(inside, key=lambda p: len(p.parts), reverse=True):
-        sub.rmdir()
-      folder.rmdir()
-    except OSError:  # gone already, or another process writes into it now
-      return
+  workdir = resume.checked_workdir(workdir)
+  with resume.lock(workdir, owner=jax.process_index() == 0):
+    return _train(config, data_dir, workdir, allow_data_change, init_from)
 
 
 def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, init_from) -> dict:
@@ -273,6 +235,14 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   t = config.train
   if dataset.num_examples("train") < 1:
     raise ValueError(f"{data_dir} has no training examples; prepare a dataset with a train split")
+  # Read before anything is written, so a damaged shard leaves the workdir as it was: the splits this process
+  # holds whole anyway (the validator's; train's when no worker process reads it), else checked without decoding.
+  for split in ("train", "validation"):
+    if split in dataset.splits and dataset.in_memory(split):
+      if split == "train" and data.worker_count(t.data_workers, dataset, split):
+        dataset.verify(split)
+      else:
+        dataset.arrays(split)
 
   log = train_log.RunLog(workdir, enabled=jax.process_index() == 0, wandb_project=t.wandb_project,
                          wandb_mode=t.wandb_mode, config=config_lib.to_dict(config), name=config.name)
@@ -287,6 +257,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   can_generate = bool(getattr(model, "can_generate", False))
   del model
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
+  parallel.on_lost_process(lambda: ckpts.last_good)  # named if another process of the run is lost
   history = {}
   if ckpts.latest_step() is not None:  # a resume: only the run that was started may continue
     if (workdir / "config.json").is_file():
@@ -303,7 +274,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   log.write_json("run.json", {
       **resume.dataset_record(dataset), **history, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "process_count": jax.process_count(),
-      "mmvae": mmvae.__version__, "jax": jax.__version__, "parallel": config.parallel,
+      "mmvae": version.__version__, "jax": jax.__version__, "parallel": config.parallel,
       "input_shapes": {k: list(v) for k, v in shapes.items()},
       "modalities": [m.to_dict() for m in specs.values()], "num_classes": len(dataset.manifest["identities"]),
       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
@@ -319,9 +290,6 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   dev_state = runner.put_state(restored if restored is not None else host_template)
   validator = _Validator(graphdef, config, dataset, specs, can_generate)
 
-  stop = {"signal": None}
-  previous = signal.getsignal(signal.SIGTERM)
-  signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   batches = data.batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, num_devices=1,
                          prefetch=t.prefetch, pairing=config.data.pairing, modality_names=tuple(specs),
                          rows=runner.local_slice(),
@@ -353,7 +321,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
         rate = (first + k - 1 - start) * t.batch_size / max(elapsed, 1e-9)
         log.row({"step": step, "split": "train", **host, "learning_rate": float(schedule(step - 1)),
                  "samples_per_second": rate})
-        bar.set_postfix(loss=f"{host['loss']:.4g}", samples_per_s=f"{rate:.4g}")
+        progress.set_fields(bar, loss=f"{host['loss']:.4g}", samples_per_s=f"{rate:.4g}")
 
   def block_length(step) -> int:
     """train.steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
@@ -361,6 +329,11 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
     boundary = min(t.num_steps, *((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every)))
     return k if step + k <= boundary else 1
 
+  # SIGTERM (a preempted job) and SIGINT (Ctrl-C) both stop after the current dispatch, with a checkpoint saved.
+  stop = {"signal": 0}
+  previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+  for s in STOP_SIGNALS:
+    signal.signal(s, lambda signum, frame: stop.update(signal=signum))
   try:
     pending, step = None, start
     while step < t.num_steps:
@@ -379,7 +352,7 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
         timed_steps += k
       step = done = step + k
       bar.update(k)
-      stopping = _any_process(stop["signal"] is not None)  # every process saves the same step, then exits
+      stopping = _any_process(stop["signal"])  # every process saves the same step, then exits
       due_eval = done % t.eval_every == 0 or done == t.num_steps
       due_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps or stopping
       if not (due_eval or due_ckpt):
@@ -399,18 +372,23 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
           log.row({"step": done, "split": "validation", **last_val})
           log.images(done, validator.images(host["params"]))
           val_score = validator.score(last_val)
+          # The bar shows the selection score of the last validation (train.select_by: mean cross MRR, or loss).
+          shown = ("val_loss", -val_score) if t.select_by == "loss" else ("val_mrr", val_score)
+          progress.set_fields(bar, **{shown[0]: f"{shown[1]:.4g}"})
       if due_ckpt:
         ckpts.save(done, host, val_score=val_score, batches=batches)
       if stopping:
         bar.close()
-        who = "received SIGTERM" if stop["signal"] is not None else "another process received SIGTERM"
+        who = (f"received {signal.Signals(stop['signal']).name}" if stop["signal"]
+               else f"another process received {signal.Signals(stopping).name}")
         print(f"mmvae train: {who}; saved step {done} to {workdir / 'checkpoints'}; "
-              "rerun the same command to resume")
-        raise SystemExit(128 + signal.SIGTERM)
+              "rerun the same command to resume", flush=True)
+        raise SystemExit(128 + stopping)
     if pending is not None:
       finish(*pending)
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
     bar.close()
     log.close()
     batches.close()

@@ -3,8 +3,8 @@
 A model kind is a module (or any object) with three functions:
 
   build(config, input_shapes, seed, num_classes) -> nnx.Module
-      input_shapes: {modality: shape of one example}; num_classes: training identities (for
-      optional identity heads). Parameters should start from `models.init_module(build, seed)`.
+      input_shapes: {modality name: Modality} as the dataset declares them; num_classes: training
+      identities (for optional identity heads). Parameters should start from `models.init_module(build, seed)`.
   loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name) -> (total, {name: scalar})
       A pure function of one (device-local) batch {modality: x, 'label': ...}; `example_keys_B`
       give each example its own noise, `step_key` is shared by the step; a term over the whole
@@ -12,6 +12,12 @@ A model kind is a module (or any object) with three functions:
       must hold 'loss'.
   check_config(config) -> None
       Raises ValueError naming the config key to change.
+
+and optionally
+
+  default_config() -> {section: {key: default}}
+      The config keys only this kind reads; mmvae.config_schema.base_config merges every registered
+      kind's into the schema, so `--config.loss.KEY=...` works once the kind is registered.
 
 and the module `build` returns offers:
 
@@ -32,7 +38,6 @@ from typing import Protocol, runtime_checkable
 
 from mmvae import registry
 
-DEFAULT_KIND = "msvae"  # the kind of a run whose config.json predates config.model.kind
 # Built-in kinds import on first use, so `import mmvae` stays free of JAX.
 _BUILTIN = {k: f"mmvae.zoo.{k}" for k in ("msvae", "contrastive", "mvae", "mmvae", "mopoe", "mcvs")}
 _REGISTRY = registry.Registry("model kind", "config.model.kind", _BUILTIN, ("build", "loss", "check_config"))
@@ -78,8 +83,8 @@ def get(kind: str):
 
 
 def kind_of(config) -> str:
-  """config.model.kind, or the default for a config written before the key existed."""
-  return config.model.get("kind", DEFAULT_KIND)
+  """config.model.kind."""
+  return config.model.kind
 
 
 def of(config):

@@ -26,6 +26,12 @@ from mmvae import losses, models, modalities, zoo
 ADAPTERS = ("contrastive", "regression")
 
 
+def default_config() -> dict:
+  """The config keys only this kind reads, at their defaults (mmvae.config_schema merges them into every config)."""
+  # With model.frozen_target: 'contrastive' (InfoNCE) or 'regression' (squared error) into the frozen space.
+  return {"loss": {"adapter": "contrastive"}}
+
+
 class Contrastive(models.Multimodal):
   """One encoder per modality (an nnx.Dict) and an optional identity head; no decoder."""
 

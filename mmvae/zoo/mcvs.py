@@ -50,6 +50,19 @@ from mmvae import losses, models, modalities, zoo
 PLANS = ("stagewise", "joint")
 
 
+def default_config() -> dict:
+  """The config keys only this kind reads, at their defaults (mmvae.config_schema merges them into every config)."""
+  return {"model": {
+      "space_dim": 512,  # the common space's width (D)
+      "attention_dim": 512,  # the aligned-attention block's hidden width
+      "plan": "stagewise",  # 'stagewise' (M-CVS) or 'joint' (CVS: every modality and block at once)
+      # The stages, each a tuple of the modalities it adds; () = the run's modalities in order, the first two together.
+      "stages": (),
+      "stage": 0,  # the stage one run trains (1-based); 0: `mmvae train` runs them all, one run each
+      "partner_dropout": 0.5,  # the chance that an example's attention partner is left out in training
+  }}
+
+
 def plan_of(config, names) -> tuple[tuple[str, ...], ...]:
   """The stages as tuples of the modalities each adds: model.stages (empty: the run's modalities `names` in
   order, the first two together, then one per stage), or one stage of all of them ('joint')."""

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from mmvae import losses, zoo
 from mmvae.zoo import expert_vae, experts
 
+ESTIMATORS = ("elbo", "iwae", "dreg")  # config.loss.estimator
+
 
 class MMVAE(expert_vae.ExpertVAE):
   """Experts combined by a uniform mixture."""
@@ -94,4 +96,12 @@ def objective(model, batch, draws: dict, step, loss_cfg):
   return expert_vae.finish(model, batch, total, metrics, loss_cfg, beta, log_sigma)
 
 
-zoo.register("mmvae", expert_vae.Kind("mmvae", MMVAE, noise, objective))
+def check(loss_cfg) -> None:
+  """Raises ValueError when loss.estimator is unknown."""
+  if loss_cfg.get("estimator", "elbo") not in ESTIMATORS:
+    raise ValueError(f"config.loss.estimator={loss_cfg.estimator!r} is unknown; use one of {ESTIMATORS}")
+
+
+# loss.estimator: the bound trained, 'elbo' (stratified ELBO), 'iwae' (stratified IWAE) or 'dreg' (IWAE with
+# DReG gradients; Shi et al. trained with dreg and K = 30).
+zoo.register("mmvae", expert_vae.Kind("mmvae", MMVAE, noise, objective, {"estimator": "elbo"}, check))

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from mmvae import losses, zoo
 from mmvae.zoo import expert_vae, experts
 
+SUBSET_SAMPLING = ("one", "stratified")  # config.loss.subset_sampling
+
 
 class MoPoE(expert_vae.ExpertVAE):
   """Experts combined by a mixture of the products of every subset."""
@@ -70,4 +72,12 @@ def objective(model, batch, draws: dict, step, loss_cfg):
   return expert_vae.finish(model, batch, total, metrics, loss_cfg, beta, log_sigma)
 
 
-zoo.register("mopoe", expert_vae.Kind("mopoe", MoPoE, noise, objective))
+def check(loss_cfg) -> None:
+  """Raises ValueError when loss.subset_sampling is unknown."""
+  if loss_cfg.get("subset_sampling", "one") not in SUBSET_SAMPLING:
+    raise ValueError(f"config.loss.subset_sampling={loss_cfg.subset_sampling!r} is unknown; "
+                     f"use one of {SUBSET_SAMPLING}")
+
+
+# loss.subset_sampling: 'one' subset per example (from its key) or 'stratified' (every subset).
+zoo.register("mopoe", expert_vae.Kind("mopoe", MoPoE, noise, objective, {"subset_sampling": "one"}, check))

@@ -91,4 +91,11 @@ def objective(model, batch, draws: dict, step, loss_cfg):
   return expert_vae.finish(model, batch, total, metrics, loss_cfg, beta, log_sigma)
 
 
-zoo.register("mvae", expert_vae.Kind("mvae", MVAE, noise, objective))
+def check(loss_cfg) -> None:
+  """Raises ValueError when loss.subsampled_elbos is unusable."""
+  if int(loss_cfg.get("subsampled_elbos", 0)) < 0:
+    raise ValueError(f"config.loss.subsampled_elbos={loss_cfg.subsampled_elbos} must be >= 0")
+
+
+# loss.subsampled_elbos: ELBO terms of k random subsets beyond the joint and unimodal ones.
+zoo.register("mvae", expert_vae.Kind("mvae", MVAE, noise, objective, {"subsampled_elbos": 0}, check))

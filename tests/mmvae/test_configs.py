@@ -10,8 +10,9 @@ from flax import nnx
 
 from data_prep import audio
 from mmvae import config as config_lib
-from mmvae import models
+from mmvae import modalities
 from mmvae.train import step as step_lib
+from mmvae.zoo import msvae
 
 
 def input_shapes(cfg) -> dict:
@@ -23,6 +24,12 @@ def input_shapes(cfg) -> dict:
   pooled = {"magnitude_mean": d.n_bins, "stats": 2 * d.n_bins, "mfcc_stats": 2 * d.n_mfcc}
   audio = (pooled[d.pooling],) if d.time_average else (frames, d.n_bins)
   return {"audio": audio, "face": (d.face_size, d.face_size, 1 if d.grayscale else 3)}
+
+
+def voice_face(shapes: dict) -> dict:
+  """The modalities a dataset of these model shapes declares: audio a spectrogram, face one image frame."""
+  return {"audio": modalities.Modality("audio", "spectrogram", shapes["audio"], "float32"),
+          "face": modalities.Modality("face", "image", (1, *shapes["face"]), "uint8")}
 
 
 def test_reference_frames():
@@ -54,7 +61,7 @@ MSVAE_CONFIGS = [n for n in config_lib.available() if config_lib.load(n).model.k
 def test_tiny_variant_runs_one_step(name):
   cfg = config_lib.load(f"{name}:tiny")
   shapes = input_shapes(cfg)
-  model = models.build_model(cfg, shapes, seed=0, num_classes=3)
+  model = msvae.build(cfg, voice_face(shapes), seed=0, num_classes=3)
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   rng = np.random.default_rng(0)
@@ -71,7 +78,7 @@ def test_tiny_variant_runs_one_step(name):
 def test_full_variant_builds_abstractly(name):
   cfg = config_lib.load(name)
   shapes = input_shapes(cfg)
-  abstract = nnx.eval_shape(lambda: models.build_model(cfg, shapes, seed=0, num_classes=3))
+  abstract = nnx.eval_shape(lambda: msvae.build(cfg, voice_face(shapes), seed=0, num_classes=3))
   params = nnx.state(abstract, nnx.Param)
   sizes = {".".join(map(str, p)): v.shape for p, v in params.flat_state()}
   z = cfg.model.latent_dim

@@ -11,7 +11,8 @@ from flax import nnx
 from scipy import stats
 
 from mmvae import config as config_lib
-from mmvae import losses, modalities, models
+from mmvae import losses, modalities
+from mmvae.zoo import msvae
 
 
 def test_kl_matches_monte_carlo():
@@ -99,10 +100,14 @@ def _loss_cfg(**kw):
 _HEAD_W = np.array([[1.0, -0.5, 0.2], [0.3, 0.8, -1.1]], np.float32)  # _Affine's identity head, Z=2 -> 3 classes
 
 
+_SPECS = {"audio": modalities.Modality("audio", "spectrogram", (4,), "float32"),
+          "face": modalities.Modality("face", "image", (1, 2, 2, 1), "uint8")}
+
+
 class _Affine:
   """A stand-in model with known, linear encoders and decoders to check how the terms combine."""
 
-  specs = modalities.specs({"audio": (4,), "face": (2, 2, 1)})
+  specs = _SPECS
 
   def __init__(self, logvar=(-1.0, 0.3)):
     self.logvar = dict(zip(("audio", "face"), logvar))
@@ -118,22 +123,49 @@ class _Affine:
     return {"audio": jnp.tile(z, (1, 2)), "face": jnp.tile(z, (1, 2)).reshape(-1, 2, 2, 1)}
 
 
+def _np_terms(batch, likelihood="sse", sigma=None):
+  """(mu, nll, recon, kl) of _Affine at logvar -40 (sigma ~ 2e-9: z is the mean), per example, by NumPy and scipy.
+
+  nll[(n, src)]: -log N(x_n | dec(mu_src), sigma_n^2) summed over x_n's values; recon: that, or the squared
+  error ('sse'); kl[src]: KL(N(mu_src, e^-40) || N(0, I)) in closed form.
+  """
+  sigma = sigma or {"audio": 1.0, "face": 1.0}
+  b = len(batch["audio"])
+  mu = {"audio": batch["audio"][:, :2].astype(np.float64), "face": batch["face"].reshape(b, -1)[:, :2] * 0.5}
+  target = {"audio": batch["audio"], "face": batch["face"].reshape(b, -1)}
+  nll, recon, kl = {}, {}, {}
+  for src in ("audio", "face"):
+    dec = np.tile(mu[src], (1, 2))  # _Affine's decoder: both modalities are z repeated twice
+    for n in ("audio", "face"):
+      nll[(n, src)] = -stats.norm.logpdf(target[n], dec, sigma[n]).sum(axis=1)
+      recon[(n, src)] = nll[(n, src)] if likelihood == "gaussian" else ((dec - target[n])**2).sum(axis=1)
+    kl[src] = 0.5 * np.sum(np.exp(-40.0) + mu[src]**2 - 1.0 + 40.0, axis=1)
+  return mu, nll, recon, kl
+
+
+def _np_total(recon, kl, self_weight, cross_weight, beta):
+  """The weighted batch means of the self and cross reconstructions and the two KLs."""
+  return (self_weight * (recon[("audio", "audio")].mean() + recon[("face", "face")].mean())
+          + cross_weight * (recon[("face", "audio")].mean() + recon[("audio", "face")].mean())
+          + beta * (kl["audio"].mean() + kl["face"].mean()))
+
+
 def test_msvae_loss_combines_terms_with_weights_and_annealing():
   rng = np.random.default_rng(6)
   batch = {"audio": rng.normal(size=(3, 4)).astype(np.float32),
            "face": rng.uniform(size=(3, 2, 2, 1)).astype(np.float32)}
   keys = jax.random.split(jax.random.key(0), 3)
   cfg = _loss_cfg(kl_anneal_steps=10)
-  total, m = losses.msvae_loss(_Affine(), batch, keys, jax.random.key(1), 4, cfg)
-  recon = {k: float(m[k]) for k in m if k.startswith("recon")}
-  assert set(recon) == {"recon_audio_from_audio", "recon_face_from_audio", "recon_audio_from_face",
-                        "recon_face_from_face"}
-  expected = (1.0 * (recon["recon_audio_from_audio"] + recon["recon_face_from_face"])
-              + 0.5 * (recon["recon_face_from_audio"] + recon["recon_audio_from_face"])
-              + 2.0 * 0.4 * (float(m["kl_audio"]) + float(m["kl_face"])) + 3.0 * float(m["wasserstein"]))
-  assert float(total) == pytest.approx(expected, rel=1e-5)
+  # At sigma ~ 2e-9 every term is deterministic: the total from NumPy, the KL weight annealed to 4/10 of 2.0.
+  total, m = msvae.loss(_Affine(logvar=(-40.0, -40.0)), batch, keys, jax.random.key(1), 4, cfg)
+  assert {k for k in m if k.startswith("recon")} == {"recon_audio_from_audio", "recon_face_from_audio",
+                                                     "recon_audio_from_face", "recon_face_from_face"}
+  mu, _, recon, kl = _np_terms(batch)
+  w2 = np.mean(np.sum((mu["audio"] - mu["face"])**2, axis=1))  # equal spreads: W2 is the means' distance
+  assert float(total) == pytest.approx(_np_total(recon, kl, 1.0, 0.5, 2.0 * 0.4) + 3.0 * w2, rel=1e-5)
   assert float(m["kl_scale"]) == pytest.approx(0.8)
-  # KL and W2 do not depend on the noise: check them against NumPy.
+  # At the model's own spreads, KL and W2 still do not depend on the noise: check them against NumPy.
+  _, m = msvae.loss(_Affine(), batch, keys, jax.random.key(1), 4, cfg)
   mu_a, mu_v = batch["audio"][:, :2], batch["face"].reshape(3, -1)[:, :2] * 0.5
   kl_a = np.mean(0.5 * np.sum(np.exp(-1.0) + mu_a**2 - 1 + 1.0, axis=1))
   assert float(m["kl_audio"]) == pytest.approx(kl_a, rel=1e-5)
@@ -143,7 +175,7 @@ def test_msvae_loss_combines_terms_with_weights_and_annealing():
 
 def test_unknown_wasserstein_variant_is_a_clear_error():
   with pytest.raises(ValueError, match="wasserstein"):
-    losses.check_loss_config(_loss_cfg(wasserstein="emd"))
+    msvae.check_config(config_lib.load("reference:tiny", ["loss.wasserstein=emd"]))
 
 
 @pytest.mark.parametrize("sigma", [0.05, 1.0, 3.7])
@@ -238,7 +270,7 @@ def test_triplet_skips_anchors_without_positive():
 
 def test_log_sigmas_learned_offset_and_floor():
   model = type("M", (), {})()
-  model.specs = modalities.specs({"audio": (4,), "face": (2, 2, 1)})
+  model.specs = _SPECS
   model.decoder = type("D", (), {})()
   model.decoder.log_sigma_offset = {"audio": jnp.float32(0.5), "face": jnp.float32(-3.0)}
   cfg = _loss_cfg(sigma=ml_collections.ConfigDict({"audio": 2.0, "face": 0.1}), min_sigma=0.01)
@@ -262,23 +294,11 @@ def test_msvae_loss_gaussian_recon_terms_are_scipy_logpdf_sums(likelihood):
   sig = {"audio": 0.7, "face": 0.2}
   cfg = _loss_cfg(likelihood=likelihood, sigma=ml_collections.ConfigDict(sig), wasserstein_weight=0.0)
   keys = jax.random.split(jax.random.key(0), 6)
-  total, m = losses.msvae_loss(_Affine(logvar=(-40.0, -40.0)), batch, keys, jax.random.key(1), 0, cfg)
-  mu = {"audio": batch["audio"][:, :2].astype(np.float64), "face": batch["face"].reshape(6, -1)[:, :2] * 0.5}
-  target = {"audio": batch["audio"], "face": batch["face"].reshape(6, -1)}
-  nll, kl = {}, {}
-  for src in ("audio", "face"):
-    dec = np.tile(mu[src], (1, 2))  # _Affine's decoder: both modalities are z repeated twice
-    for n in ("audio", "face"):
-      nll[(n, src)] = -stats.norm.logpdf(target[n], dec, sig[n]).sum(axis=1)
-      sse = ((dec - target[n])**2).sum(axis=1)
-      expected = nll[(n, src)] if likelihood == "gaussian" else sse
-      assert float(m[f"recon_{n}_from_{src}"]) == pytest.approx(expected.mean(), rel=1e-4, abs=1e-4), (n, src)
-    kl[src] = 0.5 * np.sum(np.exp(-40.0) + mu[src]**2 - 1.0 + 40.0, axis=1)
-  recon = {k: float(v) for k, v in m.items() if k.startswith("recon")}
-  expected_total = (recon["recon_audio_from_audio"] + recon["recon_face_from_face"]
-                    + 0.5 * (recon["recon_face_from_audio"] + recon["recon_audio_from_face"])
-                    + 2.0 * (kl["audio"].mean() + kl["face"].mean()))
-  assert float(total) == pytest.approx(expected_total, rel=1e-5)
+  total, m = msvae.loss(_Affine(logvar=(-40.0, -40.0)), batch, keys, jax.random.key(1), 0, cfg)
+  _, nll, recon, kl = _np_terms(batch, likelihood, sig)
+  for (n, src), expected in recon.items():
+    assert float(m[f"recon_{n}_from_{src}"]) == pytest.approx(expected.mean(), rel=1e-4, abs=1e-4), (n, src)
+  assert float(total) == pytest.approx(_np_total(recon, kl, 1.0, 0.5, 2.0), rel=1e-5)
   # The logged ELBO is the Gaussian bound whatever the optimised likelihood: mean of the two encoders' bounds.
   elbo = np.mean([-(nll[("audio", s)] + nll[("face", s)]) - kl[s] for s in ("audio", "face")], axis=0)
   assert float(m["elbo"]) == pytest.approx(elbo.mean(), rel=1e-5)
@@ -291,7 +311,8 @@ def test_msvae_loss_adds_infonce_triplet_identity_with_weights():
   base_cfg = _loss_cfg(wasserstein_weight=0.0, triplet_margins=(0.3, 0.4, 0.5), temperature=0.2)
   keys = jax.random.split(jax.random.key(0), 8)
   model = _Affine(logvar=(-40.0, -40.0))
-  base, _ = losses.msvae_loss(model, batch, keys, jax.random.key(1), 0, base_cfg)
+  _, _, recon, kl = _np_terms(batch)
+  base = _np_total(recon, kl, 1.0, 0.5, 2.0)  # wasserstein_weight 0: no W2 in the total
   mu_a, mu_v = batch["audio"][:, :2], batch["face"].reshape(8, -1)[:, :2] * 0.5
   labels = batch["label"]
   nce = {"pair": _np_info_nce(mu_a, mu_v, 0.2), "identity": _np_info_nce(mu_a, mu_v, 0.2, labels)}
@@ -306,7 +327,7 @@ def test_msvae_loss_adds_infonce_triplet_identity_with_weights():
   for positives in ("pair", "identity"):
     cfg = base_cfg.copy_and_resolve_references()
     cfg.update(dict(infonce_weight=0.5, triplet_weight=0.25, identity_weight=2.0, infonce_positives=positives))
-    total, m = losses.msvae_loss(model, batch, keys, jax.random.key(1), 0, cfg)
+    total, m = msvae.loss(model, batch, keys, jax.random.key(1), 0, cfg)
     assert float(m["infonce"]) == pytest.approx(nce[positives], rel=1e-5)
     assert float(m["triplet"]) == pytest.approx(trip, rel=1e-5)
     assert float(m["identity_ce"]) == pytest.approx(ident, rel=1e-5)
@@ -318,8 +339,9 @@ def test_msvae_loss_adds_infonce_triplet_identity_with_weights():
 def test_logged_elbo_matches_monte_carlo():
   cfg = config_lib.load("reference:tiny", ["loss.likelihood=gaussian", "loss.learn_sigma=True", "loss.sigma.face=0.3",
                                            "loss.sigma.audio=1.5"])
-  shapes = {"audio": (6,), "face": (3, 3, 1)}
-  model = models.build_model(cfg, shapes, seed=3)
+  shapes = {"audio": modalities.Modality("audio", "spectrogram", (6,), "float32"),
+            "face": modalities.Modality("face", "image", (1, 3, 3, 1), "uint8")}
+  model = msvae.build(cfg, shapes, seed=3)
   model.decoder.log_sigma_offset["audio"].value = jnp.float32(0.2)  # a learned scale enters the bound
   rng = np.random.default_rng(13)
   b = 4
@@ -346,7 +368,7 @@ def test_logged_elbo_matches_monte_carlo():
   evals = 2000
 
   def elbo(keys):
-    return losses.msvae_loss(nnx.merge(graphdef, state), batch, keys, jax.random.key(0), 0, cfg.loss)[1]["elbo"]
+    return msvae.loss(nnx.merge(graphdef, state), batch, keys, jax.random.key(0), 0, cfg.loss)[1]["elbo"]
 
   all_keys = jax.random.split(jax.random.key(5), evals * b).reshape(evals, b)
   values = np.asarray(jax.jit(jax.vmap(elbo))(all_keys), np.float64)

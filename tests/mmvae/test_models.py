@@ -9,9 +9,16 @@ import pytest
 from flax import nnx
 
 from mmvae import config as config_lib
-from mmvae import models
+from mmvae import models, modalities
+from mmvae.zoo import msvae
 
 A, V = "audio", "face"
+
+
+def _voice_face(shapes: dict) -> dict:
+  """{audio: a spectrogram, face: one image frame} of the given model shapes, as a dataset declares them."""
+  return {A: modalities.Modality(A, "spectrogram", tuple(shapes[A]), "float32"),
+          V: modalities.Modality(V, "image", (1, *shapes[V]), "uint8")}
 
 
 def _param_shapes(model):
@@ -22,7 +29,7 @@ def _param_shapes(model):
                                          ("conv:tiny", {A: (29, 24), V: (16, 16, 3)})])
 def test_encode_decode_shapes_and_face_range(spec, shapes):
   cfg = config_lib.load(spec)
-  model = models.build_model(cfg, shapes, seed=0)
+  model = msvae.build(cfg, _voice_face(shapes), seed=0)
   assert isinstance(model.encoders, nnx.Dict) and set(model.encoders.keys()) == {A, V}
   rng = np.random.default_rng(0)
   z = {}
@@ -54,7 +61,7 @@ def _params_each_head_uses(decoder, z_BxZ):
                                          ("conv:tiny", {A: (29, 24), V: (16, 16, 3)})])
 def test_heads_sit_on_one_shared_trunk(spec, shapes):
   cfg = config_lib.load(spec)
-  model = models.build_model(cfg, shapes, seed=0)
+  model = msvae.build(cfg, _voice_face(shapes), seed=0)
   decoder = model.decoder
   trunk = {".".join(map(str, p)) for p, _ in nnx.state(decoder.trunk, nnx.Param).flat_state()}
   trunk = {"trunk." + k for k in trunk}
@@ -82,7 +89,7 @@ def test_heads_sit_on_one_shared_trunk(spec, shapes):
 
 def test_reference_full_param_shapes_without_allocation():
   cfg = config_lib.load("reference")
-  abstract = nnx.eval_shape(lambda: models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0))
+  abstract = nnx.eval_shape(lambda: msvae.build(cfg, _voice_face({A: (512,), V: (23, 23, 1)}), seed=0))
   shapes = _param_shapes(abstract)
   assert shapes["encoders.audio.layers.0.kernel"] == (512, 512)
   assert shapes["encoders.face.layers.0.kernel"] == (529, 512)
@@ -94,7 +101,7 @@ def test_reference_full_param_shapes_without_allocation():
 
 def test_conv_full_param_shapes_without_allocation():
   cfg = config_lib.load("conv")
-  abstract = nnx.eval_shape(lambda: models.build_model(cfg, {A: (297, 512), V: (64, 64, 3)}, seed=0))
+  abstract = nnx.eval_shape(lambda: msvae.build(cfg, _voice_face({A: (297, 512), V: (64, 64, 3)}), seed=0))
   shapes = _param_shapes(abstract)
   assert shapes["encoders.face.convs.0.kernel"] == (3, 3, 3, 32)
   assert shapes["encoders.face.head.kernel"] == (4 * 4 * 256, 256)  # 64 / 2^4 = 4
@@ -114,11 +121,10 @@ def test_conv_full_param_shapes_without_allocation():
 
 def test_public_msvae_layers_have_the_published_widths():
   """The public MS-VAE (visual 512-512-512-128-128, audio 128-128-128, decoder 100-512-512-512-640-640)."""
-  from mmvae import modalities
   cfg = config_lib.load("msvae_public")
   specs = {"visual": modalities.Modality("visual", "vector", (512,), "float32"),
            "audio": modalities.Modality("audio", "vector", (128,), "float32")}
-  shapes = _param_shapes(nnx.eval_shape(lambda: models.build_model(cfg, specs, seed=0)))
+  shapes = _param_shapes(nnx.eval_shape(lambda: msvae.build(cfg, specs, seed=0)))
 
   def chain(prefix, widths):  # the kernels of consecutive Linear layers of these widths
     return {f"{prefix}.{i}.kernel": (a, b) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))}
@@ -138,34 +144,34 @@ def test_public_msvae_layers_have_the_published_widths():
 
 def test_encoder_and_decoder_widths_come_from_overrides_and_bad_ones_are_clear():
   cfg = config_lib.load("reference:tiny", ["model.encoder_hidden.face=(8, 4)", "model.decoder_hidden=(6,)"])
-  shapes = _param_shapes(nnx.eval_shape(lambda: models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)))
+  shapes = _param_shapes(nnx.eval_shape(lambda: msvae.build(cfg, _voice_face({A: (512,), V: (23, 23, 1)}), seed=0)))
   assert shapes["encoders.face.layers.0.kernel"] == (529, 8) and shapes["encoders.face.head.kernel"] == (4, 16)
   assert shapes["encoders.audio.layers.0.kernel"] == (512, 32)  # not named: model.hidden
   assert shapes["decoder.trunk.0.kernel"] == (8, 6) and shapes["decoder.heads.face.linear.kernel"] == (6, 529)
   cfg.model.encoder_hidden.face = (8, 0)
   with pytest.raises(ValueError, match=r"config.model.encoder_hidden.face=\(8, 0\)"):
-    models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
+    msvae.build(cfg, _voice_face({A: (512,), V: (23, 23, 1)}), seed=0)
 
 
 def test_bad_model_config_is_a_clear_error():
   cfg = config_lib.load("reference:tiny")
   cfg.model.encoders.audio = "conv"
   with pytest.raises(ValueError, match="time_average"):
-    models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
+    msvae.build(cfg, _voice_face({A: (512,), V: (23, 23, 1)}), seed=0)
   cfg.model.encoders.audio = "transformer"
   with pytest.raises(ValueError, match="encoders.audio"):
-    models.build_model(cfg, {A: (512,), V: (23, 23, 1)}, seed=0)
+    msvae.build(cfg, _voice_face({A: (512,), V: (23, 23, 1)}), seed=0)
 
 
 def test_init_follows_lecun_normal_and_seed():
   cfg = config_lib.load("reference")
   shapes = {A: (512,), V: (23, 23, 1)}
-  model = models.build_model(cfg, shapes, seed=3)
+  model = msvae.build(cfg, _voice_face(shapes), seed=3)
   k = np.asarray(model.encoders[A].layers[0].kernel[...])
   assert abs(k.std() - np.sqrt(1 / 512)) < 0.05 * np.sqrt(1 / 512) and np.abs(k).max() <= 2 * 0.0442 / 0.8796 + 1e-6
   assert np.all(np.asarray(model.encoders[A].layers[0].bias[...]) == 0)
-  again = models.build_model(cfg, shapes, seed=3).encoders[A].layers[0].kernel[...]
-  other = models.build_model(cfg, shapes, seed=4).encoders[A].layers[0].kernel[...]
+  again = msvae.build(cfg, _voice_face(shapes), seed=3).encoders[A].layers[0].kernel[...]
+  other = msvae.build(cfg, _voice_face(shapes), seed=4).encoders[A].layers[0].kernel[...]
   np.testing.assert_array_equal(k, again)
   assert not np.allclose(k, other)
   assert not np.allclose(k[:, :100], np.asarray(model.encoders[V].layers[0].kernel[...])[:512, :100])
@@ -213,7 +219,7 @@ def test_init_module_uses_each_layers_flax_initialiser():
 
 def test_deliberate_zero_starts_stay_zero():
   cfg = config_lib.load("conv:tiny")
-  model = models.build_model(cfg, {A: (29, 24), V: (16, 16, 3)}, seed=0)
+  model = msvae.build(cfg, _voice_face({A: (29, 24), V: (16, 16, 3)}), seed=0)
   for m in (A, V):  # the likelihood scale starts at exactly the config's sigma
     assert float(model.decoder.log_sigma_offset[m][...]) == 0.0
   np.testing.assert_array_equal(model.decoder.heads[A].grid_bias[...], 0.0)

@@ -16,7 +16,7 @@ from mmvae import config as config_lib
 from mmvae import data, losses, modalities, temporal, zoo
 from mmvae.analysis import sync
 from mmvae.modalities import sequence
-from mmvae.train import checkpoints, parallel, trainer
+from mmvae.train import checkpoints, entry, parallel, trainer
 from mmvae.train import step as step_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -216,7 +216,7 @@ def test_a_frozen_target_defines_the_space_and_never_changes(toy, tmp_path):
   cfg = _config(["model.frozen_target=face_frames", "model.latent_dim=10", "train.num_steps=8",
                  "train.learning_rate=0.01"])
   workdir = tmp_path / "run"
-  trainer.train(cfg, toy, workdir)
+  entry.train(cfg, toy, workdir)
   model, _ = checkpoints.load_run(workdir)[:2]
   names = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   assert not any("face_frames" in n for n in names) and any("audio_frames" in n for n in names)
@@ -250,7 +250,7 @@ def test_frozen_target_errors_name_the_key_to_change(toy):
 def test_the_tiny_temporal_run_reports_sync_and_frame_retrieval(toy, tmp_path):
   from mmvae.analysis import report
   workdir = tmp_path / "run"
-  trainer.train(_config(), toy, workdir)
+  entry.train(_config(), toy, workdir)
   metrics = report.analyze(workdir)
   for key in ("sync.top1", "sync.top1_chance", "sync.within1", "sync.within1_chance", "sync.mrr", "sync.mrr_chance"):
     assert 0.0 <= metrics[key] <= 1.0, key

@@ -11,7 +11,7 @@ from data_prep import prepare, synthetic
 from mmvae import cli, data
 from mmvae import config as config_lib
 from mmvae.analysis import report
-from mmvae.train import checkpoints, trainer
+from mmvae.train import checkpoints, entry
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def run(tmp_path_factory):
   root = synthetic.generate_corpus(base / "raw", identities=4, seed=0, videos_per_identity=4,
                                    utterances_per_video=2, frames_per_video=2, progress=False, workers=1)
   prepare.prepare_voxceleb1(root, base / "data", config="synthetic:tiny", workers=1, corpus="synthetic")
-  trainer.train(config_lib.load("synthetic:tiny"), base / "data", base / "run")
+  entry.train(config_lib.load("synthetic:tiny"), base / "data", base / "run")
   metrics = report.analyze(base / "run")
   return base, root, metrics
 

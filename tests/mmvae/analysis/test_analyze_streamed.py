@@ -9,14 +9,14 @@ import pytest
 from mmvae import data
 from mmvae import config as config_lib
 from mmvae.analysis import report
-from mmvae.train import checkpoints, trainer
+from mmvae.train import checkpoints, entry
 
 
 @pytest.fixture(scope="module")
 def runs(synthetic_dataset, tmp_path_factory):
   """synthetic:tiny on the shared 4-identity corpus, analysed in memory; a copy of the run for streamed analyses."""
   base = tmp_path_factory.mktemp("streamed")
-  trainer.train(config_lib.load("synthetic:tiny"), synthetic_dataset, base / "run")
+  entry.train(config_lib.load("synthetic:tiny"), synthetic_dataset, base / "run")
   shutil.copytree(base / "run", base / "copy")
   return base, report.analyze(base / "run")
 

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from mmvae.analysis import chance, markdown, retrieval
+from mmvae.analysis import markdown
+from mmvae.metrics import chance, retrieval
 
 
 def _ap_top(ranked_relevant, k):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mmvae.analysis import chance, ranking, retrieval
+from mmvae.metrics import chance, ranking, retrieval
 
 
 def _tie_orders(scores):

@@ -8,7 +8,7 @@ import pytest
 from scipy import interpolate, optimize
 from sklearn import metrics as skm
 
-from mmvae.analysis import chance, retrieval
+from mmvae.metrics import chance, retrieval
 
 
 def _tie_orders(scores):

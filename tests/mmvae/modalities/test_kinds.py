@@ -13,16 +13,18 @@ from flax import nnx
 
 from data_prep import storage
 from mmvae import config as config_lib
-from mmvae import data, layers, likelihoods, losses, modalities
+from mmvae import data, layers, likelihoods, modalities
 from mmvae.modalities import tokens
-from mmvae.train import checkpoints, trainer
+from mmvae.train import checkpoints, entry
+from mmvae.zoo import msvae
 
 VOCAB = ["<pad>", "<unk>", "red", "green", "blue", "big", "small"]
 
 
-def test_an_old_manifest_reads_as_audio_and_face_and_selection_is_checked():
-  old = {"features": {"audio": {"shape": [3], "dtype": "float32"}, "face": {"shape": [2, 5, 5, 1], "dtype": "uint8"}}}
-  audio, face = modalities.of_manifest(old)
+def test_a_manifest_reads_as_its_modalities_and_selection_is_checked():
+  manifest = {"modalities": [{"name": "audio", "kind": "spectrogram", "shape": [3], "dtype": "float32"},
+                             {"name": "face", "kind": "image", "shape": [2, 5, 5, 1], "dtype": "uint8"}]}
+  audio, face = modalities.of_manifest(manifest)
   assert (audio.kind, face.kind, face.frames, face.model_shape, audio.model_shape) == (
       "spectrogram", "image", 2, (5, 5, 1), (3,))
   with pytest.raises(ValueError, match=r"does not have.*'audio', 'face'"):
@@ -88,7 +90,7 @@ def test_msvae_loss_over_three_modalities_matches_a_numpy_loop():
   cfg.likelihood, cfg.learn_sigma, cfg.sigma = "gaussian", False, {"v": 0.5}
   cfg.cross_recon_weight, cfg.wasserstein_weight = 0.5, 2.0
   keys = jax.random.split(jax.random.key(0), 5)
-  total, metrics = losses.msvae_loss(_Stub(), batch, keys, jax.random.key(1), 10, cfg)
+  total, metrics = msvae.loss(_Stub(), batch, keys, jax.random.key(1), 10, cfg)
 
   mu = {m: np.asarray(batch[m], np.float64).reshape(5, -1)[:, :2] * s for m, s in _Stub.scale.items()}
   sig = {"v": 0.5, "i": 0.1}  # v from the config, i its kind's default; t is categorical
@@ -168,7 +170,7 @@ def test_a_toy_modality_kind_registered_here_trains_end_to_end_beside_text(tmp_p
   ds = data.Dataset(tmp_path / "data")
   assert [(m.name, m.kind) for m in ds.modalities().values()] == [
       ("audio", "spectrogram"), ("blob", "toyblob"), ("text", "tokens")]
-  final = trainer.train(cfg, tmp_path / "data", tmp_path / "run")
+  final = entry.train(cfg, tmp_path / "data", tmp_path / "run")
   rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in rows if r["split"] == "train" and "recon_text_from_blob" in r]
   assert len(train_rows) == 40 and np.mean([r["loss"] for r in train_rows[-5:]]) < train_rows[0]["loss"] - 10
@@ -182,7 +184,7 @@ def test_a_toy_modality_kind_registered_here_trains_end_to_end_beside_text(tmp_p
   assert out["blob"].shape == (2, 4) and out["text"].shape == (2, 3, len(VOCAB))
   # A run may use a subset of the dataset's modalities (the first named one is the anchor).
   cfg.data.modalities = ("blob", "text")
-  trainer.train(cfg, tmp_path / "data", tmp_path / "run2")
+  entry.train(cfg, tmp_path / "data", tmp_path / "run2")
   assert [m["name"] for m in json.loads((tmp_path / "run2" / "run.json").read_text())["modalities"]] == ["blob", "text"]
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from mmvae import config as config_lib
 from mmvae import models, modalities
+from mmvae.zoo import msvae
 from mmvae.train import step as step_lib
 
 VIDEO = {"name": "video", "kind": "video", "shape": [3, 6, 6, 1], "dtype": "uint8"}
@@ -106,7 +107,7 @@ def test_kinds_build_their_heads_and_refuse_wrong_shapes():
 def test_an_msvae_with_video_and_points_takes_a_training_step():
   cfg = _tiny()
   specs = {d["name"]: modalities.from_dict(d) for d in (VIDEO, CLOUD)}
-  model = models.build_model(cfg, specs, seed=0, num_classes=3)
+  model = msvae.build(cfg, specs, seed=0, num_classes=3)
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   rng = np.random.default_rng(2)

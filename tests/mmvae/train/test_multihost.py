@@ -1,6 +1,6 @@
 """Multi-host proven on CPU: 2 processes x 2 devices (jax.distributed on localhost) train as 1 process x 4 devices.
 
-Each run is `trainer.train` in fresh subprocesses (this file run as a script), since a process's device
+Each run is `entry.train` in fresh subprocesses (this file run as a script), since a process's device
 count and its distributed client are fixed once JAX starts. The 2 x 2 run trains 2 steps in 'sharded'
 mode, then resumes from its checkpoint in 'pmap' mode for 2 more: one launch pair covers both modes,
 the collective Orbax save and the restore on every process. Both processes share one local disk, as
@@ -205,7 +205,7 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str, sig
   import jax
   from mmvae import config as config_lib
   from mmvae import data
-  from mmvae.train import parallel, trainer
+  from mmvae.train import entry, parallel
   sys.path.insert(0, str(pathlib.Path(__file__).parents[2]))  # tests/
   from slow_batches import tapped
   if int(os.environ["MMVAE_PROCESS_ID"] if "MMVAE_PROCESS_ID" in os.environ else 0) == int(sigterm):
@@ -233,7 +233,7 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str, sig
   parallel.Runner.__init__ = init
   config = config_lib.load("synthetic:tiny", OVERRIDES + [f"train.num_steps={steps}", f"parallel={mode}"])
   try:
-    final, code = trainer.train(config, data_dir, workdir), 0
+    final, code = entry.train(config, data_dir, workdir), 0
   except SystemExit as e:
     final, code = None, e.code
   pathlib.Path(report).write_text(json.dumps({

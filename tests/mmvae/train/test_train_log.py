@@ -10,7 +10,7 @@ import pytest
 
 from mmvae import config as config_lib
 from mmvae import data
-from mmvae.train import train_log, trainer
+from mmvae.train import entry, train_log
 
 STEPS = 4
 SHOWN = 3
@@ -56,7 +56,7 @@ def imaged_run(synthetic_dataset, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("imaged") / "run"
   cfg = config_lib.load("synthetic:tiny", [f"train.num_steps={STEPS}", f"train.eval_every={STEPS}",
                                            f"train.checkpoint_every={STEPS}", f"train.log_images={SHOWN}"])
-  trainer.train(cfg, synthetic_dataset, workdir)
+  entry.train(cfg, synthetic_dataset, workdir)
   return workdir
 
 
@@ -89,7 +89,7 @@ def test_validation_logs_real_and_generated_faces_to_tensorboard(imaged_run, syn
 def test_models_without_a_decoder_log_no_images(synthetic_dataset, tmp_path):
   cfg = config_lib.load("synthetic:tiny", ["model.kind=contrastive", "train.num_steps=2", "train.eval_every=2",
                                            "train.checkpoint_every=2", "loss.identity_weight=0.0"])
-  trainer.train(cfg, synthetic_dataset, tmp_path)
+  entry.train(cfg, synthetic_dataset, tmp_path)
   assert not _tb_images(tmp_path / "tb")
 
 
@@ -99,7 +99,7 @@ def test_weights_and_biases_offline_run_holds_scalars_and_images(synthetic_datas
   cfg = config_lib.load("synthetic:tiny", ["train.num_steps=4", "train.eval_every=2", "train.checkpoint_every=2",
                                            "train.log_every=1", "train.wandb_project=mmvae-test",
                                            "train.wandb_mode=offline", "train.log_images=2"])
-  trainer.train(cfg, synthetic_dataset, tmp_path)
+  entry.train(cfg, synthetic_dataset, tmp_path)
   runs = list((tmp_path / "wandb").glob("offline-run-*"))
   assert len(runs) == 1
   media = sorted(p.name.split("_")[2] for p in (runs[0] / "files/media/images/validation").glob("*.png"))
@@ -113,7 +113,7 @@ def test_weights_and_biases_offline_run_holds_scalars_and_images(synthetic_datas
   bad = cfg.copy_and_resolve_references()
   bad.train.wandb_mode = "sometimes"
   with pytest.raises(ValueError, match="wandb_mode='sometimes' is unknown"):
-    trainer.train(bad, synthetic_dataset, tmp_path / "bad")
+    entry.train(bad, synthetic_dataset, tmp_path / "bad")
 
 
 def trainer_rows(workdir):

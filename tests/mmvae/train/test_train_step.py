@@ -8,11 +8,19 @@ import pytest
 from flax import nnx
 
 from mmvae import config as config_lib
-from mmvae import losses, models, modalities
+from mmvae import losses, modalities
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
+from mmvae.zoo import msvae
 
-SHAPES = {"audio": (512,), "face": (23, 23, 1)}
+
+def _voice_face(audio: tuple, face: tuple) -> dict:
+  """{audio: a spectrogram, face: one image frame} of the given model shapes, as a dataset declares them."""
+  return {"audio": modalities.Modality("audio", "spectrogram", audio, "float32"),
+          "face": modalities.Modality("face", "image", (1, *face), "uint8")}
+
+
+SHAPES = _voice_face((512,), (23, 23, 1))
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +30,7 @@ def setup():
   # Sliced W2 is the hardest case: a batch-level term gathered across devices.
   cfg = config_lib.load("reference:tiny", ["loss.wasserstein=sliced", "train.lr_schedule=constant",
                                            "train.warmup_steps=0"])
-  model = models.build_model(cfg, SHAPES, seed=0)
+  model = msvae.build(cfg, SHAPES, seed=0)
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   rng = np.random.default_rng(0)
@@ -118,8 +126,8 @@ def test_pmap_batch_level_terms_equal_single_device(term):
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
   cfg = config_lib.load("reference:tiny", _TERMS[term])
-  shapes = {"audio": (16,), "face": (5, 5, 1)}
-  model = models.build_model(cfg, shapes, seed=1, num_classes=4)
+  shapes = _voice_face((16,), (5, 5, 1))
+  model = msvae.build(cfg, shapes, seed=1, num_classes=4)
   rng = np.random.default_rng(1)
   batch = {"audio": rng.normal(size=(8, 16)).astype(np.float32),
            "face": rng.uniform(size=(8, 5, 5, 1)).astype(np.float32), "label": LABELS}
@@ -153,9 +161,9 @@ def test_runner_with_labels_matches_one_device_over_steps():
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
   cfg = config_lib.load("reference:tiny", _TERMS["all"] + ["train.lr_schedule=constant", "train.warmup_steps=0"])
-  shapes = {"audio": (16,), "face": (5, 5, 1)}
+  shapes = _voice_face((16,), (5, 5, 1))
   tx = step_lib.make_optimizer(cfg.train)
-  graphdef, state = step_lib.init_state(models.build_model(cfg, shapes, seed=2, num_classes=4), tx)
+  graphdef, state = step_lib.init_state(msvae.build(cfg, shapes, seed=2, num_classes=4), tx)
   state = jax.tree.map(np.asarray, state)
   rng = np.random.default_rng(2)
   batch = {"audio": rng.normal(size=(8, 16)).astype(np.float32),
@@ -184,7 +192,7 @@ def test_face_flip_mirrors_about_half_by_example_key():
   batch = {"face": face, "audio": np.zeros((64, 2), np.float32)}
   cfg = ml_collections.ConfigDict({"face_flip": True})
   pos = np.arange(64, dtype=np.int32)
-  specs = modalities.specs({"audio": (2,), "face": (4, 5, 3)})
+  specs = _voice_face((2,), (4, 5, 3))
   out = np.asarray(step_lib.augment(batch, 0, 3, pos, cfg, specs)["face"])
   mirrored = np.array([np.array_equal(o, f[:, ::-1]) for o, f in zip(out, face)])
   kept = np.array([np.array_equal(o, f) for o, f in zip(out, face)])

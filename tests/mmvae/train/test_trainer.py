@@ -13,7 +13,7 @@ import pytest
 
 from mmvae import config as config_lib
 from mmvae import data
-from mmvae.train import checkpoints, trainer
+from mmvae.train import checkpoints, entry, trainer
 from slow_batches import SLOW_BATCHES, tapped  # tests/, on the path beside conftest.py
 
 OVERRIDES = ["train.num_steps=40", "train.checkpoint_every=8", "train.eval_every=20", "train.log_every=1",
@@ -28,7 +28,7 @@ def dataset_dir(synthetic_dataset):
 @pytest.fixture(scope="module")
 def full_run(dataset_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  final = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
+  final = entry.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
   return workdir, final
 
 
@@ -65,8 +65,8 @@ def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp
   _, final = full_run
   workdir = tmp_path / "killed"
   # The child is slowed down (a pause per batch) so the kill lands mid-run, after a checkpoint.
-  script = (SLOW_BATCHES + "import sys\nfrom mmvae import config as c\nfrom mmvae.train import trainer\n"
-            f"trainer.train(c.load('synthetic:tiny', {OVERRIDES!r}), sys.argv[1], sys.argv[2])\n")
+  script = (SLOW_BATCHES + "import sys\nfrom mmvae import config as c\nfrom mmvae.train import entry\n"
+            f"entry.train(c.load('synthetic:tiny', {OVERRIDES!r}), sys.argv[1], sys.argv[2])\n")
   child = subprocess.Popen([sys.executable, "-c", script, str(dataset_dir), str(workdir)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
   try:
@@ -91,9 +91,9 @@ def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp
   assert json.loads(state)["step"] == newest
   saved.write_text(json.dumps(dict(json.loads(state), step=newest + 1)))
   with pytest.raises(ValueError, match=f"input pipeline state saved with step {newest} .* is at step {newest + 1}"):
-    trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
+    entry.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
   saved.write_text(state)
-  resumed = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
+  resumed = entry.train(config_lib.load("synthetic:tiny", OVERRIDES), dataset_dir, workdir)
   assert 16 <= resumed["resumed_from"] < 40
   assert resumed["params_sha256"] == final["params_sha256"]
   steps = [r["step"] for r in _rows(workdir) if r["split"] == "train"]
@@ -103,16 +103,16 @@ def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp
 def test_resume_with_a_different_config_fails_clearly(full_run, dataset_dir):
   workdir, _ = full_run
   with pytest.raises(ValueError, match=r"different config \(model.latent_dim: 8 -> 9"):
-    trainer.train(config_lib.load("synthetic:tiny", OVERRIDES + ["model.latent_dim=9"]), dataset_dir, workdir)
+    entry.train(config_lib.load("synthetic:tiny", OVERRIDES + ["model.latent_dim=9"]), dataset_dir, workdir)
 
 
 def test_bad_config_and_mismatched_dataset_fail_at_start(dataset_dir, tmp_path):
   with pytest.raises(ValueError, match="wasserstein"):
-    trainer.train(config_lib.load("synthetic:tiny", ["loss.wasserstein=emd"]), dataset_dir, tmp_path / "a")
+    entry.train(config_lib.load("synthetic:tiny", ["loss.wasserstein=emd"]), dataset_dir, tmp_path / "a")
   with pytest.raises(ValueError, match="batch_size"):
-    trainer.train(config_lib.load("synthetic:tiny", ["train.batch_size=6"]), dataset_dir, tmp_path / "b")
+    entry.train(config_lib.load("synthetic:tiny", ["train.batch_size=6"]), dataset_dir, tmp_path / "b")
   with pytest.raises(ValueError, match="face_size"):
-    trainer.train(config_lib.load("reference:tiny"), dataset_dir, tmp_path / "c")
+    entry.train(config_lib.load("reference:tiny"), dataset_dir, tmp_path / "c")
   assert not (tmp_path / "a" / "checkpoints").exists()
 
 
@@ -125,7 +125,7 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir
   monkeypatch.setattr(data, "batches", tapped(poison))
   cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=2", "train.eval_every=100"])
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*recon_audio_from_audio=nan.*checkpoint \(step 4\)"):
-    trainer.train(cfg, dataset_dir, tmp_path)
+    entry.train(cfg, dataset_dir, tmp_path)
   model, _, _ = checkpoints.load_run(tmp_path, which="last")
   from flax import nnx
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "last").iterdir() if p.name.isdigit())
@@ -137,8 +137,8 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir
 def test_several_steps_per_dispatch_train_the_same_run(full_run, dataset_dir, tmp_path):
   """Blocks of 3 steps (and single steps where a block would cross a checkpoint) against the single-step run."""
   single_dir, _ = full_run
-  blocked = trainer.train(config_lib.load("synthetic:tiny", OVERRIDES + ["train.steps_per_dispatch=3"]),
-                          dataset_dir, tmp_path)
+  blocked = entry.train(config_lib.load("synthetic:tiny", OVERRIDES + ["train.steps_per_dispatch=3"]),
+                        dataset_dir, tmp_path)
   assert blocked["step"] == 40
   rows = {s: [r for r in _rows(d) if r["split"] == "train"] for s, d in (("single", single_dir), ("blocked", tmp_path))}
   assert [r["step"] for r in rows["blocked"]] == list(range(1, 41))  # every step logged, in order
@@ -162,7 +162,7 @@ def test_a_nan_inside_a_block_names_its_own_step(dataset_dir, tmp_path, monkeypa
   cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=3", "train.eval_every=100",
                                            "train.steps_per_dispatch=3"])
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*checkpoint \(step 3\)"):
-    trainer.train(cfg, dataset_dir, tmp_path)
+    entry.train(cfg, dataset_dir, tmp_path)
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints" / "last").iterdir() if p.name.isdigit()) == [3]
 
 

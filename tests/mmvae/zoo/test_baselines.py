@@ -11,11 +11,11 @@ from flax import nnx
 from scipy import special
 
 from mmvae import config as config_lib
-from mmvae import models, zoo
+from mmvae import zoo
 from mmvae.modalities import Modality
 from mmvae.train import parallel
 from mmvae.train import step as step_lib
-from mmvae.zoo import mmvae, mopoe, mvae
+from mmvae.zoo import mmvae, mopoe, msvae, mvae
 
 VOCAB = (("vocab", ("<pad>", "a", "b", "c", "d", "e")),)
 # The device and learning tests: names the tiny config's encoder and sigma tables know.
@@ -226,7 +226,7 @@ def test_mvae_and_mopoe_joint_posteriors_are_numpy_precision_weighted_products(n
   np.testing.assert_allclose(mu, want_mu, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(np.exp(logvar), want_var, rtol=1e-4)
   cfg = config_lib.load("synthetic:tiny", ["model.latent_dim=2", "model.hidden=(5,)"])
-  ms = models.build_model(cfg, SMALL, seed=0)
+  ms = msvae.build(cfg, SMALL, seed=0)
   mu, logvar = ms.joint_posterior({n: batch[n] for n in names})
   want_mu, want_var = _np_poe([_np_expert(ms, n, batch[n]) for n in names], True)
   np.testing.assert_allclose(mu, want_mu, rtol=1e-4, atol=1e-6)
@@ -350,7 +350,8 @@ def test_mopoe_elbo_and_mean_subset_kl_against_a_loop(sampling):
 
 @pytest.mark.parametrize("kind,extra", [("mvae", ["loss.subsampled_elbos=1"]), ("mmvae", ["loss.estimator=dreg"]),
                                         ("mopoe", [])])
-def test_loss_is_the_objective_of_noise_drawn_from_each_examples_own_key(kind, extra):
+def test_wiring_the_registered_loss_is_the_objective_of_noise_drawn_from_each_examples_own_key(kind, extra):
+  """Wiring only: Kind.loss is objective(noise(keys)); each objective is checked against a loop above."""
   cfg, model = _small(kind, [*extra, "loss.num_samples=2"])
   module = {"mvae": mvae, "mmvae": mmvae, "mopoe": mopoe}[kind]
   batch = _batch(SMALL, 4, seed=9)

@@ -15,7 +15,7 @@ from mmvae import config as config_lib
 from mmvae import data, inference, zoo
 from mmvae.modalities import Modality
 from mmvae.train import checkpoints as ckpt_lib
-from mmvae.train import trainer
+from mmvae.train import entry
 from mmvae.zoo import mcvs
 
 SPECS = {"a": Modality("a", "vector", (5,), "float32"), "b": Modality("b", "vector", (3,), "float32"),
@@ -223,7 +223,7 @@ def _digest(flat: dict, names: list[str]) -> str:
 def test_a_later_stage_leaves_every_existing_branch_bit_identical(avdigits, tmp_path, capsys):
   cfg = _stage_config('data.modalities=("image","text","audio")')
   cfg.model.stages = (("image", "text"), ("audio",))
-  final = trainer.train(cfg, avdigits, tmp_path / "run")
+  final = entry.train(cfg, avdigits, tmp_path / "run")
   # Stage 2 starts from stage 1's best checkpoint, the one `mmvae analyze` of stage 1 shows.
   one, two = _flat(tmp_path / "run/stages/1", "best"), _flat(tmp_path / "run/stages/2")
   params = [k[len("params."):] for k in two if k.startswith("params.")]
@@ -255,17 +255,17 @@ def test_a_later_stage_leaves_every_existing_branch_bit_identical(avdigits, tmp_
   assert "stage 2/2" in capsys.readouterr().out
   # The workdir names the last stage for analysis, and rerunning resumes nothing: every stage is done.
   assert ckpt_lib.run_folder(tmp_path / "run") == tmp_path / "run/stages/2"
-  again = trainer.train(cfg, avdigits, tmp_path / "run")
+  again = entry.train(cfg, avdigits, tmp_path / "run")
   assert again["stages"] == stages and again["params_sha256"] == final["params_sha256"]
 
 
 def test_a_modality_is_added_to_a_trained_space_with_from(avdigits, tmp_path):
   base = _stage_config('data.modalities=("image","text")')
   base.model.stages = (("image", "text"),)
-  trainer.train(base, avdigits, tmp_path / "old")
+  entry.train(base, avdigits, tmp_path / "old")
   grown = _stage_config('data.modalities=("image","text","audio")')
   grown.model.stages = (("image", "text"), ("audio",))
-  final = trainer.train(grown, avdigits, tmp_path / "new", init_from=tmp_path / "old")
+  final = entry.train(grown, avdigits, tmp_path / "new", init_from=tmp_path / "old")
   old, new = (json.loads((tmp_path / d / "stages.json").read_text()) for d in ("old", "new"))
   assert new[0]["from"] == str((tmp_path / "old").absolute()) and new[0]["run"] == old[0]["run"]
   assert [s["stage"] for s in new] == [1, 2] and not (tmp_path / "new/stages/1").exists()

@@ -15,7 +15,7 @@ import mmvae
 from mmvae import cli, data, models, modalities, zoo
 from mmvae import config as config_lib
 from mmvae.analysis import report
-from mmvae.train import parallel, trainer
+from mmvae.train import entry, parallel, trainer
 from mmvae.train import step as step_lib
 from mmvae.zoo import contrastive
 
@@ -71,7 +71,7 @@ def _config(kind, extra=()):
 def _analysed_run(dataset_dir, workdir, kind, steps):
   cfg = _config(kind, [f"train.num_steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
                        "train.learning_rate=0.01"])
-  trainer.train(cfg, dataset_dir, workdir)
+  entry.train(cfg, dataset_dir, workdir)
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return [r["loss"] for r in rows if r["split"] == "train"], report.analyze(workdir, which="last")
 
@@ -221,13 +221,3 @@ def test_a_contrastive_run_is_analysed_without_generation(synthetic_dataset, tmp
   err = capsys.readouterr().err.strip()
   assert code == 2 and "\n" not in err and "cannot generate" in err, err
   assert not (tmp_path / "face.png").exists()
-
-
-def test_a_run_from_before_model_kinds_resumes_as_msvae(tmp_path):
-  old = config_lib.to_dict(_config("msvae"))
-  del old["model"]["kind"]  # a config.json written before the key existed
-  (tmp_path / "config.json").write_text(json.dumps(old))
-  trainer._check_resume_config(tmp_path / "config.json", _config("msvae"))  # pylint: disable=protected-access
-  with pytest.raises(ValueError, match="model.kind: 'msvae' -> 'contrastive'"):
-    trainer._check_resume_config(tmp_path / "config.json", _config("contrastive"))  # pylint: disable=protected-access
-  assert zoo.kind_of(ml_collections.ConfigDict(old)) == "msvae"

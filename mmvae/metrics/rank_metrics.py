@@ -7,7 +7,7 @@ no sorted row. The formulas are those of the full-ranking implementation they re
 
 import numpy as np
 
-from mmvae.analysis import chance
+from mmvae.metrics import chance
 
 
 def _per_row(row, weights, b):

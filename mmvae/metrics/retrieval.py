@@ -28,7 +28,7 @@ score is set to -inf and it is neither relevant nor a negative, and the gallery 
 import numpy as np
 
 from mmvae import progress as progress_lib
-from mmvae.analysis import chance, rank_metrics, ranking
+from mmvae.metrics import chance, rank_metrics, ranking
 
 SCORES = ("cosine", "euclidean", "w2")
 DEFAULT_KS = (1, 5, 10)

@@ -21,7 +21,9 @@ from PIL import Image
 
 from data_prep import audio, avdigits, digit_text, faces, mmdigits, resume, shards, spool, storage, voxceleb1
 from mmvae import config as config_lib
-from mmvae import progress
+from mmvae import main_guard
+from mmvae import progress, write_errors
+from mmvae import workers as workers_lib
 
 SPLITS = ("train", "validation", "test")
 STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
@@ -127,7 +129,7 @@ def _extract_one(index, spec, data_cfg, strict, sequences=False):
   train = spec["split"] == "train"  # random crops for training, centred crops elsewhere
   try:
     # One read of the WAV serves the features below and, with sequences, the frame features.
-    wave = audio.load_wav(spec["wav"], int(data_cfg.sample_rate)) if sequences else spec["wav"]
+    wave = audio.load_wav(spec["wav"], int(data_cfg.sample_rate), audio.resampler(data_cfg)) if sequences else spec["wav"]
     audio_features = np.asarray(audio.utterance_features(wave, data_cfg, train, rng, name=spec["wav"]), np.float32)
   except (audio.AudioError, OSError) as e:
     if strict:
@@ -201,13 +203,15 @@ class _Extractor:
   PREFETCH = 2
 
   def __init__(self, workers: int):
-    self.workers = workers or os.cpu_count() or 1
+    self.workers = main_guard.processes(workers or os.cpu_count() or 1)
     self.pool = None
 
   def __enter__(self):
     if self.workers > 1:
       # spawn, not fork: the parent may hold JAX or reader threads, which fork does not copy safely.
-      self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+      # Its workers exit when prep dies (kill -9 included) and leave Ctrl-C to prep, which stops them.
+      self.pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=workers_lib.exit_with_parent,
+                                                            initargs=(os.getpid(),))
     return self
 
   def __exit__(self, *exc):
@@ -260,6 +264,11 @@ def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, c
   specs = corpus.examples
   modalities = _modalities(corpus, audio_shape, face_shape, data_cfg)
   size = examples_per_shard or shards.shard_size(modalities)
+  # Named if the disk fills: what is in the build now (a generated corpus) and the shards still to write (the
+  # training examples twice when they are spooled for the audio statistics first).
+  spooled_too = len(tasks.get("train", ())) if data_cfg.time_average else 0
+  build.needed = (write_errors.folder_bytes(build.path)
+                  + shards.example_bytes(modalities) * (len(specs) + spooled_too))
   reused, spooled = (0, 0) if beam_options is not None else resume.adopt(
       build, resume.plan(corpus, corpus_name, build, data_cfg, strict, modalities, size, notes))
   if reused or spooled:
@@ -338,7 +347,7 @@ def _summary(manifest: dict, out: pathlib.Path, seconds: float) -> None:
         f"-> {out} in {seconds:.1f} s")
 
 
-def prepare_voxceleb1(root, out, config="reference", strict: bool = False, workers: int = 0,
+def prepare_voxceleb1(root, out, config="voxceleb1", strict: bool = False, workers: int = 0,
                       corpus: str = "voxceleb1", split_policy: str = "closed", beam_options: str | None = None) -> dict:
   """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT (on Beam with
   beam_options: see _prepare)."""

@@ -36,10 +36,14 @@ SHARD_BYTES = 64 << 20  # about this many bytes of arrays per shard
 MAX_SHARD_EXAMPLES = 4096
 
 
+def example_bytes(modalities: list[dict]) -> int:
+  """About the bytes one stored example takes: its arrays, from the declared shapes, and its fields."""
+  return sum(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"])) for m in modalities) + 256
+
+
 def shard_size(modalities: list[dict]) -> int:
   """Examples per shard, from the declared shapes alone: the same for any worker count and on resume."""
-  per_example = sum(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"])) for m in modalities) + 256
-  return int(max(1, min(MAX_SHARD_EXAMPLES, SHARD_BYTES // per_example)))
+  return int(max(1, min(MAX_SHARD_EXAMPLES, SHARD_BYTES // example_bytes(modalities))))
 
 
 def text_fields(modalities: list[dict]) -> list[str]:

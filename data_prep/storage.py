@@ -3,7 +3,8 @@
 Prep never works inside OUT: `Build` makes a fresh folder beside it (`.OUT.partial-PID@HOST`), prep
 fills it, and only a complete dataset is swapped in for OUT (old renamed away, new renamed in, old
 deleted). An interrupted or failed prep leaves the previous dataset untouched, and a rerun can adopt
-the finished parts of the killed build. Only prep's own entries (OWN_ENTRIES) are ever deleted: anything
+the finished parts of the killed build (one that ran out of space or hit a read-only place removes its
+build and says so in one line). Only prep's own entries (OWN_ENTRIES) are ever deleted: anything
 else in a replaced dataset moves into the new one. OUT is refused before any work when it is a file,
 unwritable, a non-empty folder that holds no mmvae dataset, holds a training run, or is or holds an input.
 """
@@ -20,7 +21,7 @@ import sys
 from typing import Callable, Iterable
 
 from data_prep import shards
-from mmvae import locks
+from mmvae import locks, write_errors
 
 FORMAT = "mmvae-prepared/1"
 VERSION = shards.VERSION
@@ -39,7 +40,7 @@ BUILDERS = {corpus: f"mmvae_{corpus}" for corpus in ("voxceleb1", "avdigits", "s
 def versions() -> dict:
   """Versions of the packages that wrote the dataset."""
   out = {}
-  for package in ("mmvae", "tensorflow_datasets", "numpy", "jax"):
+  for package in ("mmvae", "tensorflow_datasets", "numpy", "jax", "librosa", "soxr"):  # librosa, soxr: the audio features
     try:
       out[package] = importlib.metadata.version(package.replace("_", "-"))
     except importlib.metadata.PackageNotFoundError:
@@ -128,6 +129,7 @@ class Build:
     me = locks.this_process()
     self.path = self.out.parent / f".{self.out.name}.partial-{me['pid']}@{me['host']}"
     self.keep_on_error = keep_on_error
+    self.needed = 0  # bytes the whole build takes, once prep can tell (named when the disk fills)
     self.stale = _killed_builds(self.out)
     try:
       self.path.mkdir()
@@ -168,8 +170,17 @@ class Build:
   def __enter__(self):
     return self
 
-  def __exit__(self, exc_type, *exc):
-    if exc_type is not None and self.path.exists() and not self.keep_on_error:
+  def __exit__(self, exc_type, exc, tb):
+    code = write_errors.refused(exc, self.path) if exc_type is not None and issubclass(exc_type, Exception) else None
+    if code is not None:  # a full disk or a read-only place: the build goes (whatever keep_on_error), one line says why
+      written = write_errors.folder_bytes(self.path)
+      if self.path.exists():
+        _remove_own(self.path)
+      raise write_errors.WriteError(write_errors.message(code, self.out, max(written, self.needed),
+                                                         at_least=not self.needed)) from None
+    # Ctrl-C keeps the build, as a kill would: the rerun adopts its finished parts (data_prep/resume.py).
+    interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+    if exc_type is not None and self.path.exists() and not self.keep_on_error and not interrupted:
       _remove_own(self.path)
 
 

@@ -23,7 +23,9 @@ import soundfile
 from PIL import Image
 
 from data_prep import synthetic_face, synthetic_voice
+from mmvae import main_guard
 from mmvae import progress as progress_lib
+from mmvae import workers as workers_lib
 
 GENERATOR_VERSION = 1
 FACE_SIZE = 96
@@ -226,11 +228,12 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
                      voice=voice, face=synthetic_face.make_face(attrs, _rng(seed, _FACE, i)),
                      videos=_video_ids(seed, i, videos_per_identity), utterances=utterances_per_video,
                      frames=frames_per_video, seconds=utterance_seconds, video=bool(video)))
-  workers = min(workers or len(os.sched_getaffinity(0)), identities)
+  workers = main_guard.processes(min(workers or len(os.sched_getaffinity(0)), identities))
   bar = progress_lib.bar(total=identities, desc="synthetic corpus", unit="identity", disable=not progress)
   if workers > 1:
     # spawn, not fork: the caller may have started JAX threads, which fork does not survive.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=workers_lib.exit_with_parent,
+                                                   initargs=(os.getpid(),)) as pool:
       for _ in pool.imap_unordered(_write_identity, jobs):
         bar.update()
   else:

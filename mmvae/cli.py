@@ -1,9 +1,11 @@
 """The `mmvae` command: prep, train, analyze, embed, generate, sweep, demo. Logic lives in the modules it calls."""
 
 import argparse
+import errno
 import itertools
 import os
 import pathlib
+import signal
 import sys
 from typing import Sequence
 
@@ -11,6 +13,19 @@ import mmvae
 
 CONFIG_COMMANDS = ("prep", "train", "demo")  # the commands that take --config, and so --config.KEY overrides
 CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1, msvae_public, mcvs, temporal"  # experiments/configs/ (a test keeps this true)
+
+
+# What a Ctrl-C leaves, by command: nothing is left looking complete that is not.
+INTERRUPTED = {
+    "prep": "the dataset at --out is as it was; finished shards are kept beside it, and rerunning the same command "
+            "resumes from them",
+    "train": "rerun the same command to resume from its newest checkpoint",
+    "analyze": "the report is as it was (a new one is swapped in only when complete); rerun the same command",
+    "embed": "--out was not written; rerun the same command",
+    "generate": "rerun the same command",
+    "sweep": "rerun the same command to continue; finished runs are kept",
+    "demo": "rerun the same command to continue where it stopped",
+}
 
 
 def _overrides_epilog(example: str) -> str:
@@ -59,7 +74,7 @@ def _add_prep(sub) -> None:
                 epilog=PREP_EPILOG)
   vox.add_argument("--root", required=True, help="corpus root holding wav/, a face folder and the split/meta files")
   vox.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  _add_config(vox, "reference")
+  _add_config(vox, "voxceleb1")
   vox.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   vox.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
   _add_beam(vox)
@@ -68,6 +83,30 @@ def _add_prep(sub) -> None:
                         "identities with Set=test in vox1_meta.csv (id10270-id10309) are held out, all their "
                         "utterances in test; the others keep iden_split train/validation and their iden_split test "
                         "utterances go to validation (nothing dropped)")
+
+  fold = _parser(corpora, "folder", help="your own data: ROOT/<person>/<clip>.wav with face frames in "
+                 "ROOT/<person>/<clip>/*.jpg or ROOT/<person>/faces/*.jpg", epilog=PREP_EPILOG,
+                 description="One identity per folder ROOT/<person>/; each <clip>.wav is one example. Faces: "
+                             "ROOT/<person>/<clip>/*.jpg (.jpeg, .png) when that folder holds any, else "
+                             "ROOT/<person>/faces/*.jpg. An optional ROOT/<person>/<clip>.txt for every clip becomes "
+                             "a `text` modality. Splits: seeded, per person, by group (a --videos video, else the "
+                             "clip): no video in two splits, every person in train.")
+  fold.add_argument("--root", required=True, help="folder holding one folder per person")
+  fold.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
+  _add_config(fold, "voxceleb1")
+  fold.add_argument("--videos", default=None, metavar="CSV",
+                    help="a CSV with the header clip,video (clip = <person>/<clip>, .wav optional): the clips of one "
+                         "video always go to one split; unlisted clips are groups of their own (default: none)")
+  fold.add_argument("--split-seed", type=int, default=0, help="seed of the split of each person's groups")
+  fold.add_argument("--validation-fraction", type=float, default=0.2,
+                    help="share of each person's groups in validation (rounded, at least 1 while a train group "
+                         "remains; 0: none)")
+  fold.add_argument("--test-fraction", type=float, default=0.2,
+                    help="share of each person's groups in test (rounded, at least 1 while a train group remains; "
+                         "0: none)")
+  fold.add_argument("--strict", action="store_true", help="fail on the first unreadable file instead of skipping it")
+  fold.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
+  _add_beam(fold)
 
   avd = _parser(corpora, "avdigits", help="FSDD recordings paired with MNIST digits of the same class",
                 epilog=PREP_EPILOG)
@@ -197,6 +236,11 @@ def _run_prep(args, config) -> None:
   if args.corpus == "voxceleb1":
     prepare.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
                               split_policy=args.split, beam_options=beam)
+  elif args.corpus == "folder":
+    from data_prep import folder
+    folder.prepare_folder(args.root, args.out, config=config, videos=args.videos, split_seed=args.split_seed,
+                          validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+                          strict=args.strict, workers=args.workers, beam_options=beam)
   elif args.corpus == "avdigits":
     prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
                              strict=args.strict, workers=args.workers, beam_options=beam)
@@ -248,12 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
   analyze.add_argument("--checkpoint", choices=("best", "last"), default="best",
                        help="best: the checkpoint with the highest validation score (config.train.select_by; "
                             "the newest one when the run has no validation split); last: the newest step")
+  analyze.add_argument("--out", default=None, metavar="DIR",
+                       help="report folder (default: WORKDIR/report/); a report already there is replaced, with a "
+                            "line naming it when it was made from another checkpoint, split or dataset")
 
   embed = _parser(sub, "embed", help="export a run's posterior means of one modality for every example of some "
                   "splits -> an .npz (ids, embeddings, splits) that `mmvae prep features --join` reads")
   embed.add_argument("--workdir", required=True, help="run folder written by mmvae train")
-  embed.add_argument("--modality", required=True, help="the run's modality to encode (a multi-frame one: its frames' "
-                     "posteriors averaged, as analyze does)")
+  embed.add_argument("--modality", required=True, help="the run's modality to encode, by its name or as reports "
+                     "show it (voice for audio); a multi-frame one: its frames' posteriors averaged, as analyze does")
   embed.add_argument("--out", required=True, help=".npz file to write: ids [N] str, embeddings [N, Z] float32, "
                      "splits [N] str")
   embed.add_argument("--data", default=None,
@@ -268,10 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
   generate = _parser(sub, "generate", help="generate one modality from another with a trained run")
   gen_sub = generate.add_subparsers(dest="target", required=True, metavar="TARGET")
   face = _parser(gen_sub, "face", help="a face from a voice: the run's first image modality decoded from one WAV "
-                 "file's audio (its first spectrogram modality), with the run's best checkpoint")
+                 "file's audio (its first spectrogram modality)")
   face.add_argument("--workdir", required=True, help="run folder written by mmvae train")
   face.add_argument("--wav", required=True, help="WAV file of one utterance")
-  face.add_argument("--out", required=True, help="PNG file to write")
+  face.add_argument("--out", required=True,
+                    help="image file to write (.png): the run's face size enlarged 4 times, pixel for pixel "
+                         "(128x128 for the 32x32 faces of the voxceleb1 and synthetic configs)")
+  face.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="best: the checkpoint with the highest validation score (the newest one when the run has "
+                         "no validation split); last: the newest step")
 
   sweep = _parser(
       sub, "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",
@@ -302,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _mrr_chance(labels) -> float:
   """Chance MRR of cross-modal retrieval among `labels`: each query ranks all items, its label's count relevant."""
   import numpy as np
-  from mmvae.analysis import chance
+  from mmvae.metrics import chance
   _, index, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
   return float(np.mean([chance.mrr(len(index), int(counts[i])) for i in index]))
 
@@ -344,9 +396,44 @@ def train_summary(final: dict, workdir, data_dir) -> str:
   return "\n".join(lines)
 
 
-def analyze_summary(metrics: dict, workdir, checkpoint: str, split: str) -> str:
-  """Where the report is and the cross-modal retrieval numbers beside chance."""
-  report = pathlib.Path(workdir) / "report"
+def previous_report(report_dir: pathlib.Path, given: bool = True) -> dict | None:
+  """The metrics.json of the report in `report_dir` (None when there is none, {} when unreadable); ValueError when
+  a folder named by --out (`given`) holds files but no report, so a report would be mixed into someone's files."""
+  import json
+  if not report_dir.exists():
+    return None
+  if not report_dir.is_dir():
+    raise ValueError(f"--out {report_dir} is a file; give a folder for the report")
+  try:
+    recorded = json.loads((report_dir / "metrics.json").read_text())
+    return recorded if isinstance(recorded, dict) else {}
+  except (OSError, ValueError):
+    reported = ("report.md", "latents.npz", "metrics.json")
+    if not given or any((report_dir / name).exists() for name in reported) or not any(report_dir.iterdir()):
+      return {}  # WORKDIR/report, an unfinished or unreadable report, or an empty folder
+    raise ValueError(f"--out {report_dir} holds files that are not an mmvae report; give a new or empty "
+                     "folder") from None
+
+
+def replaced_line(previous: dict | None, metrics: dict, report_dir) -> str:
+  """One line naming the report just replaced when it was made from another checkpoint, split or dataset."""
+  if not previous:
+    return ""
+  fields = (("analysis.step", "checkpoint"), ("analysis.split", "split"), ("dataset.fingerprint", "dataset"))
+  changed = [what for key, what in fields if previous.get(key) is not None and previous.get(key) != metrics.get(key)]
+  if not changed:
+    return ""
+  old = [f"checkpoint {previous['analysis.checkpoint']}" if previous.get("analysis.checkpoint") else "",
+         f"split {previous['analysis.split']}" if previous.get("analysis.split") else "",
+         f"dataset {previous['dataset.path']}" if previous.get("dataset.path") else ""]
+  what = " and ".join([", ".join(changed[:-1]), changed[-1]] if len(changed) > 1 else changed)
+  return f"mmvae analyze: replaced the report in {report_dir} made from another {what} (it was: " \
+         f"{', '.join(o for o in old if o)})"
+
+
+def analyze_summary(metrics: dict, workdir, checkpoint: str, split: str, report=None) -> str:
+  """Where the report is (default WORKDIR/report) and the cross-modal retrieval numbers beside chance."""
+  report = pathlib.Path(report) if report is not None else pathlib.Path(workdir) / "report"
   lines = [f"mmvae analyze: {checkpoint} checkpoint, {split} split: {metrics['examples']} examples of "
            f"{metrics['identities']} identities",
            f"  report       {report / 'report.md'}", f"  metrics      {report / 'metrics.json'}"]
@@ -419,27 +506,33 @@ def main(argv=None) -> int:
     elif args.command == "train":
       from mmvae import config as config_lib
       config = config_lib.load(args.config, overrides)
-      from mmvae.train import trainer
+      from mmvae.train import entry
       for flag, env in (("coordinator", "MMVAE_COORDINATOR"), ("num_processes", "MMVAE_NUM_PROCESSES"),
                         ("process_id", "MMVAE_PROCESS_ID")):
         if getattr(args, flag) is not None:  # read by parallel.maybe_initialize_distributed
           os.environ[env] = str(getattr(args, flag))
-      final = trainer.train(config, args.data, args.workdir, allow_data_change=args.allow_data_change,
-                            init_from=args.init_from)
+      final = entry.train(config, args.data, args.workdir, allow_data_change=args.allow_data_change,
+                          init_from=args.init_from)
       import jax
       if jax.process_index() == 0:
         print(train_summary(final, args.workdir, args.data), flush=True)
     elif args.command == "analyze":
       from mmvae.analysis import report
-      metrics = report.analyze(args.workdir, data_dir=args.data, split=args.split, which=args.checkpoint)
-      print(analyze_summary(metrics, args.workdir, args.checkpoint, args.split), flush=True)
+      out = pathlib.Path(args.out) if args.out is not None else pathlib.Path(args.workdir) / "report"
+      previous = previous_report(out, given=args.out is not None)  # what the report to be replaced was made from
+      metrics = report.analyze(args.workdir, data_dir=args.data, split=args.split, which=args.checkpoint,
+                               report_dir=out)
+      replaced = replaced_line(previous, metrics, out)
+      if replaced:
+        print(replaced, flush=True)
+      print(analyze_summary(metrics, args.workdir, args.checkpoint, args.split, out), flush=True)
     elif args.command == "embed":
       from mmvae import embed
       embed.export(args.workdir, args.modality, args.out, data_dir=args.data, splits=args.splits,
                    which=args.checkpoint)
     elif args.command == "generate":
       from mmvae.analysis import from_wav
-      from_wav.generate_face_from_wav(args.workdir, args.wav, args.out)
+      from_wav.generate_face_from_wav(args.workdir, args.wav, args.out, which=args.checkpoint)
     elif args.command == "sweep":
       import shlex
       from mmvae import sweep
@@ -450,11 +543,27 @@ def main(argv=None) -> int:
     elif args.command == "demo":
       from mmvae import demo
       demo.run(args.workdir, config=args.config, identities=args.identities, seed=args.seed, overrides=overrides)
+  except KeyboardInterrupt:  # Ctrl-C where no step is in flight (train stops its loop itself: exit 130 too)
+    if os.environ.get("MMVAE_DEBUG"):
+      raise
+    what = INTERRUPTED.get(args.command, "rerun the same command")
+    print(f"mmvae {args.command}: interrupted; {what}", flush=True)
+    return 128 + signal.SIGINT
   except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
     # Bad input, bad config: one clear line, not a traceback. MMVAE_DEBUG=1 shows the traceback.
     if os.environ.get("MMVAE_DEBUG"):
       raise
     print(f"mmvae {args.command}: error: {_error_text(e)}", file=sys.stderr)
+    return 2
+  except OSError as e:  # a write the file system refused where no writer said more (mmvae/write_errors.py)
+    from mmvae import write_errors
+    code = write_errors.error_code(e)
+    if code is None or os.environ.get("MMVAE_DEBUG"):
+      raise
+    where = e.filename if e.filename is not None else "a file"
+    line = (write_errors.message(code, where) if code in write_errors.NO_SPACE + (errno.EROFS,)
+            else f"{where}: {os.strerror(code)}")
+    print(f"mmvae {args.command}: error: {line}", file=sys.stderr)
     return 2
   return 0
 

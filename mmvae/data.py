@@ -1,12 +1,14 @@
 """Prepared-dataset reader: whole splits in memory (or random access), and batches fixed by (seed, step), read by grain."""
 
+import functools
 import json
 import os
 import pathlib
 
 import numpy as np
 
-from mmvae import modalities
+from mmvae import main_guard, modalities
+from mmvae import workers as workers_lib
 
 FORMAT = "mmvae-prepared/1"
 TEXT_FEATURES = ("id", "identity", "video", "gender")
@@ -20,6 +22,10 @@ IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access i
 CHUNK = 4096  # examples read from disk at a time when a split is streamed, at most
 # ... and at most about this many bytes of arrays: decoding a chunk's records holds several copies of it.
 CHUNK_BYTES = 32 << 20
+
+
+class DamagedDataset(ValueError):
+  """A prepared dataset whose records disagree with its manifest, or with a shard missing, truncated or corrupted."""
 
 
 class Dataset:
@@ -39,6 +45,94 @@ class Dataset:
     self._arrays: dict[str, dict[str, np.ndarray]] = {}
     self._sources = {}
     self._columns: dict[str, dict[str, np.ndarray]] = {}
+    self._shards = self._check_records()
+
+  def _damaged(self, what: str) -> DamagedDataset:
+    return DamagedDataset(f"the prepared dataset {self.data_dir} is damaged: {what}; re-run `mmvae prep "
+                          f"{self.manifest.get('corpus', '...')} --out {self.data_dir}` to rebuild it")
+
+  def _check_records(self) -> dict[str, list[tuple[pathlib.Path, int]]]:
+    """{split: [(shard file, examples)]}, or DamagedDataset when the records disagree with manifest.json.
+
+    Cheap, so done on every open: each split's example count in the manifest equals its shard lengths in the
+    builder's dataset_info.json (as shards.finalize wrote them), and every shard file exists and its
+    array_record index holds that many records (a truncated file loses its index). No record is read: bytes
+    corrupted inside a shard are found when read (`read`).
+    """
+    from array_record.python import array_record_module
+    folder = self.data_dir / self.manifest.get("tfds_dir", "")
+    try:
+      info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+      raise self._damaged(f"{folder / 'dataset_info.json'} cannot be read "
+                          f"({getattr(e, 'strerror', None) or e})") from None
+    infos = {s.get("name"): s for s in info.get("splits", [])}
+    shards = {}
+    for split in self.splits:
+      if split not in infos:
+        raise self._damaged(f"split {split!r} of manifest.json has no shards in {folder / 'dataset_info.json'}")
+      lengths = [int(n) for n in infos[split].get("shardLengths", [])]
+      expected = int(self.manifest["splits"][split]["examples"])
+      if sum(lengths) != expected:
+        raise self._damaged(f"split {split!r}: manifest.json gives {expected} examples, its shards hold "
+                            f"{sum(lengths)} ({folder / 'dataset_info.json'}); the manifest or the shards were "
+                            "changed after prep")
+      template = infos[split].get("filepathTemplate") or "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+      files = []
+      for i, n in enumerate(lengths):
+        name = template.replace("{DATASET}", str(info.get("name"))).replace("{SPLIT}", split).replace(
+            "{FILEFORMAT}", "array_record").replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{len(lengths):05d}")
+        path = folder / name
+        if not path.is_file():
+          raise self._damaged(f"shard {path} of split {split!r} is missing")
+        try:
+          reader = array_record_module.ArrayRecordReader(str(path), "readahead_buffer_size:0")
+          found = reader.num_records() if reader.ok() else None
+          reader.close()  # raises what a failed open found
+        except (RuntimeError, OSError, ValueError):
+          found = None
+        if found != n:
+          state = "has no readable index (truncated?)" if not found else f"holds {found} records"
+          raise self._damaged(f"shard {path} of split {split!r} {state}; dataset_info.json gives {n} examples "
+                              f"({path.stat().st_size} bytes on disk)")
+        files.append((path, n))
+      shards[split] = files
+    return shards
+
+  def verify(self, split: str) -> None:
+    """DamagedDataset unless every record of `split` reads back intact: one pass over its shard files, each chunk's
+    hash checked by the array_record reader, nothing decoded (a shard's records in memory at a time)."""
+    self._check_split(split)
+    for path, _ in self._shards[split]:
+      error = self._shard_error(split, path)
+      if error is not None:
+        raise error
+
+  def _shard_error(self, split: str, path: pathlib.Path, positions=None) -> DamagedDataset | None:
+    """The DamagedDataset naming shard `path` of `split` when its records at `positions` (default all) do not read."""
+    from array_record.python import array_record_module
+    try:
+      reader = array_record_module.ArrayRecordReader(str(path), "readahead_buffer_size:0")
+      try:
+        reader.read_all() if positions is None else reader.read([int(i) for i in positions])
+      finally:
+        reader.close()
+    except (RuntimeError, OSError, ValueError) as e:
+      first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+      return self._damaged(f"shard {path} of split {split!r} cannot be read ({first})")
+    return None
+
+  def _unreadable(self, split: str, indices, error: Exception) -> DamagedDataset:
+    """The DamagedDataset naming the shard of `split` whose records at `indices` cannot be read."""
+    starts = np.cumsum([0] + [n for _, n in self._shards.get(split, [])])
+    positions = np.asarray(indices, np.int64)
+    for k, (path, _) in enumerate(self._shards.get(split, [])):
+      local = positions[(positions >= starts[k]) & (positions < starts[k + 1])] - starts[k]
+      found = self._shard_error(split, path, local) if len(local) else None
+      if found is not None:
+        return found
+    first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return self._damaged(f"split {split!r} cannot be read ({first})")
 
   def __getstate__(self):
     """Pickled (into grain's worker processes) as its folder and manifest: each process reads the data itself."""
@@ -85,7 +179,10 @@ class Dataset:
   def read(self, split: str, indices) -> dict[str, np.ndarray]:
     """Examples at `indices` of the stored order (sorted by id), read from disk."""
     self._check_split(split)
-    records = self._source(split).__getitems__([int(i) for i in indices])
+    try:
+      records = self._source(split).__getitems__([int(i) for i in indices])
+    except (RuntimeError, OSError) as e:  # a shard changed since the open: missing, cut short, bytes corrupted
+      raise self._unreadable(split, indices, e) from None
     out = {m.name: np.stack([r[m.name] for r in records]).astype(m.dtype, copy=False)
            for m in modalities.of_manifest(self.manifest)}
     out["label"] = np.array([r["label"] for r in records], np.int32)
@@ -366,7 +463,9 @@ class Batches:
     if workers < 0:
       raise ValueError(f"workers={workers} must be >= 0 (0: a background thread)")
     self._fn = _BatchAt(dataset, split, global_batch_size, seed, pairing, modality_names, rows)
-    self.workers, self.prefetch = int(workers), max(0, int(prefetch))
+    # An unguarded script's top level: a background thread, as its spawned workers would rerun the script.
+    self.workers = main_guard.processes(int(workers), in_process=0)
+    self.prefetch = max(0, int(prefetch))
     self._it = None
     self._open(base=int(start_step))
     self.step = int(start_step)  # the step of the next batch
@@ -378,8 +477,10 @@ class Batches:
         grain.ReadOptions(num_threads=1 if self.prefetch else 0, prefetch_buffer_size=max(1, self.prefetch)))
     if self.workers:
       _start_method_safe()
+      # Each worker exits when this process dies (kill -9 included) and leaves Ctrl-C to this one.
       pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
-                                                                   per_worker_buffer_size=max(1, self.prefetch)))
+                                                                   per_worker_buffer_size=max(1, self.prefetch)),
+                                      worker_init_fn=functools.partial(workers_lib.exit_with_parent, os.getpid()))
     self._it = iter(pipeline)
     if grain_state is not None:
       self._it.set_state(grain_state)

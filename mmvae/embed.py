@@ -13,13 +13,14 @@ The encoding path is the one validation and `mmvae analyze` use (`checkpoints.lo
 report scores.
 """
 
+import json
 import os
 import pathlib
 import time
 
 import numpy as np
 
-from mmvae import inference
+from mmvae import display, write_errors
 
 
 def _splits(requested, available: list[str]) -> list[str]:
@@ -39,6 +40,7 @@ def _splits(requested, available: list[str]) -> list[str]:
 
 def _encode(encoder, dataset, split: str, spec: dict) -> tuple[np.ndarray, np.ndarray]:
   """(ids, posterior means float32) of one split: whole when it fits in memory, else chunk by chunk from disk."""
+  from mmvae import inference
   (name,) = spec
   if dataset.in_memory(split):
     arrays = dataset.arrays(split)
@@ -52,28 +54,45 @@ def _encode(encoder, dataset, split: str, spec: dict) -> tuple[np.ndarray, np.nd
   return parts["ids"]["id"], parts["mu"]["mu"]
 
 
+def run_modalities(workdir) -> list[str] | None:
+  """The modalities a run was built for, from its run.json (no JAX, no checkpoint); None when it does not say."""
+  folder = pathlib.Path(workdir)
+  try:
+    if not (folder / "run.json").is_file() and (folder / "stages.json").is_file():  # a stage-wise run: its last
+      folder = pathlib.Path(json.loads((folder / "stages.json").read_text())[-1]["run"])
+    run = json.loads((folder / "run.json").read_text())
+  except (OSError, ValueError, LookupError, TypeError):
+    return None  # load_run says what is wrong with the workdir
+  names = [m["name"] for m in run["modalities"]] if "modalities" in run else list(run.get("input_shapes") or ())
+  return names or None
+
+
 def export(workdir, modality: str, out, data_dir=None, splits=None, which: str = "best") -> dict:
   """Writes OUT (.npz: ids, embeddings, splits) for `modality` of the run in WORKDIR; returns those arrays.
 
   data_dir: the dataset to encode (default: the one the run trained on, refused if it changed since).
   splits: split names (a list or 'train,test'; default: every split of the dataset).
   which: the checkpoint, 'best' or 'last' (as `mmvae analyze --checkpoint`).
+  modality: its name or how outputs show it ('voice' for 'audio'); a name the run lacks is refused before loading.
   """
-  from mmvae.train import checkpoints
   start = time.time()
+  recorded = run_modalities(workdir)
+  if recorded is not None:
+    modality = display.modality_named(modality, recorded, where=f"the run {workdir}")
   out = pathlib.Path(out)
   if out.suffix != ".npz":
     raise ValueError(f"--out {out}: the file name must end in .npz")
   if out.is_dir():
     raise ValueError(f"--out {out} is a folder; give a file name ending in .npz")
+  from mmvae import inference
+  from mmvae.train import checkpoints
   model, config, _, step = checkpoints.load_run(workdir, which=which, return_step=True)
   dataset = checkpoints.dataset_of_run(workdir, data_dir)  # refuses a dataset that changed since training
   dataset.check_config(config)
   specs = dataset.modalities(config.data.get("modalities", ()))
   known = getattr(model, "specs", None)  # a --data dataset may hold more modalities than the run was built for
-  run_modalities = [n for n in specs if known is None or n in known]
-  if modality not in run_modalities:
-    raise ValueError(f"--modality {modality!r} is not a modality of the run {workdir} (it has {run_modalities})")
+  usable = [n for n in specs if known is None or n in known]
+  modality = display.modality_named(modality, usable, where=f"the run {workdir}")
   chosen = _splits(splits, dataset.splits)
   encoder = inference.model_encoder(model)
   ids, rows, names = [], [], []
@@ -84,11 +103,20 @@ def export(workdir, modality: str, out, data_dir=None, splits=None, which: str =
     names.append(np.full(len(split_ids), split))
   result = {"ids": np.concatenate(ids), "embeddings": np.concatenate(rows),
             "splits": np.concatenate(names).astype(str)}
-  out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.tmp")
-  with open(tmp, "wb") as f:  # a file object: numpy appends no second suffix; renamed into place when complete
-    np.savez(f, **result)
-  os.replace(tmp, out)
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:  # a file object: numpy appends no second suffix; renamed into place when complete
+      np.savez(f, **result)
+    os.replace(tmp, out)
+  except OSError as e:  # a full disk or a read-only folder: nothing half-written left, an earlier OUT as it was
+    code = write_errors.refused(e, out.parent)
+    if tmp.exists():
+      tmp.unlink()
+    if code is None:
+      raise
+    needed = sum(a.nbytes for a in result.values())
+    raise write_errors.WriteError(write_errors.message(code, out, needed)) from None
   counts = ", ".join(f"{s} {len(i)}" for s, i in zip(chosen, ids))
   print(f"mmvae embed: {modality} posterior means ({result['embeddings'].shape[1]} dims) of {counts} examples, "
         f"{step.which} checkpoint (step {int(step)}){f' ({step.why})' if step.why else ''} -> {out} in {time.time() - start:.1f} s", flush=True)

@@ -1,9 +1,11 @@
 """Per-example negative log-likelihoods of the decoders' outputs, in nats (and the seed recipe's squared error)."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-_LOG_2PI = float(jnp.log(2.0 * jnp.pi))
+_LOG_2PI = math.log(2.0 * math.pi)  # not jnp: a JAX op at import would start the backend before jax.distributed
 
 
 def reconstruction(pred, target):

@@ -21,9 +21,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmvae import cli, data, models
+from mmvae import cli, data
 from mmvae import config as config_lib
 from mmvae.train import checkpoints
+from mmvae.zoo import msvae
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "data_prep"))  # the VoxCeleb1 fault helpers live there
 import test_prep_bad_input as vox  # noqa: E402
@@ -421,7 +422,7 @@ def test_nan_messages_offer_a_restart_that_works(synthetic_dataset, reference, t
   got = checkpoints.flatten(template)
   want = checkpoints.flatten(checkpoints.load_params(kept, template))
   cfg = config_lib.load("synthetic:tiny")
-  fresh = models.build_model(cfg, data.Dataset(synthetic_dataset).input_shapes(), seed=cfg.train.seed)
+  fresh = msvae.build(cfg, data.Dataset(synthetic_dataset).modalities(), seed=cfg.train.seed)
   init = checkpoints.flatten(nnx.state(fresh, nnx.Param))
   assert all(np.allclose(got[k], want[k], atol=1e-7) for k in want)
   assert not all(np.allclose(got[k], init[k], atol=1e-4) for k in got)  # not a fresh initialisation

@@ -12,15 +12,19 @@ Files: latents.npz, generated.npz, likelihood.npz and frames.npz (what the model
 figures, report.md; `rebuild` recomputes everything but the first three without the model.
 """
 
+import contextlib
 import itertools
 import json
+import os
 import pathlib
+import re
+import shutil
 
 import numpy as np
 
-from mmvae import data, inference, progress, zoo
-from mmvae.analysis import (coherence, generation, generation_figures, latent_space, likelihood, markdown, retrieval,
-                            sync)
+from mmvae import data, inference, locks, progress, write_errors, zoo
+from mmvae.analysis import coherence, generation, generation_figures, latent_space, likelihood, markdown, sync
+from mmvae.metrics import retrieval
 
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
 TEXT_KEYS = ("id", "identity", "video", "gender")
@@ -165,7 +169,9 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
   metrics = {"examples": int(len(labels)), "identities": int(len(np.unique(labels))), "modalities": names,
              "dataset.path": (run_info or {}).get("data_dir"), "dataset.fingerprint": manifest.get("fingerprint"),
              "model.kind": zoo.kind_of(config) if config is not None else None,
-             "model.can_generate": generated is not None}
+             "model.can_generate": generated is not None,
+             # What the report was made from (`mmvae analyze` names a replaced report made from another).
+             **{f"analysis.{k}": (run_info or {}).get(k) for k in ("checkpoint", "step", "split")}}
   metrics.update(retrieval_section(latents, names, acfg["seed"]))
   metrics.update(sync.section(frames, names, acfg["sync_offsets"], acfg["seed"]))
   lat_metrics, near = latent_section(latents, names, id_names, acfg, report_dir)
@@ -230,8 +236,79 @@ def _train_rows(dataset, seed: int):
   return data.stratified_rows(dataset.column("train", "label"), COHERENCE_TRAIN_EXAMPLES, seed)
 
 
-def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") -> dict:
-  """Loads a run's `which` checkpoint ('best' or 'last'), encodes `split`, cross-generates, writes WORKDIR/report/.
+def _is_product(name: str) -> bool:
+  """Whether an analysis writes files of this name (arrays, figures, metrics.json, report.md)."""
+  return name.endswith((".npz", ".png")) or name in ("metrics.json", "report.md")
+
+
+def _leftovers(final: pathlib.Path) -> None:
+  """Puts back a report a killed swap left renamed away, and removes killed analyses' unfinished folders."""
+  for path in sorted(final.parent.glob(f".{final.name}.*-*@*")):
+    m = re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-(\d+)@(.+)", path.name)
+    if not m or locks.is_running({"pid": int(m[2]), "host": m[3]}):
+      continue
+    if m[1] == "old" and not final.exists():
+      os.replace(path, final)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _report_build(final: pathlib.Path):
+  """A fresh folder beside FINAL (the report folder) for an analysis to fill, swapped in for FINAL when it completes.
+
+  A failed analysis (a full disk, any error, Ctrl-C) removes its folder and leaves the previous report as it was;
+  a file in FINAL that analyses do not write (a user's) moves into the new report.
+  """
+  final = final.absolute()
+  try:
+    final.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise write_errors.WriteError(f"cannot create {final.parent} for the report: {e.strerror}") from None
+  if not os.access(final.parent, os.W_OK | os.X_OK):
+    raise write_errors.WriteError(f"{final.parent} is not writable: the report goes into {final}")
+  _leftovers(final)
+  me = locks.this_process()
+  build = final.with_name(f".{final.name}.partial-{me['pid']}@{me['host']}")
+  shutil.rmtree(build, ignore_errors=True)
+  try:
+    build.mkdir()
+  except OSError as e:
+    raise write_errors.WriteError(f"cannot write the report beside {final}: {e.strerror}") from None
+  try:
+    yield build
+  except BaseException as e:
+    code = write_errors.refused(e, build) if isinstance(e, Exception) else None
+    written = write_errors.folder_bytes(build)
+    shutil.rmtree(build, ignore_errors=True)
+    if code is None:
+      raise
+    previous = sum(write_errors.folder_bytes(p) for p in final.iterdir() if _is_product(p.name)) \
+        if final.is_dir() else 0
+    raise write_errors.WriteError(write_errors.message(code, final, max(written, previous), at_least=not previous)
+                                  + ("; the previous report is kept" if final.is_dir() else "")) from None
+  old = None
+  if final.exists():
+    old = build.with_name(build.name.replace(".partial-", ".old-", 1))
+    os.replace(final, old)
+    for entry in sorted(old.iterdir()):
+      if not _is_product(entry.name) and not (build / entry.name).exists():
+        os.replace(entry, build / entry.name)
+  os.replace(build, final)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def analyze(workdir, data_dir=None, split: str = "test", which: str = "best", report_dir=None) -> dict:
+  """`_analyze` into a fresh folder, swapped in for `report_dir` (default WORKDIR/report/) when complete."""
+  final = pathlib.Path(report_dir) if report_dir is not None else pathlib.Path(workdir) / "report"
+  with _report_build(final) as build:
+    return _analyze(workdir, data_dir, split, which, build)
+
+
+def _analyze(workdir, data_dir=None, split: str = "test", which: str = "best", report_dir=None) -> dict:
+  """Loads a run's `which` checkpoint ('best' or 'last'), encodes `split`, cross-generates, writes `report_dir`
+  (default WORKDIR/report/).
 
   A split too large for memory (`Dataset.in_memory`) is encoded chunk by chunk from disk, to the same latents;
   cross generation, its figures and coherence then use a label-stratified subset of GENERATED_EXAMPLES test rows
@@ -246,7 +323,11 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
     raise ValueError(f"split {split!r} is not in {dataset.data_dir} (it has {dataset.splits}); use --split")
   specs = dataset.modalities(config.data.get("modalities", ()))
   acfg = _analysis_cfg(config)
-  report_dir = workdir / "report"
+  # The splits held whole (coherence reads train), read before anything is written: a damaged shard writes nothing.
+  for name in dict.fromkeys([split] + (["train"] if model.can_generate else [])):
+    if dataset.in_memory(name):
+      dataset.arrays(name)
+  report_dir = pathlib.Path(report_dir) if report_dir is not None else workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
   frame_names = [m for m in model.frame_modalities() if m in specs] if hasattr(model, "frame_modalities") else []
   (report_dir / "frames.npz").unlink(missing_ok=True)
@@ -277,7 +358,7 @@ def analyze(workdir, data_dir=None, split: str = "test", which: str = "best") ->
     np.savez_compressed(report_dir / "likelihood.npz", **lik)
   else:
     test = {"label": latents["label"]}  # nothing reads the raw split when nothing is generated
-  run_info = _run_info(workdir, dataset.data_dir, split, step.label)  # which checkpoint was used, and why
+  run_info = dict(_run_info(workdir, dataset.data_dir, split, step.label), step=int(step))  # which checkpoint, why
   # Only coherence reads training data.
   train = _coherence_data(dataset, "train", _train_rows(dataset, acfg["seed"])) if generated is not None else {}
   return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config, run_info, lik,
@@ -300,7 +381,8 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
   report_dir = workdir / "report"
   # The analysis that wrote the arrays recorded whether the model generates (no generated.npz then).
   previous = report_dir / "metrics.json"
-  can_generate = json.loads(previous.read_text()).get("model.can_generate", True) if previous.is_file() else True
+  previous = json.loads(previous.read_text()) if previous.is_file() else {}
+  can_generate = previous.get("model.can_generate", True)
   for name in ("latents.npz",) + (("generated.npz",) if can_generate else ()):
     if not (report_dir / name).is_file():
       raise FileNotFoundError(f"{report_dir / name} not found; run `mmvae analyze --workdir {workdir}` first")
@@ -328,5 +410,12 @@ def rebuild(workdir, data_dir=None, split: str = "test") -> dict:
     raise ValueError(f"the saved arrays lack {missing} (written by an older mmvae?); run `mmvae analyze` again")
   frames_file = report_dir / "frames.npz"
   frames = dict(np.load(frames_file)) if frames_file.is_file() else None
-  return analyze_arrays(report_dir, latents, generated, test, train, specs, dataset.manifest, config,
-                        _run_info(workdir, dataset.data_dir, split, "saved arrays"), lik, frames)
+  with _report_build(report_dir) as build:  # the saved arrays go into the new report as they are
+    for name in ("latents.npz", "generated.npz", "likelihood.npz", "frames.npz"):
+      if (report_dir / name).is_file():
+        shutil.copy2(report_dir / name, build / name)
+    return analyze_arrays(build, latents, generated, test, train, specs, dataset.manifest, config,
+                          # The arrays' checkpoint, as the analysis that saved them recorded it.
+                          dict(_run_info(workdir, dataset.data_dir, split,
+                                         previous.get("analysis.checkpoint") or "saved arrays"),
+                               step=previous.get("analysis.step")), lik, frames)

@@ -2,7 +2,9 @@
 
 Every checkpoint carries the SHA-256 of its flattened state (Orbax custom metadata, written with the
 step). Restoring verifies it: a damaged checkpoint (flipped bytes, truncated files, unreadable
-metadata) is skipped with a one-line warning for the newest intact one.
+metadata) is skipped with a one-line warning for the newest intact one. A save the file system refuses
+(a full disk, a read-only folder) removes its unfinished step folders and raises one line
+(write_errors.WriteError); the earlier steps stay as they were.
 
 Multi-host: every process calls the same methods in the same order (Orbax's save is collective: process
 0 writes, the others wait at its barriers); all of them read the checkpoints from the shared workdir.
@@ -12,9 +14,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import pathlib
 import shutil
 import sys
+import time
 
 import jax
 import numpy as np
@@ -22,7 +26,10 @@ import orbax.checkpoint as ocp
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
+from mmvae import write_errors
+
 LAST, BEST = "last", "best"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # an unfinished step folder, left by a save cut short
 DATA = "data"  # the item of a `last` checkpoint holding the input pipeline's state (beside "default", the train state)
 DAMAGED = "damaged"  # checkpoints/damaged/: damaged steps set aside by a resuming trainer, kept for inspection
 
@@ -102,6 +109,18 @@ class _QuietPolicy(asyncio.DefaultEventLoopPolicy):
 
 
 @contextlib.contextmanager
+def _orbax_logs_muted():
+  """Orbax's error logs (absl) are not printed inside: the caller reports the failure itself, once."""
+  logger = logging.getLogger("absl")
+  previous = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(previous)
+
+
+@contextlib.contextmanager
 def _quiet_loops():
   """Event loops created inside (Orbax's, for one restore) are _QuietLoops."""
   previous = asyncio.get_event_loop_policy()
@@ -177,16 +196,52 @@ class Checkpoints:
     items = {"default": ocp.args.StandardSave(flat)}
     if batches is not None:
       items[DATA] = grain_checkpoint.CheckpointSave(batches)
-    self.last.save(step, args=ocp.args.Composite(**items), custom_metadata=digest, force=True)
-    if val_score is not None and np.isfinite(val_score):
-      best = self.best.best_step()
-      best_score = self.best.metrics(best)["score"] if best is not None else -np.inf
-      if _same_everywhere(val_score > best_score):
-        self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"score": float(val_score)},
-                       custom_metadata=digest, force=True)
-    self.last.wait_until_finished()
-    self.best.wait_until_finished()
+    for folder in (self.root / LAST, self.root / BEST):  # e.g. made read-only since the last save
+      write_errors.check_writable(next(p for p in (folder, *folder.parents) if p.is_dir()))
+    copies, refused = 1, None
+    # Orbax writes on its own threads: a full disk or a read-only folder surfaces at the wait, after its threads
+    # logged it and their late callbacks hit closed event loops; that is said once, in the WriteError below.
+    with _quiet_loops(), _orbax_logs_muted():
+      try:
+        self.last.save(step, args=ocp.args.Composite(**items), custom_metadata=digest, force=True)
+        if val_score is not None and np.isfinite(val_score):
+          best = self.best.best_step()
+          best_score = self.best.metrics(best)["score"] if best is not None else -np.inf
+          if _same_everywhere(val_score > best_score):
+            copies += 1
+            self.best.save(step, args=ocp.args.StandardSave(flat), metrics={"score": float(val_score)},
+                           custom_metadata=digest, force=True)
+        self.last.wait_until_finished()
+        self.best.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 (Orbax and TensorStore wrap the OSError in their own errors)
+        refused = write_errors.refused(e, self.root)
+        if refused is None:
+          raise
+        self._drop_unfinished()
+    if refused is not None:  # the earlier checkpoints are intact: Orbax renames a step into place only when whole
+      needed = copies * sum(np.asarray(v).nbytes for v in flat.values())
+      raise write_errors.WriteError(write_errors.message(refused, self.root / LAST / str(step), needed)
+                                    + (f"; the newest saved step is {self.last_good}" if self.last_good else ""))
     self.last_good = step
+
+  def _drop_unfinished(self) -> None:
+    """After a failed save: closes the managers (their threads done), then removes the unfinished step folders."""
+    for manager in (self.last, self.best):
+      with contextlib.suppress(Exception):
+        manager.close()
+    if jax.process_index() != 0:
+      return
+    # TensorStore's native threads may still create folders of the failed step for a moment: removed until none
+    # has appeared for three looks in a row (at most 5 s).
+    quiet = 0
+    for _ in range(50):
+      leftovers = list(self.root.glob(f"*/*{TMP_SUFFIX}*"))
+      for tmp in leftovers:
+        shutil.rmtree(tmp, ignore_errors=True)
+      quiet = 0 if leftovers else quiet + 1
+      if quiet == 3:
+        break
+      time.sleep(0.1)
 
   def restore(self, template, which: str = LAST, step=None, set_aside: bool = False, warn: bool = True):
     """The newest intact state (best first for BEST, or the one at `step`) shaped like `template`; None if none saved.
@@ -311,24 +366,24 @@ def load_run(workdir, which: str = BEST, return_step: bool = False):
   A damaged checkpoint skipped on the way gives one warning line on stderr naming what was used instead.
   """
   import ml_collections
-  from mmvae import data, zoo
+  from mmvae import config as config_lib
+  from mmvae import zoo
   if which not in (BEST, LAST):
     raise ValueError(f"which={which!r}: use 'best' or 'last'")
   workdir = run_folder(workdir)
   for name in ("config.json", "run.json"):
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name} not found: is {workdir} a training workdir (mmvae train --workdir)?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = ml_collections.ConfigDict(config_lib.stored(workdir / "config.json"))
   for section, key in (("model", "hidden"), ("model", "conv_channels"), ("loss", "triplet_margins")):
     config[section][key] = tuple(config[section][key])
   run = json.loads((workdir / "run.json").read_text())
   data_dir = run["data_dir"]
   from mmvae import modalities
-  if "modalities" in run:  # the run's modalities as its dataset declared them
-    shapes = modalities.specs({d["name"]: d for d in run["modalities"]})
-  else:  # runs from before run.json recorded them: the two legacy modalities' shapes
-    shapes = {k: tuple(v) for k, v in run["input_shapes"].items()} if "input_shapes" in run else \
-        data.Dataset(data_dir).input_shapes()
+  if "modalities" not in run:
+    raise ValueError(f"{workdir / 'run.json'} was made by an older mmvae (it records no modalities): "
+                     "train a new run with this version")
+  shapes = modalities.specs({d["name"]: d for d in run["modalities"]})  # as the run's dataset declared them
   # The run's own kind (config.json), so any registered model reloads without the caller naming it.
   model = zoo.of(config).build(config, shapes, seed=config.train.seed, num_classes=int(run.get("num_classes", 0)))
   from flax import nnx

@@ -8,8 +8,14 @@ process p's rows sit on its own devices: `jit` gets them via `make_array_from_pr
 Proven on CPU with 2 processes x 2 devices against 1 x 4 (tests/mmvae/train/test_multihost.py).
 """
 
+import atexit
+import ctypes
 import functools
 import os
+import signal
+import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -40,10 +46,163 @@ def maybe_initialize_distributed() -> bool:
   if not jax.distributed.is_initialized():
     num_processes = _env("MMVAE_NUM_PROCESSES", "JAX_NUM_PROCESSES")
     process_id = _env("MMVAE_PROCESS_ID", "JAX_PROCESS_ID")
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(num_processes) if num_processes else None,
-                               process_id=int(process_id) if process_id else None)
+    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+    # JAX's client takes a callback for a failed runtime, which jax.distributed.initialize does not pass on; its
+    # default logs a fatal error with a native stack trace. (jaxlib 0.10 cannot hand the callback its status and
+    # ends in a 2-line std::terminate instead, which the abort handler below turns into the mmvae line.)
+    real = _jax.get_distributed_runtime_client
+    def client(*args, **kwargs):  # another jaxlib may not take the callback: then JAX's default stays
+      try:
+        return real(*args, missed_heartbeat_callback=_runtime_failed, **kwargs)
+      except TypeError:
+        return real(*args, **kwargs)
+
+    _jax.get_distributed_runtime_client = client
+    try:
+      jax.distributed.initialize(coordinator_address=coordinator,
+                                 num_processes=int(num_processes) if num_processes else None,
+                                 process_id=int(process_id) if process_id else None)
+    finally:
+      _jax.get_distributed_runtime_client = real
+    _Watchdog().start()
+    if jax.process_index() != 0:
+      _on_native_abort()
   return True
+
+
+# A process whose heartbeat has not changed for this long is lost, and the others stop with one line. JAX's own
+# check aborts with a native stack trace, after minutes; this one acts first.
+LOST_AFTER_S = float(os.environ.get("MMVAE_LOST_PROCESS_TIMEOUT", "15"))
+BEAT_S = 1.0
+EXIT_LOST_PROCESS = 1
+_saved_step = [lambda: None]  # what the lost-process line reports as saved (set by the trainer)
+_lost = threading.Event()
+_ended = threading.Event()  # this process is past its collectives: it no longer watches (set at exit too)
+atexit.register(_ended.set)  # before JAX's own shutdown (registered earlier, run later), which stops the store
+
+
+def training_ended() -> None:
+  """This process left training (done, or failed): the others stop counting it as lost, and it stops watching."""
+  if _ended.is_set() or not jax.distributed.is_initialized():
+    return
+  _ended.set()
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.global_state.client.key_value_set(f"mmvae/ended/{jax.process_index()}", "1", allow_overwrite=True)
+  except Exception:  # pylint: disable=broad-except  (the store is gone already)
+    pass
+
+
+def on_lost_process(saved_step) -> None:
+  """saved_step(): the newest step saved to the workdir (None: none yet), named when another process is lost."""
+  _saved_step[0] = saved_step
+
+
+def lost_process_line(who: str, why: str) -> str:
+  """The one line printed when another process of the run is gone."""
+  try:
+    step = _saved_step[0]()
+  except Exception:  # pylint: disable=broad-except  (the line must be printed whatever the state)
+    step = None
+  saved = f"last saved step {step}" if step is not None else "no step saved yet"
+  n = jax.process_count()
+  return (f"mmvae train: error: lost {who} ({why}); {saved}; rerun {'both' if n == 2 else f'all {n}'} processes "
+          "to resume")
+
+
+def _exit_lost(who: str, why: str) -> None:
+  """Prints the line and ends this process at once (os._exit: no native abort, no shutdown barrier to wait on)."""
+  _lost.set()
+  try:
+    sys.stdout.flush()
+    sys.stderr.write(lost_process_line(who, why) + "\n")
+    sys.stderr.flush()
+  finally:
+    os._exit(EXIT_LOST_PROCESS)
+
+
+def _runtime_failed(*_status) -> None:
+  """JAX's distributed client found the run broken (a process stopped answering): the one line, exit 1."""
+  _exit_lost("process 0, the coordinator" if jax.process_index() != 0 else "another process",
+             "JAX's distributed runtime failed")
+
+
+_abort_handler = []  # the ctypes callback, kept alive
+
+
+def _on_native_abort() -> None:
+  """In processes other than 0: JAX's native abort when the coordinator is gone -> the one line and exit 1 (Linux).
+
+  When process 0 (which runs the coordination service) dies, the others' distributed client aborts within a
+  second (a fatal log, then abort()), before the watchdog can see it: its native lines are printed, then this
+  handler prints the mmvae line and exits. Process 0 needs none: the watchdog acts before JAX's own check.
+  """
+  try:
+    libc = ctypes.CDLL(None)
+  except OSError:
+    return
+  handler_t = ctypes.CFUNCTYPE(None, ctypes.c_int)
+
+  def on_abort(_signum):
+    _exit_lost("process 0, the coordinator", "JAX's distributed runtime aborted: its native lines above")
+
+  _abort_handler.append(handler_t(on_abort))
+  libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, handler_t]
+  libc.signal(signal.SIGABRT, _abort_handler[0])
+
+
+class _Watchdog(threading.Thread):
+  """Each process bumps its counter in JAX's key-value store every BEAT_S and watches the others' counters.
+
+  A counter unchanged for LOST_AFTER_S names its process as lost; a store that cannot be reached means process 0
+  (which runs it) is gone. Either way this process prints one line and exits, instead of waiting in a collective.
+  """
+
+  def __init__(self):
+    super().__init__(name="mmvae-lost-process-watchdog", daemon=True)
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top  (the client jax.distributed made)
+    self.client, self.me, self.n = distributed.global_state.client, jax.process_index(), jax.process_count()
+
+  def _get(self, key: str):
+    """The key's value, or None when it is not set; raises when the store cannot be reached."""
+    try:
+      return self.client.key_value_try_get(key)
+    except Exception as e:  # pylint: disable=broad-except
+      if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
+        return None
+      raise
+
+  def run(self) -> None:
+    seen, count, unreachable_since = {}, 0, None
+    while not _ended.is_set():
+      now = time.monotonic()
+      try:
+        count += 1
+        self.client.key_value_set(f"mmvae/heartbeat/{self.me}", str(count), allow_overwrite=True)
+        for p in range(self.n):
+          if p == self.me or self._get(f"mmvae/ended/{p}") is not None:
+            continue
+          value = self._get(f"mmvae/heartbeat/{p}")
+          if seen.get(p, (None,))[0] != value:
+            seen[p] = (value, now)
+          elif now - seen[p][1] > LOST_AFTER_S and not _ended.is_set():
+            _exit_lost(f"process {p}", f"no heartbeat for {LOST_AFTER_S:g} s: killed, crashed or unreachable")
+        unreachable_since = None
+      except Exception:  # pylint: disable=broad-except  (the store is gone: process 0 with it)
+        unreachable_since = unreachable_since or now
+        if self.me != 0 and now - unreachable_since > min(LOST_AFTER_S, 3 * BEAT_S) and not _ended.is_set():
+          _exit_lost("process 0, the coordinator", "its coordination service stopped answering")
+      time.sleep(BEAT_S)
+
+
+def wait_if_lost_process(error: BaseException) -> None:
+  """After an error in a multi-process run: when it may come from a lost process (a failed collective), gives the
+  watchdog the time to confirm it (it then prints its line and exits); returns otherwise."""
+  if jax.process_count() == 1 or isinstance(error, (ValueError, KeyError, TypeError, FileNotFoundError)):
+    return
+  deadline = time.monotonic() + LOST_AFTER_S + 3 * BEAT_S
+  while time.monotonic() < deadline and not _lost.is_set():
+    time.sleep(0.2)
 
 
 def process_major(devices) -> list:

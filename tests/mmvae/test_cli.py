@@ -45,8 +45,8 @@ def _option_entries(help_text: str) -> dict[str, str]:
 def test_help_of_every_command_exits_0_and_shows_each_default(capsys):
   commands = _commands(cli.build_parser())
   names = {" ".join(path) for path, _ in commands}
-  assert names == {"prep voxceleb1", "prep avdigits", "prep mmdigits", "prep features", "prep synthetic", "prep yt8m",
-                   "train", "analyze", "embed", "generate face", "sweep", "demo"}
+  assert names == {"prep voxceleb1", "prep folder", "prep avdigits", "prep mmdigits", "prep features", "prep synthetic",
+                   "prep yt8m", "train", "analyze", "embed", "generate face", "sweep", "demo"}
   for path, parser in commands:
     with pytest.raises(SystemExit) as exit_info:
       cli.main([*path, "--help"])
@@ -91,8 +91,8 @@ def _call(argv) -> tuple:
 
 
 def test_both_override_forms_give_the_same_config(monkeypatch, tmp_path):
-  from mmvae.train import trainer
-  _capture(monkeypatch, trainer, "train")
+  from mmvae.train import entry
+  _capture(monkeypatch, entry, "train")
   equals = ["train", "--config", "synthetic:tiny", "--config.train.batch_size=16", "--data", "D",
             "--config.model.hidden=[8, 4]", "--workdir", "W", "--config.analysis.dbscan_eps=-0.5",
             "--config.parallel=pmap", "--config.loss.wasserstein=sliced"]
@@ -277,7 +277,7 @@ def test_analyze_checkpoint_option_picks_that_step(trained, checkpoint, capsys):
 
 
 def test_multi_process_flags_reach_the_launch_settings(monkeypatch, tmp_path, capsys):
-  from mmvae.train import trainer
+  from mmvae.train import entry
   seen = {}
 
   def fake_train(*args, **kwargs):
@@ -289,7 +289,7 @@ def test_multi_process_flags_reach_the_launch_settings(monkeypatch, tmp_path, ca
   for name in ("MMVAE_COORDINATOR", "MMVAE_NUM_PROCESSES", "MMVAE_PROCESS_ID"):
     monkeypatch.setenv(name, "unset")
     monkeypatch.delenv(name)
-  monkeypatch.setattr(trainer, "train", fake_train)
+  monkeypatch.setattr(entry, "train", fake_train)
   rc = cli.main(["train", "--config", "synthetic:tiny", "--data", str(tmp_path), "--workdir", str(tmp_path / "r"),
                  "--coordinator", "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"])
   assert rc == 2 and "stopped by the test" in capsys.readouterr().err

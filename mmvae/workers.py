@@ -1,0 +1,30 @@
+"""Worker processes (grain's readers, prep's pools) that never outlive the process that started them.
+
+A worker started with `spawn` is not stopped when its parent is killed (kill -9, the OOM killer): it would
+keep its memory for minutes, and with it multiprocessing's resource tracker. `exit_with_parent` runs first in
+each worker: a thread ends the worker as soon as its parent is gone. Ctrl-C reaches every process of the
+terminal's process group; workers ignore it, and the parent stops them once it has saved or cleaned up.
+"""
+
+import os
+import signal
+import threading
+import time
+
+POLL_S = 0.5  # how often a worker looks at its parent
+
+
+def exit_with_parent(parent_pid: int, *_worker_index) -> None:
+  """Worker initializer: ignore SIGINT, and exit as soon as process `parent_pid` is no longer this one's parent.
+
+  A thread polling the parent pid, not prctl(PR_SET_PDEATHSIG): that signal fires when the parent *thread*
+  that started the worker ends, and grain starts its workers from short-lived threads.
+  """
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(POLL_S)
+    os._exit(1)  # the parent is gone: nobody reads what this worker makes
+
+  threading.Thread(target=watch, name="mmvae-exit-with-parent", daemon=True).start()

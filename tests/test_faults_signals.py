@@ -1,0 +1,205 @@
+"""Signals and dead processes (issue 24, items 8, 15, 16), through real `mmvae` subprocesses.
+
+Ctrl-C is sent as a terminal sends it: SIGINT to the whole process group (the command and its worker processes).
+Each case checks the exit code, one line and no traceback, nothing half-written left looking complete, and the
+same parameters (or the same dataset fingerprint) after the rerun.
+"""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mmvae import cli
+from test_fault_injection import SLOW_CLI, final_sha, reference, train_args, train_steps  # noqa: F401  (fixture)
+
+CLI = "import sys\nfrom mmvae import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+
+
+def _messages(text: str) -> list[str]:
+  """The non-empty lines of a command's output, progress bars and train's start-up line (what it runs on) dropped."""
+  return [line.strip() for line in re.split(r"[\r\n]", text)
+          if line.strip() and not re.search(r"\d+%\|", line) and not re.match(r"mmvae train: jax \S+ on ", line)]
+
+
+def _wait_for(condition, child, seconds: float, what: str) -> None:
+  deadline = time.time() + seconds
+  while time.time() < deadline and child.poll() is None and not condition():
+    time.sleep(0.05)
+  assert child.poll() is None, f"the command ended before {what}: {child.communicate()}"
+  assert condition(), f"no {what} within {seconds} s"
+
+
+def _train_rows(workdir: pathlib.Path) -> int:
+  path = workdir / "metrics.jsonl"
+  return sum('"split": "train"' in line for line in path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _stat(pid: int):
+  """(state, parent pid) of a process from /proc (Linux), or None when it is gone."""
+  try:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text()
+  except OSError:
+    return None
+  state, ppid = fields[fields.rindex(")") + 2:].split()[:2]  # the command name may hold spaces and parentheses
+  return state, int(ppid)
+
+
+def _descendants(pid: int) -> list[int]:
+  """The pids of a process's children, their children, ..."""
+  parents = {}
+  for entry in pathlib.Path("/proc").iterdir():
+    if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+      parents.setdefault(stat[1], []).append(int(entry.name))
+  found, todo = [], [pid]
+  while todo:
+    kids = parents.get(todo.pop(), [])
+    found += kids
+    todo += kids
+  return found
+
+
+def _running(pid: int) -> bool:
+  stat = _stat(pid)
+  return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _committed(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(p.parent.name) for p in (workdir / "checkpoints/last").glob("*/commit_success.txt"))
+
+
+def test_ctrl_c_in_train_saves_the_step_in_one_line_and_resumes_to_the_same_parameters(
+    synthetic_dataset, reference, tmp_path, capsys):  # noqa: F811
+  workdir = tmp_path / "run"
+  argv = [str(a) for a in train_args(synthetic_dataset, workdir)]
+  # Grain worker processes too: they get the Ctrl-C as well and must leave it to the trainer.
+  child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *argv, "--config.train.data_workers=2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    _wait_for(lambda: _train_rows(workdir) >= 1, child, 240, "a logged training step")
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+  finally:
+    if child.poll() is None:
+      os.killpg(child.pid, signal.SIGKILL)
+  lines = _messages(out + err)
+  assert child.returncode == 128 + signal.SIGINT, (child.returncode, lines)
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+  assert len(lines) == 1, lines
+  saved = re.fullmatch(rf"mmvae train: received SIGINT; saved step (\d+) to {re.escape(str(workdir))}/checkpoints; "
+                       "rerun the same command to resume", lines[0])
+  assert saved, lines
+  step = int(saved[1])
+  assert 0 < step < 12 and _committed(workdir)[-1] == step  # stopped mid-run, at the step it names
+  assert not list(workdir.rglob("*orbax-checkpoint-tmp*")) and not (workdir / "final.json").exists()
+  capsys.readouterr()
+  assert cli.main(argv) == 0
+  assert final_sha(workdir) == final_sha(reference)
+  assert train_steps(workdir) == list(range(1, 13))
+
+
+def test_kill_9_of_a_trainer_ends_its_grain_workers(synthetic_dataset, tmp_path):
+  workdir = tmp_path / "run"
+  argv = [str(a) for a in train_args(synthetic_dataset, workdir, "--config.train.num_steps=1000",
+                                     "--config.train.data_workers=2")]
+  child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *argv], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+  kids = []
+  try:
+    _wait_for(lambda: _train_rows(workdir) >= 1, child, 240, "a logged training step")
+    kids = _descendants(child.pid)
+    assert len(kids) >= 3, kids  # two grain workers and multiprocessing's resource tracker
+    child.kill()
+    child.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(_running, kids)):
+      time.sleep(0.1)
+    alive = [k for k in kids if _running(k)]
+    assert not alive, [pathlib.Path(f"/proc/{k}/cmdline").read_bytes()[:100] for k in alive]
+  finally:
+    for k in kids:
+      if _running(k):
+        os.kill(k, signal.SIGKILL)
+
+
+def test_ctrl_c_in_prep_leaves_no_dataset_and_the_rerun_resumes(synthetic_dataset, tmp_path, capsys):
+  out = tmp_path / "data"
+  argv = ["prep", "synthetic", "--out", str(out), "--identities", "4", "--config", "synthetic"]
+  child = subprocess.Popen([sys.executable, "-c", CLI, *argv, "--workers", "2"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+  extracting = lambda: any(tmp_path.glob(".data.partial-*/.spool/plan.json"))  # the corpus is generated
+  try:
+    _wait_for(extracting, child, 240, "feature extraction")
+    os.killpg(child.pid, signal.SIGINT)
+    stdout, err = child.communicate(timeout=120)
+  finally:
+    if child.poll() is None:
+      os.killpg(child.pid, signal.SIGKILL)
+  lines = _messages(stdout + err)
+  assert child.returncode == 128 + signal.SIGINT, (child.returncode, lines)
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+  assert [line for line in lines if line.startswith("mmvae prep")] == [
+      "mmvae prep: interrupted; the dataset at --out is as it was; finished shards are kept beside it, and "
+      "rerunning the same command resumes from them"]
+  assert len(lines) == 1, lines
+  # Nothing at --out; the build is kept under its hidden .partial name, for the rerun.
+  assert not out.exists() and [p.name.split("-")[0] for p in tmp_path.iterdir()] == [".data.partial"]
+  capsys.readouterr()
+  assert cli.main([*argv, "--workers", "1"]) == 0
+  assert "reusing the synthetic corpus generated by an interrupted run" in capsys.readouterr().out
+  assert [p.name for p in tmp_path.iterdir()] == ["data"]
+  fingerprint = lambda d: json.loads((d / "manifest.json").read_text())["fingerprint"]
+  assert fingerprint(out) == fingerprint(synthetic_dataset)  # the same dataset as an uninterrupted prep
+
+
+# --- a dead peer in a two-process run ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_lost_process_stops_the_other_in_one_line(synthetic_dataset, tmp_path, victim):
+  workdir = tmp_path / "run"
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MMVAE_", "XLA_"))}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+             JAX_PLATFORMS="cpu")
+  port = _free_port()
+  procs = []
+  for p in range(2):
+    argv = train_args(synthetic_dataset, workdir, "--config.train.num_steps=1000", "--config.train.log_every=1",
+                      "--coordinator", f"localhost:{port}", "--num-processes", 2, "--process-id", p)
+    procs.append(subprocess.Popen([sys.executable, "-c", SLOW_CLI, *map(str, argv)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  survivor = procs[1 - victim]
+  try:
+    _wait_for(lambda: bool(_committed(workdir)) and _train_rows(workdir) >= 4, survivor, 300,
+              "a saved checkpoint")
+    procs[victim].kill()
+    procs[victim].wait()
+    killed = time.time()
+    out, err = survivor.communicate(timeout=60)
+    took = time.time() - killed
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  lines = _messages(out + err)
+  assert survivor.returncode == 1 and took < 30, (survivor.returncode, took, lines[-5:])
+  mmvae_lines = [line for line in lines if line.startswith("mmvae train: error")]
+  # The line names the lost process and the newest checkpoint on disk, and comes last.
+  assert mmvae_lines == [lines[-1]], lines[-5:]
+  assert re.match(rf"mmvae train: error: lost process {victim}\b.*; last saved step {_committed(workdir)[-1]}; "
+                  "rerun both processes to resume$", lines[-1]), lines[-1]
+  assert "Traceback" not in err

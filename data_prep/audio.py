@@ -2,23 +2,26 @@
 
 The recipe (the reference experiment, `config.data`):
   1. `load_wav`: decode with soundfile, downmix channels by their mean, resample to
-     `sample_rate` with a polyphase filter, scale to [-1, 1] (no x 2**15 int16 scaling: the
-     per-bin normalisation that follows makes the overall scale irrelevant for 'linear').
+     `sample_rate` with `librosa.resample` (`data.resampler`: 'soxr_hq', librosa's default, or
+     'polyphase', scipy's resample_poly, the recipe before librosa), scale to [-1, 1] (no x 2**15
+     int16 scaling: the per-bin normalisation that follows makes the overall scale irrelevant for
+     'linear').
   2. `crop_segment`: `segment_samples` samples, at a random start (train) or centred
      (evaluation); shorter clips are zero-padded (centred) or rejected.
   3. `spectrogram`: subtract the mean, then VGGVox's DC-removal high-pass
      y[n] = x[n] - x[n-1] + alpha * y[n-1] (alpha = 0.99 at 16 kHz; at other rates alpha is
      chosen to keep the same ~25.6 Hz cut-off); add triangular dither
      `dither * 1e-6 * std(d) * d`, d = U[0,1) + U[0,1) - 1 drawn from the caller's generator
-     (as the VGGVox Python port does); frames of `window_ms` every `hop_ms` (no padding: a
-     47,760-sample segment gives 1 + (47760 - 400) // 160 = 297 frames); a symmetric Hamming
-     window (np.hamming, 0.54 - 0.46 cos(2 pi n / (N - 1))); an `n_fft`-point FFT keeping the
-     first `n_bins` bins; magnitude ('linear') or log1p(magnitude) ('log').
+     (as the VGGVox Python port does); `librosa.stft` with frames of `window_ms` every `hop_ms`
+     (no padding: a 47,760-sample segment gives 1 + (47760 - 400) // 160 = 297 frames); a symmetric
+     Hamming window (np.hamming, 0.54 - 0.46 cos(2 pi n / (N - 1))); an `n_fft`-point FFT keeping
+     the first `n_bins` bins; magnitude ('linear') or log1p(magnitude) ('log').
   4. `normalise_per_bin`: each frequency bin to zero mean, unit variance over time (VGGVox).
 
 Pooling over time (`time_average`), chosen by `data.pooling`:
   - 'mfcc_stats' (speaker features, the default): the same unit-RMS segment's power spectrum through
-    `n_mels` triangular mel filters (HTK mel scale, MEL_FMIN to 0.975 x Nyquist), log, DCT-II,
+    `n_mels` triangular mel filters (`librosa.filters.mel` with htk=True, norm=None: the HTK mel scale,
+    peak 1, MEL_FMIN to 0.975 x Nyquist), log(. + MEL_FLOOR), `librosa.feature.mfcc` (orthonormal DCT-II),
     coefficients 1..n_mfcc (c0, the level, is dropped), pooled into their mean and standard
     deviation over time: [2 n_mfcc], the x-vector/i-vector front end in its simplest form. On the
     VoxCeleb1 mini set a linear probe names the speaker of unseen videos far more often from these
@@ -37,11 +40,11 @@ per-bin-normalised spectrogram over time would give exactly zero in every bin.
 """
 
 import functools
-import math
 import os
 import struct
 import warnings
 
+import librosa  # submodules load on first use (lazy_loader): numba is imported by the first feature, not here
 import numpy as np
 import scipy.fft
 import scipy.signal
@@ -54,6 +57,8 @@ MEL_FLOOR = 1e-6  # added to the mel power of a unit-RMS segment before the log
 MEL_FMIN = 20.0
 SHORT_CLIPS = ("pad", "skip", "whole")
 CROP_MODES = ("random", "center")
+# librosa.resample res_types: soxr (librosa's default) or scipy's polyphase filter (the recipe before librosa)
+RESAMPLERS = ("soxr_hq", "polyphase")
 _SILENCE_PEAK = 1e-6  # below one int16 step (3e-5): nothing but rounding noise
 
 
@@ -82,8 +87,10 @@ def _declared_wav_data_bytes(path):
   return None
 
 
-def load_wav(path, sample_rate=16000):
-  """Mono float32 wave in [-1, 1] at `sample_rate`; AudioError for unusable files."""
+def load_wav(path, sample_rate=16000, resampler="soxr_hq"):
+  """Mono float32 wave in [-1, 1] at `sample_rate` (librosa.resample, res_type `resampler`); AudioError for unusable files."""
+  if resampler not in RESAMPLERS:
+    raise ValueError(f"data.resampler must be one of {RESAMPLERS}, got {resampler!r}")
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"audio file not found: {path}")
@@ -106,11 +113,10 @@ def load_wav(path, sample_rate=16000):
   if rate < sample_rate:
     warnings.warn(f"{path}: resampled up from {rate} Hz to {sample_rate} Hz (nothing above {rate // 2} Hz)",
                   AudioWarning, stacklevel=2)
-  if rate != sample_rate:
-    g = math.gcd(int(rate), int(sample_rate))
-    wave = scipy.signal.resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
-  if not np.all(np.isfinite(wave)):
+  if not np.all(np.isfinite(wave)):  # checked first: librosa refuses a non-finite buffer
     raise AudioError(f"{path}: audio contains NaN or infinite samples")
+  if rate != sample_rate:
+    wave = librosa.resample(wave, orig_sr=int(rate), target_sr=int(sample_rate), res_type=resampler)
   wave = np.clip(wave, -1.0, 1.0)  # float WAVs and resampling overshoot may leave [-1, 1]
   if float(np.max(np.abs(wave - wave.mean()))) < _SILENCE_PEAK:
     raise AudioError(f"{path}: silent audio clip (all samples equal; peak below "
@@ -216,10 +222,15 @@ def spectrogram(segment, data_cfg, rng=None, unit_rms=False, magnitude=None):
       raise ValueError("dither > 0 needs a np.random.Generator rng (or set data.dither=0)")
     d = rng.random(x.shape[0], dtype=np.float32) + rng.random(x.shape[0], dtype=np.float32) - 1
     x = x + np.float32(dither * 1e-6 * float(np.std(d))) * d
-  n_frames = 1 + (x.shape[0] - frame_len) // hop
-  frames_TxL = np.lib.stride_tricks.as_strided(
-      x, shape=(n_frames, frame_len), strides=(hop * x.strides[0], x.strides[0]), writeable=False)
-  spec_TxF = np.abs(scipy.fft.rfft(frames_TxL * _hamming(frame_len), n=n_fft, axis=1)[:, :n_bins])
+  # librosa.stft centres a window shorter than n_fft in each n_fft-sample frame (at offset `pad`); padding the
+  # segment by the same on both sides makes frame t hold samples [t hop, t hop + frame_len) of the segment, the
+  # VGGVox frames, and the count 1 + (n - frame_len) // hop. The zeros meet the window's zero padding only, and
+  # where a frame sits in the FFT buffer changes the phase, not the magnitude.
+  pad = (n_fft - frame_len) // 2
+  x = np.pad(x, (pad, n_fft - frame_len - pad))
+  stft_FxT = librosa.stft(x, n_fft=n_fft, hop_length=hop, win_length=frame_len, window=_hamming(frame_len),
+                          center=False)
+  spec_TxF = np.ascontiguousarray(np.abs(stft_FxT[:n_bins]).T)
   if (magnitude or data_cfg.magnitude) == "log":
     spec_TxF = np.log1p(spec_TxF)
   return spec_TxF.astype(np.float32, copy=False)
@@ -240,6 +251,14 @@ def apply_normalisation(features, normalisation):
   return ((np.asarray(features, np.float64) - mean) / std).astype(np.float32)
 
 
+def resampler(data_cfg):
+  """data.resampler, checked: the librosa.resample res_type that load_wav uses for this config."""
+  name = _cfg(data_cfg, "resampler")
+  if name not in RESAMPLERS:
+    raise ValueError(f"data.resampler must be one of {RESAMPLERS}, got {name!r}")
+  return name
+
+
 def _pooling(data_cfg):
   pooling = _cfg(data_cfg, "pooling")
   if pooling not in POOLINGS:
@@ -256,15 +275,15 @@ def stats_pool(logmag_TxF):
 
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(n_mels, n_fft, n_bins, sample_rate):
-  """[n_mels, n_bins] triangular filters, equally spaced on the HTK mel scale, peak 1."""
+  """[n_mels, n_bins] triangular filters, equally spaced on the HTK mel scale, peak 1 (librosa's, htk=True, norm=None).
+
+  librosa's default is the Slaney mel scale with area-normalised filters; these HTK filters are the recipe's.
+  """
   if n_mels < 1:
     raise ValueError(f"data.n_mels must be >= 1, got {n_mels}")
-  mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)
-  hz = lambda m: 700.0 * (10.0**(m / 2595.0) - 1.0)
-  edges = hz(np.linspace(mel(MEL_FMIN), mel(0.975 * sample_rate / 2), n_mels + 2))
-  f = np.arange(n_bins) * sample_rate / n_fft
-  lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-  return np.maximum(0.0, np.minimum((f - lo) / (mid - lo), (hi - f) / (hi - mid))).astype(np.float32)
+  fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=MEL_FMIN, fmax=0.975 * sample_rate / 2,
+                           htk=True, norm=None, dtype=np.float32)
+  return np.ascontiguousarray(fb[:, :n_bins])
 
 
 def mfcc_stats(mag_TxF, data_cfg):
@@ -274,13 +293,15 @@ def mfcc_stats(mag_TxF, data_cfg):
     raise ValueError(f"data.n_mfcc={n_mfcc} must be in [1, data.n_mels={n_mels})")
   fb = mel_filterbank(n_mels, int(data_cfg.n_fft), mag_TxF.shape[1], int(data_cfg.sample_rate))
   logmel_TxM = np.log(np.asarray(mag_TxF, np.float64)**2 @ fb.T + MEL_FLOOR)
-  mfcc_TxC = scipy.fft.dct(logmel_TxM, type=2, norm="ortho", axis=1)[:, 1:n_mfcc + 1]
+  # The natural log with an additive floor (not librosa's power_to_db, whose top_db clip would change the recipe).
+  mfcc_TxC = librosa.feature.mfcc(S=logmel_TxM.T, n_mfcc=n_mfcc + 1, dct_type=2, norm="ortho").T[:, 1:]
   return np.concatenate([mfcc_TxC.mean(axis=0), mfcc_TxC.std(axis=0)]).astype(np.float32)
 
 
 def feature_shape(data_cfg):
   """Shape `utterance_features` returns for this config, computed without audio."""
   _, frame_len, hop = _settings(data_cfg)
+  resampler(data_cfg)
   seg = int(_cfg(data_cfg, "segment_samples"))
   if seg < frame_len:
     raise ValueError(f"data.segment_samples={seg} is shorter than one {frame_len}-sample window")
@@ -303,7 +324,7 @@ def utterance_features(path_or_wave, data_cfg, train, rng=None, name=None):
   feature_shape(data_cfg)  # validates the whole config before any work
   short = _cfg(data_cfg, "short_clips")
   if isinstance(path_or_wave, (str, os.PathLike)):
-    wave = load_wav(path_or_wave, int(data_cfg.sample_rate))
+    wave = load_wav(path_or_wave, int(data_cfg.sample_rate), resampler(data_cfg))
     name = os.fspath(path_or_wave)
   else:
     wave, name = np.asarray(path_or_wave, np.float32), name or "<wave>"

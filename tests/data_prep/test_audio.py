@@ -276,3 +276,194 @@ def test_whole_short_clip_pools_only_its_own_frames(tmp_path):
   assert np.abs(padded - own).max() > 1e-2  # padding does change them: silence enters the statistics
   with pytest.raises(ValueError, match="short_clips='whole'.*pooled"):
     audio.feature_shape(_cfg(short_clips="whole", time_average=False))
+
+
+# The stored features of each recipe against the recipe written out from its formulas (no librosa): explicit
+# DC-removal recursion, per-frame windowed complex FFT, HTK mel triangles filter by filter, a DCT-II matrix (the
+# FSDD test takes its 8 -> 16 kHz wave from soxr / scipy directly; soxr itself is checked against ideal
+# interpolation). `_close` is the bound: every element within 1e-4 of the array's largest magnitude.
+
+def _close(got, ref, tol=1e-4):
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  assert got.shape == ref.shape, (got.shape, ref.shape)
+  err = float(np.abs(got - ref).max() / np.abs(ref).max())
+  assert err <= tol, f"max |got - ref| is {err:.2e} of max |ref|"
+
+
+def _recipe(name):
+  from mmvae import config as mconfig
+  return mconfig.load(name).data
+
+
+def _frame_spectra(y, win_len, hop, n_fft, starts=None):
+  """|FFT| [T, n_fft // 2 + 1] of symmetric-Hamming-windowed frames of y at `starts` (default every `hop`)."""
+  win = np.array([0.54 - 0.46 * math.cos(2 * math.pi * n / (win_len - 1)) for n in range(win_len)])
+  if starts is None:
+    starts = range(0, y.shape[0] - win_len + 1, hop)
+  return np.array([np.abs(np.fft.fft(y[s:s + win_len] * win, n_fft))[:n_fft // 2 + 1] for s in starts])
+
+
+def _htk_mel(n_mels, n_fft, sr, fmin=20.0, fmax=None):
+  """[n_mels, n_fft // 2 + 1] triangles spaced evenly on the HTK mel scale 2595 log10(1 + f / 700), peak 1."""
+  fmax = 0.975 * sr / 2 if fmax is None else fmax
+  mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)
+  lo, hi = mel(fmin), mel(fmax)
+  edges = [700.0 * (10.0**((lo + (hi - lo) * i / (n_mels + 1)) / 2595.0) - 1.0) for i in range(n_mels + 2)]
+  fb = np.zeros((n_mels, n_fft // 2 + 1))
+  for m in range(n_mels):
+    left, centre, right = edges[m:m + 3]
+    for k in range(n_fft // 2 + 1):
+      f = k * sr / n_fft
+      if left < f <= centre:
+        fb[m, k] = (f - left) / (centre - left)
+      elif centre < f < right:
+        fb[m, k] = (right - f) / (right - centre)
+  return fb
+
+
+def _dct_ii(n):
+  """Orthonormal DCT-II matrix: row k is sqrt((k ? 2 : 1) / n) cos(pi k (2 m + 1) / 2n)."""
+  k, m = np.arange(n)[:, None], np.arange(n)[None, :]
+  d = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * m + 1) / (2 * n))
+  d[0] /= np.sqrt(2.0)
+  return d
+
+
+def _dither(rng, n, amount):
+  d = (rng.random(n, dtype=np.float32) + rng.random(n, dtype=np.float32) - 1).astype(np.float64)
+  return amount * 1e-6 * d.std() * d
+
+
+def _mfcc_stats_reference(seg, cfg, rng):
+  """The 'mfcc_stats' recipe: high-pass, unit RMS, dither, |FFT|^2 through HTK mel filters, log, DCT, c1..c_n stats."""
+  y = _loop_highpass(seg)
+  y = y / np.sqrt(np.mean(y * y)) + _dither(rng, y.shape[0], cfg.dither)
+  power = _frame_spectra(y, 400, 160, cfg.n_fft)[:, :cfg.n_bins] ** 2
+  logmel = np.log(power @ _htk_mel(cfg.n_mels, cfg.n_fft, cfg.sample_rate)[:, :cfg.n_bins].T + 1e-6)
+  mfcc = logmel @ _dct_ii(cfg.n_mels)[1:cfg.n_mfcc + 1].T
+  return np.r_[mfcc.mean(0), mfcc.std(0)]
+
+
+def _vox_wavs(shared_data):
+  wavs = sorted((shared_data / "voxceleb1-mini" / "wav").glob("*/*/*.wav"))
+  if not wavs:
+    pytest.skip("no VoxCeleb1 wavs in shared data")
+  return wavs
+
+
+def test_reference_recipe_matches_formula(shared_data):
+  """`reference`: the time-average of the VGGVox magnitude spectrogram of a seeded random 3 s crop."""
+  cfg = _recipe("reference")
+  assert (cfg.pooling, cfg.segment_samples, cfg.window_ms, cfg.hop_ms, cfg.n_fft, cfg.n_bins) == (
+      "magnitude_mean", SEG, 25.0, 10.0, 1024, 512)
+  wav = _vox_wavs(shared_data)[0]
+  for train in (True, False):
+    got = audio.utterance_features(wav, cfg, train, np.random.default_rng(3))
+    x = soundfile.read(str(wav), dtype="float32")[0].astype(np.float64)
+    rng = np.random.default_rng(3)
+    start = int(rng.integers(0, x.shape[0] - SEG + 1)) if train else (x.shape[0] - SEG) // 2
+    y = _loop_highpass(x[start:start + SEG]) + _dither(rng, SEG, cfg.dither)
+    _close(got, _frame_spectra(y, 400, 160, 1024)[:, :512].mean(0))
+
+
+def test_voxceleb1_recipe_matches_formula(shared_data):
+  """`voxceleb1`: MFCC statistics (HTK mel, natural log, orthonormal DCT-II) of the whole clip, up to 6 s centred."""
+  cfg = _recipe("voxceleb1")
+  assert (cfg.pooling, cfg.segment_samples, cfg.short_clips, cfg.n_mels, cfg.n_mfcc) == (
+      "mfcc_stats", 96000, "whole", 40, 20)
+  wavs = _vox_wavs(shared_data)
+  lengths = [soundfile.info(str(w)).frames for w in wavs]
+  for wav in (wavs[int(np.argmin(lengths))], wavs[int(np.argmax(lengths))]):  # shorter than 6 s (whole) and 6 s
+    got = audio.utterance_features(wav, cfg, False, np.random.default_rng(1))
+    x = soundfile.read(str(wav), dtype="float32")[0].astype(np.float64)
+    start = max(0, (x.shape[0] - 96000) // 2)
+    ref = _mfcc_stats_reference(x[start:start + 96000], cfg, np.random.default_rng(1))
+    assert got.shape == (40,)
+    _close(got, ref)
+
+
+def test_frame_sequence_recipe_matches_formula(shared_data):
+  """`temporal` (audio_frames): per 40 ms video frame the log HTK-mel power of its Hamming window, z-scored per band."""
+  cfg = _recipe("temporal")
+  fps, n_mels = float(cfg.video_fps), int(cfg.n_mels)
+  assert (fps, n_mels, cfg.sample_rate, cfg.n_fft) == (25.0, 40, 16000, 1024)
+  for wav in _vox_wavs(shared_data)[:2]:
+    x = soundfile.read(str(wav), dtype="float32")[0].astype(np.float64)
+    got = audio.frame_features(audio.load_wav(wav, 16000), cfg, fps)
+    steps = x.shape[0] * 25 // 16000
+    y = _loop_highpass(x)
+    y = y / np.sqrt(np.mean(y * y))
+    power = _frame_spectra(y, 640, 640, 1024, starts=[640 * k for k in range(steps)]) ** 2
+    logmel = np.log(power @ _htk_mel(n_mels, 1024, 16000).T + 1e-6)
+    ref = (logmel - logmel.mean(0)) / np.maximum(logmel.std(0), 1e-5)
+    assert got.shape == (steps, n_mels)
+    _close(got, ref)
+
+
+def _ideal_upsample(x, factor):
+  """Band-limited interpolation of a periodic x: its spectrum zero-padded (exact for periodic, band-limited x)."""
+  spec = np.fft.rfft(x)
+  padded = np.zeros(x.shape[0] * factor // 2 + 1, complex)
+  padded[:spec.shape[0]] = spec
+  return np.fft.irfft(padded, x.shape[0] * factor) * factor
+
+
+def test_soxr_resampling_is_band_limited_interpolation(tmp_path):
+  """data.resampler 'soxr_hq' (the default) reproduces ideal interpolation; 'polyphase' (scipy's) is rougher."""
+  n = 8000  # 1 s at 8 kHz, periodic, content between 60 Hz and 3.4 kHz
+  rng = np.random.default_rng(0)
+  spec = np.zeros(n // 2 + 1, complex)
+  band = slice(60, 3400)
+  spec[band] = rng.standard_normal(3340) + 1j * rng.standard_normal(3340)
+  x = np.fft.irfft(spec, n)
+  x *= 0.5 / np.abs(x).max()
+  path = _write(tmp_path / "band8k.wav", x, 8000, "FLOAT")
+  ideal = _ideal_upsample(x.astype(np.float32).astype(np.float64), 2)
+  inner = slice(4000, -4000)  # away from the clip's ends, where the periodic signal is cut
+  rms = np.sqrt(np.mean(ideal**2))
+  errors = {}
+  for name in audio.RESAMPLERS:
+    with pytest.warns(audio.AudioWarning, match="resampled up from 8000 Hz"):
+      wave = audio.load_wav(path, 16000, name)
+    assert wave.shape == (16000,) and wave.dtype == np.float32
+    errors[name] = float(np.abs(wave[inner] - ideal[inner]).max() / rms)
+  assert errors["soxr_hq"] < 1e-4, errors
+  assert errors["polyphase"] > 1e-3, errors  # the two are different recipes: a key, not a detail
+  with pytest.raises(ValueError, match="data.resampler"):
+    audio.load_wav(path, 16000, "kaiser_best")
+  with pytest.raises(ValueError, match="data.resampler"):
+    audio.feature_shape(_cfg(resampler="sinc"))
+
+
+def test_avdigits_recipe_resamples_fsdd_with_the_configured_resampler(shared_data):
+  """`avdigits`: an 8 kHz FSDD digit, resampled to 16 kHz (soxr HQ by default, scipy polyphase by key), padded to 1 s."""
+  import scipy.signal
+  import soxr
+  wavs = sorted((shared_data / "fsdd" / "recordings").glob("*.wav"))
+  if not wavs:
+    pytest.skip("no FSDD recordings in shared data")
+  cfg = _recipe("avdigits")
+  assert (cfg.resampler, cfg.segment_samples, cfg.pooling, cfg.short_clips) == ("soxr_hq", 16000, "mfcc_stats", "pad")
+  x = soundfile.read(str(wavs[0]), dtype="float32")[0]
+  resampled = {"soxr_hq": soxr.resample(x, 8000, 16000, quality="HQ"),
+               "polyphase": scipy.signal.resample_poly(x.astype(np.float64), 2, 1)}
+  got = {}
+  for name, wave in resampled.items():
+    cfg.resampler = name
+    with pytest.warns(audio.AudioWarning, match="resampled up"):
+      got[name] = audio.utterance_features(wavs[0], cfg, False, np.random.default_rng(2))
+    wave = np.clip(np.asarray(wave, np.float64), -1, 1)
+    left = (16000 - wave.shape[0]) // 2
+    seg = np.pad(wave, (left, 16000 - wave.shape[0] - left))
+    _close(got[name], _mfcc_stats_reference(seg, cfg, np.random.default_rng(2)))
+  assert np.abs(got["soxr_hq"] - got["polyphase"]).max() > 1e-2 * np.abs(got["polyphase"]).max()
+
+
+def test_non_finite_wav_is_an_audio_error_before_resampling(tmp_path):
+  """A float WAV holding NaN is named as such (librosa.resample would refuse it with its own exception)."""
+  wave = _speechlike(8000)
+  wave[100] = np.nan
+  for rate in (8000, 16000):
+    path = _write(tmp_path / f"nan{rate}.wav", wave, rate, "FLOAT")
+    with pytest.raises(audio.AudioError, match=f"nan{rate}.wav: audio contains NaN or infinite samples"):
+      audio.load_wav(path, 16000)

@@ -28,6 +28,12 @@ INTERRUPTED = {
 }
 
 
+def _add_checkpoint(parser) -> None:
+  parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                      help="best: the checkpoint with the highest validation score (config.train.select_by; the "
+                           "newest one when the run has no validation split); last: the newest step")
+
+
 def _overrides_epilog(example: str) -> str:
   return f"Any config key can be overridden, as --config.KEY=VALUE or --config.KEY VALUE, e.g. {example}."
 
@@ -289,9 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
   analyze.add_argument("--data", default=None,
                        help="prepared dataset (default: the one the run trained on, from WORKDIR/run.json)")
   analyze.add_argument("--split", default="test", help="split to analyse")
-  analyze.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                       help="best: the checkpoint with the highest validation score (config.train.select_by; "
-                            "the newest one when the run has no validation split); last: the newest step")
+  _add_checkpoint(analyze)
   analyze.add_argument("--out", default=None, metavar="DIR",
                        help="report folder (default: WORKDIR/report/); a report already there is replaced, with a "
                             "line naming it when it was made from another checkpoint, split or dataset")
@@ -308,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
   embed.add_argument("--splits", default=None,
                      help="comma-separated splits to encode, e.g. train,validation,test (default: every split of "
                           "the dataset)")
-  embed.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                     help="best: the checkpoint with the highest validation score (the newest one when the run has "
-                          "no validation split); last: the newest step")
+  _add_checkpoint(embed)
 
   generate = _parser(sub, "generate", help="generate one modality from another with a trained run")
   gen_sub = generate.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -321,9 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
   face.add_argument("--out", required=True,
                     help="image file to write (.png): the run's face size enlarged 4 times, pixel for pixel "
                          "(128x128 for the 32x32 faces of the voxceleb1 and synthetic configs)")
-  face.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                    help="best: the checkpoint with the highest validation score (the newest one when the run has "
-                         "no validation split); last: the newest step")
+  _add_checkpoint(face)
 
   sweep = _parser(
       sub, "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",

@@ -37,6 +37,13 @@ class _PlainBar(tqdm.tqdm):
     super().set_description(desc, refresh=False)
 
 
+def set_fields(progress_bar: tqdm.tqdm, **fields) -> None:
+  """Sets some fields of a bar's postfix and keeps the others (tqdm's set_postfix replaces them all)."""
+  kept = progress_bar.__dict__.setdefault("_mmvae_fields", {})
+  kept.update(fields)
+  progress_bar.set_postfix(kept)
+
+
 def is_terminal(stream) -> bool:
   try:
     return stream.isatty()

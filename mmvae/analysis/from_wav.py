@@ -32,11 +32,12 @@ def source_and_target(specs: dict, workdir) -> tuple[str, str]:
   return first["spectrogram"], first["image"]
 
 
-def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
-  """Writes the image a trained run generates for one WAV file; returns it as float [S, S, C]."""
+def generate_face_from_wav(workdir, wav, out, scale: int = 4, which: str = "best") -> np.ndarray:
+  """Writes the image a trained run generates for one WAV file, enlarged `scale` times pixel for pixel, with its
+  `which` checkpoint ('best' or 'last'), and says so in one line; returns the image as float [S, S, C]."""
   from PIL import Image
 
-  from mmvae import zoo
+  from mmvae import display, zoo
   from mmvae.train import checkpoints
   if not pathlib.Path(wav).is_file():
     raise FileNotFoundError(f"WAV file {wav} not found")
@@ -44,7 +45,7 @@ def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
   if pathlib.Path(out).is_dir() or pathlib.Path(out).suffix.lower() not in Image.registered_extensions():
     raise ValueError(f"--out {out} must name an image file such as face.png"
                      f"{' (it is a folder)' if pathlib.Path(out).is_dir() else ''}")
-  model, config, _ = checkpoints.load_run(workdir)
+  model, config, _, step = checkpoints.load_run(workdir, which=which, return_step=True)
   dataset = checkpoints.dataset_of_run(workdir)
   specs = dataset.modalities(config.data.get("modalities", ()))
   source, target = source_and_target(specs, workdir)
@@ -55,4 +56,10 @@ def generate_face_from_wav(workdir, wav, out, scale: int = 4) -> np.ndarray:
   mu, _ = model.encode(source, x)
   image = specs[target].kind_module.to_data(model.decode(mu)[target])[0]
   generation_figures.save_image_png(image, out, scale)
+  shown = display.display_labels(specs)
+  height, width = image.shape[0] * scale, image.shape[1] * scale
+  why = f" ({step.why})" if step.why else ""
+  print(f"mmvae generate: {shown[target]} from the {shown[source]} in {wav} -> {out} ({width}x{height} px: the "
+        f"{image.shape[1]}x{image.shape[0]} {shown[target]} enlarged {scale}x), {step.which} checkpoint (step "
+        f"{int(step)}){why} of {workdir}", flush=True)
   return image

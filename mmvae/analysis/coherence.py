@@ -113,6 +113,11 @@ def use_svm(n_classes: int) -> bool:
   return n_classes <= SVM_MAX_CLASSES
 
 
+def classifier_kind(clf) -> str:
+  """Which classifier a fitted one is: 'rbf_svm' or 'softmax' (recorded as coherence.<g>.[<attr>_]classifier)."""
+  return "softmax" if isinstance(clf, SoftmaxClassifier) else "rbf_svm"
+
+
 def _max_examples(targets) -> int:
   return SVM_MAX_EXAMPLES if use_svm(len(np.unique(np.asarray(targets)))) else MAX_TRAIN_EXAMPLES
 
@@ -289,6 +294,7 @@ def coherence_scores(train: dict, test: dict, generated: dict, specs: dict, iden
         label_classifiers[g] = clf
       key = f"{target}_" if target else ""
       metrics[f"coherence.{g}.{key}classes"] = int(len(clf.classes_))
+      metrics[f"coherence.{g}.{key}classifier"] = classifier_kind(clf)
       real, real_y = examples(m, np.asarray(test[g])[te_known], te_y[te_known])
       _score(metrics, f"coherence.real_{g}.{key}", predict(clf, m, real), real_y)
       for q in specs:
@@ -298,6 +304,8 @@ def coherence_scores(train: dict, test: dict, generated: dict, specs: dict, iden
   if all(f"{g}_from_prior" in generated for g in specs):
     if not label_classifiers:  # the label classifiers are still defined on the training labels
       label_classifiers = {g: train_classifier(m, train[g], train_labels, seed) for g, m in specs.items()}
+      for g, c in label_classifiers.items():
+        metrics[f"coherence.{g}.classes"], metrics[f"coherence.{g}.classifier"] = len(c.classes_), classifier_kind(c)
     metrics.update(joint_coherence({g: predict(label_classifiers[g], m, generated[f"{g}_from_prior"])
                                     for g, m in specs.items()}))
   return metrics, notes

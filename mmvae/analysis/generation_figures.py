@@ -4,6 +4,8 @@ Which picture a target modality gets depends on its kind (FIGURES); a kind witho
 Files are named `<g>_from_<q>.png`, like the arrays of generated.npz.
 """
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,6 +14,7 @@ import numpy as np  # noqa: E402
 
 DPI = 120
 TEXT_EXAMPLES = 8  # rows of a decoded-text table
+ROW_LABEL_WIDTH = 16  # characters per line of a row label; longer names wrap onto more lines, never cut
 
 
 def _show(ax, img):
@@ -36,13 +39,41 @@ def select_identities(labels, max_identities: int) -> np.ndarray:
   return np.unique(np.asarray(labels))[:max_identities]
 
 
+def shown_note(shown: int, total: int) -> str:
+  """'' when every identity is shown, else '12 of 24 identities shown (the first in label order)'."""
+  return "" if shown >= total else f"{shown} of {total} identities shown (the first in label order)"
+
+
+def row_label(name, width: int = ROW_LABEL_WIDTH) -> str:
+  """An identity's whole name on lines of at most `width` characters, broken after '_', '-' or a space if it can."""
+  lines = [""]
+  for piece in re.split(r"(?<=[_\s-])", str(name)):
+    while piece:
+      if lines[-1] and len(lines[-1]) + len(piece) > width:
+        lines.append("")
+      take = width - len(lines[-1])
+      lines[-1] += piece[:take]
+      piece = piece[take:]
+  return "\n".join(lines)
+
+
+def _titled(title: str, labels, ids) -> str:
+  note = shown_note(len(ids), len(np.unique(np.asarray(labels))))
+  return f"{title}\n{note}" if note else title
+
+
 def plot_image_grid(path, m, real, recon, cross, labels, names: dict, title: str, per_row: int = 4,
-                    max_identities: int = 12, source: str = "source", target: str = "target") -> None:
-  """Per identity: a real example, its reconstruction, and `per_row` examples generated from the source modality."""
+                    max_identities: int = 12, source: str = "source", target: str = "target"):
+  """Per identity: a real example, its reconstruction, and `per_row` examples generated from the source modality.
+
+  Returns the (closed) figure, whose artists can still be read.
+  """
   labels = np.asarray(labels)
   ids = select_identities(labels, max_identities)
   cols = 2 + per_row
-  fig, axes = plt.subplots(len(ids), cols, figsize=(1.3 * cols + 1.6, 1.35 * len(ids) + 0.6), squeeze=False)
+  # Constrained layout keeps the title clear of the column heads and makes room for whole row labels.
+  fig, axes = plt.subplots(len(ids), cols, figsize=(1.3 * cols + 1.6, 1.35 * len(ids) + 1.0), squeeze=False,
+                           layout="constrained")
   for r, i in enumerate(ids):
     rows = np.flatnonzero(labels == i)
     _show(axes[r, 0], first_frame(m, real[rows[0]]))
@@ -52,23 +83,30 @@ def plot_image_grid(path, m, real, recon, cross, labels, names: dict, title: str
         _show(axes[r, 2 + c], cross[rows[c]])
       else:
         axes[r, 2 + c].axis("off")
-    axes[r, 0].set_ylabel(str(names.get(int(i), i))[:14], fontsize=8, rotation=0, ha="right", va="center")
+        if c == len(rows):  # why the rest of the row is empty
+          n = len(rows)
+          axes[r, 2 + c].text(0.5, 0.5, f"only {n} test\nexample{'s' if n != 1 else ''} of\nthis identity",
+                              ha="center", va="center", fontsize=7, color="0.4", transform=axes[r, 2 + c].transAxes)
+    axes[r, 0].set_ylabel(row_label(names.get(int(i), i)), fontsize=8, rotation=0, ha="right", va="center")
   for c, head in enumerate(["real", f"from {target}"] + [f"from {source} {k + 1}" for k in range(per_row)]):
     axes[0, c].set_title(head, fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
+  fig.suptitle(_titled(title, labels, ids))
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
+  return fig
 
 
 def plot_spectra(path, m, real, recon, cross, labels, names: dict, title: str, max_identities: int = 6,
-                 source: str = "source", target: str = "target") -> None:
-  """Per identity: real, reconstructed and cross-generated values (curves for vectors, images for [T, F])."""
+                 source: str = "source", target: str = "target"):
+  """Per identity: real, reconstructed and cross-generated values (curves for vectors, images for [T, F]).
+
+  Returns the (closed) figure, whose artists can still be read.
+  """
   labels = np.asarray(labels)
   ids = select_identities(labels, max_identities)
   vector = np.asarray(recon).ndim == 2
-  fig, axes = plt.subplots(len(ids), 1 if vector else 3, figsize=(9 if vector else 10, 1.9 * len(ids) + 0.6),
-                           squeeze=False)
+  fig, axes = plt.subplots(len(ids), 1 if vector else 3, figsize=(9 if vector else 10, 1.9 * len(ids) + 1.0),
+                           squeeze=False, layout="constrained")
   series = (("real", real), (f"from {target}", recon), (f"from {source}", cross))
   for r, i in enumerate(ids):
     rows = np.flatnonzero(labels == i)
@@ -77,23 +115,25 @@ def plot_spectra(path, m, real, recon, cross, labels, names: dict, title: str, m
       ax = axes[r, 0]
       for (head, values), width in zip(series, (1, 1, 1.5)):
         ax.plot(np.mean(np.asarray(values)[rows].reshape(len(rows), -1), 0), label=head, lw=width)
-      ax.set_ylabel("value", fontsize=7)
-      ax.set_title(name, fontsize=8)
+      ax.set_ylabel("mean value\n(stored scale)", fontsize=7)
+      ax.set_title(f"{name}: mean over its {len(rows)} test example{'s' if len(rows) != 1 else ''}", fontsize=8)
       if r == 0:
         ax.legend(fontsize=7, ncol=3)
       if r == len(ids) - 1:
-        ax.set_xlabel("feature")
+        pooled = " (the spectrogram pooled over time)" if m.kind == "spectrogram" else ""
+        ax.set_xlabel(f"dimension of the stored {target} feature vector{pooled}, {np.asarray(recon).shape[1]} "
+                      "values per example", fontsize=8)
     else:
       for c, (head, values) in enumerate(series):
         ax = axes[r, c]
         ax.imshow(np.asarray(first_frame(m, values[rows[0]])).T, origin="lower", aspect="auto", cmap="magma")
         ax.set_title(f"{name}: {head}", fontsize=8)
-        ax.set_xlabel("frame")
-        ax.set_ylabel("bin")
-  fig.suptitle(title)
-  fig.tight_layout()
+        ax.set_xlabel("time frame", fontsize=7)
+        ax.set_ylabel("frequency bin", fontsize=7)
+  fig.suptitle(_titled(title, labels, ids))
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
+  return fig
 
 
 FIGURES = {"image": plot_image_grid, "spectrogram": plot_spectra, "vector": plot_spectra}  # by target kind

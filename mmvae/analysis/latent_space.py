@@ -9,12 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from openTSNE import TSNE, affinity, nearest_neighbors  # noqa: E402
 from scipy import sparse  # noqa: E402
 from scipy.sparse import csgraph  # noqa: E402
 from sklearn import cluster, manifold, metrics  # noqa: E402
 
-from mmvae.analysis import neighbours, retrieval  # noqa: E402
+from mmvae.analysis import neighbours  # noqa: E402
+from mmvae.metrics import retrieval  # noqa: E402
 
 DPI = 120
 MAX_LEGEND = 48  # beyond this a legend hides the plot; colours still separate identities
@@ -193,6 +195,39 @@ def shown_caption(shown: int, total: int) -> str:
   return f"{shown:,} of {total:,} points, stratified by identity"
 
 
+def ordinal(n: int) -> str:
+  """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st."""
+  n = int(n)
+  suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+  return f"{n}{suffix}"
+
+
+LABELLED = 9  # colours(n)'s strong hues: beyond, colours alone do not tell identities apart, so each gets its number
+
+
+def colours(n: int) -> np.ndarray:
+  """n RGBA colours, as distinct as the count allows: tab20's strong hues, their light tones, tab20b's, then a map.
+
+  No grey: grey marks DBSCAN's noise.
+  """
+  hues = [k for k in range(0, 20, 2) if k != 14]  # tab20's greys are 14 and 15
+  if n <= 2 * len(hues) + 20:  # the strong hues first, so that few identities are as distinct as tab10's
+    tab20, tab20b = plt.get_cmap("tab20"), plt.get_cmap("tab20b")
+    pool = [tab20(k) for k in hues] + [tab20(k + 1) for k in hues] + [tab20b(k) for k in range(20)]
+    return np.array(pool[:n])
+  return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, n))
+
+
+def _number_clusters(ax, block, lab, ids):
+  """Writes identity k's number (k + 1, as in the legend) on its point nearest its median: a name for each cluster."""
+  for k, i in enumerate(ids):
+    pts = block[lab == i]
+    if len(pts):
+      at = pts[np.argmin(np.sum((pts - np.median(pts, 0)) ** 2, axis=1))]
+      ax.annotate(str(k + 1), at, xytext=(2, 2), textcoords="offset points", fontsize=7, fontweight="bold",
+                  path_effects=[patheffects.withStroke(linewidth=2, foreground="white")])
+
+
 def _legend(ax, n):
   if n <= MAX_LEGEND:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, ncol=1 + n // 20)
@@ -207,20 +242,20 @@ MARKERS = "o^sDvP*Xh<>"  # one per modality in the joint panel
 
 
 def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str, joint: dict | None = None,
-                   totals: dict | None = None) -> None:
+                   totals: dict | None = None):
   """t-SNE panels, one per space, coloured by identity; `joint` names a panel holding every modality stacked.
+
+  Beyond LABELLED identities (up to MAX_LEGEND) each identity's points also carry its number, as in the legend.
 
   labels: one array for every panel, or {panel: labels of its points (of one block, for a joint panel)}.
   joint: {panel: [modality display label, ...]}: that panel's points are the modalities' points in that
   order (len(labels) each), drawn with one marker per modality. totals: {panel: points in the whole space}
-  when a panel shows a sample (its title then says so).
+  when a panel shows a sample (its title then says so). Returns the (closed) figure, whose artists can still be read.
   """
   per_panel = labels if isinstance(labels, dict) else {space: labels for space in points_by_space}
   ids = np.unique(np.concatenate([np.asarray(v) for v in per_panel.values()]))
-  if len(ids) <= 20:
-    palette = np.array([plt.get_cmap("tab20")(k) for k in range(len(ids))])
-  else:
-    palette = plt.get_cmap("hsv")(np.arange(len(ids)) / len(ids))
+  palette = colours(len(ids))
+  numbered = LABELLED < len(ids) <= MAX_LEGEND
   fig, axes = plt.subplots(1, len(points_by_space), figsize=(5.2 * len(points_by_space) + 1.5, 4.8))
   axes = np.atleast_1d(axes)
   for ax, (space, pts) in zip(axes, points_by_space.items()):
@@ -233,11 +268,14 @@ def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str,
       # One call per block: a call per identity costs seconds with 1,251 identities.
       ax.scatter(block[:, 0], block[:, 1], c=palette[np.searchsorted(ids, lab)], marker=marker, s=size,
                  linewidths=0)
+      if numbered:
+        _number_clusters(ax, block, lab, ids)
       if part is not None:
         ax.scatter([], [], color="k", marker=marker, label=f"{part} ({marker})")
     if len(ids) <= MAX_LEGEND and ax is axes[-1]:
       for c, i in enumerate(ids):
-        ax.scatter([], [], color=palette[c], s=14, label=names.get(i, str(i)))
+        ax.scatter([], [], color=palette[c], s=14, label=f"{c + 1}: {names.get(i, i)}" if numbered
+                   else names.get(i, str(i)))
     if part is not None and len(ids) > MAX_LEGEND:  # no identity legend, but the markers still need one
       ax.legend(fontsize=7, loc="upper right")
     total = (totals or {}).get(space, len(pts))
@@ -249,10 +287,14 @@ def plot_embedding(path, points_by_space: dict, labels, names: dict, title: str,
   fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
+  return fig
 
 
-def plot_dbscan(path, points_by_space: dict, results: dict, kdist: dict, totals: dict | None = None) -> None:
-  """Top row: t-SNE coloured by DBSCAN cluster (noise grey); bottom row: the distinct points' k-distance and eps."""
+def plot_dbscan(path, points_by_space: dict, results: dict, kdist: dict, totals: dict | None = None):
+  """Top row: t-SNE coloured by DBSCAN cluster (noise grey); bottom row: the distinct points' k-distance and eps.
+
+  Returns the (closed) figure, whose artists can still be read.
+  """
   spaces = list(points_by_space)
   fig, axes = plt.subplots(2, len(spaces), figsize=(5.0 * len(spaces), 8.8), squeeze=False)
   for col, space in enumerate(spaces):
@@ -262,7 +304,7 @@ def plot_dbscan(path, points_by_space: dict, results: dict, kdist: dict, totals:
     ax = axes[0, col]
     noise = found == -1
     ax.scatter(pts[noise, 0], pts[noise, 1], c="lightgrey", s=size * 0.7, linewidths=0, label="noise")
-    ax.scatter(pts[~noise, 0], pts[~noise, 1], c=found[~noise] % 20, cmap="tab20", vmin=0, vmax=19, s=size,
+    ax.scatter(pts[~noise, 0], pts[~noise, 1], c=colours(max(1, res["clusters"]))[found[~noise]], s=size,
                linewidths=0)
     total = (totals or {}).get(space, len(pts))
     ax.set_title(f"{space}: {res['clusters']} clusters, noise {res['noise_fraction']:.0%}\n"
@@ -274,12 +316,13 @@ def plot_dbscan(path, points_by_space: dict, results: dict, kdist: dict, totals:
     ax = axes[1, col]
     ax.plot(np.arange(1, len(kdist[space]) + 1), kdist[space], label="k-distance")
     ax.axhline(res["eps"], color="r", ls="--", label=f"eps = {res['eps']:.3g}")
-    ax.set_xlabel("points, sorted")
+    ax.set_xlabel("distinct points, sorted by that distance")
     ax.xaxis.set_major_locator(plt.MaxNLocator(5, integer=True))  # 5-digit counts would run together
-    ax.set_ylabel(f"distance to {res['min_samples']}-th neighbour")
+    ax.set_ylabel(f"distance to {ordinal(res['min_samples'])} nearest point\n(itself counted)")
     ax.set_title(f"{space}: k-distance curve of {len(kdist[space]):,} distinct points\n"
                  f"({res['duplicates']} duplicates left out)", fontsize=9)
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
+  return fig

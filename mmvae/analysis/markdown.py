@@ -4,10 +4,7 @@ import json
 import math
 
 from mmvae.analysis import coherence, sync
-
-# The one place a modality name becomes a display label: on a dataset whose modalities are exactly these
-# (VoxCeleb-style), audio is shown as "voice". Metric keys and file names always use the modality names.
-VOICE_FACE = {"audio": "voice", "face": "face"}
+from mmvae.display import VOICE_FACE, display_labels  # noqa: F401  (how a modality is shown: mmvae/display.py)
 
 TIE_POLICY = (
     "Ties are broken uniformly at random and every ranking metric is its exact expectation over tie "
@@ -34,12 +31,6 @@ SCORES = [("retrieval", "cosine between posterior means (default)"),
           ("retrieval_euclidean", "negative Euclidean distance between means"),
           ("retrieval_w2", "negative 2-Wasserstein distance between the Gaussian posteriors")]
 MAX_NEAREST_ROWS = 40
-
-
-def display_labels(names) -> dict:
-  """{modality: how report.md, figures and summaries show it} (its name, but 'voice' for audio beside face)."""
-  names = list(names)
-  return dict(VOICE_FACE) if set(names) == set(VOICE_FACE) else {n: n for n in names}
 
 
 def _fmt(v) -> str:
@@ -166,6 +157,57 @@ def _nearest_lines(metrics: dict, near: dict, id_names: dict, names: list, displ
   return lines
 
 
+CLASSIFIERS = {  # coherence.classifier_kind -> what report.md calls it
+    "rbf_svm": f"an RBF support-vector machine (kernel width from the features' variance, at most "
+               f"{coherence.SVM_MAX_EXAMPLES:,} training examples: a seeded subsample)",
+    "softmax": "a softmax (multinomial logistic) regression on standardised features, trained with Adam in "
+               f"JAX/Optax (projected on their leading {coherence.SOFTMAX_DIM} principal components when wider, at "
+               f"most {coherence.MAX_TRAIN_EXAMPLES:,} training examples: a seeded subsample)",
+}
+
+
+def classifiers_used(metrics: dict, names) -> dict:
+  """{classifier kind: ['<modality>' or '<modality>.<attribute>', ...]} as coherence recorded them.
+
+  A report whose metrics predate `coherence.<g>.classifier` gets the kind from the class count, by the same rule.
+  """
+  used = {}
+  for key in sorted(metrics):
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "coherence" or parts[1] not in names:
+      continue
+    g, leaf = parts[1], parts[2]
+    if leaf.endswith("classifier"):
+      kind = metrics[key]
+    elif leaf.endswith("classes") and f"coherence.{g}.{leaf[:-len('classes')]}classifier" not in metrics:
+      kind = "rbf_svm" if coherence.use_svm(int(metrics[key])) else "softmax"
+    else:
+      continue
+    target = leaf[:-len("classifier" if leaf.endswith("classifier") else "classes")].rstrip("_")
+    used.setdefault(kind, []).append(f"{g}.{target}" if target else g)
+  return used
+
+
+def classifier_text(metrics: dict, names, display: dict) -> str:
+  """The sentence of report.md naming the classifier(s) coherence actually fitted, and for what."""
+  used = classifiers_used(metrics, names)
+  if not used:
+    return "No classifier was fitted."
+  if len(used) == 1:
+    (kind, targets), = used.items()
+    return f"Classifier used: {CLASSIFIERS.get(kind, kind)}, for every modality" + (
+        " and identity attribute." if any("." in t for t in targets) else ".")
+
+  def what(t):
+    g, _, attr = t.partition(".")
+    classes = metrics.get(f"coherence.{t}_classes" if attr else f"coherence.{g}.classes", "?")
+    return f"the {display.get(g, g)} {attr or 'label'} ({classes} classes)"
+
+  return (f"Classifiers used (the support-vector machine up to {coherence.SVM_MAX_CLASSES} classes, the softmax "
+          "regression above): " + "; ".join(f"{CLASSIFIERS.get(k, k)} for {', '.join(what(t) for t in ts)}"
+                                            for k, ts in sorted(used.items())) + ".")
+
+
 def _generation_lines(metrics: dict, names: list, display: dict, figures: list, texts: dict, notes: list) -> list:
   """The cross-generation figures, decoded texts and the coherence tables."""
   lines = ["## Cross generation", ""]
@@ -173,7 +215,9 @@ def _generation_lines(metrics: dict, names: list, display: dict, figures: list, 
     lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
   for g, table in texts.items():
     sources = table["sources"]
-    lines += [f"Decoded {display[g]} (one example per identity):", "",
+    total = metrics.get("identities")
+    shown = (f"; {len(table['rows'])} of {total} identities shown" if total and len(table["rows"]) < total else "")
+    lines += [f"Decoded {display[g]} (one example per identity{shown}):", "",
               f"| identity | real {display[g]} | " + " | ".join(f"from {display[q]}" for q in sources) + " |",
               "|---|---|" + "---|" * len(sources)]
     lines += [f"| {_esc(ident)} | {_esc(truth)} | " + " | ".join(_esc(t) for t in gens) + " |"
@@ -181,18 +225,17 @@ def _generation_lines(metrics: dict, names: list, display: dict, figures: list, 
     lines.append("")
   lines += ["### Coherence", "",
             "Each modality has its own classifier of the label, trained on REAL training data of that modality "
-            f"only: up to {coherence.SVM_MAX_CLASSES} classes an RBF support-vector machine (on at most "
-            f"{coherence.SVM_MAX_EXAMPLES:,} training examples, a seeded subsample; it reads real data best), "
-            "beyond a softmax (multinomial logistic) regression on standardised features, projected on their "
-            f"leading {coherence.SOFTMAX_DIM} principal components when wider (at most "
-            f"{coherence.MAX_TRAIN_EXAMPLES:,} training examples). Cross coherence source -> target: its "
-            "accuracy on the target decoded from the source's posterior mean of each test example. Chance = "
-            "sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.", ""]
+            f"only. {classifier_text(metrics, names, display)} Cross coherence source -> target: the target "
+            "classifier's accuracy on the target decoded from the source's posterior mean of each test example. "
+            "Chance = sum_c P(pred = c) P(true = c): what the same predictions score if independent of the truth.",
+            ""]
   if any(f"coherence.{q}_to_{g}.accuracy" in metrics for q in names for g in names):
     lines += _matrix(metrics, names, display,
                      lambda q, g: f"coherence.{q}_to_{g}.accuracy" if q != g else f"coherence.real_{g}.accuracy",
                      "source \\ target")
-    lines += ["", "The diagonal is the classifier on real test data of the target (its ceiling).", ""]
+    lines += ["", "The diagonal is each classifier's accuracy on real test data of its own modality: a reference "
+              "for its column, not a ceiling (generated data can score above it: decoded examples can be cleaner "
+              "than real ones).", ""]
   attrs = sorted({k.split(".")[2][:-len("_accuracy")] for k in metrics if k.startswith("coherence.real_")
                   and k.endswith("_accuracy") and k.split(".")[2] != "accuracy"})
   for g in names:  # identity attributes, scored on image modalities: one table per target
@@ -200,7 +243,8 @@ def _generation_lines(metrics: dict, names: list, display: dict, figures: list, 
     if not scored:
       continue
     sources = [q for q in names if q != g]
-    lines += [f"Identity attributes of {display[g]} (accuracy (chance)):", "",
+    lines += [f"Identity attributes (each person's, from the dataset's identity records, whichever modality they "
+              f"describe) predicted from {display[g]}: accuracy (chance).", "",
               f"| attribute | classes | real {display[g]} | "
               + " | ".join(f"{display[q]} -> {display[g]}" for q in sources) + " |",
               "|---|---|---|" + "---|" * len(sources)]
@@ -231,6 +275,16 @@ def _likelihood_lines(metrics: dict, names: list, display: dict, note: str | Non
   return lines + [""]
 
 
+def identity_attributes(manifest: dict) -> list[str]:
+  """The attributes the manifest's identity records give (gender, ...), known for at least one identity, in order."""
+  seen = {}
+  for record in manifest.get("identities", []):
+    for key, value in record.items():
+      if key not in ("identity", "name") and str(value or "").strip():
+        seen.setdefault(key, None)
+  return list(seen)
+
+
 def _dataset_lines(manifest: dict, specs: dict) -> list[str]:
   splits = ", ".join(f"{k}: {v.get('examples')}" for k, v in manifest.get("splits", {}).items())
   return [f"- corpus: {manifest.get('corpus')} (prepared with config {manifest.get('config')!r})",
@@ -238,7 +292,8 @@ def _dataset_lines(manifest: dict, specs: dict) -> list[str]:
           "- modalities: " + ", ".join(f"{n} ({m.kind} {list(m.shape)} {m.dtype})" for n, m in specs.items()),
           f"- relevant items: {manifest.get('relevance') or 'same identity'}",
           f"- audio normalisation: {'dataset per-bin mean/std' if manifest.get('audio_normalisation') else 'none'}",
-          f"- identity attributes: {', '.join(manifest.get('attributes', [])) or 'none'}",
+          "- identity attributes (per person, in the identity records): "
+          + (", ".join(identity_attributes(manifest)) or "none"),
           f"- skipped files at preparation: {len(manifest.get('skipped', []))}"]
 
 

@@ -28,3 +28,51 @@ def synthetic_dataset(tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp("synthetic") / "prepared"
   prepare.prepare_synthetic(str(out), identities=4, seed=0, config="synthetic", workers=1)
   return out
+
+
+# The slow tier: long integration tests (whole trainings, subprocess pipelines, multi-process runs, fault
+# injection), run by `pytest -m slow` after the fast tier in .ci/run. Listed here, by file or by test, so the
+# split is seen in one place; times are from `pytest --durations=0` on the 2-core machine. A test may also carry
+# @pytest.mark.slow itself.
+SLOW = (
+    # whole files: each trains, prepares or runs subprocesses in most of its tests
+    "tests/test_fault_injection.py", "tests/test_faults_data.py", "tests/test_faults_disk.py",
+    "tests/test_faults_signals.py", "tests/mmvae/test_temporal.py", "tests/mmvae/test_sweep.py",
+    "tests/mmvae/train/test_multihost.py", "tests/data_prep/test_beam_prep.py", "tests/mmvae/test_embed.py",
+    "tests/mmvae/analysis/test_analyze_streamed.py", "tests/mmvae/analysis/test_analyze_e2e.py",
+    "tests/data_prep/test_synthetic_video.py", "tests/mmvae/zoo/test_mcvs.py", "tests/data_prep/test_storage_scale.py",
+    "tests/mmvae/modalities/test_video_points.py",
+    # single tests: the fast tier keeps a cheaper test of the same code
+    "tests/mmvae/test_configs.py::test_mcvs_runs_one_step_of_every_stage_on_the_mmdigits_shapes",
+    "tests/mmvae/test_configs.py::test_tiny_variant_runs_one_step[conv]",
+    "tests/mmvae/test_configs.py::test_tiny_variant_runs_one_step[msvae_public]",
+    "tests/mmvae/test_configs.py::test_tiny_variant_runs_one_step[voxceleb1]",
+    "tests/mmvae/test_configs.py::test_tiny_variant_runs_one_step[avdigits]",
+    "tests/mmvae/test_configs.py::test_tiny_variant_runs_one_step[mcvs]",
+    "tests/mmvae/test_configs.py::test_tiny_variant_runs_one_step[temporal]",
+    "tests/mmvae/zoo/test_baselines.py::test_every_kind_agrees_on_one_and_four_devices_and_learns",
+    "tests/mmvae/zoo/test_baselines.py::test_mmvae_dreg_gradients_are_iwae_for_the_decoders_and_dreg_for_the_encoders",
+    "tests/mmvae/train/test_train_step.py::test_runner_with_labels_matches_one_device_over_steps",
+    "tests/mmvae/train/test_train_step.py::test_pmap_batch_level_terms_equal_single_device",
+    "tests/mmvae/train/test_train_step.py::test_several_steps_per_dispatch_equal_single_steps",
+    "tests/mmvae/train/test_train_step.py::test_pmap_and_sharded_runners_agree_over_steps",
+    "tests/mmvae/train/test_trainer.py::test_sigkill_and_resume_gives_the_same_parameters",
+    "tests/mmvae/train/test_trainer.py::test_several_steps_per_dispatch_train_the_same_run",
+    "tests/mmvae/train/test_trainer.py::test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint",
+    "tests/mmvae/train/test_train_log.py::test_weights_and_biases_offline_run_holds_scalars_and_images",
+    "tests/mmvae/modalities/test_kinds.py::test_a_toy_modality_kind_registered_here_trains_end_to_end_beside_text",
+    "tests/mmvae/test_data_reader.py::test_grain_pipeline_rows_and_saved_state_follow_the_contract[2]",
+    "tests/mmvae/test_cli.py::test_analyze_checkpoint_option_picks_that_step",
+    "tests/mmvae/test_cli.py::test_prep_prints_no_library_noise",
+    "tests/mmvae/test_models.py::test_heads_sit_on_one_shared_trunk[conv:tiny-shapes1]",
+    "tests/data_prep/test_features.py::test_a_contrastive_model_trains_and_is_analysed",
+    "tests/data_prep/test_mmdigits.py::test_same_seed_same_arrays_with_any_worker_count",
+    "tests/mmvae/zoo/test_zoo.py::test_every_kind_agrees_on_one_and_four_devices_and_learns[mcvs",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks the tests of SLOW (by node id prefix) slow."""
+  for item in items:
+    if item.nodeid.startswith(SLOW):
+      item.add_marker(pytest.mark.slow)

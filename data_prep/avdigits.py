@@ -19,8 +19,8 @@ import re
 
 import numpy as np
 
-from data_prep import digit_text
-from data_prep.voxceleb1 import Corpus
+from data_prep import corpora, digit_text
+from data_prep.corpus import Corpus
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 RECORDING = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
@@ -131,3 +131,31 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False, tra
   identities = [{"identity": str(d), "name": DIGIT_NAMES[d], "gender": "", "nationality": ""} for d in range(10)]
   return Corpus(examples=examples, identities=identities, attributes=[], skipped=skipped, image_name="image",
                 text_vocab=digit_text.VOCAB, relevance="same digit")
+
+
+def _add_arguments(parser, add_config) -> None:
+  parser.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
+  parser.add_argument("--mnist", required=True,
+                      help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+  parser.add_argument("--out", required=True, help=corpora.OUT_HELP)
+  add_config(parser)
+  parser.add_argument("--seed", type=int, default=0, help="seed of the audio-image pairing")
+  parser.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
+  parser.add_argument("--workers", type=int, default=0, help=corpora.WORKERS_HELP)
+  corpora.add_beam(parser)
+
+
+def prepare(out, **kwargs) -> dict:
+  """mmvae.prepare('avdigits', out, fsdd=..., mnist=..., ...): prepare.prepare_avdigits."""
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return prepare_lib.prepare_avdigits(out=out, **kwargs)
+
+
+def _run(args, config) -> None:
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  prepare_lib.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
+                               strict=args.strict, workers=args.workers, beam_options=corpora.beam_options(args))
+
+
+corpora.register(corpora.Kind("avdigits", help="FSDD recordings paired with MNIST digits of the same class",
+                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="avdigits"))

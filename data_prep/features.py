@@ -1,4 +1,4 @@
-"""`mmvae prep features`: precomputed per-modality features (XMedia / XMediaNet style) -> `vector` modalities.
+"""`mmvae prep features --root`: precomputed per-modality features (XMedia / XMediaNet style) -> `vector` modalities.
 
 ROOT holds, per modality and split (train and test; validation optional), one feature matrix and
 one label vector, in either layout (modalities may mix them):
@@ -17,12 +17,7 @@ of its items of that class, so each is used once before any is reused. Labels ar
 the original label values in sorted order; identity = video = the class, so retrieval relevance is
 'same class'. Features are z-scored per modality with its train items' mean and std (`standardize`).
 
-Join by id (`join_embeddings`, `--join DATA_DIR --embeddings PATH --name NAME`): every example of an
-existing prepared dataset, with all its modalities and fields, plus one new modality NAME whose value is
-looked up by the example's `id` in PATH (an .npz of `ids` and `embeddings`, e.g. written by `mmvae embed`,
-or a folder of per-example ID.npy files). Vectors [D] become a `vector` modality, sequences [L, D] a
-`sequence` one; values are stored as given (a pretrained space is kept as it is). The manifest keeps the
-dataset's corpus metadata and adds the modality and a note; the fingerprint is recomputed.
+`--join` (data_prep.join) adds a precomputed modality to a prepared dataset instead.
 """
 
 import collections
@@ -33,7 +28,7 @@ import time
 
 import numpy as np
 
-from data_prep import storage
+from data_prep import corpora, storage
 from mmvae import progress
 
 CORPUS = "features"
@@ -339,211 +334,73 @@ def prepare_features(root, out, seed: int = 0, anchor: str | None = None, rename
   return manifest
 
 
-# ------------------------------------------------------------------------------------------------------
-# Join by example id: `mmvae prep features --join DATA_DIR --embeddings PATH --name NAME --out OUT`.
-
-JOIN_LAYOUTS = ("one .npz holding ids [N] (str) and embeddings [N, D] (or [N, L, D]) float, or a folder of "
-                "per-example .npy files ([D] or [L, D] float) whose path relative to the folder, without .npy, is "
-                "the example id (e.g. id10001/1zcIwhmdeo4/00001.wav.npy)")
-# Keys write_dataset sets itself: everything else of the joined dataset's manifest is kept.
-_WRITER_KEYS = ("format", "corpus", "tfds_dir", "tfds_name", "tfds_version", "splits", "features", "modalities",
-                "versions", "fingerprint", "complete")
-_CHUNK = 1024  # examples read from DATA_DIR at a time
-
-
-def _first_line(e: Exception) -> str:
-  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-  return text.strip().splitlines()[0] if text.strip() else type(e).__name__
-
-
-def _checked_embedding(x, where) -> np.ndarray:
-  """One example's embedding ([D] or [L, D] floats, finite) as float32, or a one-line ValueError naming `where`."""
-  x = np.asarray(x)
-  if x.dtype.kind != "f":
-    raise ValueError(f"{where}: embedding has dtype {x.dtype}; expected floats")
-  if x.ndim not in (1, 2) or 0 in x.shape:
-    raise ValueError(f"{where}: embedding has shape {list(x.shape)}; expected [D] (a vector) or [L, D] (a sequence)")
-  x32 = np.asarray(x, np.float32)
-  if not np.isfinite(x32).all():
-    raise ValueError(f"{where}: embedding is not finite (NaN, inf, or beyond float32 range)")
-  return x32
-
-
-def _duplicates(ids) -> None:
-  twice = [i for i, c in collections.Counter(ids).items() if c > 1]
-  if twice:
-    raise ValueError(f"--embeddings: {len(twice)} ids occur more than once (e.g. {', '.join(map(repr, twice[:5]))}); "
-                     "each example needs exactly one embedding")
+def _add_arguments(parser, add_config) -> None:  # pylint: disable=unused-argument  (reads no config)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--root",
+                      help="folder of feature files, per modality and split (train, test; validation optional): "
+                           "MOD_SPLIT.npz holding arrays features [N, D] and labels [N], or MOD_SPLIT_features.npy "
+                           "and MOD_SPLIT_labels.npy")
+  source.add_argument("--join", metavar="DATA_DIR",
+                      help="a prepared dataset to copy whole (every split, modality and per-example field) with one "
+                           "more modality, --name, looked up by example id in --embeddings")
+  parser.add_argument("--out", required=True, help=corpora.OUT_HELP)
+  parser.add_argument("--anchor", default=None,
+                      help="modality whose items are the rows of every split (default: per split, the one with the "
+                           "most items; ties: the first name in sorted order)")
+  parser.add_argument("--rename", action="append", default=None, metavar="OLD=NEW",
+                      help="rename a modality, e.g. 3d=pointcloud (names must be Python identifiers: they are config "
+                           "keys); repeatable (default: none)")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the other modalities' cyclic orders")
+  parser.add_argument("--no-standardize", dest="standardize", action="store_false",
+                      help="store the features as given (default: z-score each modality with its train split's "
+                           "mean and std)")
+  parser.add_argument("--embeddings", default=None, metavar="PATH",
+                      help="with --join: an .npz holding ids [N] (str) and embeddings [N, D] float (as `mmvae embed` "
+                           "writes), or a folder of per-example .npy files named by example id (ID.npy, e.g. "
+                           "id10001/1zcIwhmdeo4/00001.wav.npy); [D] arrays -> a vector modality, [L, D] -> a sequence "
+                           "modality; stored as given (default: none; required with --join)")
+  parser.add_argument("--name", default=None,
+                      help="with --join: name of the new modality, a Python identifier that is not already a "
+                           "modality or a per-example field (default: none; required with --join)")
+  parser.add_argument("--drop-missing", action="store_true",
+                      help="with --join: leave out the examples that have no embedding (counted in the manifest's "
+                           "notes) instead of failing")
 
 
-def read_embeddings(path) -> tuple[list[str], list[np.ndarray]]:
-  """(ids, per-example float32 arrays [D] or [L, D]) of an .npz (ids, embeddings) or a folder of ID.npy files.
-
-  One-line ValueErrors: PATH neither, unreadable files, non-float or non-finite values, mixed ranks or
-  sizes D, duplicated ids.
-  """
-  path = pathlib.Path(path)
-  if path.is_file() and path.suffix == ".npz":
-    try:
-      with np.load(path, allow_pickle=False) as archive:
-        present = archive.files
-        ids, x = (archive["ids"], archive["embeddings"]) if {"ids", "embeddings"} <= set(present) else (None, None)
-    except (OSError, EOFError, ValueError) as e:  # a damaged archive, or object arrays (pickles)
-      raise ValueError(f"cannot read {path}: {_first_line(e)}") from None
-    if ids is None:
-      raise ValueError(f"{path} holds arrays {present}; expected ids [N] (str) and embeddings [N, D] float")
-    if ids.ndim != 1 or ids.dtype.kind not in "US":
-      raise ValueError(f"{path}: ids have shape {list(ids.shape)} and dtype {ids.dtype}; expected [N] strings")
-    if x.ndim not in (2, 3) or len(x) != len(ids):
-      raise ValueError(f"{path}: embeddings have shape {list(x.shape)} for {len(ids)} ids; expected [N, D] "
-                       "(or [N, L, D])")
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
-    rows = [_checked_embedding(row, f"{path} (id {i!r})") for i, row in zip(ids, x)]
-  elif path.is_dir():
-    files = sorted(p for p in path.rglob("*.npy") if p.is_file())
-    if not files:
-      raise ValueError(f"--embeddings {path}: a folder without .npy files; expected {JOIN_LAYOUTS}")
-    ids, rows = [], []
-    for f in progress.bar(files, desc="read embeddings", unit="file", dynamic_ncols=True):
-      try:
-        x = np.load(f, allow_pickle=False)
-      except (OSError, EOFError, ValueError) as e:
-        raise ValueError(f"cannot read {f}: {_first_line(e)}") from None
-      ids.append(f.relative_to(path).with_suffix("").as_posix())
-      rows.append(_checked_embedding(x, f))
-  else:
-    raise ValueError(f"--embeddings {path} is neither an .npz file nor a folder; expected {JOIN_LAYOUTS}")
-  if not ids:
-    raise ValueError(f"--embeddings {path} holds no embeddings")
-  _duplicates(ids)
-  ranks = collections.Counter(r.ndim for r in rows)
-  if len(ranks) > 1:
-    raise ValueError(f"--embeddings {path}: {ranks[1]} embeddings are vectors [D] and {ranks[2]} sequences [L, D]; "
-                     "use one kind")
-  dims = {}
-  for i, r in zip(ids, rows):
-    dims.setdefault(r.shape[-1], i)
-  if len(dims) > 1:
-    (d1, i1), (d2, i2) = list(dims.items())[:2]
-    raise ValueError(f"--embeddings {path}: inconsistent size D: {d1} (id {i1!r}) and {d2} (id {i2!r}); every "
-                     "embedding needs the same D")
-  return ids, rows
+def _given(pairs) -> list[str]:
+  return [flag for flag, value in pairs if value is not None]
 
 
-def _check_new_name(name: str, existing) -> None:
-  if isinstance(name, str) and name in RESERVED:
-    raise ValueError(f"--name {name!r} is a reserved per-example field ({', '.join(RESERVED)}); choose another name")
-  if not isinstance(name, str) or not _valid_name(name):
-    raise ValueError(f"--name {name!r} is not a Python identifier; a modality name is a config key "
-                     "(config.model.encoders.NAME), e.g. --name speaker_emb")
-  if name in existing:
-    raise ValueError(f"--name {name!r} is already a modality of the dataset (it has {list(existing)}); "
-                     "choose another name")
+def _applies(given: list[str], to: str) -> str:
+  return f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to {to}"
 
 
-def join_embeddings(data_dir, embeddings, name: str, out, drop_missing: bool = False) -> dict:
-  """DATA_DIR's examples (every split, modality and field) plus modality NAME from EMBEDDINGS matched by example id.
+def _run(args, config) -> None:  # pylint: disable=unused-argument  (reads no config)
+  if args.join is not None:
+    given = _given((("--anchor", args.anchor), ("--rename", args.rename), ("--seed", args.seed != 0 or None),
+                    ("--no-standardize", not args.standardize or None)))
+    if given:
+      raise ValueError(_applies(given, "--root, not to --join"))
+    absent = [flag for flag, value in (("--embeddings", args.embeddings), ("--name", args.name)) if value is None]
+    if absent:
+      raise ValueError(f"--join needs {' and '.join(absent)}")
+    from data_prep import join  # pylint: disable=g-import-not-at-top  (join imports this module)
+    join.join_embeddings(args.join, args.embeddings, args.name, args.out, drop_missing=args.drop_missing)
+    return
+  given = _given((("--embeddings", args.embeddings), ("--name", args.name),
+                  ("--drop-missing", args.drop_missing or None)))
+  if given:
+    raise ValueError(_applies(given, "--join, not to --root"))
+  prepare_features(args.root, args.out, seed=args.seed, anchor=args.anchor, rename=args.rename,
+                   standardize=args.standardize)
 
-  EMBEDDINGS: see JOIN_LAYOUTS. Vectors [D] -> kind `vector` [D]; sequences [L, D] -> kind `sequence`
-  ([T, D + 1] with the mask column, T the longest L; `sequence.pack`). Stored as given (no standardisation).
-  An example without an embedding is an error, or with drop_missing left out (counted in notes); embeddings
-  of ids the dataset lacks are ignored (counted in notes). Writes OUT with storage.write_dataset (the
-  fingerprint is recomputed) and returns its manifest.
-  """
-  from mmvae import data, modalities
-  start = time.time()
-  data_dir = pathlib.Path(data_dir)
-  try:
-    ds = data.Dataset(data_dir)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    raise ValueError(f"--join {data_dir}: {_first_line(e)}") from None
-  source = ds.manifest
-  entries = [dict(d) for d in source.get("modalities") or
-             ({"name": m.name, "kind": m.kind, "shape": list(m.shape), "dtype": m.dtype}
-              for m in modalities.of_manifest(source))]  # older datasets: audio and face from `features`
-  existing = [e["name"] for e in entries]
-  _check_new_name(name, existing)
-  inputs = {"--join": data_dir, "--embeddings": embeddings}
-  out = storage.check_out(out, inputs)
-  ids, rows = read_embeddings(embeddings)
-  index = {i: r for r, i in enumerate(ids)}
 
-  keep, missing, used = {}, [], set()
-  for split in ds.splits:
-    split_ids = ds.column(split, "id")
-    has = np.array([i in index for i in split_ids], bool)
-    missing += [str(i) for i in split_ids[~has]]
-    keep[split] = np.flatnonzero(has)
-    used.update(str(i) for i in split_ids[has])
-  dropped = {s: ds.num_examples(s) - len(k) for s, k in keep.items()}
-  if missing and not drop_missing:
-    raise ValueError(f"{len(missing)} examples of {data_dir} have no embedding in {embeddings} (e.g. "
-                     f"{', '.join(map(repr, missing[:5]))}); pass --drop-missing to leave them out")
-  empty = [s for s, k in keep.items() if not len(k)]
-  if empty:
-    raise ValueError(f"no example of the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of {data_dir} has "
-                     f"an embedding in {embeddings}; a prepared split cannot be empty")
-  ignored = len(ids) - len(used)
-
-  dim = int(rows[0].shape[-1])
-  if rows[0].ndim == 1:
-    kind, entry = "vector", {"name": name, "kind": "vector", "shape": [dim], "dtype": "float32"}
-    value = lambda r: rows[r]  # noqa: E731
-  else:
-    from mmvae.modalities import sequence
-    steps = max(int(rows[index[i]].shape[0]) for i in used)
-    kind = "sequence"
-    entry = {"name": name, "kind": "sequence", "shape": [steps, dim + 1], "dtype": "float32", "step_shape": [dim]}
-    value = lambda r: sequence.pack(rows[r], steps)  # noqa: E731
-  names = [e["name"] for e in entries]
-  text = [t for t in storage.TEXT_FEATURES if t not in names]  # a modality named like a text field replaced it
-
-  def split_fn(split):
-    def generate():
-      positions = keep[split]
-      bar = progress.bar(total=len(positions), desc=f"join {split}", unit="example", dynamic_ncols=True)
-      with bar:
-        for lo in range(0, len(positions), _CHUNK):
-          chunk = ds.take(split, positions[lo:lo + _CHUNK])
-          for j in range(len(chunk["id"])):
-            record = {m: chunk[m][j] for m in names}
-            record["label"] = int(chunk["label"][j])
-            record.update({t: str(chunk[t][j]) for t in text})
-            record[name] = value(index[str(chunk["id"][j])])
-            yield record
-          bar.update(len(chunk["id"]))
-    return generate
-
-  path = str(pathlib.Path(embeddings).resolve())
-  shape = entry["shape"] if kind == "vector" else f"[L, {dim}] as [{entry['shape'][0]}, {dim + 1}]"
-  notes = [f"joined {name} from {path} ({dim} dims) by example id"
-           + ("" if kind == "vector" else
-              f"; sequences of up to {entry['shape'][0]} steps (kind sequence, mask column)")
-           + "; stored as given (no standardisation)"]
-  if ignored:
-    notes.append(f"join {name}: {ignored} of the {len(ids)} embeddings have ids that are not in the dataset; ignored")
-  if sum(dropped.values()):
-    per_split = ", ".join(f"{s} {n}" for s, n in dropped.items() if n)
-    notes.append(f"join {name} (--drop-missing): {sum(dropped.values())} examples without an embedding left out "
-                 f"({per_split}), e.g. {', '.join(missing[:5])}")
-    if dropped.get("train") and (source.get("audio_normalisation") or source.get("feature_normalisation")):
-      notes.append(f"join {name}: the stored normalisation statistics are those of the train split before the "
-                   "drop")
-  manifest = {k: v for k, v in source.items() if k not in _WRITER_KEYS}
-  manifest["notes"] = list(source.get("notes") or []) + notes
-  manifest["joins"] = list(source.get("joins") or []) + [{
-      "name": name, "kind": kind, "dims": dim, "embeddings": path, "data_dir": str(data_dir.resolve()),
-      "data_fingerprint": source.get("fingerprint"), "embeddings_total": len(ids), "ignored": ignored,
-      "dropped": {s: int(n) for s, n in dropped.items()}}]
-  corpus = source["corpus"]
-  storage.register_corpus(corpus)
-  with storage.Build(out, inputs=inputs) as build:
-    manifest = storage.write_dataset(build.path, corpus, {s: split_fn(s) for s in ds.splits},
-                                     entries + [entry], manifest)
-    out = build.commit()
-  rows_text = ", ".join(f"{s} {v['examples']}" for s, v in manifest["splits"].items())
-  extra = "".join([f"; {sum(dropped.values())} examples without an embedding dropped" if sum(dropped.values()) else "",
-                   f"; {ignored} embeddings of ids not in the dataset ignored" if ignored else ""])
-  print(f"joined {name} ({kind} {shape}) into {data_dir}: {rows_text} examples{extra} -> {out} in "
-        f"{time.time() - start:.1f} s")
-  return manifest
+corpora.register(corpora.Kind(
+    CORPUS, help="precomputed per-modality features (XMedia style) -> vector modalities; or, with --join, a "
+                 "prepared dataset plus one precomputed modality matched by example id",
+    description="With --root: rows per split are the anchor's items; every other modality gives each row an item of "
+                "the row's class (a seeded cyclic order: each item used once before any is reused). Labels: the "
+                "sorted original labels -> 0..C-1. With --join DATA_DIR: every example of DATA_DIR as it is, plus "
+                "modality --name from --embeddings (matched by the example's id, stored as given); --anchor, "
+                "--rename, --seed and --no-standardize apply to --root only.",
+    add_arguments=_add_arguments, run=_run, prepare=prepare_features))

@@ -27,8 +27,9 @@ import zlib
 
 import numpy as np
 
-from data_prep import digit_text, storage
-from data_prep.voxceleb1 import Corpus, clip_frames, split_warnings
+from data_prep import corpora, digit_text, storage
+from data_prep.corpus import Corpus
+from data_prep.voxceleb1 import clip_frames, split_warnings
 
 CORPUS = "folder"
 FACES = "faces"  # ROOT/<person>/faces/: the person's frames, for clips without their own folder
@@ -241,3 +242,39 @@ def prepare_folder(root, out, config="voxceleb1", videos=None, split_seed: int =
     layout = list_examples(root, videos=videos, seed=split_seed, validation=validation_fraction, test=test_fraction)
     return prepare._prepare(layout, CORPUS, build, config, strict, workers, [],  # pylint: disable=protected-access
                             beam_options=beam_options)
+
+
+def _add_arguments(parser, add_config) -> None:
+  parser.add_argument("--root", required=True, help="folder holding one folder per person")
+  parser.add_argument("--out", required=True, help=corpora.OUT_HELP)
+  add_config(parser)
+  parser.add_argument("--videos", default=None, metavar="CSV",
+                      help="a CSV with the header clip,video (clip = <person>/<clip>, .wav optional): the clips of "
+                           "one video always go to one split; unlisted clips are groups of their own (default: none)")
+  parser.add_argument("--split-seed", type=int, default=0, help="seed of the split of each person's groups")
+  parser.add_argument("--validation-fraction", type=float, default=0.2,
+                      help="share of each person's groups in validation (rounded, at least 1 while a train group "
+                           "remains; 0: none)")
+  parser.add_argument("--test-fraction", type=float, default=0.2,
+                      help="share of each person's groups in test (rounded, at least 1 while a train group remains; "
+                           "0: none)")
+  parser.add_argument("--strict", action="store_true",
+                      help="fail on the first unreadable file instead of skipping it")
+  parser.add_argument("--workers", type=int, default=0, help=corpora.WORKERS_HELP)
+  corpora.add_beam(parser)
+
+
+def _run(args, config) -> None:
+  prepare_folder(args.root, args.out, config=config, videos=args.videos, split_seed=args.split_seed,
+                 validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+                 strict=args.strict, workers=args.workers, beam_options=corpora.beam_options(args))
+
+
+corpora.register(corpora.Kind(
+    CORPUS, help="your own data: ROOT/<person>/<clip>.wav with face frames in ROOT/<person>/<clip>/*.jpg or "
+                 "ROOT/<person>/faces/*.jpg",
+    description="One identity per folder ROOT/<person>/; each <clip>.wav is one example. Faces: "
+                "ROOT/<person>/<clip>/*.jpg (.jpeg, .png) when that folder holds any, else ROOT/<person>/faces/*.jpg. "
+                "An optional ROOT/<person>/<clip>.txt for every clip becomes a `text` modality. Splits: seeded, per "
+                "person, by group (a --videos video, else the clip): no video in two splits, every person in train.",
+    add_arguments=_add_arguments, run=_run, prepare=prepare_folder, config="voxceleb1"))

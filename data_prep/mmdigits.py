@@ -27,8 +27,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from data_prep import avdigits
-from data_prep.voxceleb1 import Corpus
+from data_prep import avdigits, corpora
+from data_prep.corpus import Corpus
 
 VIDEO, POINTCLOUD = "video", "pointcloud"  # modality names
 KEEP_FRACTIONS = tuple(float(f) for f in np.linspace(1.0, 0.4, 10))
@@ -177,3 +177,33 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False, vid
                  "images of a digit for all three image modalities)")
   return dataclasses.replace(base, examples=[out[e["id"]] for e in examples], extra_modalities=extras,
                              notes=tuple(notes))
+
+
+def _add_arguments(parser, add_config) -> None:
+  parser.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
+  parser.add_argument("--mnist", required=True,
+                      help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+  parser.add_argument("--out", required=True, help=corpora.OUT_HELP)
+  add_config(parser)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the pairing, the rendered videos and point clouds, and the class imbalance")
+  parser.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
+  parser.add_argument("--workers", type=int, default=0, help=corpora.WORKERS_HELP)
+  corpora.add_beam(parser)
+
+
+def prepare(out, **kwargs) -> dict:
+  """mmvae.prepare('mmdigits', out, fsdd=..., mnist=..., ...): prepare.prepare_mmdigits."""
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return prepare_lib.prepare_mmdigits(out=out, **kwargs)
+
+
+def _run(args, config) -> None:
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  prepare_lib.prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
+                               strict=args.strict, workers=args.workers, beam_options=corpora.beam_options(args))
+
+
+corpora.register(corpora.Kind("mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point "
+                              "cloud of the same class, imbalanced training classes",
+                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="mcvs"))

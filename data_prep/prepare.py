@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep import audio, avdigits, digit_text, faces, mmdigits, resume, shards, spool, storage, voxceleb1
+from data_prep import corpus as corpus_lib
 from mmvae import config as config_lib
 from mmvae import main_guard
 from mmvae import progress, write_errors
@@ -154,7 +155,7 @@ def _extract_one(index, spec, data_cfg, strict, sequences=False):
   return index, audio_features, parts, None
 
 
-def _modalities(corpus: voxceleb1.Corpus, audio_shape, face_shape, data_cfg=None) -> list[dict]:
+def _modalities(corpus: corpus_lib.Corpus, audio_shape, face_shape, data_cfg=None) -> list[dict]:
   """The manifest entries of what the corpus stores: audio, its image modality, text when it has one, its extras,
   then audio_frames and face_frames when it has per-utterance frame folders."""
   entries = storage.audio_and_face(audio_shape, face_shape)
@@ -177,7 +178,7 @@ def _extra(spec: dict, entry: dict) -> np.ndarray:
   return value
 
 
-def _record(spec: dict, audio_features, parts: dict, corpus: voxceleb1.Corpus, steps: int = 0) -> dict:
+def _record(spec: dict, audio_features, parts: dict, corpus: corpus_lib.Corpus, steps: int = 0) -> dict:
   """One stored example; parts: the worker's arrays (face; audio_frames and face_frames as steps, packed here)."""
   record = {"label": int(spec["label"]), "id": spec["id"], "identity": spec["identity"], "video": spec["video"],
             "gender": spec["gender"]}
@@ -245,7 +246,7 @@ def _checked_config(config):
   return config, tuple(audio.feature_shape(config.data)), _face_shape(config.data)
 
 
-def _prepare(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, config, strict: bool, workers: int,
+def _prepare(corpus: corpus_lib.Corpus, corpus_name: str, build: storage.Build, config, strict: bool, workers: int,
              notes: list[str], examples_per_shard: int | None = None, beam_options: str | None = None) -> dict:
   """Shared back half of every prep: features for every spec streamed into shards (normalised when
   data.time_average), manifest, swap. A killed prep's finished shards are reused (same plan); with beam_options
@@ -358,7 +359,7 @@ def prepare_voxceleb1(root, out, config="voxceleb1", strict: bool = False, worke
 
 
 def _vox_layout(root, strict: bool, corpus: str, split_policy: str,
-                face_source: str = "utterance") -> tuple[voxceleb1.Corpus, list[str]]:
+                face_source: str = "utterance") -> tuple[corpus_lib.Corpus, list[str]]:
   """The corpus's example specs and the manifest notes: conventions, split policy, split warnings."""
   layout = voxceleb1.list_examples(root, strict=strict, split_policy=split_policy, face_source=face_source)
   faces_from = "faces per utterance (unzippedIntervalFaces) when present, else per video (faces/)"

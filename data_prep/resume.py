@@ -10,7 +10,8 @@ import pathlib
 
 import numpy as np
 
-from data_prep import shards, storage, voxceleb1
+from data_prep import shards, storage
+from data_prep import corpus as corpus_lib
 
 SPOOL = ".spool"  # BUILD/.spool/train: the unnormalised train records while data.time_average's statistics are gathered
 
@@ -25,7 +26,7 @@ def moved(records: list[dict], build: pathlib.Path, out: pathlib.Path) -> list[d
 class Outcomes:
   """Skipped files and inputs changed to fit, in task order; what a shard's tasks added is kept in its summary."""
 
-  def __init__(self, corpus: voxceleb1.Corpus, build: storage.Build):
+  def __init__(self, corpus: corpus_lib.Corpus, build: storage.Build):
     self.build = build
     self.skipped, self.changed, self.seen = moved(corpus.skipped, build.path, build.out), [], set()
     self.pending = {"task_end": 0, "skipped": [], "warnings": []}
@@ -57,7 +58,7 @@ class Outcomes:
     return meta
 
 
-def plan(corpus: voxceleb1.Corpus, corpus_name: str, build: storage.Build, data_cfg, strict: bool,
+def plan(corpus: corpus_lib.Corpus, corpus_name: str, build: storage.Build, data_cfg, strict: bool,
          modalities: list[dict], size: int, notes: list[str]) -> str:
   """What fixes the stored content: a killed build's shards are reused only under the same plan.
 

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from data_prep import synthetic_face, synthetic_voice
+from data_prep import corpora, synthetic_face, synthetic_voice
 from mmvae import main_guard
 from mmvae import progress as progress_lib
 from mmvae import workers as workers_lib
@@ -314,3 +314,36 @@ vocal-tract length, jaw shape and hair length odds; age moves pitch and greys th
 scales the formants and the width of head and neck. Skin, hair colour and glasses are face-only,
 so a face generated from a voice can recover them only by recognising the identity.
 """
+
+
+def _add_arguments(parser, add_config) -> None:
+  parser.add_argument("--out", required=True, help="output folder; the raw corpus goes to OUT/raw")
+  parser.add_argument("--identities", type=int, default=24, help="number of synthetic identities")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
+  parser.add_argument("--split", choices=("closed", "open"), default="closed",
+                      help="closed: new videos of seen identities in test; open: unseen identities in test")
+  add_config(parser)
+  parser.add_argument("--workers", type=int, default=0, help=corpora.WORKERS_HELP)
+  corpora.add_beam(parser)
+  parser.add_argument("--video", action="store_true",
+                      help="also write each utterance's lip-synced face frames at 25 fps (the mouth opens with the "
+                           "voice's loudness; OUT/raw/unzippedIntervalFaces/, VoxCeleb1's per-utterance layout) and "
+                           "prepare the frame sequences audio_frames and face_frames beside audio and face "
+                           "(data.video_fps, data.sequence_steps); the WAVs and stills are those without --video")
+
+
+def prepare(out, **kwargs) -> dict:
+  """mmvae.prepare('synthetic', out, identities=..., ...): prepare.prepare_synthetic."""
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (the shared pipeline)
+  return prepare_lib.prepare_synthetic(out=out, **kwargs)
+
+
+def _run(args, config) -> None:
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  prepare_lib.prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split,
+                                config=config, workers=args.workers, video=args.video,
+                                beam_options=corpora.beam_options(args))
+
+
+corpora.register(corpora.Kind("synthetic", help="generate the built-in synthetic corpus and prepare it",
+                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="synthetic"))

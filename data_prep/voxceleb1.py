@@ -14,8 +14,10 @@ identities marked Set=test in vox1_meta.csv (VoxCeleb1's verification test ident
 """
 
 import csv
-import dataclasses
 import pathlib
+
+from data_prep import corpora
+from data_prep.corpus import Corpus
 
 SPLIT_CODES = {"1": "train", "2": "validation", "3": "test"}
 # Official vox1_meta.csv columns -> the keys used in specs and the manifest; other columns
@@ -35,25 +37,6 @@ SPLIT_NOTES = {
             "and test measures unseen identities only (validation: new utterances of seen identities)",
 }
 MIN_RETRIEVAL_IDENTITIES = 2  # retrieval ranks a query's own identity against at least one other
-
-
-@dataclasses.dataclass
-class Corpus:
-  """Example specs plus the per-identity table (list index == label) and what was skipped."""
-  examples: list[dict]
-  identities: list[dict]
-  attributes: list[str]
-  skipped: list[dict]
-  split_policy: str | None = None  # closed|open for VoxCeleb1-layout corpora; None for other corpora
-  image_name: str = "face"  # the name of the image modality (AV-digits: 'image')
-  text_vocab: tuple | None = None  # a `text` token modality over this vocabulary (specs carry 'text')
-  relevance: str = "same identity"  # what makes a retrieved item relevant (same label), in words
-  # Further modalities stored as given: manifest entries {name, kind, shape, dtype}, in order, whose
-  # arrays every spec carries in spec['extra'][name] (multi-modal digits: video, pointcloud).
-  extra_modalities: tuple = ()
-  notes: tuple = ()  # corpus-specific lines for the manifest's notes (e.g. what was subsampled)
-  # Every example has a per-utterance frame folder (spec['clip']): prep adds audio_frames and face_frames.
-  frame_sequences: bool = False
 
 
 def read_meta(path) -> tuple[dict[str, dict], list[str]]:
@@ -270,3 +253,33 @@ def list_examples(root, strict: bool = False, split_policy: str = "closed", face
              "frame sequences (audio_frames, face_frames), which need one for every utterance",)
   return Corpus(examples=examples, identities=identities, attributes=extras, skipped=skipped,
                 split_policy=split_policy, notes=notes, frame_sequences=bool(examples) and clips == len(examples))
+
+
+def _add_arguments(parser, add_config) -> None:
+  parser.add_argument("--root", required=True, help="corpus root holding wav/, a face folder and the split/meta files")
+  parser.add_argument("--out", required=True, help=corpora.OUT_HELP)
+  add_config(parser)
+  parser.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
+  parser.add_argument("--workers", type=int, default=0, help=corpora.WORKERS_HELP)
+  corpora.add_beam(parser)
+  parser.add_argument("--split", choices=SPLIT_POLICIES, default="closed",
+                      help="closed: iden_split.txt as given (test: new utterances of seen identities); open: the "
+                           "identities with Set=test in vox1_meta.csv (id10270-id10309) are held out, all their "
+                           "utterances in test; the others keep iden_split train/validation and their iden_split test "
+                           "utterances go to validation (nothing dropped)")
+
+
+def prepare(out, **kwargs) -> dict:
+  """mmvae.prepare('voxceleb1', out, root=..., ...): prepare.prepare_voxceleb1."""
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return prepare_lib.prepare_voxceleb1(out=out, **kwargs)
+
+
+def _run(args, config) -> None:
+  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  prepare_lib.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
+                                split_policy=args.split, beam_options=corpora.beam_options(args))
+
+
+corpora.register(corpora.Kind("voxceleb1", help="VoxCeleb1 layout: wav/, faces/, vox1_meta.csv, iden_split.txt",
+                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="voxceleb1"))

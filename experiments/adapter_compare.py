@@ -42,14 +42,14 @@ def _run(config, data, workdir: pathlib.Path) -> dict:
 
 def compare(data, out, steps: int = 3000, seeds=(0, 1, 2)) -> tuple[str, dict]:
   """(markdown, summary) of the experiment; finished steps in OUT are reused."""
-  from data_prep import features
+  from data_prep import join
   from mmvae import embed
   out = pathlib.Path(out)
   space = _run(_config(steps, 0, ["data.modalities=('image', 'text')"]), data, out / "space")
   if not (out / "space.npz").is_file():
     embed.export(out / "space", "image", out / "space.npz")
   if not (out / "joined" / "manifest.json").is_file():
-    features.join_embeddings(data, out / "space.npz", TARGET, out / "joined")
+    join.join_embeddings(data, out / "space.npz", TARGET, out / "joined")
   z = _config(steps, 0).model.latent_dim
   rows = []
   for seed in seeds:

@@ -20,31 +20,23 @@ from mmvae.version import __version__
 def prepare(corpus: str, out, config=None, overrides: Sequence[str] = (), **kwargs) -> dict:
   """Prepares a corpus into OUT (TFDS array_record + manifest.json) like `mmvae prep CORPUS`; returns the manifest.
 
-  corpus: 'synthetic' (kwargs: identities, seed, split, workers, video), 'voxceleb1' (root, strict, workers,
-  split_policy), 'folder' (your own data: root, videos, split_seed, validation_fraction, test_fraction, strict,
-  workers; data_prep.folder.prepare_folder), 'avdigits' or 'mmdigits' (fsdd, mnist, seed, strict, workers; see
-  data_prep.prepare.prepare_<corpus>), 'features' (root, seed, anchor, rename, standardize; see
-  data_prep.features.prepare_features) or 'yt8m' (records, max_steps; data_prep.yt8m.prepare_yt8m); the last
-  two read no config.
+  corpus: a registered corpus (data_prep.corpora): 'synthetic' (kwargs: identities, seed, split, workers, video),
+  'voxceleb1' (root, strict, workers, split_policy), 'folder' (your own data: root, videos, split_seed,
+  validation_fraction, test_fraction, strict, workers; data_prep.folder.prepare_folder), 'avdigits' or 'mmdigits'
+  (fsdd, mnist, seed, strict, workers; see data_prep.prepare.prepare_<corpus>), 'features' (root, seed, anchor,
+  rename, standardize; see data_prep.features.prepare_features) or 'yt8m' (records, max_steps;
+  data_prep.yt8m.prepare_yt8m); the last two read no config.
   config: whose input settings to follow: a name, 'NAME:variant', 'path.py[:variant]' or a ConfigDict
-  (default: the command's: voxceleb1 (voxceleb1, folder), synthetic, avdigits or mcvs). overrides: 'a.b=value' strings.
+  (default: the command's, the corpus's Kind.config: voxceleb1 (voxceleb1, folder), synthetic, avdigits or mcvs).
+  overrides: 'a.b=value' strings.
   """
-  from data_prep import features, folder, yt8m
-  from data_prep import prepare as prepare_lib
-  functions = {"synthetic": prepare_lib.prepare_synthetic, "voxceleb1": prepare_lib.prepare_voxceleb1,
-               "folder": folder.prepare_folder,
-               "avdigits": prepare_lib.prepare_avdigits, "mmdigits": prepare_lib.prepare_mmdigits,
-               "features": features.prepare_features, "yt8m": yt8m.prepare_yt8m}
-  if corpus not in functions:
-    raise ValueError(f"unknown corpus {corpus!r}; use one of {', '.join(functions)}")
-  if corpus in ("features", "yt8m") and (config is not None or overrides):
+  from data_prep import corpora
+  kind = corpora.get(corpus)  # ValueError naming the registered corpora
+  if kind.config is None and (config is not None or overrides):
     raise ValueError(f"prepare({corpus!r}, ...) reads no config: give no config or overrides")
   if config is not None or overrides:
-    kwargs["config"] = _config(config if config is not None else {"synthetic": "synthetic", "voxceleb1": "voxceleb1",
-                                                                  "folder": "voxceleb1",
-                                                                  "avdigits": "avdigits", "mmdigits": "mcvs"}[corpus],
-                               overrides)
-  return functions[corpus](out=out, **kwargs)
+    kwargs["config"] = _config(config if config is not None else kind.config, overrides)
+  return kind.prepare(out=out, **kwargs)
 
 
 def analyze(workdir, data_dir=None, split: str = "test", checkpoint: str = "best") -> dict:

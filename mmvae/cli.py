@@ -12,7 +12,6 @@ from typing import Sequence
 import mmvae
 
 CONFIG_COMMANDS = ("prep", "train", "demo")  # the commands that take --config, and so --config.KEY overrides
-CONFIG_NAMES = "reference, conv, synthetic, avdigits, voxceleb1, msvae_public, mcvs, temporal"  # experiments/configs/ (a test keeps this true)
 
 
 # What a Ctrl-C leaves, by command: nothing is left looking complete that is not.
@@ -56,220 +55,55 @@ def _parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
   return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
 
 
+def config_names() -> str:
+  """The built-in experiment configs (experiments/configs/NAME.py), as the --config help lists them."""
+  from mmvae import config as config_lib
+  return ", ".join(config_lib.available())
+
+
 def _add_config(parser, default: str) -> None:
   parser.add_argument("--config", default=default,
-                      help=f"experiment config whose input settings to follow: a name ({CONFIG_NAMES}), NAME:tiny, "
+                      help=f"experiment config whose input settings to follow: a name ({config_names()}), NAME:tiny, "
                            "or path.py[:variant]")
 
 
-def _add_beam(parser) -> None:
-  parser.add_argument("--beam", action="store_true",
-                      help="extract and write the shards on Apache Beam (pip install 'mmvae[beam]'); alone: the local "
-                           "DirectRunner with 2 worker processes; the same dataset and fingerprint as without")
-  parser.add_argument("--beam-options", default=None, metavar="OPTIONS",
-                      help='Beam pipeline options, implying --beam, e.g. --beam-options="--runner=FlinkRunner '
-                           '--flink_master=HOST:8081 --environment_type=PROCESS ..."; on a cluster, OUT\'s parent and '
-                           "the corpus must be on a file system every worker mounts at the same path (default: none)")
-
-
-def _add_prep(sub) -> None:
+def _add_prep(sub, with_corpora: bool = True) -> None:
+  """`mmvae prep` and, with_corpora, one CORPUS subcommand per registered corpus (data_prep.corpora: importing the
+  corpus modules loads NumPy, SciPy and TFDS, so commands other than prep build the parser without them)."""
   prep = _parser(sub, "prep", help="prepare a raw corpus into a TFDS array_record dataset", epilog=PREP_EPILOG)
-  corpora = prep.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
-
-  vox = _parser(corpora, "voxceleb1", help="VoxCeleb1 layout: wav/, faces/, vox1_meta.csv, iden_split.txt",
-                epilog=PREP_EPILOG)
-  vox.add_argument("--root", required=True, help="corpus root holding wav/, a face folder and the split/meta files")
-  vox.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  _add_config(vox, "voxceleb1")
-  vox.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
-  vox.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
-  _add_beam(vox)
-  vox.add_argument("--split", choices=("closed", "open"), default="closed",
-                   help="closed: iden_split.txt as given (test: new utterances of seen identities); open: the "
-                        "identities with Set=test in vox1_meta.csv (id10270-id10309) are held out, all their "
-                        "utterances in test; the others keep iden_split train/validation and their iden_split test "
-                        "utterances go to validation (nothing dropped)")
-
-  fold = _parser(corpora, "folder", help="your own data: ROOT/<person>/<clip>.wav with face frames in "
-                 "ROOT/<person>/<clip>/*.jpg or ROOT/<person>/faces/*.jpg", epilog=PREP_EPILOG,
-                 description="One identity per folder ROOT/<person>/; each <clip>.wav is one example. Faces: "
-                             "ROOT/<person>/<clip>/*.jpg (.jpeg, .png) when that folder holds any, else "
-                             "ROOT/<person>/faces/*.jpg. An optional ROOT/<person>/<clip>.txt for every clip becomes "
-                             "a `text` modality. Splits: seeded, per person, by group (a --videos video, else the "
-                             "clip): no video in two splits, every person in train.")
-  fold.add_argument("--root", required=True, help="folder holding one folder per person")
-  fold.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  _add_config(fold, "voxceleb1")
-  fold.add_argument("--videos", default=None, metavar="CSV",
-                    help="a CSV with the header clip,video (clip = <person>/<clip>, .wav optional): the clips of one "
-                         "video always go to one split; unlisted clips are groups of their own (default: none)")
-  fold.add_argument("--split-seed", type=int, default=0, help="seed of the split of each person's groups")
-  fold.add_argument("--validation-fraction", type=float, default=0.2,
-                    help="share of each person's groups in validation (rounded, at least 1 while a train group "
-                         "remains; 0: none)")
-  fold.add_argument("--test-fraction", type=float, default=0.2,
-                    help="share of each person's groups in test (rounded, at least 1 while a train group remains; "
-                         "0: none)")
-  fold.add_argument("--strict", action="store_true", help="fail on the first unreadable file instead of skipping it")
-  fold.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
-  _add_beam(fold)
-
-  avd = _parser(corpora, "avdigits", help="FSDD recordings paired with MNIST digits of the same class",
-                epilog=PREP_EPILOG)
-  avd.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
-  avd.add_argument("--mnist", required=True, help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
-  avd.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  _add_config(avd, "avdigits")
-  avd.add_argument("--seed", type=int, default=0, help="seed of the audio-image pairing")
-  avd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
-  avd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
-  _add_beam(avd)
-
-  mmd = _parser(corpora, "mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point cloud "
-                "of the same class, imbalanced training classes", epilog=PREP_EPILOG)
-  mmd.add_argument("--fsdd", required=True, help="FSDD root (holding recordings/)")
-  mmd.add_argument("--mnist", required=True, help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
-  mmd.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  _add_config(mmd, "mcvs")
-  mmd.add_argument("--seed", type=int, default=0,
-                   help="seed of the pairing, the rendered videos and point clouds, and the class imbalance")
-  mmd.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
-  mmd.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
-  _add_beam(mmd)
-
-  syn = _parser(corpora, "synthetic", help="generate the built-in synthetic corpus and prepare it",
-                epilog=PREP_EPILOG)
-  syn.add_argument("--out", required=True, help="output folder; the raw corpus goes to OUT/raw")
-  syn.add_argument("--identities", type=int, default=24, help="number of synthetic identities")
-  syn.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
-  syn.add_argument("--split", choices=("closed", "open"), default="closed",
-                   help="closed: new videos of seen identities in test; open: unseen identities in test")
-  _add_config(syn, "synthetic")
-  syn.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, all cores)")
-  _add_beam(syn)
-  syn.add_argument("--video", action="store_true",
-                   help="also write each utterance's lip-synced face frames at 25 fps (the mouth opens with the "
-                        "voice's loudness; OUT/raw/unzippedIntervalFaces/, VoxCeleb1's per-utterance layout) and "
-                        "prepare the frame sequences audio_frames and face_frames beside audio and face "
-                        "(data.video_fps, data.sequence_steps); the WAVs and stills are those without --video")
-
-  feat = _parser(corpora, "features", help="precomputed per-modality features (XMedia style) -> vector modalities; "
-                 "or, with --join, a prepared dataset plus one precomputed modality matched by example id",
-                 description="With --root: rows per split are the anchor's items; every other modality gives each row "
-                             "an item of the row's class (a seeded cyclic order: each item used once before any is "
-                             "reused). Labels: the sorted original labels -> 0..C-1. With --join DATA_DIR: every "
-                             "example of DATA_DIR as it is, plus modality --name from --embeddings (matched by the "
-                             "example's id, stored as given); --anchor, --rename, --seed and --no-standardize apply "
-                             "to --root only.")
-  feat_source = feat.add_mutually_exclusive_group(required=True)
-  feat_source.add_argument("--root",
-                           help="folder of feature files, per modality and split (train, test; validation "
-                                "optional): MOD_SPLIT.npz holding arrays features [N, D] and labels [N], or "
-                                "MOD_SPLIT_features.npy and MOD_SPLIT_labels.npy")
-  feat_source.add_argument("--join", metavar="DATA_DIR",
-                           help="a prepared dataset to copy whole (every split, modality and per-example field) with "
-                                "one more modality, --name, looked up by example id in --embeddings")
-  feat.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  feat.add_argument("--anchor", default=None,
-                    help="modality whose items are the rows of every split (default: per split, the one with the "
-                         "most items; ties: the first name in sorted order)")
-  feat.add_argument("--rename", action="append", default=None, metavar="OLD=NEW",
-                    help="rename a modality, e.g. 3d=pointcloud (names must be Python identifiers: they are config "
-                         "keys); repeatable (default: none)")
-  feat.add_argument("--seed", type=int, default=0, help="seed of the other modalities' cyclic orders")
-  feat.add_argument("--no-standardize", dest="standardize", action="store_false",
-                    help="store the features as given (default: z-score each modality with its train split's "
-                         "mean and std)")
-  feat.add_argument("--embeddings", default=None, metavar="PATH",
-                    help="with --join: an .npz holding ids [N] (str) and embeddings [N, D] float (as `mmvae embed` "
-                         "writes), or a folder of per-example .npy files named by example id (ID.npy, e.g. "
-                         "id10001/1zcIwhmdeo4/00001.wav.npy); [D] arrays -> a vector modality, [L, D] -> a sequence "
-                         "modality; stored as given (default: none; required with --join)")
-  feat.add_argument("--name", default=None,
-                    help="with --join: name of the new modality, a Python identifier that is not already a modality "
-                         "or a per-example field (default: none; required with --join)")
-  feat.add_argument("--drop-missing", action="store_true",
-                    help="with --join: leave out the examples that have no embedding (counted in the manifest's "
-                         "notes) instead of failing")
-
-  yt8m = _parser(corpora, "yt8m", help="YouTube-8M TFRecords (frame-level -> sequence modalities rgb, audio; "
-                 "video-level -> vector modalities mean_rgb, mean_audio), read without TensorFlow",
-                 description="Label: the first label id of each video (YouTube-8M is multi-label), indexing the "
-                             "sorted first-label ids; unlabeled videos are skipped. Splits: train* -> train, "
-                             "valid* -> validation, test* -> test by file name; files named otherwise: sha256 of "
-                             "the video id (80/10/10).")
-  yt8m.add_argument("--records", required=True, action="append", metavar="GLOB",
-                    help="TFRecord files, a quoted glob pattern (** recursive; gzip-compressed files accepted); "
-                         "repeatable; all frame-level or all video-level")
-  yt8m.add_argument("--out", required=True, help="output folder for the prepared dataset and manifest.json")
-  yt8m.add_argument("--max-steps", type=int, default=300,
-                    help="frame-level: seconds stored per video (T); longer videos are truncated")
+  corpora_sub = prep.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+  if not with_corpora:
+    return
+  from data_prep import corpora  # pylint: disable=g-import-not-at-top
+  for kind in corpora.kinds():
+    parser = _parser(corpora_sub, kind.name, help=kind.help, description=kind.description,
+                     epilog=PREP_EPILOG if kind.config else None)
+    kind.add_arguments(parser, lambda p, default=kind.config: _add_config(p, default))
 
 
 def _run_prep(args, config) -> None:
-  if args.corpus == "features" and args.join is not None:
-    from data_prep import features
-    given = [flag for flag, value in (("--anchor", args.anchor), ("--rename", args.rename),
-                                      ("--seed", args.seed != 0 or None),
-                                      ("--no-standardize", not args.standardize or None)) if value is not None]
-    if given:
-      raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --root, not to --join")
-    absent = [flag for flag, value in (("--embeddings", args.embeddings), ("--name", args.name)) if value is None]
-    if absent:
-      raise ValueError(f"--join needs {' and '.join(absent)}")
-    features.join_embeddings(args.join, args.embeddings, args.name, args.out, drop_missing=args.drop_missing)
-    return
-  if args.corpus == "features":
-    given = [flag for flag, value in (("--embeddings", args.embeddings), ("--name", args.name),
-                                      ("--drop-missing", args.drop_missing or None)) if value is not None]
-    if given:
-      raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --join, not to --root")
-    from data_prep import features
-    features.prepare_features(args.root, args.out, seed=args.seed, anchor=args.anchor, rename=args.rename,
-                              standardize=args.standardize)
-    return
-  if args.corpus == "yt8m":
-    from data_prep import yt8m
-    yt8m.prepare_yt8m(args.records, args.out, max_steps=args.max_steps)
-    return
-  from data_prep import prepare
-  beam = None
-  if args.beam or args.beam_options is not None:
-    import importlib.util
-    if importlib.util.find_spec("apache_beam") is None:  # before any work
-      raise ValueError(prepare.BEAM_MISSING)
-    beam = args.beam_options or ""  # "": beam_prep.DEFAULT_OPTIONS
-  if args.corpus == "voxceleb1":
-    prepare.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
-                              split_policy=args.split, beam_options=beam)
-  elif args.corpus == "folder":
-    from data_prep import folder
-    folder.prepare_folder(args.root, args.out, config=config, videos=args.videos, split_seed=args.split_seed,
-                          validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
-                          strict=args.strict, workers=args.workers, beam_options=beam)
-  elif args.corpus == "avdigits":
-    prepare.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
-                             strict=args.strict, workers=args.workers, beam_options=beam)
-  elif args.corpus == "mmdigits":
-    prepare.prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
-                             strict=args.strict, workers=args.workers, beam_options=beam)
-  else:
-    prepare.prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split,
-                              config=config, workers=args.workers, video=args.video, beam_options=beam)
+  from data_prep import corpora
+  corpora.get(args.corpus).run(args, config)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_corpora: bool = True) -> argparse.ArgumentParser:
+  """The whole `mmvae` parser; with_corpora=False leaves out prep's corpus subcommands (see _add_prep)."""
   parser = argparse.ArgumentParser(
       prog="mmvae", description="Multimodal VAEs for voices and faces: prepare, train, analyze, generate.",
       formatter_class=_HelpFormatter)
   parser.add_argument("--version", action="version", version=f"%(prog)s {mmvae.__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  _add_prep(sub)
+  _add_prep(sub, with_corpora)
+  for add in (_add_train, _add_analyze, _add_embed, _add_generate, _add_sweep, _add_demo):
+    add(sub)
+  return parser
 
+
+def _add_train(sub) -> None:
   train = _parser(sub, "train", help="train a model of config.model.kind (resumes from WORKDIR if it holds "
                   "checkpoints)", epilog=TRAIN_EPILOG)
   train.add_argument("--config", required=True,
-                     help=f"config name ({CONFIG_NAMES}), NAME:tiny, or path.py[:variant]")
+                     help=f"config name ({config_names()}), NAME:tiny, or path.py[:variant]")
   train.add_argument("--data", required=True, help="prepared dataset folder (holding manifest.json)")
   train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, final.json")
   train.add_argument("--from", dest="init_from", default=None, metavar="CHECKPOINT",
@@ -289,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--process-id", type=int, default=None,
                      help="multi-process run: this process's index, 0..N-1 (sets MMVAE_PROCESS_ID; default: none)")
 
+
+def _add_analyze(sub) -> None:
   analyze = _parser(sub, "analyze", help="retrieval for every pair of modalities, t-SNE, DBSCAN, cross generation, "
                     "coherence, likelihood -> WORKDIR/report/")
   analyze.add_argument("--workdir", required=True, help="run folder written by mmvae train")
@@ -300,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="report folder (default: WORKDIR/report/); a report already there is replaced, with a "
                             "line naming it when it was made from another checkpoint, split or dataset")
 
+
+def _add_embed(sub) -> None:
   embed = _parser(sub, "embed", help="export a run's posterior means of one modality for every example of some "
                   "splits -> an .npz (ids, embeddings, splits) that `mmvae prep features --join` reads")
   embed.add_argument("--workdir", required=True, help="run folder written by mmvae train")
@@ -314,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "the dataset)")
   _add_checkpoint(embed)
 
+
+def _add_generate(sub) -> None:
   generate = _parser(sub, "generate", help="generate one modality from another with a trained run")
   gen_sub = generate.add_subparsers(dest="target", required=True, metavar="TARGET")
   face = _parser(gen_sub, "face", help="a face from a voice: the run's first image modality decoded from one WAV "
@@ -325,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(128x128 for the 32x32 faces of the voxceleb1 and synthetic configs)")
   _add_checkpoint(face)
 
+
+def _add_sweep(sub) -> None:
   sweep = _parser(
       sub, "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",
       epilog="A sweep file (experiments/sweeps/NAME.py) returns {'rows': [{'name', 'config', 'overrides'}], "
@@ -341,14 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
   sweep.add_argument("--rows", default=None, help="comma-separated row names to run (default: all)")
   sweep.add_argument("--split", default="test", help="split every run is analysed on")
 
+
+def _add_demo(sub) -> None:
   demo = _parser(sub, "demo", help="generate -> prepare -> train -> analyze on the built-in synthetic corpus",
                  epilog=TRAIN_EPILOG)
   demo.add_argument("--workdir", default="runs/demo", help="folder for the corpus (data/) and the run (run/)")
   demo.add_argument("--config", default="synthetic",
-                    help=f"config name ({CONFIG_NAMES}), NAME:tiny, or path.py[:variant]")
+                    help=f"config name ({config_names()}), NAME:tiny, or path.py[:variant]")
   demo.add_argument("--identities", type=int, default=24, help="number of synthetic identities")
   demo.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
-  return parser
 
 
 def _mrr_chance(labels) -> float:
@@ -485,7 +328,7 @@ def _error_text(e: Exception) -> str:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  parser = build_parser()
+  parser = build_parser(with_corpora="prep" in argv)
   try:
     rest, overrides = split_overrides(argv)
   except ValueError as e:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from data_prep import features
+from data_prep import join
 from mmvae import cli, data
 
 DIM = 6
@@ -55,8 +55,8 @@ def joined(source, tmp_path_factory):
   data_dir, _, ids, x = source
   npz = write_npz(base / "emb.npz", ids, x, extra=3)
   folder = write_folder(base / "per_example", ids, x)
-  manifests = {"npz": features.join_embeddings(data_dir, npz, "face_proj", base / "from_npz"),
-               "folder": features.join_embeddings(data_dir, folder, "face_proj", base / "from_folder")}
+  manifests = {"npz": join.join_embeddings(data_dir, npz, "face_proj", base / "from_npz"),
+               "folder": join.join_embeddings(data_dir, folder, "face_proj", base / "from_folder")}
   return base, manifests
 
 
@@ -109,7 +109,7 @@ def test_drop_missing_leaves_out_exactly_those_examples(source, tmp_path, capsys
   keep = np.array([i not in gone for i in ids])
   npz = write_npz(tmp_path / "partial.npz", ids[keep], x[keep])
   with pytest.raises(ValueError, match=r"^3 examples of .* have no embedding in .*\(e\.g\. .*\); pass --drop-missing"):
-    features.join_embeddings(data_dir, npz, "face_proj", tmp_path / "refused")
+    join.join_embeddings(data_dir, npz, "face_proj", tmp_path / "refused")
   assert not (tmp_path / "refused").exists()
   capsys.readouterr()
   assert cli.main(["prep", "features", "--join", str(data_dir), "--embeddings", str(npz), "--name", "face_proj",
@@ -136,7 +136,7 @@ def test_sequences_become_a_sequence_modality(source, tmp_path):
   lengths = 1 + np.arange(len(ids)) % 4  # 1..4 steps of D values each
   rows = [np.repeat(v[None], n, 0) * (1 + np.arange(n, dtype=np.float32))[:, None] for v, n in zip(x, lengths)]
   folder = write_folder(tmp_path / "seq", ids, rows)
-  manifest = features.join_embeddings(data_dir, folder, "face_seq", tmp_path / "out")
+  manifest = join.join_embeddings(data_dir, folder, "face_seq", tmp_path / "out")
   assert manifest["modalities"][-1] == {"name": "face_seq", "kind": "sequence", "shape": [4, DIM + 1],
                                         "dtype": "float32", "step_shape": [DIM]}
   ds = data.Dataset(tmp_path / "out")
@@ -173,7 +173,7 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(source, tmp_path):
   cases.append((data_dir, tmp_path / "ints.npz", "z", r"embedding has dtype int64; expected floats"))
   for i, (src, emb, name, pattern) in enumerate(cases):
     with pytest.raises(ValueError, match=pattern) as info:
-      features.join_embeddings(src, emb, name, tmp_path / f"out{i}")
+      join.join_embeddings(src, emb, name, tmp_path / f"out{i}")
     assert "\n" not in str(info.value), str(info.value)
     assert not (tmp_path / f"out{i}").exists(), (i, pattern)
 

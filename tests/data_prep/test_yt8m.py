@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from data_prep import tfrecord as reader
 from data_prep import yt8m
 from mmvae import cli, data
 from mmvae.modalities import sequence
@@ -252,16 +253,16 @@ def test_video_level_round_trip_with_hash_split_and_gzip(tmp_path):
 
 
 def test_crc32c_known_vectors_and_long_inputs():
-  assert yt8m.crc32c(b"123456789") == 0xE3069283
-  assert yt8m.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4
-  assert yt8m.crc32c(b"\xff" * 32) == 0x62A8AB43
-  assert yt8m.crc32c(bytes(range(32))) == 0x46DD794E
-  assert yt8m.crc32c(b"") == 0
+  assert reader.crc32c(b"123456789") == 0xE3069283
+  assert reader.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4
+  assert reader.crc32c(b"\xff" * 32) == 0x62A8AB43
+  assert reader.crc32c(bytes(range(32))) == 0x46DD794E
+  assert reader.crc32c(b"") == 0
   rng = np.random.default_rng(2)
   for n in (5, 2047, 2048, 3001, 9000):  # both the byte loop and the blockwise numpy path
     block = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-    assert yt8m.crc32c(block) == crc32c_bitwise(block), n
-  assert yt8m.masked_crc32c(b"123456789") == masked(b"123456789")
+    assert reader.crc32c(block) == crc32c_bitwise(block), n
+  assert reader.masked_crc32c(b"123456789") == masked(b"123456789")
 
 
 def test_protobuf_decoder_skips_unknown_fields_and_reads_both_encodings():
@@ -284,15 +285,15 @@ def test_corrupt_byte_names_the_file_and_offset(tmp_path):
   bad[offsets[1] + 12 + 3] ^= 0x40  # in the second record's data
   path.write_bytes(bytes(bad))
   with pytest.raises(ValueError, match=rf"corrupt\.tfrecord: byte {offsets[1]}: corrupt TFRecord .*CRC"):
-    list(yt8m.read_records(path))
+    list(reader.read_records(path))
   bad = bytearray(framed)
   bad[offsets[2]] ^= 0x01  # in the third record's length
   path.write_bytes(bytes(bad))
   with pytest.raises(ValueError, match=rf"byte {offsets[2]}: corrupt TFRecord \(the record length's CRC"):
-    list(yt8m.read_records(path))
+    list(reader.read_records(path))
   path.write_bytes(framed)
-  assert [r for _, r in yt8m.read_records(path)] == records
-  assert [o for o, _ in yt8m.read_records(path)] == offsets
+  assert [r for _, r in reader.read_records(path)] == records
+  assert [o for o, _ in reader.read_records(path)] == offsets
 
 
 def test_truncated_file(tmp_path):
@@ -300,10 +301,10 @@ def test_truncated_file(tmp_path):
   path = tmp_path / "short.tfrecord"
   path.write_bytes(framed[:-10])
   with pytest.raises(ValueError, match=rf"short\.tfrecord: byte {offsets[1]}: truncated TFRecord"):
-    list(yt8m.read_records(path))
+    list(reader.read_records(path))
   path.write_bytes(framed[:offsets[1] + 5])  # inside the second header
   with pytest.raises(ValueError, match=rf"byte {offsets[1]}: truncated TFRecord: 5 bytes left"):
-    list(yt8m.read_records(path))
+    list(reader.read_records(path))
 
 
 def _cli_error(capsys, argv) -> str:

@@ -133,11 +133,11 @@ def check_modality_keys(config: ml_collections.ConfigDict, modalities) -> None:
   (config.load records those). A key a config file sets for a modality this dataset lacks passes: experiment
   configs serve several datasets. A staged model's later stages (model.stages) count as the run's modalities.
   """
-  from mmvae.analysis import markdown
+  from mmvae import display
   names = list(modalities)
   names += [n for stage in config.model.get("stages", ()) for n in stage if n not in names]
   overridden = set(getattr(config, _OVERRIDDEN, None) or ())
-  shown_as = {label: name for name, label in markdown.VOICE_FACE.items() if label != name}
+  shown_as = {label: name for name, label in display.VOICE_FACE.items() if label != name}
   for section in OPEN_SECTIONS:
     head, leaf = section.split(".")
     for key, value in (config[head].get(leaf) or {}).items():

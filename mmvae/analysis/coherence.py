@@ -4,12 +4,12 @@ Each modality g gets its own classifier of the dataset's label, fitted on REAL t
 never on anything a model made: up to SVM_MAX_CLASSES classes an RBF support-vector machine (kernel width
 from the features' variance; a seeded subsample of SVM_MAX_EXAMPLES training examples), which reads real data
 best; beyond, a softmax (multinomial logistic) regression on standardised features, trained with Adam in
-JAX, which scales to VoxCeleb1's 1,251 identities and 150,000 test rows. The features:
+JAX, which scales to VoxCeleb1's 1,251 identities and 150,000 test rows. The features are the modality
+kind's hook `classifier_features(m, data_N) -> [N, D]` (mmvae/modalities):
   image        pixels in [0, 1] (every stored frame is a training example)
   spectrogram  a [T, F] spectrogram's per-bin mean and std over time; a pooled vector as it is
   tokens       bag-of-words counts over the vocabulary (padding, id 0, left out)
-  other kinds  the values, flattened
-A kind module may offer `classifier_features(m, data_N) -> [N, D]` to replace its entry here.
+  other kinds  the values, flattened (the default, modalities/base.py)
 
 Cross coherence q -> g: the share of test examples whose g decoded from q's posterior mean the g
 classifier assigns the example's own label. Chance of an accuracy is sum_c P(pred = c) P(true = c):
@@ -32,6 +32,8 @@ import optax
 import threadpoolctl
 from sklearn import svm
 
+from mmvae import modalities
+
 # A kernel machine fits in O(N^2): a seeded subsample beyond SVM_MAX_EXAMPLES keeps it to minutes. It predicts
 # through every pair of classes (one-vs-one), so beyond SVM_MAX_CLASSES (VoxCeleb1's 1,251: 781,875 pairs) the
 # softmax regression classifies instead.
@@ -46,49 +48,10 @@ MAX_CLASSES = 50  # attributes with more values (e.g. nationality) are not score
 ATTRIBUTE_KINDS = ("image",)  # kinds whose generated data is also scored for identity attributes
 
 
-def pixels(images) -> np.ndarray:
-  """[N, ...] images (uint8 0..255 or float 0..1) -> float32 [N, D] in [0, 1]."""
-  x = np.asarray(images)
-  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-  return x.reshape(len(x), -1)
-
-
-def _time_stats(x) -> np.ndarray:
-  x = np.asarray(x, np.float32)
-  if x.ndim == 3:  # [N, T, F]: what the spectrum is, not when
-    return np.concatenate([x.mean(1), x.std(1)], axis=1)
-  return x.reshape(len(x), -1)
-
-
-def bag_of_words(ids_NxL, vocab_size: int) -> np.ndarray:
-  """Token counts [N, V] (id 0, padding, not counted)."""
-  ids = np.asarray(ids_NxL, np.int64).reshape(len(ids_NxL), -1)
-  counts = np.zeros((len(ids), vocab_size), np.float32)
-  rows = np.repeat(np.arange(len(ids)), ids.shape[1])
-  np.add.at(counts, (rows, np.clip(ids.ravel(), 0, vocab_size - 1)), 1.0)
-  counts[:, 0] = 0.0
-  return counts
-
-
-def _vocab_size(m, data) -> int:
-  vocab = m.get("vocab")
-  return len(vocab) if vocab else int(np.max(data, initial=0)) + 1
-
-
-FEATURES = {  # kind -> (Modality, data [N, ...] in the stored value space) -> float [N, D]
-    "image": lambda m, x: pixels(x),
-    "spectrogram": lambda m, x: _time_stats(x),
-    "tokens": lambda m, x: bag_of_words(x, _vocab_size(m, x)),
-}
-
-
 def features(m, data) -> np.ndarray:
-  """What modality m's classifier sees of data [N, ...] (stored or decoded, one frame per example)."""
-  own = getattr(m.kind_module, "classifier_features", None)
-  if own is not None:
-    return np.asarray(own(m, data), np.float32)
-  fn = FEATURES.get(m.kind, lambda _, x: np.asarray(x, np.float32).reshape(len(x), -1))
-  return fn(m, np.asarray(data))
+  """What modality m's classifier sees of data [N, ...] (stored or decoded, one frame per example): its kind's
+  classifier_features hook."""
+  return np.asarray(modalities.optional(m, "classifier_features")(m, np.asarray(data)), np.float32)
 
 
 def examples(m, data, targets):

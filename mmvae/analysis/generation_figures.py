@@ -1,6 +1,7 @@
 """Figures and tables of cross generation: image grids, spectra, decoded texts, one per (source, target) pair.
 
-Which picture a target modality gets depends on its kind (FIGURES); a kind without an entry gets none.
+Which picture a target modality gets is its kind's FIGURE (mmvae/modalities): a name of PLOTS or a plot of
+its own; a kind without one gets none.
 Files are named `<g>_from_<q>.png`, like the arrays of generated.npz.
 """
 
@@ -11,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from mmvae import modalities  # noqa: E402
 
 DPI = 120
 TEXT_EXAMPLES = 8  # rows of a decoded-text table
@@ -136,14 +139,20 @@ def plot_spectra(path, m, real, recon, cross, labels, names: dict, title: str, m
   return fig
 
 
-FIGURES = {"image": plot_image_grid, "spectrogram": plot_spectra, "vector": plot_spectra}  # by target kind
+PLOTS = {"image_grid": plot_image_grid, "spectra": plot_spectra}  # what a modality kind's FIGURE may name
+
+
+def figure_of(m):
+  """The plot of target modality m (its kind's FIGURE, a PLOTS name resolved), or None."""
+  plot = modalities.optional(m, "FIGURE")
+  return PLOTS[plot] if isinstance(plot, str) else plot
 
 
 def plot_pairs(report_dir, specs: dict, test: dict, generated: dict, labels, names: dict, display: dict) -> list:
   """Writes `<g>_from_<q>.png` for every pair whose target kind has a figure; returns [(file, caption)]."""
   written = []
   for g, m in specs.items():
-    plot = FIGURES.get(m.kind)
+    plot = figure_of(m)
     if plot is None:
       continue
     for q in specs:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from mmvae import data, inference, progress
+from mmvae import data, inference, progress, zoo
 
 DEFAULT_SAMPLES = 16
 _LOG_2PI = math.log(2 * math.pi)
@@ -24,7 +24,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def log_sigmas(model, loss_cfg) -> dict:
   """{modality: log sigma} of the Gaussian likelihoods: model.log_sigmas(loss_cfg) if offered, else the MS-VAE's."""
-  if hasattr(model, "log_sigmas"):
+  if isinstance(model, zoo.LogSigmas):
     values = model.log_sigmas(loss_cfg)
   else:
     from mmvae import losses
@@ -92,7 +92,7 @@ def for_run(model, config, arrays: dict, specs: dict, samples: int, seed: int, l
   """estimate() on a split's stored arrays, or {'skipped': why} for a model that cannot be scored."""
   if not getattr(model, "can_generate", False):
     return {"skipped": np.array("the model cannot generate (no decoder), so it has no likelihood")}
-  if not callable(getattr(model, "joint_posterior", None)):
+  if not isinstance(model, zoo.JointPosterior):
     return {"skipped": np.array(f"the model (kind `{config.model.get('kind', 'msvae')}`) offers no joint_posterior "
                                 "to sample the importance weights from")}
   try:

@@ -3,7 +3,7 @@
 import json
 import math
 
-from mmvae.analysis import coherence, sync
+from mmvae.analysis import coherence, sections, sync
 from mmvae.display import VOICE_FACE, display_labels  # noqa: F401  (how a modality is shown: mmvae/display.py)
 
 TIE_POLICY = (
@@ -304,29 +304,28 @@ def _points_shown(shown, total) -> str:
   return f"all {total:,}" if shown >= total else f"{shown:,} of {total:,} (stratified)"
 
 
-def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict, id_names: dict, config=None,
-                 run_info: dict | None = None, figures=(), texts=None, notes=(), likelihood_note=None) -> None:
-  """Writes report.md."""
-  run_info = run_info or {}
-  names = list(specs)
-  display = display_labels(names)
-  relevance = manifest.get("relevance") or "same identity"
-  lines = ["# mmvae analysis report", "",
-           f"Run `{run_info.get('workdir', '?')}`, checkpoint: {run_info.get('checkpoint', '?')}, dataset "
-           f"`{run_info.get('data_dir', '?')}` (fingerprint {str(manifest.get('fingerprint'))[:12]}), "
-           f"split `{run_info.get('split', '?')}`: {metrics['examples']} examples of {metrics['identities']} "
-           f"identities; modalities {', '.join(display[n] for n in names)}. Every number is shown with its chance "
-           "level for this gallery.", "",
-           "## Retrieval", "", "Query: one test example's latent of one modality; gallery: every test example's "
+def retrieval_markdown(ctx, metrics: dict) -> list[str]:
+  """The retrieval section: what a query and the gallery are, the tie policy, the definitions, the tables."""
+  relevance = ctx.manifest.get("relevance") or "same identity"
+  lines = ["## Retrieval", "", "Query: one test example's latent of one modality; gallery: every test example's "
            f"latent of a modality (within a modality: every other example); relevant: {relevance}.",
            "", f"Tie policy: {TIE_POLICY}", ""]
   lines += [f"- {text}" for _, text in DEFINITIONS] + [""]
-  lines += _retrieval_lines(metrics, names, display)
-  lines += sync.lines(metrics, display)
+  return lines + _retrieval_lines(metrics, ctx.names, ctx.display)
+
+
+def sync_markdown(ctx, metrics: dict) -> list[str]:
+  """The temporal section (empty without sync metrics)."""
+  return sync.lines(metrics, ctx.display)
+
+
+def latent_markdown(ctx, metrics: dict) -> list[str]:
+  """The latent-space section: collapsed spaces, the t-SNE map, the DBSCAN table and figure, nearest identities."""
+  names, display = ctx.names, ctx.display
   joint = ", ".join(f"{display[n]}" for n in names)
   collapsed = [s for s in names if metrics.get(f"clusters.{s}.collapsed")]
   mapped = not metrics.get("clusters.joint.collapsed")  # the joint space is mapped unless every modality collapsed
-  lines += ["## Latent space", ""]
+  lines = ["## Latent space", ""]
   if collapsed:
     spreads = ", ".join(format(metrics.get(f"clusters.{s}.spread", 0.0), ".3g") for s in collapsed)
     lines += [f"**Collapsed:** the {', '.join(display[s] for s in collapsed)} latents have (near-)zero variance "
@@ -359,13 +358,47 @@ def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict
                  f"| {_fmt(g('nmi'))} ({_fmt(g('nmi_chance'))}) |")
   lines += ["", "![DBSCAN](dbscan.png)", "",
             "*DBSCAN clusters on the t-SNE maps, and the k-distance curves that chose eps*", ""] if mapped else [""]
-  lines += _nearest_lines(metrics, near, id_names, names, display)
+  return lines + _nearest_lines(metrics, ctx.state.get("near") or {}, ctx.id_names, names, display)
+
+
+def generation_markdown(ctx, metrics: dict) -> list[str]:
+  """The cross-generation section (coherence, figures, texts), or why it was skipped."""
   if metrics.get("model.can_generate") is False:
-    lines += ["## Cross generation", "", f"Skipped: the model (kind `{metrics.get('model.kind')}`) cannot generate, "
-              "so there is no generated data, no coherence score and no likelihood.", ""]
-  else:
-    lines += _generation_lines(metrics, names, display, list(figures), texts or {}, list(notes))
-    lines += _likelihood_lines(metrics, names, display, likelihood_note)
+    return ["## Cross generation", "", f"Skipped: the model (kind `{metrics.get('model.kind')}`) cannot generate, "
+            "so there is no generated data, no coherence score and no likelihood.", ""]
+  st = ctx.state
+  return _generation_lines(metrics, ctx.names, ctx.display, list(st.get("figures") or ()), st.get("texts") or {},
+                           list(st.get("notes") or ()))
+
+
+def likelihood_markdown(ctx, metrics: dict) -> list[str]:
+  """The test-set likelihood section (none for a model that cannot generate)."""
+  if metrics.get("model.can_generate") is False:
+    return []
+  return _likelihood_lines(metrics, ctx.names, ctx.display, ctx.state.get("likelihood_note"))
+
+
+def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict | None = None,
+                 id_names: dict | None = None, config=None, run_info: dict | None = None, figures=(), texts=None,
+                 notes=(), likelihood_note=None, ctx=None) -> None:
+  """Writes report.md: the run, every analysis section's part (mmvae/analysis/sections.py), dataset, config.
+
+  ctx: the sections' Context of the analysis; without one, it is made of the other arguments.
+  """
+  if ctx is None:
+    ctx = sections.Context(specs, manifest, id_names or {}, config=config, run_info=run_info or {},
+                           state={"near": near or {}, "figures": list(figures), "texts": texts or {},
+                                  "notes": list(notes), "likelihood_note": likelihood_note})
+  run_info, config = ctx.run_info or {}, ctx.config
+  names = list(specs)
+  display = display_labels(names)
+  lines = ["# mmvae analysis report", "",
+           f"Run `{run_info.get('workdir', '?')}`, checkpoint: {run_info.get('checkpoint', '?')}, dataset "
+           f"`{run_info.get('data_dir', '?')}` (fingerprint {str(manifest.get('fingerprint'))[:12]}), "
+           f"split `{run_info.get('split', '?')}`: {metrics['examples']} examples of {metrics['identities']} "
+           f"identities; modalities {', '.join(display[n] for n in names)}. Every number is shown with its chance "
+           "level for this gallery.", ""]
+  lines += sections.markdown(ctx, metrics)
   lines += ["## Dataset", ""] + _dataset_lines(manifest, specs) + [""]
   if "final" in run_info:
     lines += ["## Training summary (final.json)", "", "```json", json.dumps(run_info["final"], indent=1), "```", ""]

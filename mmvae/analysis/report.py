@@ -8,6 +8,8 @@ section runs over all of them, never naming one:
   coherence.<q>_to_<g>, .joint       models that generate: cross and joint coherence (analysis/coherence.py)
   likelihood.iwae_k<K>               models with a joint posterior: the importance-weighted log p(x)
   sync.*, frame_retrieval.*          two or more sequence modalities with temporal encoders (analysis/sync.py)
+Each is a section of mmvae/analysis/sections.py (its metrics and its part of report.md), registered below in
+report order; a registered section of one's own follows them.
 Files: latents.npz, generated.npz, likelihood.npz and frames.npz (what the model computed), metrics.json, embeddings.npz,
 figures, report.md; `rebuild` recomputes everything but the first three without the model.
 """
@@ -23,7 +25,8 @@ import shutil
 import numpy as np
 
 from mmvae import data, inference, locks, progress, write_errors, zoo
-from mmvae.analysis import coherence, generation, generation_figures, latent_space, likelihood, markdown, sync
+from mmvae.analysis import (coherence, generation, generation_figures, latent_space, likelihood, markdown, sections,
+                            sync)
 from mmvae.metrics import retrieval
 
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
@@ -140,6 +143,48 @@ def _clear_generated(report_dir: pathlib.Path, keep_arrays: bool) -> None:
       (report_dir / name).unlink(missing_ok=True)
 
 
+def _retrieval(ctx) -> dict:
+  return retrieval_section(ctx.latents, ctx.names, ctx.acfg["seed"])
+
+
+def _sync(ctx) -> dict:
+  return sync.section(ctx.frames, ctx.names, ctx.acfg["sync_offsets"], ctx.acfg["seed"])
+
+
+def _latent_space(ctx) -> dict:
+  out, ctx.state["near"] = latent_section(ctx.latents, ctx.names, ctx.id_names, ctx.acfg, ctx.report_dir)
+  return out
+
+
+def _cross_generation(ctx) -> dict:
+  """Coherence, and the figures and decoded texts of cross generation (report.md's notes in ctx.state)."""
+  _clear_generated(ctx.report_dir, keep_arrays=ctx.generated is not None)
+  if ctx.generated is None:
+    return {}
+  attrs = ["gender"] + [a for a in ctx.manifest.get("attributes", []) if a != "gender"]
+  coh, ctx.state["notes"] = coherence.coherence_scores(ctx.train, ctx.test, ctx.generated, ctx.specs,
+                                                       ctx.manifest.get("identities", []), attrs, ctx.acfg["seed"])
+  shown = np.asarray(ctx.test["label"])  # the rows generated: every test row, or a subset of a streamed split
+  ctx.state["figures"] = generation_figures.plot_pairs(ctx.report_dir, ctx.specs, ctx.test, ctx.generated, shown,
+                                                       ctx.id_names, ctx.display)
+  ctx.state["texts"] = generation_figures.text_examples(ctx.specs, ctx.test, ctx.generated, shown, ctx.id_names)
+  return coh
+
+
+def _likelihood(ctx) -> dict:
+  skipped = (ctx.lik or {}).get("skipped")
+  ctx.state["likelihood_note"] = None if skipped is None else str(skipped)
+  return {} if ctx.generated is None else likelihood.summary(ctx.lik or {})
+
+
+for _name, _compute, _markdown in (("retrieval", _retrieval, markdown.retrieval_markdown),
+                                   ("sync", _sync, markdown.sync_markdown),
+                                   ("latent_space", _latent_space, markdown.latent_markdown),
+                                   ("cross_generation", _cross_generation, markdown.generation_markdown),
+                                   ("likelihood", _likelihood, markdown.likelihood_markdown)):
+  sections.register(_name, _compute, _markdown)
+
+
 def analyze_arrays(report_dir, latents: dict, generated: dict | None, test: dict, train: dict, specs: dict,
                    manifest: dict, config=None, run_info: dict | None = None, lik: dict | None = None,
                    frames: dict | None = None) -> dict:
@@ -172,27 +217,13 @@ def _analyze_arrays(report_dir, latents, generated, test, train, specs, manifest
              "model.can_generate": generated is not None,
              # What the report was made from (`mmvae analyze` names a replaced report made from another).
              **{f"analysis.{k}": (run_info or {}).get(k) for k in ("checkpoint", "step", "split")}}
-  metrics.update(retrieval_section(latents, names, acfg["seed"]))
-  metrics.update(sync.section(frames, names, acfg["sync_offsets"], acfg["seed"]))
-  lat_metrics, near = latent_section(latents, names, id_names, acfg, report_dir)
-  metrics.update(lat_metrics)
-  notes, figures, texts = [], [], {}
-  _clear_generated(report_dir, keep_arrays=generated is not None)
-  if generated is not None:
-    attrs = ["gender"] + [a for a in manifest.get("attributes", []) if a != "gender"]
-    coh, notes = coherence.coherence_scores(train, test, generated, specs, identities, attrs, acfg["seed"])
-    metrics.update(coh)
-    metrics.update(likelihood.summary(lik or {}))
-    display = markdown.display_labels(names)
-    shown = np.asarray(test["label"])  # the rows generated: every test row, or a subset of a streamed split
-    figures = generation_figures.plot_pairs(report_dir, specs, test, generated, shown, id_names, display)
-    texts = generation_figures.text_examples(specs, test, generated, shown, id_names)
+  ctx = sections.Context(specs, manifest, id_names, report_dir=report_dir, latents=latents, generated=generated,
+                         test=test, train=train, lik=lik, frames=frames, config=config, run_info=run_info or {},
+                         acfg=acfg)
+  metrics.update(sections.compute(ctx))
   metrics = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
   (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-  skipped = (lik or {}).get("skipped")
-  markdown.write_report(report_dir / "report.md", metrics, specs, manifest, near=near, id_names=id_names,
-                        config=config, run_info=run_info, figures=figures, texts=texts, notes=notes,
-                        likelihood_note=None if skipped is None else str(skipped))
+  markdown.write_report(report_dir / "report.md", metrics, specs, manifest, ctx=ctx)
   return metrics
 
 
@@ -329,7 +360,7 @@ def _analyze(workdir, data_dir=None, split: str = "test", which: str = "best", r
       dataset.arrays(name)
   report_dir = pathlib.Path(report_dir) if report_dir is not None else workdir / "report"
   report_dir.mkdir(parents=True, exist_ok=True)
-  frame_names = [m for m in model.frame_modalities() if m in specs] if hasattr(model, "frame_modalities") else []
+  frame_names = [m for m in model.frame_modalities() if m in specs] if isinstance(model, zoo.FrameModalities) else []
   (report_dir / "frames.npz").unlink(missing_ok=True)
   streamed = not dataset.in_memory(split)
   if streamed:

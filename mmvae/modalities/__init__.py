@@ -22,6 +22,15 @@ A modality kind is a module (or object) offering:
                                                   one key per example for other draws)
   DEFAULT_SIGMA: the Gaussian likelihood scale, or None for a likelihood without one
 
+and optionally (`optional(m, name)` falls back to mmvae/modalities/base.py):
+
+  classifier_features(m, data_N) -> float [N, D]   what the coherence classifier sees (default: values flattened)
+  FIGURE: the generation figure of a target modality: 'image_grid', 'spectra' (analysis/generation_figures.PLOTS)
+          or a callable like plot_image_grid; None (default): no figure
+
+Train-time augmentation reads its own train.* options (image: train.face_flip; points: train.rotate_points);
+the trainer calls every kind's augment, so a kind's augmentation needs no other registration.
+
 Register a new kind with `modalities.register(kind, module)`; the model zoo, the reader, the
 trainer and analysis reach modalities only through these functions, so they never name one.
 """
@@ -68,6 +77,12 @@ class Modality:
   def to_dict(self) -> dict:
     return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
             **{k: list(v) if isinstance(v, tuple) else v for k, v in self.extra}}
+
+
+def optional(m: Modality, name: str):
+  """Modality m's kind's optional hook or constant `name`, else the default of mmvae/modalities/base.py."""
+  from mmvae.modalities import base
+  return getattr(m.kind_module, name, getattr(base, name))
 
 
 def from_dict(d: dict) -> Modality:

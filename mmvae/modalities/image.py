@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmvae import layers, likelihoods, modalities
+from mmvae.modalities import base
 
 ENCODERS = ("mlp", "conv")
 DEFAULT_SIGMA = 0.1  # pixels in [0, 1]
+FIGURE = "image_grid"  # generated images beside the real ones, one identity per row
+classifier_features = base.pixel_features  # pixels in [0, 1] (every stored frame is a training example)
 
 
 def model_shape(m):

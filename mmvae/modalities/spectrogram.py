@@ -28,6 +28,8 @@ nll = likelihoods.gaussian_nll  # -log N(target | output, sigma^2 I), nats
 
 model_shape, frames, activate, augment = base.model_shape, base.frames, base.activate, base.augment
 inputs, to_data = base.float_inputs, base.to_data
+classifier_features = base.time_stats  # per-bin mean and std over time
+FIGURE = "spectra"
 
 
 modalities.register("spectrogram", sys.modules[__name__])

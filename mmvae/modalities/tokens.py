@@ -85,4 +85,16 @@ def to_data(logits):
 model_shape, frames, activate, augment = base.model_shape, base.frames, base.activate, base.augment
 
 
+def classifier_features(m, ids_NxL):
+  """Bag-of-words counts [N, V] over the vocabulary (its size from the data without one; padding, id 0, left out)."""
+  vocab = m.get("vocab")
+  size = len(vocab) if vocab else int(np.max(ids_NxL, initial=0)) + 1
+  ids = np.asarray(ids_NxL, np.int64).reshape(len(ids_NxL), -1)
+  counts = np.zeros((len(ids), size), np.float32)
+  rows = np.repeat(np.arange(len(ids)), ids.shape[1])
+  np.add.at(counts, (rows, np.clip(ids.ravel(), 0, size - 1)), 1.0)
+  counts[:, 0] = 0.0
+  return counts
+
+
 modalities.register("tokens", sys.modules[__name__])

@@ -26,6 +26,7 @@ nll = likelihoods.gaussian_nll  # -log N(target | output, sigma^2 I), nats
 
 model_shape, frames, activate, augment = base.model_shape, base.frames, base.activate, base.augment
 inputs, to_data = base.float_inputs, base.to_data
+FIGURE = "spectra"  # a vector drawn as a spectrum; the classifier sees it as it is (base.classifier_features)
 
 
 modalities.register("vector", sys.modules[__name__])

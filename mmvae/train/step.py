@@ -16,23 +16,27 @@ _EXAMPLE_STREAM, _STEP_STREAM = 0, 1
 _AUGMENT_TAG = 2  # folded into an example's key for its augmentation draws
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def check_schedule(train_cfg) -> None:
-  """ValueError naming the key when the learning-rate schedule's settings are out of range."""
+  """ValueError naming the key when the learning-rate schedule is unknown or its settings are out of range."""
+  if train_cfg.lr_schedule not in SCHEDULES:
+    raise ValueError(f"config.train.lr_schedule={train_cfg.lr_schedule!r} is unknown; use 'cosine' or 'constant'")
   if train_cfg.warmup_steps < 0:
     raise ValueError(f"config.train.warmup_steps={train_cfg.warmup_steps} must be >= 0 (0: no warmup)")
 
 
 def make_schedule(train_cfg):
   """Linear warmup from 0, then a cosine decay to 0 at num_steps or a constant rate."""
+  check_schedule(train_cfg)
   lr = train_cfg.learning_rate
   warmup = max(0, int(train_cfg.warmup_steps))
   if train_cfg.lr_schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup_steps=warmup, decay_steps=max(train_cfg.num_steps, warmup + 1), end_value=0.0)
-  elif train_cfg.lr_schedule == "constant":
+  else:  # constant
     schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
-  else:
-    raise ValueError(f"config.train.lr_schedule={train_cfg.lr_schedule!r} is unknown; use 'cosine' or 'constant'")
   return schedule
 
 
@@ -82,19 +86,19 @@ def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_na
 
 
 def augment(batch, seed: int, step, positions_B, train_cfg, specs: dict):
-  """Training-time augmentation by each modality's kind (an image mirrored left-right: train.face_flip; a
-  point cloud turned about its vertical axis: train.rotate_points).
+  """Training-time augmentation: every modality's kind hook `augment(x_B, flip_B, train_cfg, keys_B)` (the image
+  kind mirrors left-right under train.face_flip, the points kind turns clouds under train.rotate_points; a kind
+  reads its own train.* options, most kinds return x as it is).
 
   One fair coin and one key per example from its (seed, step, global position) key, so it does not depend
-  on the device count; the modalities of a pair share them.
+  on the device count; the modalities of a pair share them. The batch itself when no kind changed anything.
   """
-  if not (train_cfg.get("face_flip", False) or train_cfg.get("rotate_points", False)):
-    return batch
   keys_B = jax.vmap(lambda k: jax.random.fold_in(k, _AUGMENT_TAG))(example_keys(seed, step, positions_B))
   flip_B = jax.vmap(jax.random.bernoulli)(keys_B)
   draw_B = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys_B)  # independent of the coin
-  return {k: specs[k].kind_module.augment(v, flip_B, train_cfg, draw_B) if k in specs else v
-          for k, v in batch.items()}
+  out = {k: specs[k].kind_module.augment(v, flip_B, train_cfg, draw_B) if k in specs else v
+         for k, v in batch.items()}
+  return batch if all(out[k] is v for k, v in batch.items()) else out
 
 
 def grads_and_metrics(graphdef, config, params, batch, positions_B, step, axis_name=None):
@@ -117,10 +121,10 @@ def trainable_mask(graphdef, params):
 
   The names are the checkpoint's dotted parameter names; the decision is static (made while tracing).
   """
-  trainable = getattr(nnx.merge(graphdef, params), "trainable", None)
-  if trainable is None:
+  model = nnx.merge(graphdef, params)
+  if not isinstance(model, zoo.Trainable):
     return None
-  return jax.tree_util.tree_map_with_path(lambda path, _: bool(trainable(ckpt_lib.param_name(path))), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: bool(model.trainable(ckpt_lib.param_name(path))), params)
 
 
 def _frozen_to_zero(tree, mask):

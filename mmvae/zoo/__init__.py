@@ -2,8 +2,8 @@
 
 A model kind is a module (or any object) with three functions:
 
-  build(config, input_shapes, seed, num_classes) -> nnx.Module
-      input_shapes: {modality name: Modality} as the dataset declares them; num_classes: training
+  build(config, specs, seed, num_classes) -> nnx.Module
+      specs: {modality name: Modality} as the dataset declares them; num_classes: training
       identities (for optional identity heads). Parameters should start from `models.init_module(build, seed)`.
   loss(model, batch, example_keys_B, step_key, step, loss_cfg, axis_name) -> (total, {name: scalar})
       A pure function of one (device-local) batch {modality: x, 'label': ...}; `example_keys_B`
@@ -18,12 +18,17 @@ and optionally
   default_config() -> {section: {key: default}}
       The config keys only this kind reads; mmvae.config_schema.base_config merges every registered
       kind's into the schema, so `--config.loss.KEY=...` works once the kind is registered.
+  stages(config, names) -> [tuple of modality names]
+      A staged kind (protocol Staged): `mmvae train` trains one stage after another.
 
 and the module `build` returns offers:
 
   encode(modality, x_Bx...) -> (mu_BxZ, logvar_BxZ)   the posterior of one modality
   can_generate: bool                                  whether decode exists
   decode(z_BxZ) -> {modality: output}                 when can_generate
+
+and optionally the abilities declared below as protocols (Trainable, JointPosterior, FrameModalities,
+LogSigmas); callers test `isinstance(model, zoo.JointPosterior)`, never the member's name.
 
 Registering makes a kind usable by `mmvae train --config.model.kind=NAME` in this process:
 
@@ -57,14 +62,55 @@ class Model(Protocol):
 class ModelKind(Protocol):
   """What a registered kind offers: a builder, a loss and a config check."""
 
-  def build(self, config, input_shapes: dict, seed: int, num_classes: int) -> Model:
-    """The initialised model for the config and per-modality example shapes."""
+  def build(self, config, specs: dict, seed: int, num_classes: int) -> Model:
+    """The initialised model for the config and the modalities {name: Modality}."""
 
   def loss(self, model, batch: dict, example_keys_B, step_key, step, loss_cfg, axis_name) -> tuple:
     """(total loss, {name: scalar}) of one batch."""
 
   def check_config(self, config) -> None:
     """Raises ValueError naming the key to change when the config is unusable."""
+
+
+# Optional abilities: a kind or model offers one by having the member; callers test `isinstance(x, Ability)`.
+@runtime_checkable
+class Staged(Protocol):
+  """A kind trained stage by stage (`mmvae train` runs its plan unless config.model.stage picks one)."""
+
+  def stages(self, config, names) -> list:
+    """The plan: one tuple of modality names per stage."""
+
+
+@runtime_checkable
+class Trainable(Protocol):
+  """A model that trains only some parameters (a staged model); the others get no update."""
+
+  def trainable(self, name: str) -> bool:
+    """Whether the parameter of this dotted checkpoint name trains."""
+
+
+@runtime_checkable
+class JointPosterior(Protocol):
+  """A model with a posterior given every modality (importance-weighted likelihood samples from it)."""
+
+  def joint_posterior(self, inputs: dict) -> tuple:
+    """(mu_BxZ, logvar_BxZ) of q(z | all of inputs)."""
+
+
+@runtime_checkable
+class FrameModalities(Protocol):
+  """A model with temporal encoders: sync and frame retrieval compare its per-frame latents."""
+
+  def frame_modalities(self) -> tuple:
+    """The names of the modalities it encodes frame by frame."""
+
+
+@runtime_checkable
+class LogSigmas(Protocol):
+  """A model whose Gaussian likelihood scales live elsewhere than the MS-VAE decoder's."""
+
+  def log_sigmas(self, loss_cfg) -> dict:
+    """{modality: log sigma}."""
 
 
 def register(kind: str, module_or_object) -> None:

@@ -5,7 +5,7 @@
 
 FLOPs per sample come from XLA's cost analysis of the compiled step (forward + backward + Adam).
 The data wait is the time blocked on the batch iterator over the total, with a prefetching
-iterator over in-memory random arrays (or a prepared dataset via --data, through mmvae.data.batches).
+iterator over in-memory random arrays (or a prepared dataset via --data, through mmvae.data.Batches).
 
 --trainer also runs the whole trainer (mmvae.train.entry.train: the prepared-dataset reader,
 logging at the config's log_every, one validation and one checkpoint in the run, as with the config's
@@ -58,7 +58,7 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_w
     dataset = data.Dataset(data_dir)
     dataset.check_config(cfg)
     specs = dataset.modalities(cfg.data.modalities)
-    it = data.batches(dataset, "train", batch_size, seed=0, prefetch=cfg.train.prefetch,
+    it = data.Batches(dataset, "train", batch_size, seed=0, prefetch=cfg.train.prefetch,
                       workers=data.worker_count(cfg.train.data_workers, dataset, "train"))
   else:
     shapes = _shapes(cfg)

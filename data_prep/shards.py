@@ -28,6 +28,8 @@ from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 from tensorflow_datasets.core import naming
 
+from mmvae import files
+
 VERSION = "1.0.0"
 TEXT_FEATURES = ("id", "identity", "video", "gender")
 STAGE = ".shards"  # OUT/.shards/<split>/NNNNN.array_record + NNNNN.json while prep runs
@@ -84,17 +86,6 @@ def example_digest(record: dict) -> bytes:
   return digest.digest()
 
 
-def write_json_atomic(path, obj, indent: int | None = None) -> None:
-  """Writes JSON to a temporary sibling, then renames it into place (atomic on POSIX)."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=indent)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def write_shard(stage, split: str, index: int, records, modalities: list[dict], meta=None) -> dict:
   """Writes shard INDEX of SPLIT from `records` (an iterable, consumed once) into STAGE/<split>/; returns its summary.
 
@@ -124,7 +115,7 @@ def write_shard(stage, split: str, index: int, records, modalities: list[dict], 
   os.replace(tmp, path)
   summary = {"split": split, "index": int(index), "examples": len(digests), "bytes": size, "digests": digests,
              "columns": columns, "meta": (meta() if callable(meta) else meta) or {}}
-  write_json_atomic(folder / f"{index:05d}.json", summary)  # last: its presence means the shard is whole
+  files.write_json_atomic(folder / f"{index:05d}.json", summary)  # last: its presence means the shard is whole
   return summary
 
 
@@ -148,8 +139,7 @@ def done_shards(stage, split: str) -> list[dict]:
 def _write_columns(path: pathlib.Path, stage, split: str, done: list[dict], widths: dict[str, int]) -> None:
   """An .npz of one array per column, streamed shard by shard into the archive (never the whole split at once)."""
   n = sum(s["examples"] for s in done)
-  tmp = path.with_name(f".{path.name}.tmp")
-  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+  with files.atomic(path) as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
     for name, width in widths.items():
       dtype = np.dtype(np.int64) if name == "label" else np.dtype(f"<U{width}")  # str: the longest value's width
       with archive.open(f"{name}.npy", "w", force_zip64=True) as f:
@@ -157,7 +147,6 @@ def _write_columns(path: pathlib.Path, stage, split: str, done: list[dict], widt
                                                  "shape": (n,)})
         for s in done:
           f.write(np.asarray(_summary(stage, split, s["index"])["columns"][name], dtype).tobytes())
-  os.replace(tmp, path)
 
 
 def finalize(out, name: str, modalities: list[dict], splits: list[str]) -> dict[str, dict]:

@@ -7,10 +7,11 @@ the statistics, once to write the final shards. Memory holds one part at a time,
 """
 
 import json
-import os
 import pathlib
 
 import numpy as np
+
+from mmvae import files
 
 
 def write_part(folder, index: int, records, meta=None) -> int:
@@ -21,14 +22,10 @@ def write_part(folder, index: int, records, meta=None) -> int:
   if not records:
     raise ValueError(f"part {index} of {folder} has no records")
   arrays = {key: np.stack([np.asarray(r[key]) for r in records]) for key in records[0]}
-  tmp = folder / f".{index:05d}.npz.tmp"
-  with open(tmp, "wb") as f:
+  with files.atomic(folder / f"{index:05d}.npz") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, folder / f"{index:05d}.npz")
   summary = {"index": int(index), "examples": len(records), "meta": (meta() if callable(meta) else meta) or {}}
-  tmp = folder / f".{index:05d}.json.tmp"
-  tmp.write_text(json.dumps(summary), encoding="utf-8")
-  os.replace(tmp, folder / f"{index:05d}.json")  # last: its presence means the part is whole
+  files.write_json_atomic(folder / f"{index:05d}.json", summary)  # last: its presence means the part is whole
   return len(records)
 
 

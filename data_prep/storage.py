@@ -21,7 +21,7 @@ import sys
 from typing import Callable, Iterable
 
 from data_prep import shards
-from mmvae import locks, write_errors
+from mmvae import files, locks, write_errors
 
 FORMAT = "mmvae-prepared/1"
 VERSION = shards.VERSION
@@ -241,7 +241,7 @@ def finish_dataset(out, corpus: str, modalities: list[dict], manifest: dict, spl
       "versions": versions()})
   manifest["fingerprint"] = fingerprint(manifest, {s: w["digest"] for s, w in written.items()})
   manifest["complete"] = True
-  shards.write_json_atomic(out / MANIFEST, manifest, indent=1)
+  files.write_json_atomic(out / MANIFEST, manifest, indent=1)
   return manifest
 
 

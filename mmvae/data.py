@@ -371,44 +371,24 @@ class Pairing:
     return list(zip(partners, chosen)), anchor
 
 
-def _batch(dataset: Dataset, split: str, perms: _Permutations, global_batch_size: int, seed: int,
-           step: int, pairing: Pairing, specs: dict, rows: slice = slice(None)) -> dict[str, np.ndarray]:
-  """Rows `rows` (default all) of batch `step`."""
-  idx = _indices(perms, global_batch_size, step)[rows]
-  positions = np.arange(global_batch_size)[rows]
-  data = dataset.take(split, idx)
-  first, *others = specs.values()
-  drawn, anchor_frame = pairing(idx, seed, step, [m.frames for m in others], first.frames, positions)
-  batch = {first.name: first.kind_module.inputs(first, data[first.name], anchor_frame)}
-  for m, (partners, frames) in zip(others, drawn):
-    stored = data[m.name] if pairing.policy == "utterance" else dataset.take(split, partners)[m.name]
-    batch[m.name] = m.kind_module.inputs(m, stored, frames)
-  batch["label"] = np.asarray(data["label"], np.int32)
-  return batch
-
-
 def model_inputs(specs: dict, arrays: dict, frame: int = 0) -> dict[str, np.ndarray]:
   """{name: model input} of whole stored arrays, each example's `frame` for multi-frame modalities."""
   return {name: m.kind_module.inputs(m, arrays[name], np.full(len(arrays[name]), frame)) for name, m in specs.items()}
 
 
-def _check_batch(dataset: Dataset, split: str, global_batch_size: int, num_devices: int = 1) -> int:
-  n = dataset.num_examples(split)
+def _check_batch(dataset: Dataset, split: str, global_batch_size: int) -> None:
+  """ValueError for a batch size below 1 or an empty split (its split over devices: parallel.check_batch_size)."""
   if global_batch_size < 1:
     raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
-  if num_devices < 1 or global_batch_size % num_devices:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by {num_devices} devices; "
-                     f"set --config.train.batch_size to a multiple of {num_devices}")
-  if n == 0:
+  if dataset.num_examples(split) == 0:
     raise ValueError(f"split {split!r} of {dataset.data_dir} is empty")
-  return n
 
 
 def batch_at(dataset: Dataset, split: str, global_batch_size: int, seed: int, step: int,
              pairing: str = "utterance", modality_names=()) -> dict[str, np.ndarray]:
   """Batch number `step` of the (seed)-ordered stream: {modality: model input} (an image float32 [B,S,S,C] in [0,1]), label."""
   _check_batch(dataset, split, global_batch_size)
-  return _BatchAt(dataset, split, global_batch_size, seed, pairing, modality_names)(step)
+  return _Stream(dataset, split, global_batch_size, seed, pairing, modality_names)(step)
 
 
 def _start_method_safe() -> None:
@@ -418,8 +398,10 @@ def _start_method_safe() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-class _BatchAt:
-  """Rows `rows` of batch number `step` of one split's (seed)-ordered stream: the function grain maps over steps.
+class _Stream:
+  """One split's (seed)-ordered stream of batches: stream(step) is rows `rows` of batch number `step`.
+
+  `batch_at` calls it once; `Batches` has grain map it over step numbers.
 
   Pickled into grain's worker processes without the data: `Dataset` drops its arrays when pickled, so each
   worker opens the prepared dataset itself (memory or random access, as `Dataset.take` decides).
@@ -440,13 +422,23 @@ class _BatchAt:
       self._ready = (_Permutations(n, self.seed), Pairing(self.dataset, self.split, self.pairing),
                      self.dataset.modalities(self.modality_names))
     perms, pairing, specs = self._ready
-    return _batch(self.dataset, self.split, perms, self.global_batch_size, self.seed, int(step), pairing, specs,
-                  self.rows)
+    step = int(step)
+    idx = _indices(perms, self.global_batch_size, step)[self.rows]
+    positions = np.arange(self.global_batch_size)[self.rows]
+    data = self.dataset.take(self.split, idx)
+    first, *others = specs.values()
+    drawn, anchor_frame = pairing(idx, self.seed, step, [m.frames for m in others], first.frames, positions)
+    batch = {first.name: first.kind_module.inputs(first, data[first.name], anchor_frame)}
+    for m, (partners, frames) in zip(others, drawn):
+      stored = data[m.name] if pairing.policy == "utterance" else self.dataset.take(self.split, partners)[m.name]
+      batch[m.name] = m.kind_module.inputs(m, stored, frames)
+    batch["label"] = np.asarray(data["label"], np.int32)
+    return batch
 
 
 class Batches:
   """Batches start_step, start_step + 1, ... of a split (each `batch_at(step)`, or this process's rows of it), as a
-  grain pipeline: grain maps `_BatchAt` over step numbers, in a background thread (workers=0) or in `workers`
+  grain pipeline: grain maps `_Stream` over step numbers, in a background thread (workers=0) or in `workers`
   worker processes, `prefetch` batches ahead.
 
   Its state (`get_state`/`set_state`, JSON bytes) is what `grain.checkpoint.CheckpointSave` writes into an Orbax
@@ -460,9 +452,10 @@ class Batches:
   def __init__(self, dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
                rows: slice = slice(None), workers: int = 0, prefetch: int = 2, pairing: str = "utterance",
                modality_names=()):
+    _check_batch(dataset, split, global_batch_size)
     if workers < 0:
       raise ValueError(f"workers={workers} must be >= 0 (0: a background thread)")
-    self._fn = _BatchAt(dataset, split, global_batch_size, seed, pairing, modality_names, rows)
+    self._fn = _Stream(dataset, split, global_batch_size, seed, pairing, modality_names, rows)
     # An unguarded script's top level: a background thread, as its spawned workers would rerun the script.
     self.workers = main_guard.processes(int(workers), in_process=0)
     self.prefetch = max(0, int(prefetch))
@@ -526,15 +519,6 @@ def worker_count(requested: int, dataset: Dataset, split: str) -> int:
   if requested != -1:
     raise ValueError(f"config.train.data_workers={requested} must be -1 (auto) or >= 0 worker processes")
   return 0 if dataset.in_memory(split) else max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-def batches(dataset: Dataset, split: str, global_batch_size: int, seed: int, start_step: int = 0,
-            num_devices: int = 1, prefetch: int = 2, pairing: str = "utterance", modality_names=(),
-            rows: slice = slice(None), workers: int = 0) -> Batches:
-  """batch_at(step) for step = start_step, start_step + 1, ... (`rows`: this process's rows of each), read by grain."""
-  _check_batch(dataset, split, global_batch_size, num_devices)
-  return Batches(dataset, split, global_batch_size, seed, start_step, rows, workers, prefetch, pairing,
-                 modality_names)
 
 
 def stratified_rows(labels, limit: int, seed: int = 0) -> np.ndarray:

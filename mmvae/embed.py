@@ -14,13 +14,12 @@ report scores.
 """
 
 import json
-import os
 import pathlib
 import time
 
 import numpy as np
 
-from mmvae import display, write_errors
+from mmvae import display, files, write_errors
 
 
 def _splits(requested, available: list[str]) -> list[str]:
@@ -103,16 +102,12 @@ def export(workdir, modality: str, out, data_dir=None, splits=None, which: str =
     names.append(np.full(len(split_ids), split))
   result = {"ids": np.concatenate(ids), "embeddings": np.concatenate(rows),
             "splits": np.concatenate(names).astype(str)}
-  tmp = out.with_name(f".{out.name}.tmp")
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:  # a file object: numpy appends no second suffix; renamed into place when complete
+    with files.atomic(out) as f:  # a file object: numpy appends no second suffix
       np.savez(f, **result)
-    os.replace(tmp, out)
   except OSError as e:  # a full disk or a read-only folder: nothing half-written left, an earlier OUT as it was
     code = write_errors.refused(e, out.parent)
-    if tmp.exists():
-      tmp.unlink()
     if code is None:
       raise
     needed = sum(a.nbytes for a in result.values())

@@ -24,6 +24,7 @@ import threading
 import time
 
 from mmvae import config as config_lib
+from mmvae import files
 from mmvae.analysis import sweep_table
 
 SWEEP_DIR = config_lib.EXPERIMENTS_DIR / "sweeps"
@@ -275,7 +276,7 @@ class _Launcher:
     job = run.job(self.split)
     set_aside_if_changed(run.workdir, job)
     run.workdir.mkdir(parents=True, exist_ok=True)
-    (run.workdir / JOB).write_text(json.dumps(job, indent=1) + "\n")
+    files.write_json_atomic(run.workdir / JOB, job, indent=1)
     log_path = run.workdir / LOG
     with open(log_path, "a") as log:
       log.write(f"\n=== mmvae sweep: run {run.row['name']!r} seed {run.seed}, "
@@ -451,9 +452,7 @@ def _worker(workdir: pathlib.Path) -> None:
   t2 = time.perf_counter()
   done = {"job": job, "train_process_seconds": t1 - t0, "analyze_seconds": t2 - t1,
           "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  tmp = workdir / f".{DONE}.tmp"
-  tmp.write_text(json.dumps(done, indent=1) + "\n")
-  os.replace(tmp, workdir / DONE)
+  files.write_json_atomic(workdir / DONE, done, indent=1)
 
 
 if __name__ == "__main__":  # python -m mmvae.sweep WORKDIR: the job in WORKDIR/sweep_job.json

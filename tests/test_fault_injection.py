@@ -310,8 +310,8 @@ def test_one_trainer_per_workdir_and_kills_damage_and_sigterm_recover_the_same_p
       os.kill(os.getpid(), signal.SIGTERM)
     return batch
 
-  real = data.batches
-  monkeypatch.setattr(data, "batches", tapped(terminate))
+  real = data.Batches
+  monkeypatch.setattr(data, "Batches", tapped(terminate))
   capsys.readouterr()
   with pytest.raises(SystemExit) as stopped:
     cli.main(argv)
@@ -323,7 +323,7 @@ def test_one_trainer_per_workdir_and_kills_damage_and_sigterm_recover_the_same_p
   assert f"received SIGTERM; saved step {newest}" in out
   assert (workdir / f"checkpoints/damaged/last-{newest}/default").is_dir()  # set aside, not deleted
   assert not (workdir / ".lock").exists() and not (workdir / "final.json").exists()
-  monkeypatch.setattr(data, "batches", real)
+  monkeypatch.setattr(data, "Batches", real)
   rc, _ = run_cli(capsys, *argv)
   assert rc == 0 and not (workdir / ".lock").exists()
   assert final_sha(workdir) == final_sha(reference)
@@ -395,22 +395,22 @@ def test_resume_refuses_another_dataset_and_another_schedule(synthetic_dataset, 
 
 
 def test_nan_messages_offer_a_restart_that_works(synthetic_dataset, reference, tmp_path, capsys, monkeypatch):
-  real = data.batches
+  real = data.Batches
 
   def poisoned_at(index):
     return tapped(lambda i, batch: dict(batch, audio=batch["audio"] * np.nan) if i == index else batch, real)
 
-  monkeypatch.setattr(data, "batches", poisoned_at(0))
+  monkeypatch.setattr(data, "Batches", poisoned_at(0))
   early = tmp_path / "early"
   rc, lines = run_cli(capsys, *train_args(synthetic_dataset, early))
   assert_refused(rc, lines, "train", "non-finite loss at step 1: .*no checkpoint was saved yet")
   assert "step None" not in lines[-1] and not (early / "final.json").exists()
-  monkeypatch.setattr(data, "batches", poisoned_at(4))
+  monkeypatch.setattr(data, "Batches", poisoned_at(4))
   late = tmp_path / "late"
   rc, lines = run_cli(capsys, *train_args(synthetic_dataset, late))
   assert_refused(rc, lines, "train", r"non-finite loss at step 5: .*mmvae train --from \S+/checkpoints/last/3 ")
   kept = pathlib.Path(re.search(r"--from (\S+)", lines[-1])[1])
-  monkeypatch.setattr(data, "batches", real)
+  monkeypatch.setattr(data, "Batches", real)
   # The message's command, into the workdir that failed before its first checkpoint (which therefore takes
   # any config), with a learning rate so small that the parameters stay those of the checkpoint.
   rc, _ = run_cli(capsys, *train_args(synthetic_dataset, early, "--from", kept,

@@ -30,7 +30,7 @@ TIMEOUT_S = 300
 def readme_snippet() -> str:
   """The README's Python block that calls mmvae.prepare (the test follows the README as it is)."""
   blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-  (snippet,) = [b for b in blocks if "mmvae.prepare(" in b]
+  (snippet,) = [b for b in blocks if b.startswith("import mmvae\n") and "mmvae.prepare(" in b]
   return snippet
 
 

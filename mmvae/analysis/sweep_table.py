@@ -5,10 +5,11 @@ import fnmatch
 import itertools
 import json
 import math
-import os
 import pathlib
 
 import numpy as np
+
+from mmvae import files
 
 # A column key may hold {q} and {g}: one column per ordered pair of distinct modalities of the finished runs
 # (metrics.json 'modalities'; titles show display labels), or '*': one column per metrics.json key it matches.
@@ -161,12 +162,6 @@ def markdown(results: dict) -> str:
   return "\n".join(lines)
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def _read_json(path: pathlib.Path) -> dict:
   try:
     value = json.loads(path.read_text())
@@ -214,8 +209,8 @@ def write(out, rows: list[dict], context: dict) -> dict:
   results = {**context, "columns": cols, "std": STD_NOTE,
              "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "rows": [aggregate_row(r["row"], r["records"], cols) for r in rows]}
-  _write_atomic(out / MARKER, json.dumps({"written_by": "mmvae sweep", "sweep": str(context.get("sweep")),
-                                          "files": ["results.md", "results.json"]}, indent=1) + "\n")
-  _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
-  _write_atomic(out / "results.md", markdown(results))
+  files.write_json_atomic(out / MARKER, {"written_by": "mmvae sweep", "sweep": str(context.get("sweep")),
+                                         "files": ["results.md", "results.json"]}, indent=1)
+  files.write_json_atomic(out / "results.json", results, indent=1)
+  files.write_atomic(out / "results.md", markdown(results))
   return results

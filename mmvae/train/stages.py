@@ -19,12 +19,11 @@ trained space. Parameters new to that checkpoint start fresh (checkpoints.load_p
 
 import copy
 import json
-import os
 import pathlib
 
 import jax
 
-from mmvae import zoo
+from mmvae import files, zoo
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import resume
 from mmvae.train import trainer
@@ -35,7 +34,7 @@ STAGES_JSON = "stages.json"
 def is_staged(config) -> bool:
   """Whether `mmvae train` runs this config stage by stage: its kind has a plan and no single stage is chosen."""
   kind = zoo.of(config)
-  return callable(getattr(kind, "stages", None)) and int(config.model.get("stage", 0)) == 0
+  return isinstance(kind, zoo.Staged) and int(config.model.get("stage", 0)) == 0
 
 
 def stage_config(config, plan, k: int):
@@ -84,9 +83,7 @@ def _record(run: pathlib.Path, k: int, plan, config, final: dict) -> dict:
 def _write_json(path: pathlib.Path, value) -> None:
   if jax.process_index() != 0:
     return
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(value, indent=2) + "\n")
-  os.replace(tmp, path)
+  files.write_json_atomic(path, value, indent=2)
 
 
 def _adopted(init_from, plan) -> tuple[list[dict], str | None]:

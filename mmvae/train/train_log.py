@@ -3,10 +3,11 @@ optionally the same scalars and images in Weights & Biases (train.wandb_project;
 
 import hashlib
 import json
-import os
 import pathlib
 
 import numpy as np
+
+from mmvae import files
 
 WANDB_MODES = ("", "online", "offline", "disabled")
 
@@ -48,9 +49,7 @@ class RunLog:
     """Writes workdir/name via a temporary file, so a killed run never leaves half a file."""
     if not self.enabled:
       return
-    tmp = self.workdir / f".{name}.tmp"
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    os.replace(tmp, self.workdir / name)
+    files.write_json_atomic(self.workdir / name, obj, indent=2, sort_keys=True, default=_jsonable)
 
   def truncate_after(self, step: int) -> None:
     """Drops rows logged after `step` (a killed run's steps past its last checkpoint are redone on resume)."""
@@ -66,9 +65,7 @@ class RunLog:
     self.write_json_lines(kept)
 
   def write_json_lines(self, lines) -> None:
-    tmp = self.workdir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, self.metrics_path)
+    files.write_atomic(self.metrics_path, "".join(line + "\n" for line in lines))
 
   def row(self, row: dict) -> None:
     """Appends one metrics row and mirrors its numbers to TensorBoard under split/name."""

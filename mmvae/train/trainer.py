@@ -52,14 +52,12 @@ def check_config(config) -> None:
       raise ValueError(f"config.train.{key}={t[key]} must be >= 1")
   if not t.learning_rate > 0:
     raise ValueError(f"config.train.learning_rate={t.learning_rate} must be > 0")
-  if t.lr_schedule not in ("cosine", "constant"):
-    raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r} is unknown; use 'cosine' or 'constant'")
+  step_lib.check_schedule(t)
   if t.select_by not in SELECT_BY:
     raise ValueError(f"config.train.select_by={t.select_by!r} is unknown; use one of {SELECT_BY}")
   if config.parallel not in parallel.MODES:
     raise ValueError(f"config.parallel={config.parallel!r} is unknown; use one of {parallel.MODES}")
   parallel.check_batch_size(t.batch_size, jax.device_count())
-  step_lib.check_schedule(t)
 
 
 def available_memory() -> int | None:
@@ -148,7 +146,8 @@ class _Validator:
     self.shown = [g for g, m in specs.items() if m.kind == "image"] if can_generate else []
     if "validation" in dataset.manifest.get("splits", {}) and dataset.num_examples("validation") > 0:
       self.arrays = dataset.arrays("validation")
-      self.first = {**data.model_inputs(specs, self.arrays), "label": np.asarray(self.arrays["label"], np.int32)}
+      # Model inputs of every example (its first stored frame) and labels: the loss terms' batches and images.
+      self.inputs = {**data.model_inputs(specs, self.arrays), "label": np.asarray(self.arrays["label"], np.int32)}
     self.fn = step_lib.make_eval_fn(graphdef, config)
 
   def __call__(self, params) -> dict | None:
@@ -156,19 +155,19 @@ class _Validator:
       return None
     from mmvae import inference
     from mmvae.metrics import retrieval
-    n = len(self.first["label"])
+    n = len(self.inputs["label"])
     size = min(self.config.train.batch_size, n)
     totals, batches = {}, 0
     for start in range(0, n - size + 1, size):  # loss terms are batch means: full chunks only
       idx = np.arange(start, start + size)
-      metrics, _ = self.fn(params, {k: v[idx] for k, v in self.first.items()}, np.arange(size, dtype=np.int32))
+      metrics, _ = self.fn(params, {k: v[idx] for k, v in self.inputs.items()}, np.arange(size, dtype=np.int32))
       for k, v in jax.device_get(metrics).items():
         totals[k] = totals.get(k, 0.0) + float(v)
       batches += 1
     row = {k: v / batches for k, v in totals.items()}
     lat = self.latents = inference.encode_split(inference.params_encoder(self.graphdef, params), self.arrays,
                                                 self.specs)
-    labels = self.first["label"]
+    labels = self.inputs["label"]
     for q, g in itertools.permutations(self.specs, 2):
       row[f"mrr_{q}_to_{g}"] = float(retrieval.mean_reciprocal_rank(lat[f"{q}_mu"], lat[f"{g}_mu"], labels, labels))
     return row
@@ -177,7 +176,7 @@ class _Validator:
     """{'<g>_generated': grid} for each image modality g: the first train.log_images validation examples' stored
     first frame (top row), then g decoded from each modality's posterior means in turn (rows in `specs` order,
     g itself giving the reconstruction). Uses the latents of the last call; {} when there is nothing to show."""
-    n = min(int(self.config.train.log_images), len(self.first["label"])) if self.latents is not None else 0
+    n = min(int(self.config.train.log_images), len(self.inputs["label"])) if self.latents is not None else 0
     if n < 1 or not self.shown:
       return {}
     from mmvae import inference
@@ -185,7 +184,7 @@ class _Validator:
     decoded = {q: decode(np.asarray(self.latents[f"{q}_mu"][:n], np.float32)) for q in self.specs}
     out = {}
     for g in self.shown:
-      rows = [self.first[g][:n]] + [self.specs[g].kind_module.to_data(np.asarray(decoded[q][g])) for q in self.specs]
+      rows = [self.inputs[g][:n]] + [self.specs[g].kind_module.to_data(np.asarray(decoded[q][g])) for q in self.specs]
       out[f"{g}_generated"] = train_log.image_grid(rows)
     return out
 
@@ -225,39 +224,81 @@ def run(config, data_dir, workdir, allow_data_change: bool = False, init_from=No
 
 def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, init_from) -> dict:
   from mmvae import data
+  dataset, specs = _open_dataset(config, data_dir)
+  t = config.train
+  log = train_log.RunLog(workdir, enabled=jax.process_index() == 0, wandb_project=t.wandb_project,
+                         wandb_mode=t.wandb_mode, config=config_lib.to_dict(config), name=config.name)
+  graphdef, tx, host_template, fresh_ok, can_generate = _build(config, dataset, specs)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
+  parallel.on_lost_process(lambda: ckpts.last_good)  # named if another process of the run is lost
+  restored, host_template = _restore(config, dataset, specs, workdir, log, ckpts, host_template, fresh_ok,
+                                     allow_data_change, init_from)
+  start = int(restored["step"]) if restored is not None else 0
+  if start > t.num_steps:
+    raise ValueError(f"{workdir} already holds step {start} > config.train.num_steps={t.num_steps}")
+  if start == t.num_steps and (workdir / "final.json").is_file():
+    ckpts.close()
+    print(f"mmvae train: {workdir} already finished step {start}; returning its final.json")
+    return json.loads((workdir / "final.json").read_text())
+  log.truncate_after(start)  # rows a killed run logged after its last checkpoint are redone
+  runner = parallel.Runner(graphdef, tx, config, config.parallel)
+  dev_state = runner.put_state(restored if restored is not None else host_template)
+  validator = _Validator(graphdef, config, dataset, specs, can_generate)
+  batches = data.Batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, prefetch=t.prefetch,
+                         pairing=config.data.pairing, modality_names=tuple(specs), rows=runner.local_slice(),
+                         workers=data.worker_count(t.data_workers, dataset, "train"))
+  if restored is not None and ckpts.restore_batches(batches, start) and batches.step != start:
+    batches.close()
+    raise ValueError(f"the input pipeline state saved with step {start} in {workdir / 'checkpoints'} is at step "
+                     f"{batches.step}; the checkpoint is inconsistent: train into a new --workdir")
+  loop = _Loop(config, workdir, log, ckpts, runner, validator, batches, start)
+  dev_state = loop.run(dev_state)
+  host = runner.host_state(dev_state)
+  if restored is not None and start == t.num_steps:  # a finished run whose final.json was lost: validate again
+    loop.last_val = validator(host["params"])
+  final = loop.final(host)
+  ckpts.close()
+  log.write_json("final.json", final)
+  return final
+
+
+def _open_dataset(config, data_dir):
+  """(dataset, {name: Modality}) after every check that needs no model; a damaged shard is found before any write."""
+  from mmvae import data
   check_config(config)
   dataset = data.Dataset(data_dir)
   dataset.check_config(config)
   specs = dataset.modalities(config.data.get("modalities", ()))
   config_lib.check_modality_keys(config, specs)
   check_batch_memory(config.train.batch_size, specs)
-  shapes = {name: m.model_shape for name, m in specs.items()}
-  t = config.train
   if dataset.num_examples("train") < 1:
     raise ValueError(f"{data_dir} has no training examples; prepare a dataset with a train split")
   # Read before anything is written, so a damaged shard leaves the workdir as it was: the splits this process
   # holds whole anyway (the validator's; train's when no worker process reads it), else checked without decoding.
   for split in ("train", "validation"):
     if split in dataset.splits and dataset.in_memory(split):
-      if split == "train" and data.worker_count(t.data_workers, dataset, split):
+      if split == "train" and data.worker_count(config.train.data_workers, dataset, split):
         dataset.verify(split)
       else:
         dataset.arrays(split)
+  return dataset, specs
 
-  log = train_log.RunLog(workdir, enabled=jax.process_index() == 0, wandb_project=t.wandb_project,
-                         wandb_mode=t.wandb_mode, config=config_lib.to_dict(config), name=config.name)
+
+def _build(config, dataset, specs: dict):
+  """(graphdef, optimizer, host state template, parameters new to a --from checkpoint may hold, can_generate)."""
+  t = config.train
   model = zoo.of(config).build(config, specs, seed=t.seed, num_classes=len(dataset.manifest["identities"]))
   tx = step_lib.make_optimizer(t, model)
-  schedule = step_lib.make_schedule(t)
   graphdef, state = step_lib.init_state(model, tx)
-  host_template = jax.tree.map(np.asarray, state)
   mask = step_lib.trainable_mask(graphdef, state["params"])
   # A staged model's trained parameters may be new to the --from checkpoint (a modality added to a space).
   fresh_ok = {k for k, v in ckpt_lib.flatten(mask).items() if v} if mask is not None else set()
-  can_generate = bool(getattr(model, "can_generate", False))
-  del model
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
-  parallel.on_lost_process(lambda: ckpts.last_good)  # named if another process of the run is lost
+  return graphdef, tx, jax.tree.map(np.asarray, state), fresh_ok, bool(getattr(model, "can_generate", False))
+
+
+def _restore(config, dataset, specs: dict, workdir: pathlib.Path, log, ckpts, host_template, fresh_ok,
+             allow_data_change: bool, init_from):
+  """(restored state or None, host template) of a resume or a new run, then config.json and run.json written."""
   history = {}
   if ckpts.latest_step() is not None:  # a resume: only the run that was started may continue
     if (workdir / "config.json").is_file():
@@ -275,39 +316,88 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
       **resume.dataset_record(dataset), **history, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "process_count": jax.process_count(),
       "mmvae": version.__version__, "jax": jax.__version__, "parallel": config.parallel,
-      "input_shapes": {k: list(v) for k, v in shapes.items()},
+      "input_shapes": {name: list(m.model_shape) for name, m in specs.items()},
       "modalities": [m.to_dict() for m in specs.values()], "num_classes": len(dataset.manifest["identities"]),
       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-  start = int(restored["step"]) if restored is not None else 0
-  if start > t.num_steps:
-    raise ValueError(f"{workdir} already holds step {start} > config.train.num_steps={t.num_steps}")
-  if start == t.num_steps and (workdir / "final.json").is_file():
-    ckpts.close()
-    print(f"mmvae train: {workdir} already finished step {start}; returning its final.json")
-    return json.loads((workdir / "final.json").read_text())
-  log.truncate_after(start)  # rows a killed run logged after its last checkpoint are redone
-  runner = parallel.Runner(graphdef, tx, config, config.parallel)
-  dev_state = runner.put_state(restored if restored is not None else host_template)
-  validator = _Validator(graphdef, config, dataset, specs, can_generate)
+  return restored, host_template
 
-  batches = data.batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, num_devices=1,
-                         prefetch=t.prefetch, pairing=config.data.pairing, modality_names=tuple(specs),
-                         rows=runner.local_slice(),
-                         workers=data.worker_count(t.data_workers, dataset, "train"))
-  if restored is not None and ckpts.restore_batches(batches, start) and batches.step != start:
-    batches.close()
-    raise ValueError(f"the input pipeline state saved with step {start} in {workdir / 'checkpoints'} is at step "
-                     f"{batches.step}; the checkpoint is inconsistent: train into a new --workdir")
-  last_metrics, last_val, wait_s, timed_from, timed_steps = {}, None, 0.0, None, 0
-  t_start = time.perf_counter()
-  bar = progress.bar(total=t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
-                  disable=jax.process_index() != 0, dynamic_ncols=True)
 
-  def finish(first, metrics, k):
+class _Loop:
+  """Steps start+1..num_steps: dispatch, fetch each dispatch's metrics while the next runs, validate, checkpoint.
+
+  SIGTERM (a preempted job) and SIGINT (Ctrl-C) stop it after the current dispatch, with that step saved.
+  """
+
+  def __init__(self, config, workdir: pathlib.Path, log, ckpts, runner, validator, batches, start: int):
+    self.config, self.t, self.workdir, self.log, self.ckpts = config, config.train, workdir, log, ckpts
+    self.runner, self.validator, self.batches, self.start = runner, validator, batches, start
+    self.schedule = step_lib.make_schedule(config.train)
+    self.last_metrics, self.last_val = {}, None
+    self.wait_s, self.timed_from, self.timed_steps = 0.0, None, 0
+    self.signal = 0  # the stop signal this process received
+    self.t_start = time.perf_counter()
+    self.bar = progress.bar(total=self.t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
+                            disable=jax.process_index() != 0, dynamic_ncols=True)
+
+  def run(self, dev_state):
+    """Trains to train.num_steps and returns the device state; SystemExit(128 + signal) once a stop is saved."""
+    t = self.t
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+      signal.signal(s, self._on_signal)
+    try:
+      pending, step = None, self.start
+      while step < t.num_steps:
+        k = self._block_length(step)
+        t0 = time.perf_counter()
+        block = [next(self.batches) for _ in range(k)]
+        self.wait_s += time.perf_counter() - t0
+        dev_state, metrics = self.runner.steps(dev_state, block) if k > 1 else self.runner.step(dev_state, block[0])
+        if pending is not None:  # fetch the previous dispatch's numbers while this one runs
+          self._fetch(*pending)
+        pending = (step + 1, metrics, k)
+        if step == self.start:  # the first dispatch of a process includes compilation: time the rest
+          jax.block_until_ready(metrics)
+          self.timed_from, self.wait_s = time.perf_counter(), 0.0
+        else:
+          self.timed_steps += k
+        step = done = step + k
+        self.bar.update(k)
+        stopping = _any_process(self.signal)  # every process saves the same step, then exits
+        due_eval = done % t.eval_every == 0 or done == t.num_steps
+        due_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps or stopping
+        if not (due_eval or due_ckpt):
+          continue
+        self._fetch(*pending)
+        pending = None
+        self._validate_and_save(self.runner.host_state(dev_state), done, due_eval, due_ckpt)
+        if stopping:
+          self._stop(done, stopping)
+      if pending is not None:
+        self._fetch(*pending)
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+      self.bar.close()
+      self.log.close()
+      self.batches.close()
+    return dev_state
+
+  def _on_signal(self, signum, frame) -> None:
+    self.signal = signum
+
+  def _block_length(self, step: int) -> int:
+    """train.steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
+    t = self.t
+    k = int(t.get("steps_per_dispatch", 1))
+    boundary = min(t.num_steps, *((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every)))
+    return k if step + k <= boundary else 1
+
+  def _fetch(self, first: int, metrics, k: int) -> None:
     """Fetches the metrics of steps first..first+k-1 (one fetch), stops on NaN/Inf at the first bad step, logs."""
-    nonlocal last_metrics
+    t = self.t
     fetched = jax.device_get(metrics)
-    elapsed = time.perf_counter() - t_start
+    elapsed = time.perf_counter() - self.t_start
     for i in range(k):
       step = first + i
       host = {name: float(np.ravel(v)[i]) for name, v in fetched.items()}  # a block's: [k]; one step's: a scalar
@@ -315,97 +405,53 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
       if bad:
         raise NonFiniteError(
             f"non-finite loss at step {step}: {', '.join(f'{n}={host[n]}' for n in bad)}; stopped without "
-            f"saving; {resume.restart_hint(workdir, ckpts.last_good)}; or check the data")
-      last_metrics = host
+            f"saving; {resume.restart_hint(self.workdir, self.ckpts.last_good)}; or check the data")
+      self.last_metrics = host
       if step % t.log_every == 0 or step == t.num_steps:
-        rate = (first + k - 1 - start) * t.batch_size / max(elapsed, 1e-9)
-        log.row({"step": step, "split": "train", **host, "learning_rate": float(schedule(step - 1)),
-                 "samples_per_second": rate})
-        progress.set_fields(bar, loss=f"{host['loss']:.4g}", samples_per_s=f"{rate:.4g}")
+        rate = (first + k - 1 - self.start) * t.batch_size / max(elapsed, 1e-9)
+        self.log.row({"step": step, "split": "train", **host, "learning_rate": float(self.schedule(step - 1)),
+                      "samples_per_second": rate})
+        progress.set_fields(self.bar, loss=f"{host['loss']:.4g}", samples_per_s=f"{rate:.4g}")
 
-  def block_length(step) -> int:
-    """train.steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
-    k = int(t.get("steps_per_dispatch", 1))
-    boundary = min(t.num_steps, *((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every)))
-    return k if step + k <= boundary else 1
+  def _validate_and_save(self, host, done: int, due_eval: bool, due_ckpt: bool) -> None:
+    """Refuses non-finite parameters, validates when due (logged, shown on the bar), checkpoints when due."""
+    bad = [k for k, v in ckpt_lib.flatten(host["params"]).items() if not np.all(np.isfinite(v))]
+    if bad:
+      raise NonFiniteError(f"parameter {bad[0]} became non-finite after step {done} (loss terms were finite); "
+                           f"stopped without saving; {resume.restart_hint(self.workdir, self.ckpts.last_good)} "
+                           "(or set config.train.grad_clip)")
+    val_score = None
+    if due_eval:
+      self.last_val = self.validator(host["params"])
+      if self.last_val is not None:
+        self.log.row({"step": done, "split": "validation", **self.last_val})
+        self.log.images(done, self.validator.images(host["params"]))
+        val_score = self.validator.score(self.last_val)
+        # The bar shows the selection score of the last validation (train.select_by: mean cross MRR, or loss).
+        shown = ("val_loss", -val_score) if self.t.select_by == "loss" else ("val_mrr", val_score)
+        progress.set_fields(self.bar, **{shown[0]: f"{shown[1]:.4g}"})
+    if due_ckpt:
+      self.ckpts.save(done, host, val_score=val_score, batches=self.batches)
 
-  # SIGTERM (a preempted job) and SIGINT (Ctrl-C) both stop after the current dispatch, with a checkpoint saved.
-  stop = {"signal": 0}
-  previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-  for s in STOP_SIGNALS:
-    signal.signal(s, lambda signum, frame: stop.update(signal=signum))
-  try:
-    pending, step = None, start
-    while step < t.num_steps:
-      k = block_length(step)
-      t0 = time.perf_counter()
-      block = [next(batches) for _ in range(k)]
-      wait_s += time.perf_counter() - t0
-      dev_state, metrics = runner.steps(dev_state, block) if k > 1 else runner.step(dev_state, block[0])
-      if pending is not None:  # fetch the previous dispatch's numbers while this one runs
-        finish(*pending)
-      pending = (step + 1, metrics, k)
-      if step == start:  # the first dispatch of a process includes compilation: time the rest
-        jax.block_until_ready(metrics)
-        timed_from, wait_s = time.perf_counter(), 0.0
-      else:
-        timed_steps += k
-      step = done = step + k
-      bar.update(k)
-      stopping = _any_process(stop["signal"])  # every process saves the same step, then exits
-      due_eval = done % t.eval_every == 0 or done == t.num_steps
-      due_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps or stopping
-      if not (due_eval or due_ckpt):
-        continue
-      finish(*pending)
-      pending = None
-      host = runner.host_state(dev_state)
-      bad = [k for k, v in ckpt_lib.flatten(host["params"]).items() if not np.all(np.isfinite(v))]
-      if bad:
-        raise NonFiniteError(f"parameter {bad[0]} became non-finite after step {done} (loss terms were finite); "
-                             f"stopped without saving; {resume.restart_hint(workdir, ckpts.last_good)} "
-                             "(or set config.train.grad_clip)")
-      val_score = None
-      if due_eval:
-        last_val = validator(host["params"])
-        if last_val is not None:
-          log.row({"step": done, "split": "validation", **last_val})
-          log.images(done, validator.images(host["params"]))
-          val_score = validator.score(last_val)
-          # The bar shows the selection score of the last validation (train.select_by: mean cross MRR, or loss).
-          shown = ("val_loss", -val_score) if t.select_by == "loss" else ("val_mrr", val_score)
-          progress.set_fields(bar, **{shown[0]: f"{shown[1]:.4g}"})
-      if due_ckpt:
-        ckpts.save(done, host, val_score=val_score, batches=batches)
-      if stopping:
-        bar.close()
-        who = (f"received {signal.Signals(stop['signal']).name}" if stop["signal"]
-               else f"another process received {signal.Signals(stopping).name}")
-        print(f"mmvae train: {who}; saved step {done} to {workdir / 'checkpoints'}; "
-              "rerun the same command to resume", flush=True)
-        raise SystemExit(128 + stopping)
-    if pending is not None:
-      finish(*pending)
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-    bar.close()
-    log.close()
-    batches.close()
+  def _stop(self, done: int, stopping: int) -> None:
+    """Says which signal stopped the run at the saved step `done`, then exits with 128 + that signal."""
+    self.bar.close()
+    who = (f"received {signal.Signals(self.signal).name}" if self.signal
+           else f"another process received {signal.Signals(stopping).name}")
+    print(f"mmvae train: {who}; saved step {done} to {self.workdir / 'checkpoints'}; "
+          "rerun the same command to resume", flush=True)
+    raise SystemExit(128 + stopping)
 
-  host = runner.host_state(dev_state)
-  if restored is not None and start == t.num_steps:
-    last_val = validator(host["params"])
-  elapsed = time.perf_counter() - t_start
-  timed = time.perf_counter() - timed_from if timed_from is not None else 0.0
-  final = {
-      "step": int(host["step"]), "losses": last_metrics, "validation": last_val,
-      "elapsed_seconds": elapsed,
-      "samples_per_second": timed_steps * t.batch_size / timed if timed_steps and timed > 0 else None,
-      "data_wait_fraction": wait_s / timed if timed_steps and timed > 0 else None,
-      "params_sha256": ckpt_lib.params_sha256(host["params"]),
-      "resumed_from": start, "best_step": ckpts.best.best_step(), "devices": jax.device_count(),
-      "parallel": config.parallel}
-  ckpts.close()
-  log.write_json("final.json", final)
-  return final
+  def final(self, host) -> dict:
+    """final.json's contents for the trained host state."""
+    t = self.t
+    elapsed = time.perf_counter() - self.t_start
+    timed = time.perf_counter() - self.timed_from if self.timed_from is not None else 0.0
+    return {
+        "step": int(host["step"]), "losses": self.last_metrics, "validation": self.last_val,
+        "elapsed_seconds": elapsed,
+        "samples_per_second": self.timed_steps * t.batch_size / timed if self.timed_steps and timed > 0 else None,
+        "data_wait_fraction": self.wait_s / timed if self.timed_steps and timed > 0 else None,
+        "params_sha256": ckpt_lib.params_sha256(host["params"]),
+        "resumed_from": self.start, "best_step": self.ckpts.best.best_step(), "devices": jax.device_count(),
+        "parallel": self.config.parallel}

@@ -58,10 +58,10 @@ class Contrastive(models.Multimodal):
     return (mu_BxZ, jnp.zeros_like(mu_BxZ)), frames
 
 
-def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> Contrastive:
+def build(config, specs: dict, seed: int, num_classes: int = 0) -> Contrastive:
   """The encoders of config.model (encoders, hidden, latent_dim) and the optional head."""
   mc = config.model
-  specs = modalities.specs(input_shapes)
+  specs = modalities.specs(specs)  # Modality values, or their manifest entries
   models.check_model_config(mc, decoder=False)
   dtype = models.compute_dtype(mc.dtype)
 

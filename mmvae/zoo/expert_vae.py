@@ -84,10 +84,10 @@ class ExpertVAE(models.Multimodal):
     return self.decoder(z_BxZ)
 
 
-def build(model_cls, config, input_shapes: dict, seed: int, num_classes: int = 0):
+def build(model_cls, config, specs: dict, seed: int, num_classes: int = 0):
   """An initialised `model_cls` (an ExpertVAE) for config.model and the modalities {name: Modality}."""
   mc = config.model
-  specs = modalities.specs(input_shapes)
+  specs = modalities.specs(specs)  # Modality values, or their manifest entries
   models.check_model_config(mc)
   dtype = models.compute_dtype(mc.dtype)
 
@@ -184,9 +184,9 @@ class Kind:
     # K reparameterised draws per posterior: per ELBO term, mixture component or subset.
     return {"loss": {"num_samples": 1, **self.keys}}
 
-  def build(self, config, input_shapes: dict, seed: int, num_classes: int = 0):
+  def build(self, config, specs: dict, seed: int, num_classes: int = 0):
     """Per-modality encoders and decoders of config.model (and the identity head when loss.identity_weight > 0)."""
-    return build(self.model_cls, config, input_shapes, seed, num_classes)
+    return build(self.model_cls, config, specs, seed, num_classes)
 
   def loss(self, model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
     """(total, metrics) of the kind's objective; every term is per example, so pmap's mean of means is right."""

@@ -233,11 +233,11 @@ def check_config(config) -> None:
     raise ValueError(f"config.model.stage={stage} is not a stage of the plan (1..{len(stages_)}, 0 = the last)")
 
 
-def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> MCVS:
+def build(config, specs: dict, seed: int, num_classes: int = 0) -> MCVS:
   """Every modality's encoder and branch and every block of the plan; config.model.stage picks what trains."""
   check_config(config)
   mc = config.model
-  specs = modalities.specs(input_shapes)
+  specs = modalities.specs(specs)  # Modality values, or their manifest entries
   plan = plan_of(config, specs)
   stage = int(mc.get("stage", 0)) or len(plan)
   if stage > len(plan):

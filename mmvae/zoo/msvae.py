@@ -106,13 +106,13 @@ class MSVAE(models.Multimodal):
     return self.decoder(z_BxZ)
 
 
-def build(config, input_shapes: dict, seed: int, num_classes: int = 0) -> MSVAE:
+def build(config, specs: dict, seed: int, num_classes: int = 0) -> MSVAE:
   """The MS-VAE for `config.model` and the modalities {name: Modality}.
 
   num_classes: training identities, for the identity head (built when config.loss.identity_weight > 0).
   """
   mc = config.model
-  specs = modalities.specs(input_shapes)
+  specs = modalities.specs(specs)  # Modality values, or their manifest entries
   models.check_model_config(mc)
   if config.loss.get("identity_weight", 0.0) > 0 and num_classes < 2:
     raise ValueError(f"config.loss.identity_weight > 0 needs at least 2 training identities, got {num_classes}")

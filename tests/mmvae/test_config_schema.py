@@ -15,7 +15,7 @@ class _ToyKind:
   def __init__(self, keys: dict):
     self.keys = keys
 
-  def build(self, config, input_shapes, seed, num_classes):
+  def build(self, config, specs, seed, num_classes):
     raise NotImplementedError
 
   def loss(self, model, batch, example_keys_B, step_key, step, loss_cfg, axis_name):

@@ -76,8 +76,8 @@ def test_batch_at_matches_brute_force_contract(prepared, seed, step, b):
 
 def test_resume_equals_uninterrupted_and_prefetch_thread(prepared):
   ds = data.Dataset(prepared)
-  full = list(itertools.islice(data.batches(ds, "train", 4, seed=7, num_devices=2), 9))
-  resumed = list(itertools.islice(data.batches(ds, "train", 4, seed=7, start_step=5, num_devices=4, prefetch=1), 4))
+  full = list(itertools.islice(data.Batches(ds, "train", 4, seed=7), 9))
+  resumed = list(itertools.islice(data.Batches(ds, "train", 4, seed=7, start_step=5, prefetch=1), 4))
   for a, b in zip(full[5:], resumed):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -99,7 +99,7 @@ def test_grain_pipeline_rows_and_saved_state_follow_the_contract(prepared, worke
   """A process's rows of each batch, in worker processes or not, and a stream restored from its saved state."""
   ds = data.Dataset(prepared)
   rows = slice(2, 4)  # process 1 of 2 at global batch 4
-  stream = data.batches(ds, "train", 4, seed=7, start_step=2, rows=rows, workers=workers)
+  stream = data.Batches(ds, "train", 4, seed=7, start_step=2, rows=rows, workers=workers)
   try:
     for step in range(2, 5):
       _check_rows(next(stream), 7, step, 4, [2, 3])
@@ -110,7 +110,7 @@ def test_grain_pipeline_rows_and_saved_state_follow_the_contract(prepared, worke
   # Restored into a stream started at step 0: with the same worker count through grain's own iterator state,
   # with another by restarting at the saved step; both continue at step 5.
   for restored_workers in (workers, 1 if workers == 0 else 0):
-    restored = data.batches(ds, "train", 4, seed=7, rows=rows, workers=restored_workers)
+    restored = data.Batches(ds, "train", 4, seed=7, rows=rows, workers=restored_workers)
     try:
       restored.set_state(state)
       assert restored.step == 5
@@ -141,8 +141,8 @@ def test_random_access_path_equals_in_memory(prepared, monkeypatch):
 
 def test_batch_errors(prepared):
   ds = data.Dataset(prepared)
-  with pytest.raises(ValueError, match="not divisible by 4 devices"):
-    next(data.batches(ds, "train", 6, 0, num_devices=4))
+  with pytest.raises(ValueError, match="global batch size must be >= 1, got 0"):
+    data.Batches(ds, "train", 0, 0)
   with pytest.raises(ValueError, match="split 'validation' is not in"):
     data.batch_at(ds, "validation", 4, 0, 0)
 
@@ -251,9 +251,9 @@ def test_pairing_matches_brute_force_and_stays_in_group(grouped, pairing):
 def test_pairing_is_a_function_of_seed_step_position(grouped, pairing, monkeypatch):
   ds = data.Dataset(grouped)
   direct = [data.batch_at(ds, "train", 6, 5, s, pairing=pairing) for s in range(3, 7)]
-  resumed = list(itertools.islice(data.batches(ds, "train", 6, seed=5, start_step=3, num_devices=2, prefetch=1,
+  resumed = list(itertools.islice(data.Batches(ds, "train", 6, seed=5, start_step=3, prefetch=1,
                                                pairing=pairing), 4))
-  from_zero = list(itertools.islice(data.batches(ds, "train", 6, seed=5, prefetch=0, pairing=pairing), 7))[3:]
+  from_zero = list(itertools.islice(data.Batches(ds, "train", 6, seed=5, prefetch=0, pairing=pairing), 7))[3:]
   for a, b, c in zip(direct, resumed, from_zero):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])

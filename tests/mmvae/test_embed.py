@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_prep import features
+from data_prep import join
 from mmvae import cli, data, embed
 from mmvae import config as config_lib
 from mmvae.train import checkpoints, entry
@@ -66,7 +66,7 @@ def test_cli_checkpoint_splits_and_a_join_round_trip(run, synthetic_dataset, tmp
     np.testing.assert_array_equal(some["embeddings"][some["splits"] == split],
                                   saved["embeddings"][saved["splits"] == split])
   # The format `prep features --join` reads: the run's space as a new modality of its dataset.
-  features.join_embeddings(synthetic_dataset, target, "voice_z", tmp_path / "joined")
+  join.join_embeddings(synthetic_dataset, target, "voice_z", tmp_path / "joined")
   joined = data.Dataset(tmp_path / "joined")
   for split in ds.splits:
     np.testing.assert_array_equal(joined.arrays(split)["voice_z"], saved["embeddings"][saved["splits"] == split])

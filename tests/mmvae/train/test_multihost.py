@@ -209,7 +209,7 @@ def _worker(data_dir: str, workdir: str, mode: str, steps: str, report: str, sig
   sys.path.insert(0, str(pathlib.Path(__file__).parents[2]))  # tests/
   from slow_batches import tapped
   if int(os.environ["MMVAE_PROCESS_ID"] if "MMVAE_PROCESS_ID" in os.environ else 0) == int(sigterm):
-    data.batches = tapped(lambda i, b: (os.kill(os.getpid(), signal.SIGTERM) if i == 1 else None) or b)
+    data.Batches = tapped(lambda i, b: (os.kill(os.getpid(), signal.SIGTERM) if i == 1 else None) or b)
   fed, audio, local_slices = [], [], []
   real_init = parallel.Runner.__init__
 

@@ -122,7 +122,7 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(dataset_dir
       batch = dict(batch, audio=np.where(np.arange(batch["audio"].shape[-1]) == 0, np.nan, batch["audio"]))
     return batch
 
-  monkeypatch.setattr(data, "batches", tapped(poison))
+  monkeypatch.setattr(data, "Batches", tapped(poison))
   cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=2", "train.eval_every=100"])
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*recon_audio_from_audio=nan.*checkpoint \(step 4\)"):
     entry.train(cfg, dataset_dir, tmp_path)
@@ -158,7 +158,7 @@ def test_a_nan_inside_a_block_names_its_own_step(dataset_dir, tmp_path, monkeypa
       batch = dict(batch, audio=np.full_like(batch["audio"], np.nan))
     return batch
 
-  monkeypatch.setattr(data, "batches", tapped(poison))
+  monkeypatch.setattr(data, "Batches", tapped(poison))
   cfg = config_lib.load("synthetic:tiny", ["train.checkpoint_every=3", "train.eval_every=100",
                                            "train.steps_per_dispatch=3"])
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss at step 5: .*checkpoint \(step 3\)"):

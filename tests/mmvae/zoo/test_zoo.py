@@ -42,8 +42,8 @@ class Toy(nnx.Module):
 class ToyKind:
   """The toy's build / loss / check_config: self and cross squared error of a sample, plus a small KL."""
 
-  def build(self, config, input_shapes, seed, num_classes):
-    return models.init_module(lambda rngs: Toy(input_shapes, config.model.latent_dim, rngs), seed)
+  def build(self, config, specs, seed, num_classes):
+    return models.init_module(lambda rngs: Toy(specs, config.model.latent_dim, rngs), seed)
 
   def loss(self, model, batch, example_keys_B, step_key, step, loss_cfg, axis_name=None):
     recon, kl = 0.0, 0.0

@@ -138,7 +138,7 @@ class _Blob:
   activate = staticmethod(lambda raw: raw)
   nll = staticmethod(lambda out, x, log_sigma: jnp.sum(jnp.abs(out - x), -1) * jnp.exp(-log_sigma) + log_sigma)
   to_data = staticmethod(np.asarray)
-  augment = staticmethod(lambda x, flip_B, train_cfg: x)
+  augment = staticmethod(lambda x, flip_B, train_cfg, keys_B=None: x)
 
 
 def _three_modality_examples(n, offset):

@@ -87,7 +87,8 @@ def params_sha256(params) -> str:
 
 
 class _QuietLoop(asyncio.SelectorEventLoop):
-  """An event loop that drops callbacks handed to it after it closed, instead of raising.
+  """An event loop that drops callbacks handed to it after it closed, instead of raising, and its futures'
+  unretrieved read errors.
 
   Orbax restores on a fresh loop that it closes as soon as one read fails; TensorStore's reads still in
   flight then complete on their own threads and hand their results to the closed loop, and each
@@ -102,6 +103,13 @@ class _QuietLoop(asyncio.SelectorEventLoop):
       if self.is_closed():  # only that error; anything else still surfaces
         return None
       raise
+
+  def call_exception_handler(self, context):
+    """Drops asyncio's 'Future exception was never retrieved' for the reads of a failed restore (their error is
+    what the restore reports, once); any other report goes to asyncio's handler."""
+    if "never retrieved" in str(context.get("message", "")):
+      return
+    super().call_exception_handler(context)
 
 
 class _QuietPolicy(asyncio.DefaultEventLoopPolicy):

@@ -94,12 +94,14 @@ def add_beam(parser) -> None:
                            "the corpus must be on a file system every worker mounts at the same path (default: none)")
 
 
+BEAM_MISSING = "--beam needs Apache Beam: pip install 'mmvae[beam]'"
+
+
 def beam_options(args) -> str | None:
   """None: prepare locally; else the Beam pipeline options ("" for the local default); checked before any work."""
   if not (args.beam or args.beam_options is not None):
     return None
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("apache_beam") is None:
-    from data_prep import prepare  # pylint: disable=g-import-not-at-top
-    raise ValueError(prepare.BEAM_MISSING)
+    raise ValueError(BEAM_MISSING)
   return args.beam_options or ""  # "": beam_prep.DEFAULT_OPTIONS

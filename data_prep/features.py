@@ -21,7 +21,6 @@ the original label values in sorted order; identity = video = the class, so retr
 """
 
 import collections
-import keyword
 import pathlib
 import re
 import time
@@ -36,7 +35,7 @@ SPLITS = ("train", "validation", "test")
 REQUIRED_SPLITS = ("train", "test")
 STD_FLOOR = 1e-8  # a constant feature would otherwise divide by zero
 CHUNK_ROWS = 4096  # feature rows read from ROOT's files at a time
-RESERVED = ("label", *storage.TEXT_FEATURES)  # per-example fields beside the modalities
+RESERVED = storage.RESERVED  # per-example fields beside the modalities
 _SPLIT = "|".join(SPLITS)
 _NPZ = re.compile(rf"(?P<modality>.+)_(?P<split>{_SPLIT})\.npz")
 _NPY = re.compile(rf"(?P<modality>.+)_(?P<split>{_SPLIT})_(?P<part>features|labels)\.npy")
@@ -61,8 +60,7 @@ def parse_renames(rename) -> dict[str, str]:
   return out
 
 
-def _valid_name(name: str) -> bool:
-  return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
+_valid_name = storage.valid_name
 
 
 def find_files(root) -> dict[str, dict[str, dict]]:
@@ -384,7 +382,7 @@ def _run(args, config) -> None:  # pylint: disable=unused-argument  (reads no co
     absent = [flag for flag, value in (("--embeddings", args.embeddings), ("--name", args.name)) if value is None]
     if absent:
       raise ValueError(f"--join needs {' and '.join(absent)}")
-    from data_prep import join  # pylint: disable=g-import-not-at-top  (join imports this module)
+    from data_prep import join  # pylint: disable=g-import-not-at-top  (only for --join)
     join.join_embeddings(args.join, args.embeddings, args.name, args.out, drop_missing=args.drop_missing)
     return
   given = _given((("--embeddings", args.embeddings), ("--name", args.name),

@@ -15,7 +15,6 @@ import time
 import numpy as np
 
 from data_prep import storage
-from data_prep.features import RESERVED, _valid_name
 from mmvae import progress
 
 
@@ -108,9 +107,9 @@ def read_embeddings(path) -> tuple[list[str], list[np.ndarray]]:
 
 
 def _check_new_name(name: str, existing) -> None:
-  if isinstance(name, str) and name in RESERVED:
-    raise ValueError(f"--name {name!r} is a reserved per-example field ({', '.join(RESERVED)}); choose another name")
-  if not isinstance(name, str) or not _valid_name(name):
+  if isinstance(name, str) and name in storage.RESERVED:
+    raise ValueError(f"--name {name!r} is a reserved per-example field ({', '.join(storage.RESERVED)}); choose another name")
+  if not isinstance(name, str) or not storage.valid_name(name):
     raise ValueError(f"--name {name!r} is not a Python identifier; a modality name is a config key "
                      "(config.model.encoders.NAME), e.g. --name speaker_emb")
   if name in existing:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data_prep import audio, avdigits, digit_text, faces, mmdigits, resume, shards, spool, storage, voxceleb1
+from data_prep import audio, avdigits, corpora, digit_text, faces, mmdigits, resume, shards, spool, storage, voxceleb1
 from data_prep import corpus as corpus_lib
 from mmvae import config as config_lib
 from mmvae import main_guard
@@ -29,7 +29,6 @@ from mmvae import workers as workers_lib
 SPLITS = ("train", "validation", "test")
 STD_FLOOR = 1e-8  # a constant bin (e.g. all-zero) would otherwise divide by zero
 SEQUENCES = ("audio_frames", "face_frames")  # a corpus with per-utterance frame folders (Corpus.frame_sequences)
-BEAM_MISSING = "--beam needs Apache Beam: pip install 'mmvae[beam]'"
 
 
 def _load_config(config) -> ml_collections.ConfigDict:
@@ -293,7 +292,7 @@ def _prepare(corpus: corpus_lib.Corpus, corpus_name: str, build: storage.Build, 
     try:
       from data_prep import beam_prep  # pylint: disable=g-import-not-at-top  (Apache Beam is an optional extra)
     except ModuleNotFoundError as e:
-      raise ValueError(BEAM_MISSING) from e
+      raise ValueError(corpora.BEAM_MISSING) from e
     normalisation = beam_prep.write_splits(tasks, corpus, corpus_name, build.path, modalities, size, steps, outcomes,
                                            bool(data_cfg.time_average), beam_options)
   else:

@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
+import keyword
 import os
 import pathlib
 import re
@@ -28,6 +29,12 @@ VERSION = shards.VERSION
 MANIFEST = "manifest.json"
 MARKER = ".mmvae-build"  # in every folder prep builds: tells an interrupted mmvae build from a user's folder
 TEXT_FEATURES = shards.TEXT_FEATURES
+RESERVED = ("label", *TEXT_FEATURES)  # per-example fields beside the modalities: no modality takes these names
+
+
+def valid_name(name: str) -> bool:
+  """Whether `name` can name a modality: a Python identifier, not a keyword, not a per-example field."""
+  return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
 # What prep writes at the top of a dataset folder: a re-prep replaces these and keeps every other entry (a user's).
 OWN_ENTRIES = (MANIFEST, MARKER, "tfds", "columns", "raw", ".shards", ".spool", ".yt8m-gunzip")
 RUN_FILES = ("run.json", "config.json", "checkpoints")  # a training workdir: never inside a dataset

@@ -210,9 +210,8 @@ class _Extractor:
     if self.workers > 1:
       # spawn, not fork: the parent may hold JAX or reader threads, which fork does not copy safely.
       # Its workers exit when prep dies (kill -9 included) and leave Ctrl-C to prep, which stops them.
-      with workers_lib.sigint_ignored():  # inherited: a Ctrl-C cannot hit a worker mid-bootstrap
-        self.pool = multiprocessing.get_context("spawn").Pool(
-            self.workers, initializer=workers_lib.exit_with_parent, initargs=(os.getpid(),))
+      self.pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=workers_lib.exit_with_parent,
+                                                            initargs=(os.getpid(),))
     return self
 
   def __exit__(self, *exc):

@@ -6,7 +6,6 @@ each worker: a thread ends the worker as soon as its parent is gone. Ctrl-C reac
 terminal's process group; workers ignore it, and the parent stops them once it has saved or cleaned up.
 """
 
-import contextlib
 import os
 import signal
 import threading
@@ -30,21 +29,3 @@ def exit_with_parent(parent_pid: int, *_worker_index) -> None:
 
   threading.Thread(target=watch, name="mmvae-exit-with-parent", daemon=True).start()
 
-
-@contextlib.contextmanager
-def sigint_ignored():
-  """SIGINT blocked in this thread while it starts workers, so the workers start with it blocked.
-
-  A spawned worker inherits the signal mask of the thread that forked it, so a Ctrl-C that reaches the
-  terminal's process group while a worker is still starting up no longer kills that worker mid-bootstrap
-  (a fatal error and a traceback); the worker then ignores SIGINT (exit_with_parent). This process still gets
-  the Ctrl-C: through another thread at once, or when the mask is restored here.
-  """
-  if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-    yield
-    return
-  previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-  try:
-    yield
-  finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -34,12 +34,22 @@ Pooling over time (`time_average`), chosen by `data.pooling`:
   - 'magnitude_mean' (the seed report's recipe, kept to reproduce it): the time-average of the
     UN-normalised magnitude. It scales with the utterance's gain, so it encodes loudness more than
     the speaker.
+Augmented views (`data.audio_views` V > 1, pooled features only): the audio of a training example is stored as
+[V, D], view 0 its clean features, views 1..V-1 the same recipe run on an augmented wave (`augment_wave`):
+  speed       resampled by a factor drawn from `data.audio_speed` ("lo,hi"; pitch and tempo change together)
+  reverb      with probability `data.audio_reverb`, convolved with a generated room impulse response
+              (`room_impulse`: a direct path plus exponentially decaying Gaussian noise, RT60 in RT60_RANGE)
+  noise       white or pink noise at an SNR drawn from `data.audio_noise_snr` ("lo,hi" dB)
+  telephone   with probability `data.audio_telephone`, band-limited to TELEPHONE_BAND (Butterworth, zero phase)
+each from a generator seeded by (data.seed, the example's id, v) alone (`view_rng`), so a view does not depend on
+the worker count, the order or a resume. Validation and test store V copies of view 0.
 Either way the dataset-level per-bin standardisation (train-split mean/std) is applied afterwards
 by `data_prep.prepare` (recorded as `audio_normalisation` in the manifest): averaging a
 per-bin-normalised spectrogram over time would give exactly zero in every bin.
 """
 
 import functools
+import hashlib
 import os
 import struct
 import warnings
@@ -60,6 +70,10 @@ CROP_MODES = ("random", "center")
 # librosa.resample res_types: soxr (librosa's default) or scipy's polyphase filter (the recipe before librosa)
 RESAMPLERS = ("soxr_hq", "polyphase")
 _SILENCE_PEAK = 1e-6  # below one int16 step (3e-5): nothing but rounding noise
+TELEPHONE_BAND = (300.0, 3400.0)  # Hz: the narrowband telephone channel
+TELEPHONE_ORDER = 6  # Butterworth order of each edge (run forwards and backwards: twice the attenuation)
+RT60_RANGE = (0.2, 0.8)  # s: the reverberation times drawn for `data.audio_reverb` (small room to hall)
+NOISE_COLOURS = ("white", "pink")
 
 
 class AudioError(ValueError):
@@ -382,3 +396,171 @@ def frame_features(wave, data_cfg, fps):
   power_TxF = np.abs(scipy.fft.rfft(frames_TxW * np.hamming(win), n=n_fft, axis=1)) ** 2
   fb = mel_filterbank(n_mels, n_fft, n_fft // 2 + 1, sr)
   return normalise_per_bin(np.log(power_TxF @ fb.T.astype(np.float64) + MEL_FLOOR))
+
+
+# --- augmented views (data.audio_views) ---
+
+
+def view_rng(seed, example_id, view):
+  """The generator of one view: seeded by (seed, SHA-256 of the example's id, view) alone, never by order or worker."""
+  digest = int.from_bytes(hashlib.sha256(str(example_id).encode("utf-8")).digest()[:8], "little")
+  return np.random.default_rng((int(seed), digest, int(view)))
+
+
+def add_noise(wave, snr_db, rng, colour="white"):
+  """wave plus white or pink Gaussian noise scaled to mean(wave^2) / mean(noise^2) = 10^(snr_db / 10); float32."""
+  if colour not in NOISE_COLOURS:
+    raise ValueError(f"noise colour must be one of {NOISE_COLOURS}, got {colour!r}")
+  x = np.asarray(wave, np.float64)
+  noise = rng.standard_normal(x.shape[0])
+  if colour == "pink":  # 1/f power: amplitudes 1/sqrt(f) in the frequency domain (DC left out)
+    spectrum = scipy.fft.rfft(noise)
+    f = np.arange(spectrum.shape[0], dtype=np.float64)
+    spectrum[1:] /= np.sqrt(f[1:])
+    spectrum[0] = 0.0
+    noise = scipy.fft.irfft(spectrum, n=x.shape[0])
+  signal_power, noise_power = float(np.mean(x * x)), float(np.mean(noise * noise))
+  if signal_power <= 0.0 or noise_power <= 0.0:
+    return x.astype(np.float32)
+  noise *= np.sqrt(signal_power / (noise_power * 10.0 ** (float(snr_db) / 10.0)))
+  return (x + noise).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _telephone_sos(sample_rate):
+  low, high = TELEPHONE_BAND
+  if high >= sample_rate / 2:
+    raise ValueError(f"the telephone band {TELEPHONE_BAND} Hz needs data.sample_rate > {2 * high:g}, "
+                     f"got {sample_rate}")
+  return scipy.signal.butter(TELEPHONE_ORDER, [low, high], btype="bandpass", fs=sample_rate, output="sos")
+
+
+def telephone(wave, sample_rate):
+  """wave band-limited to TELEPHONE_BAND: a zero-phase Butterworth band-pass (scipy sosfiltfilt); float32."""
+  x = np.asarray(wave, np.float64)
+  sos = _telephone_sos(int(sample_rate))
+  # sosfiltfilt pads by reflection; a clip shorter than its default pad gets a shorter one.
+  pad = min(3 * (2 * len(sos) + 1), max(x.shape[0] - 1, 0))
+  return scipy.signal.sosfiltfilt(sos, x, padlen=pad).astype(np.float32)
+
+
+def room_impulse(rt60, sample_rate, rng):
+  """float32 room impulse response: 1 (the direct path) then Gaussian noise whose amplitude falls 60 dB in rt60 s.
+
+  rt60 * sample_rate samples long; the tail's energy equals the direct path's.
+  """
+  if rt60 <= 0:
+    raise ValueError(f"rt60 must be positive, got {rt60}")
+  n = max(int(round(rt60 * sample_rate)), 2)
+  t = np.arange(n, dtype=np.float64) / sample_rate
+  tail = rng.standard_normal(n) * np.exp(-np.log(1000.0) * t / rt60)  # amplitude 10^-3 (-60 dB) at rt60
+  tail[0] = 0.0
+  tail /= max(float(np.sqrt(np.sum(tail * tail))), 1e-12)
+  tail[0] = 1.0
+  return tail.astype(np.float32)
+
+
+def reverb(wave, rir):
+  """wave convolved with the impulse response rir (scipy fftconvolve), cut to the wave's length; float32."""
+  x, h = np.asarray(wave, np.float64), np.asarray(rir, np.float64)
+  return scipy.signal.fftconvolve(x, h)[:x.shape[0]].astype(np.float32)
+
+
+def speed(wave, factor, sample_rate, res_type="soxr_hq"):
+  """wave played `factor` times faster (pitch and tempo together): resampled from factor * rate to rate.
+
+  librosa.resample with the integer rates round(factor * sample_rate) -> sample_rate: about len / factor samples.
+  """
+  if factor <= 0:
+    raise ValueError(f"speed factor must be positive, got {factor}")
+  source = int(round(float(factor) * int(sample_rate)))
+  x = np.asarray(wave, np.float32)
+  if source == int(sample_rate):
+    return x.copy()
+  return librosa.resample(x, orig_sr=source, target_sr=int(sample_rate), res_type=res_type).astype(np.float32)
+
+
+def _range(data_cfg, key, low, high):
+  """data.KEY as (lo, hi) from "lo,hi" (or one number), within [low, high]; None when "" (off)."""
+  text = _cfg(data_cfg, key)
+  if text is None or str(text).strip() == "":
+    return None
+  try:
+    values = tuple(float(v) for v in str(text).split(","))
+  except ValueError:
+    values = ()
+  if len(values) == 1:
+    values = values * 2
+  if len(values) != 2 or not low <= values[0] <= values[1] <= high or not all(np.isfinite(values)):
+    raise ValueError(f'data.{key}={text!r} must be "lo,hi" with {low:g} <= lo <= hi <= {high:g}, or "" (off)')
+  return values
+
+
+def _probability(data_cfg, key):
+  p = float(_cfg(data_cfg, key))
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"data.{key}={p} must be a probability in [0, 1]")
+  return p
+
+
+def views(data_cfg):
+  """data.audio_views, checked with the augmentation settings: V >= 1 (1 = no views); V > 1 needs pooled audio."""
+  v = int(getattr(data_cfg, "audio_views", 1))  # a config from before the key: no views
+  if v < 1:
+    raise ValueError(f"data.audio_views={v} must be >= 1 (1: no augmented views)")
+  if v > 1:
+    if not _cfg(data_cfg, "time_average"):
+      raise ValueError(f"data.audio_views={v} needs pooled audio features (data.time_average=True): a [T, F] "
+                       "spectrogram has no views; set data.audio_views=1")
+    augmentation(data_cfg)
+  return v
+
+
+def augmentation(data_cfg):
+  """The checked augmentation settings of data_cfg: {snr, telephone, reverb, speed} (ranges None when off)."""
+  return {"snr": _range(data_cfg, "audio_noise_snr", -20.0, 100.0),
+          "telephone": _probability(data_cfg, "audio_telephone"),
+          "reverb": _probability(data_cfg, "audio_reverb"),
+          "speed": _range(data_cfg, "audio_speed", 0.5, 2.0)}
+
+
+def augment_wave(wave, data_cfg, rng):
+  """One augmented copy of a mono wave at data.sample_rate (module docstring): speed, reverb, noise, telephone.
+
+  Every draw is made whatever is switched on, in a fixed order, so turning one augmentation off leaves the others'
+  draws as they were.
+  """
+  settings, sr = augmentation(data_cfg), int(_cfg(data_cfg, "sample_rate"))
+  factor, use_reverb, rt60 = rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0), rng.uniform(*RT60_RANGE)
+  rir_rng = np.random.default_rng(rng.integers(1 << 62))
+  snr, pink, use_phone = rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0) < 0.5, rng.uniform(0.0, 1.0)
+  noise_rng = np.random.default_rng(rng.integers(1 << 62))
+  x = np.asarray(wave, np.float32)
+  if settings["speed"] is not None:
+    lo, hi = settings["speed"]
+    x = speed(x, lo + factor * (hi - lo), sr, resampler(data_cfg))
+  if use_reverb < settings["reverb"]:
+    x = reverb(x, room_impulse(rt60, sr, rir_rng))
+  if settings["snr"] is not None:
+    lo, hi = settings["snr"]
+    x = add_noise(x, lo + snr * (hi - lo), noise_rng, "pink" if pink else "white")
+  if use_phone < settings["telephone"]:
+    x = telephone(x, sr)
+  return x
+
+
+def utterance_views(wave, data_cfg, train, rng, example_id, name=None):
+  """float32 [V, D]: view 0 `utterance_features(wave, data_cfg, train, rng)`; for train, views 1..V-1 the features
+  of `augment_wave` copies, each from `view_rng(data.seed, example_id, v)` (crop and dither too); otherwise V copies
+  of view 0."""
+  v_count = views(data_cfg)
+  clean = np.asarray(utterance_features(wave, data_cfg, train, rng, name=name), np.float32)
+  out = [clean]
+  for v in range(1, v_count):
+    if not train:
+      out.append(clean)
+      continue
+    view = view_rng(_cfg(data_cfg, "seed"), example_id, v)
+    out.append(np.asarray(utterance_features(augment_wave(wave, data_cfg, view), data_cfg, True, view, name=name),
+                          np.float32))
+  return np.stack(out)

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from data_prep import corpora, digit_text
+from data_prep import corpora, digit_text, example, pipeline, storage
 from data_prep.corpus import Corpus
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -145,16 +145,28 @@ def _add_arguments(parser, add_config) -> None:
   corpora.add_beam(parser)
 
 
+def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict: bool = False,
+                     workers: int = 0, beam_options: str | None = None) -> dict:
+  """Prepares FSDD recordings paired with MNIST t10k digits of the same class into OUT."""
+  config = example.checked_config(config)[0]
+  with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
+    k = int(config.data.frames_per_utterance)
+    layout = list_examples(fsdd, mnist, seed=seed, strict=strict, train_images=k)
+    more = (f"; each training recording also holds up to {k - 1} further distinct images of its digit "
+            "(its stored frames)") if k > 1 else ""
+    return pipeline.run(layout, "avdigits", build, config, strict, workers, [NOTES + f" (seed {seed}){more}"],
+                    beam_options=beam_options)
+
+
+
 def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('avdigits', out, fsdd=..., mnist=..., ...): prepare.prepare_avdigits."""
-  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
-  return prepare_lib.prepare_avdigits(out=out, **kwargs)
+  """mmvae.prepare('avdigits', out, fsdd=..., mnist=..., ...): prepare_avdigits."""
+  return prepare_avdigits(out=out, **kwargs)
 
 
 def _run(args, config) -> None:
-  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  prepare_lib.prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
-                               strict=args.strict, workers=args.workers, beam_options=corpora.beam_options(args))
+  prepare_avdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed, strict=args.strict,
+                   workers=args.workers, beam_options=corpora.beam_options(args))
 
 
 corpora.register(corpora.Kind("avdigits", help="FSDD recordings paired with MNIST digits of the same class",

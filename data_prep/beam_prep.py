@@ -1,6 +1,6 @@
 """`mmvae prep --beam`: every split's extraction and shard writing as an Apache Beam pipeline.
 
-The pipeline calls the functions local prep calls (prepare._extract, prepare._record, shards.write_shard,
+The pipeline calls the functions local prep calls (example.extract, example.record, shards.write_shard,
 spool.write_part / mean_std), so the dataset, its fingerprint, skipped files and warnings are local prep's:
 - a ParDo extracts each task; its skipped file and warnings go to small JSON lines that the driver replays in
   task order through resume.Outcomes (the same order, paths and de-duplication as local prep);
@@ -9,7 +9,7 @@ spool.write_part / mean_std), so the dataset, its fingerprint, skipped files and
 - each group, sorted by task position, is written by one write_shard call (or one spool part).
 With data.time_average a first pipeline spools the unnormalised train split (spool.write_part), the driver
 computes the per-bin statistics once (spool.mean_std: bit-identical to local prep), and a second pipeline
-writes the train shards from the spool and the other splits normalised. prepare._prepare then finishes
+writes the train shards from the spool and the other splits normalised. pipeline.run then finishes
 (shards.finalize, manifest, swap) as for local prep.
 
 Workers write into the build folder beside OUT and read the corpus by the paths prep found, so on a cluster
@@ -26,7 +26,7 @@ import shlex
 import apache_beam as beam
 from apache_beam.options import pipeline_options
 
-from data_prep import audio, prepare, resume, shards, spool
+from data_prep import audio, example, resume, shards, spool
 
 # `--beam` alone: Beam's local runner with two worker processes (whose INFO lines would bury prep's own output).
 DEFAULT_OPTIONS = ("--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing "
@@ -42,7 +42,7 @@ class _Extract(beam.DoFn):
 
   def process(self, element):
     split, position, task = element
-    _, features, parts, skip, notes = prepare._extract(task)  # pylint: disable=protected-access
+    _, features, parts, skip, notes = example.extract(task)
     if skip or notes:
       yield beam.pvalue.TaggedOutput("outcome", json.dumps({"split": split, "position": position, "skip": skip,
                                                             "notes": notes}))
@@ -51,7 +51,7 @@ class _Extract(beam.DoFn):
       return
     if self.normalisation is not None:
       features = audio.apply_normalisation(features, self.normalisation)
-    record = prepare._record(task[1], features, parts, self.corpus, self.steps)  # pylint: disable=protected-access
+    record = example.record(task[1], features, parts, self.corpus, self.steps)
     yield split, position, record
 
 
@@ -132,12 +132,12 @@ def write_splits(tasks: dict, corpus, corpus_name: str, build_path: pathlib.Path
     if not parts:
       raise ValueError(f"no usable training examples in {corpus_name}: cannot compute the audio normalisation")
     # Once, in the driver, over the spool in part order: bit-identical to local prep (a CombineFn would not be).
-    normalisation = spool.mean_std(spool_dir, parts, "audio", prepare.STD_FLOOR)
+    normalisation = example.audio_statistics(spool_dir, parts)
   rest = {s: t for s, t in tasks.items() if not (time_average and s == "train")}
   if rest or parts:
     found += _run(options, "shards", rest, lite, steps, size, stage, modalities, spool_dir, False,
                   normalisation, [part["index"] for part in parts])
-  order = {s: i for i, s in enumerate(prepare.SPLITS)}
+  order = {s: i for i, s in enumerate(example.SPLITS)}
   for outcome in sorted(found, key=lambda o: (order[o["split"]], o["position"])):
     outcomes.add(outcome["skip"], outcome["notes"], outcome["position"] + 1)
   return normalisation

@@ -1,6 +1,26 @@
-"""The generic corpus a preparer lists for the shared pipeline (prepare._prepare): example specs and identities."""
+"""The generic corpus a preparer lists for the shared pipeline (pipeline.run): example specs and identities, and the
+frame files of a folder (face stills, per-utterance frame folders), which every face-reading corpus lists alike."""
 
 import dataclasses
+import pathlib
+
+FACE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def frames(folder) -> list[str]:
+  """The image files of a folder, sorted by path ([] when it is not a folder)."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    return []
+  return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in FACE_SUFFIXES)
+
+
+def clip_frames(folder) -> list[str]:
+  """The frames of a per-utterance folder in time order: numeric names by their number (1.jpg before 10.jpg)."""
+  def order(path: str):
+    stem = pathlib.Path(path).stem
+    return (0, int(stem), path) if stem.isdigit() else (1, 0, path)
+  return sorted(frames(folder), key=order)
 
 
 @dataclasses.dataclass

@@ -27,9 +27,10 @@ import zlib
 
 import numpy as np
 
-from data_prep import corpora, digit_text, storage
+from data_prep import corpora, digit_text, example, pipeline, storage
 from data_prep.corpus import Corpus
-from data_prep.voxceleb1 import clip_frames, split_warnings
+from data_prep.corpus import clip_frames
+from data_prep.voxceleb1 import split_warnings
 
 CORPUS = "folder"
 FACES = "faces"  # ROOT/<person>/faces/: the person's frames, for clips without their own folder
@@ -234,14 +235,12 @@ def prepare_folder(root, out, config="voxceleb1", videos=None, split_seed: int =
                    validation_fraction: float = 0.2, test_fraction: float = 0.2, strict: bool = False,
                    workers: int = 0, beam_options: str | None = None) -> dict:
   """Prepares a folder-per-person root (see the module docstring) into OUT with the VoxCeleb1 pipeline."""
-  from data_prep import prepare  # pylint: disable=g-import-not-at-top  (prepare imports the corpus modules)
   check_fractions(validation_fraction, test_fraction)
-  config = prepare._checked_config(config)[0]  # pylint: disable=protected-access
+  config = example.checked_config(config)[0]
   inputs = {"--root": root, **({"--videos": videos} if videos is not None else {})}
   with storage.Build(out, inputs=inputs) as build:
     layout = list_examples(root, videos=videos, seed=split_seed, validation=validation_fraction, test=test_fraction)
-    return prepare._prepare(layout, CORPUS, build, config, strict, workers, [],  # pylint: disable=protected-access
-                            beam_options=beam_options)
+    return pipeline.run(layout, CORPUS, build, config, strict, workers, [], beam_options=beam_options)
 
 
 def _add_arguments(parser, add_config) -> None:

@@ -27,7 +27,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from data_prep import avdigits, corpora
+from data_prep import avdigits, corpora, example, pipeline, storage
 from data_prep.corpus import Corpus
 
 VIDEO, POINTCLOUD = "video", "pointcloud"  # modality names
@@ -192,16 +192,32 @@ def _add_arguments(parser, add_config) -> None:
   corpora.add_beam(parser)
 
 
+def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: bool = False, workers: int = 0,
+                     beam_options: str | None = None) -> dict:
+  """Prepares the multi-modal digits corpus (audio, image, text, video, pointcloud of a digit) into OUT."""
+  config = example.checked_config(config)[0]
+  missing = [k for k in ("video_frames", "points") if k not in config.data]
+  if missing:
+    raise ValueError(f"config {config.name!r} has no data.{' or data.'.join(missing)}, which mmdigits needs; "
+                     "use --config mcvs, or a config that sets them")
+  shape = {"video_frames": int(config.data.video_frames), "points": int(config.data.points),
+           "face_size": int(config.data.face_size)}
+  check_settings(**shape)
+  with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
+    layout = list_examples(fsdd, mnist, seed=seed, strict=strict, **shape)
+    return pipeline.run(layout, "mmdigits", build, config, strict, workers, [NOTES + f" (seed {seed})"],
+                    beam_options=beam_options)
+
+
+
 def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('mmdigits', out, fsdd=..., mnist=..., ...): prepare.prepare_mmdigits."""
-  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
-  return prepare_lib.prepare_mmdigits(out=out, **kwargs)
+  """mmvae.prepare('mmdigits', out, fsdd=..., mnist=..., ...): prepare_mmdigits."""
+  return prepare_mmdigits(out=out, **kwargs)
 
 
 def _run(args, config) -> None:
-  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  prepare_lib.prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed,
-                               strict=args.strict, workers=args.workers, beam_options=corpora.beam_options(args))
+  prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed, strict=args.strict,
+                   workers=args.workers, beam_options=corpora.beam_options(args))
 
 
 corpora.register(corpora.Kind("mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point "

@@ -15,8 +15,10 @@ identities marked Set=test in vox1_meta.csv (VoxCeleb1's verification test ident
 
 import csv
 import pathlib
+import sys
 
-from data_prep import corpora
+from data_prep import corpora, example, pipeline, storage
+from data_prep import corpus as corpus_lib
 from data_prep.corpus import Corpus
 
 SPLIT_CODES = {"1": "train", "2": "validation", "3": "test"}
@@ -24,7 +26,6 @@ SPLIT_CODES = {"1": "train", "2": "validation", "3": "test"}
 # are extra per-identity attributes (the synthetic corpus adds sex, age, size, ...).
 META_COLUMNS = {"VoxCeleb1 ID": "identity", "VGGFace1 ID": "name", "Gender": "gender",
                 "Nationality": "nationality", "Set": "set"}
-FACE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FACE_SOURCES = ("utterance", "video")
 SPLIT_POLICIES = ("closed", "open")
 SPLIT_NOTES = {
@@ -87,12 +88,6 @@ def read_split(path) -> list[tuple[str, str]]:
   return out
 
 
-def _frames(folder: pathlib.Path) -> list[str]:
-  if not folder.is_dir():
-    return []
-  return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in FACE_SUFFIXES)
-
-
 def _clip_folders(root: pathlib.Path, name: str, video: str, utterance: str) -> list[pathlib.Path]:
   stem = pathlib.Path(utterance).stem
   per_utt = root / "unzippedIntervalFaces" / "data" / name / "1.6" / video
@@ -102,17 +97,9 @@ def _clip_folders(root: pathlib.Path, name: str, video: str, utterance: str) -> 
 def utterance_clip(root, name: str, video: str, utterance: str) -> str | None:
   """The utterance's own frame folder (official per-utterance layout) when it holds frames, else None."""
   for folder in _clip_folders(pathlib.Path(root), name, video, utterance):
-    if _frames(folder):
+    if corpus_lib.frames(folder):
       return str(folder)
   return None
-
-
-def clip_frames(folder) -> list[str]:
-  """The frames of a per-utterance folder in time order: numeric names by their number (1.jpg before 10.jpg)."""
-  def order(path: str):
-    stem = pathlib.Path(path).stem
-    return (0, int(stem), path) if stem.isdigit() else (1, 0, path)
-  return sorted(_frames(pathlib.Path(folder)), key=order)
 
 
 def utterance_faces(root, name: str, video: str, utterance: str, face_source: str = "utterance") -> list[str]:
@@ -122,13 +109,13 @@ def utterance_faces(root, name: str, video: str, utterance: str, face_source: st
     raise ValueError(f"face_source must be one of {FACE_SOURCES}, got {face_source!r}")
   root = pathlib.Path(root)
   per_video = root / "faces" / name / video
-  if face_source == "video" and _frames(per_video):
-    return _frames(per_video)
+  if face_source == "video" and corpus_lib.frames(per_video):
+    return corpus_lib.frames(per_video)
   for folder in _clip_folders(root, name, video, utterance):
-    frames = _frames(folder)
+    frames = corpus_lib.frames(folder)
     if frames:
       return frames
-  return _frames(per_video)
+  return corpus_lib.frames(per_video)
 
 
 def check_root(root) -> pathlib.Path:
@@ -269,16 +256,47 @@ def _add_arguments(parser, add_config) -> None:
                            "utterances go to validation (nothing dropped)")
 
 
+def prepare_voxceleb1(root, out, config="voxceleb1", strict: bool = False, workers: int = 0,
+                      corpus: str = "voxceleb1", split_policy: str = "closed", beam_options: str | None = None) -> dict:
+  """Prepares a VoxCeleb1-layout root (wav/, faces/, vox1_meta.csv, iden_split.txt) into OUT (on Beam with
+  beam_options: see pipeline.run)."""
+  config = example.checked_config(config)[0]
+  with storage.Build(out, inputs={"--root": root}) as build:
+    layout, notes = layout_and_notes(root, strict, corpus, split_policy)
+    return pipeline.run(layout, corpus, build, config, strict, workers, notes, beam_options=beam_options)
+
+
+def layout_and_notes(root, strict: bool, corpus: str, split_policy: str,
+                     face_source: str = "utterance") -> tuple[corpus_lib.Corpus, list[str]]:
+  """The corpus's example specs and the manifest notes: conventions, split policy, split warnings."""
+  layout = list_examples(root, strict=strict, split_policy=split_policy, face_source=face_source)
+  faces_from = "faces per utterance (unzippedIntervalFaces) when present, else per video (faces/)"
+  if face_source == "video":
+    faces_from = "faces per video (faces/)" + ("; the per-utterance clips (unzippedIntervalFaces) feed only the "
+                                               "frame sequences" if layout.frame_sequences else "")
+  notes = [f"{corpus}: label = index of the identity in the sorted list of identities present; {faces_from}",
+           SPLIT_NOTES[split_policy]]
+  if layout.frame_sequences:
+    notes.append("frame sequences: per utterance, step t of audio_frames (the log-mel of [t, t + 1) / data.video_fps "
+                 "s of the WAV, each band standardised over the utterance) and of face_frames (its per-utterance "
+                 "frame t, frame k taken at k / data.video_fps s, values in [0, 1]) cover the same time; at most "
+                 "data.sequence_steps steps: train a seeded random window, validation and test the centred one; "
+                 "frame counts that differ from the audio's are cut to the shorter (manifest warnings)")
+  for warning in split_warnings(layout.examples):
+    print(f"mmvae prep: warning: {warning}", file=sys.stderr)
+    notes.append(f"warning: {warning}")
+  return layout, notes
+
+
+
 def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('voxceleb1', out, root=..., ...): prepare.prepare_voxceleb1."""
-  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
-  return prepare_lib.prepare_voxceleb1(out=out, **kwargs)
+  """mmvae.prepare('voxceleb1', out, root=..., ...): prepare_voxceleb1."""
+  return prepare_voxceleb1(out=out, **kwargs)
 
 
 def _run(args, config) -> None:
-  from data_prep import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  prepare_lib.prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
-                                split_policy=args.split, beam_options=corpora.beam_options(args))
+  prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
+                    split_policy=args.split, beam_options=corpora.beam_options(args))
 
 
 corpora.register(corpora.Kind("voxceleb1", help="VoxCeleb1 layout: wav/, faces/, vox1_meta.csv, iden_split.txt",

@@ -83,6 +83,15 @@ def data_section() -> ml_collections.ConfigDict:
   # 'identity' (a frame of any training video of the same identity).
   d.pairing = "utterance"
   d.seed = 0  # train-crop and dither generator seed at preparation time
+  # Augmented views of pooled audio (data_prep/audio.py): V > 1 stores each training utterance's audio as [V, D],
+  # view 0 clean, views 1..V-1 from augmented waves seeded by (seed, utterance id, view); training draws a view per
+  # step, evaluation uses view 0; validation and test hold V copies of view 0. 1 = none (the augmentation keys
+  # below are then ignored and left out of the manifest).
+  d.audio_views = 1
+  d.audio_noise_snr = "5,20"  # dB range of the added white or pink noise, "lo,hi"; "" = no noise
+  d.audio_telephone = 0.3  # probability of the telephone band (300-3400 Hz)
+  d.audio_reverb = 0.3  # probability of reverberation by a generated room impulse response (RT60 0.2-0.8 s)
+  d.audio_speed = "0.9,1.1"  # range of the speed factor (resampling: pitch and tempo), "lo,hi"; "" = none
   # Which of the dataset's modalities a run uses, by name (the manifest lists them); () = all of them.
   # The first one used is the anchor that data.pairing draws the others' partners for.
   d.modalities = ()
@@ -159,6 +168,10 @@ def train_section() -> ml_collections.ConfigDict:
   t.grad_clip = 1.0
   t.weight_decay = 0.0  # decoupled (AdamW) weight decay; 0 = plain Adam
   t.face_flip = False  # mirror each training face left-right with probability 1/2
+  # Train-time face augmentations for a new video (image modality kind; each drawn per example, off by default):
+  t.face_color_jitter = 0.0  # brightness, contrast, saturation factors uniform in [1 - s, 1 + s]; in [0, 1], 0 = off
+  t.face_crop_scale = 1.0  # a random square crop of area fraction in [scale, 1], resized back; in (0, 1], 1 = off
+  t.face_blur = 0.0  # Gaussian blur of sigma uniform in [0, face_blur] pixels; >= 0, 0 = off
   t.rotate_points = False  # turn each training point cloud about its vertical axis by a random angle
   t.log_every = 50
   # At each validation, image modalities decoded from every modality for this many validation examples, logged as

@@ -15,7 +15,7 @@ TEXT_FEATURES = ("id", "identity", "video", "gender")
 # data.* keys that change the stored features; the rest (dither, seed, ...) only change sampling.
 FEATURE_KEYS = ("sample_rate", "segment_samples", "window_ms", "hop_ms", "n_fft", "n_bins", "magnitude",
                 "time_average", "pooling", "n_mels", "n_mfcc", "face_size", "grayscale", "video_frames", "points",
-                "video_fps", "sequence_steps", "resampler")
+                "video_fps", "sequence_steps", "resampler", "audio_views")
 PAIRINGS = ("utterance", "video", "identity")
 _GROUP_KEY = {"video": "video", "identity": "label"}
 IN_MEMORY_BYTES = 4 << 30  # splits larger than this are read by random access instead

@@ -62,7 +62,7 @@ def run_modalities(workdir) -> list[str] | None:
     run = json.loads((folder / "run.json").read_text())
   except (OSError, ValueError, LookupError, TypeError):
     return None  # load_run says what is wrong with the workdir
-  names = [m["name"] for m in run["modalities"]] if "modalities" in run else list(run.get("input_shapes") or ())
+  names = [m["name"] for m in run.get("modalities") or ()]
   return names or None
 
 

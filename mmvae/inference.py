@@ -1,8 +1,9 @@
 """Encoding a whole split into posteriors: the one scoring path shared by validation and analysis.
 
 A multi-frame modality's posterior (an image's K stored frames) averages the frames' posteriors
-(mean of means, log of the mean variance): training draws one frame per step, so no frame is privileged. The trainer's
-validation MRR and `mmvae analyze` both encode through `encode_split`, so the checkpoint chosen
+(mean of means, log of the mean variance): training draws one frame per step, so no frame is privileged.
+Frames that are augmented views (Modality.frames_are_views) are not alternatives: frame 0 alone is encoded.
+The trainer's validation MRR and `mmvae analyze` both encode through `encode_split`, so the checkpoint chosen
 as best is chosen by the measurement the report shows.
 """
 
@@ -87,15 +88,15 @@ def encode_split(encode: Encoder, arrays: dict, specs: dict, batch_size: int = B
     stored = np.asarray(arrays[name])
     k = m.frames if stored.ndim == len(m.shape) + 1 else 1  # arrays may hold one frame per example already
     mus, variances = [], []
-    for frame in range(k):
+    for frame in range(1 if m.frames_are_views else k):
       x = m.kind_module.inputs(m, stored, np.full(len(stored), frame) if k > 1 else None)
       desc = f"encode {name}" + (f" frame {frame}" if k > 1 else "")
       mu, lv = batched(encode(name), x, batch_size, desc, pad)
       mus.append(mu)
       variances.append(np.exp(lv))
     # One frame: the posterior as it is (bitwise); several: mean of means, log of the mean variance.
-    out[f"{name}_mu"] = mus[0] if k == 1 else np.mean(mus, 0)
-    out[f"{name}_logvar"] = lv if k == 1 else np.log(np.mean(variances, 0))
+    out[f"{name}_mu"] = mus[0] if len(mus) == 1 else np.mean(mus, 0)
+    out[f"{name}_logvar"] = lv if len(mus) == 1 else np.log(np.mean(variances, 0))
   return out
 
 

@@ -22,9 +22,15 @@ def voice_features(wav, data_cfg, manifest: dict, seed: int = 0) -> np.ndarray:
   return np.asarray(feats, np.float32)
 
 
+def _from_wav(m) -> bool:
+  """A modality prep computes from the WAV: a spectrogram, or pooled audio stored as augmented views."""
+  return m.kind == "spectrogram" or m.frames_are_views
+
+
 def source_and_target(specs: dict, workdir) -> tuple[str, str]:
   """(first spectrogram modality, first image modality) of a run; ValueError naming what it has otherwise."""
-  first = {kind: next((n for n, m in specs.items() if m.kind == kind), None) for kind in ("spectrogram", "image")}
+  first = {"spectrogram": next((n for n, m in specs.items() if _from_wav(m)), None),
+           "image": next((n for n, m in specs.items() if m.kind == "image"), None)}
   if None in first.values():
     have = ", ".join(f"{n} ({m.kind})" for n, m in specs.items())
     raise ValueError(f"{workdir} has no {'spectrogram' if first['spectrogram'] is None else 'image'} modality "

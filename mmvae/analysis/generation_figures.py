@@ -167,25 +167,20 @@ def plot_pairs(report_dir, specs: dict, test: dict, generated: dict, labels, nam
   return written
 
 
-def detokenize(ids, vocab) -> str:
-  """Token ids -> words (padding, id 0, left out; an id outside the vocabulary as <id>)."""
-  vocab = list(vocab or ())
-  return " ".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids)) if i != 0)
-
-
 def text_examples(specs: dict, test: dict, generated: dict, labels, names: dict, n: int = TEXT_EXAMPLES) -> dict:
-  """{tokens modality g: {'sources': [q, ...], 'rows': [(identity, truth, [text from each q])]}}, one per identity."""
+  """{text modality g (its kind has `to_text`): {'sources': [q, ...], 'rows': [(identity, truth, [text from each
+  q])]}}, one per identity."""
   labels = np.asarray(labels)
   rows_of = [int(np.flatnonzero(labels == i)[0]) for i in select_identities(labels, n)]
   out = {}
   for g, m in specs.items():
-    if m.kind != "tokens":
+    to_text = modalities.optional(m, "to_text")
+    if to_text is None:
       continue
-    vocab = m.get("vocab")
     sources = [q for q in specs if q != g and f"{g}_from_{q}" in generated]
     out[g] = {"sources": sources,
-              "rows": [(str(names.get(int(labels[r]), labels[r])), detokenize(test[g][r], vocab),
-                        [detokenize(generated[f"{g}_from_{q}"][r], vocab) for q in sources]) for r in rows_of]}
+              "rows": [(str(names.get(int(labels[r]), labels[r])), to_text(m, test[g][r]),
+                        [to_text(m, generated[f"{g}_from_{q}"][r]) for q in sources]) for r in rows_of]}
   return out
 
 

@@ -17,6 +17,8 @@ import dataclasses
 import pathlib
 from typing import Callable
 
+from mmvae import display as display_lib
+
 # retrieval.*, sync.*, clusters.* + nearest.*, coherence.* + figures, likelihood.*: report.md's order
 BUILTIN = ("retrieval", "sync", "latent_space", "cross_generation", "likelihood")
 
@@ -53,8 +55,7 @@ class Context:
 
   @property
   def display(self) -> dict:
-    from mmvae.display import display_labels
-    return display_labels(self.names)
+    return display_lib.display_labels(self.names)
 
 
 _SECTIONS: dict[str, Section] = {}
@@ -78,9 +79,12 @@ def unregister(name: str) -> None:
 
 
 def ordered() -> list[Section]:
-  """Every section in report order: BUILTIN, then the others as registered."""
-  from mmvae.analysis import report  # noqa: F401  (registers the built-in sections)
-  return [_SECTIONS[n] for n in BUILTIN] + [s for n, s in _SECTIONS.items() if n not in BUILTIN]
+  """Every registered section in report order: BUILTIN, then the others as registered.
+
+  The built-in ones are registered when mmvae/analysis/report.py is imported, as every caller of compute and
+  markdown (report, and markdown through it) is; this module imports nothing of analysis.
+  """
+  return [_SECTIONS[n] for n in BUILTIN if n in _SECTIONS] + [s for n, s in _SECTIONS.items() if n not in BUILTIN]
 
 
 def compute(ctx: Context) -> dict:

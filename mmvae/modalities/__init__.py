@@ -25,10 +25,12 @@ A modality kind is a module (or object) offering:
 and optionally (`optional(m, name)` falls back to mmvae/modalities/base.py):
 
   classifier_features(m, data_N) -> float [N, D]   what the coherence classifier sees (default: values flattened)
+  to_text(m, data_one) -> str                     a text kind's example as words (default None: not text)
   FIGURE: the generation figure of a target modality: 'image_grid', 'spectra' (analysis/generation_figures.PLOTS)
           or a callable like plot_image_grid; None (default): no figure
 
-Train-time augmentation reads its own train.* options (image: train.face_flip; points: train.rotate_points);
+Train-time augmentation reads its own train.* options (image: train.face_flip, face_crop_scale, face_blur,
+face_color_jitter; points: train.rotate_points);
 the trainer calls every kind's augment, so a kind's augmentation needs no other registration.
 
 Register a new kind with `modalities.register(kind, module)`; the model zoo, the reader, the
@@ -70,6 +72,12 @@ class Modality:
   @property
   def frames(self) -> int:
     return int(self.kind_module.frames(self))
+
+  @property
+  def frames_are_views(self) -> bool:
+    """Whether the stored frames are augmented views of frame 0 (manifest `"views": true`), not real alternatives:
+    evaluation then encodes frame 0 only."""
+    return bool(self.get("views", False))
 
   def get(self, key: str, default=None):
     return dict(self.extra).get(key, default)

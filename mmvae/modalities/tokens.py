@@ -85,6 +85,12 @@ def to_data(logits):
 model_shape, frames, activate, augment = base.model_shape, base.frames, base.activate, base.augment
 
 
+def to_text(m, ids_L) -> str:
+  """Token ids -> words (padding, id 0, left out; an id outside the vocabulary as <id>)."""
+  vocab = list(m.get("vocab") or ())
+  return " ".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0)
+
+
 def classifier_features(m, ids_NxL):
   """Bag-of-words counts [N, V] over the vocabulary (its size from the data without one; padding, id 0, left out)."""
   vocab = m.get("vocab")

@@ -10,7 +10,7 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
-from data_prep import prepare, storage
+from data_prep import pipeline, prepare, storage, voxceleb1
 from mmvae import cli
 from mmvae import config as config_lib
 
@@ -53,8 +53,8 @@ def assert_same_dataset(local, beam, local_out, beam_out):
 def prep_root(root, out, config, beam, examples_per_shard=None):
   """prepare_voxceleb1's steps, with a chosen shard size so that a small corpus fills several shards."""
   with storage.Build(out, inputs={"--root": root}) as build:
-    layout, notes = prepare._vox_layout(root, False, "voxceleb1", "closed")  # pylint: disable=protected-access
-    return prepare._prepare(layout, "voxceleb1", build, config_lib.load(config), False, 2, notes,  # pylint: disable=protected-access
+    layout, notes = voxceleb1.layout_and_notes(root, False, "voxceleb1", "closed")
+    return pipeline.run(layout, "voxceleb1", build, config_lib.load(config), False, 2, notes,
                             examples_per_shard=examples_per_shard, beam_options=beam)
 
 

@@ -197,7 +197,7 @@ def test_cli_prep_mmdigits(monkeypatch, capsys):
     cli.main(["prep", "mmdigits", "--help"])
   assert exit_info.value.code == 0 and "--fsdd" in capsys.readouterr().out
   seen = {}
-  monkeypatch.setattr(prepare, "prepare_mmdigits", lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs))
+  monkeypatch.setattr(mmdigits, "prepare_mmdigits", lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs))
   cli.main(["prep", "mmdigits", "--fsdd", "F", "--mnist", "M", "--out", "O", "--seed", "3", "--workers", "1",
             "--config.data.points=64"])
   assert seen["args"] == ("F", "M", "O")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import audio, prepare, shards, spool, storage, synthetic, voxceleb1
+from data_prep import audio, example, prepare, shards, spool, storage, synthetic, voxceleb1
 from mmvae import config as config_lib
 from mmvae import data
 
@@ -142,7 +142,7 @@ def test_time_average_normalisation_equals_numpy_over_the_train_vectors(corpus, 
   stack = np.stack(raw).astype(np.float64)
   norm = manifest["audio_normalisation"]
   assert norm["mean"] == stack.mean(axis=0).tolist()
-  assert norm["std"] == np.maximum(stack.std(axis=0), prepare.STD_FLOOR).tolist()
+  assert norm["std"] == np.maximum(stack.std(axis=0), example.STD_FLOOR).tolist()
   stored = data.Dataset(out).read("train", range(len(specs)))
   assert np.array_equal(stored["audio"], ((stack - stack.mean(0)) / np.array(norm["std"])).astype(np.float32))
   assert not list(out.parent.glob(".out.*")) and not (out / ".spool").exists()

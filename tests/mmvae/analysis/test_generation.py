@@ -218,7 +218,8 @@ def test_figures_and_decoded_text_tables(tmp_path):
     row = test["txt"][3 * c]
     assert truth == " ".join(TEMPLATE_VOCAB[i] for i in row if i)
     assert from_img == f"the {words[(c + 1) % C]}" and from_vec == f"the {words[c]}"
-  assert generation_figures.detokenize([3, 0, 9], TEMPLATE_VOCAB) == "one <9>"
+  from mmvae.modalities import tokens
+  assert tokens.to_text(TEMPLATE_SPECS["txt"], [3, 0, 9]) == "one <9>"
   spec = modalities.Modality("s", "spectrogram", (7, 5), "float32")
   audio = np.random.default_rng(1).normal(size=(len(labels), 7, 5))
   generation_figures.plot_spectra(tmp_path / "s.png", spec, audio, audio, audio, labels, {}, "spectra")

@@ -53,10 +53,14 @@ SLOW = (
     "tests/mmvae/zoo/test_baselines.py::test_every_kind_agrees_on_one_and_four_devices_and_learns",
     "tests/mmvae/zoo/test_baselines.py::test_mmvae_dreg_gradients_are_iwae_for_the_decoders_and_dreg_for_the_encoders",
     "tests/mmvae/train/test_train_step.py::test_runner_with_labels_matches_one_device_over_steps",
+    "tests/mmvae/train/test_train_step.py::test_runner_with_face_augmentations_matches_one_device_over_steps",
     "tests/mmvae/train/test_train_step.py::test_pmap_batch_level_terms_equal_single_device",
     "tests/mmvae/train/test_train_step.py::test_several_steps_per_dispatch_equal_single_steps",
     "tests/mmvae/train/test_train_step.py::test_pmap_and_sharded_runners_agree_over_steps",
     "tests/mmvae/train/test_trainer.py::test_sigkill_and_resume_gives_the_same_parameters",
+    "tests/data_prep/test_audio_views.py::test_prep_with_views_has_the_same_fingerprint_on_two_workers",
+    "tests/data_prep/test_audio_views.py::test_mini_prep_with_three_views",
+    "tests/data_prep/test_audio_views.py::test_training_on_views_runs_and_analysis_encodes_view_0",
     "tests/mmvae/train/test_trainer.py::test_several_steps_per_dispatch_train_the_same_run",
     "tests/mmvae/train/test_trainer.py::test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint",
     "tests/mmvae/train/test_train_log.py::test_weights_and_biases_offline_run_holds_scalars_and_images",
@@ -68,6 +72,7 @@ SLOW = (
     "tests/data_prep/test_features.py::test_a_contrastive_model_trains_and_is_analysed",
     "tests/data_prep/test_mmdigits.py::test_same_seed_same_arrays_with_any_worker_count",
     "tests/mmvae/zoo/test_zoo.py::test_every_kind_agrees_on_one_and_four_devices_and_learns[mcvs",
+    "tests/mmvae/test_cv.py::test_sweep_cv_end_to_end",
 )
 
 

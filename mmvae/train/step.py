@@ -27,6 +27,18 @@ def check_schedule(train_cfg) -> None:
     raise ValueError(f"config.train.warmup_steps={train_cfg.warmup_steps} must be >= 0 (0: no warmup)")
 
 
+def check_augment(train_cfg) -> None:
+  """ValueError naming the key when a face augmentation's setting is out of range (a config without it: off)."""
+  jitter, crop, blur = (float(train_cfg.get(k, off)) for k, off in
+                        (("face_color_jitter", 0.0), ("face_crop_scale", 1.0), ("face_blur", 0.0)))
+  if not 0.0 <= jitter <= 1.0:
+    raise ValueError(f"config.train.face_color_jitter={jitter} must be in [0, 1] (0: off)")
+  if not 0.0 < crop <= 1.0:
+    raise ValueError(f"config.train.face_crop_scale={crop} must be in (0, 1] (1: off)")
+  if not 0.0 <= blur < float("inf"):
+    raise ValueError(f"config.train.face_blur={blur} must be a finite sigma >= 0 pixels (0: off)")
+
+
 def make_schedule(train_cfg):
   """Linear warmup from 0, then a cosine decay to 0 at num_steps or a constant rate."""
   check_schedule(train_cfg)
@@ -87,8 +99,9 @@ def loss_and_metrics(graphdef, params, batch, positions_B, step, config, axis_na
 
 def augment(batch, seed: int, step, positions_B, train_cfg, specs: dict):
   """Training-time augmentation: every modality's kind hook `augment(x_B, flip_B, train_cfg, keys_B)` (the image
-  kind mirrors left-right under train.face_flip, the points kind turns clouds under train.rotate_points; a kind
-  reads its own train.* options, most kinds return x as it is).
+  kind mirrors left-right under train.face_flip and crops, blurs and colour-jitters under train.face_crop_scale,
+  face_blur and face_color_jitter; the points kind turns clouds under train.rotate_points; a kind reads its own
+  train.* options, most kinds return x as it is).
 
   One fair coin and one key per example from its (seed, step, global position) key, so it does not depend
   on the device count; the modalities of a pair share them. The batch itself when no kind changed anything.

@@ -53,6 +53,7 @@ def check_config(config) -> None:
   if not t.learning_rate > 0:
     raise ValueError(f"config.train.learning_rate={t.learning_rate} must be > 0")
   step_lib.check_schedule(t)
+  step_lib.check_augment(t)
   if t.select_by not in SELECT_BY:
     raise ValueError(f"config.train.select_by={t.select_by!r} is unknown; use one of {SELECT_BY}")
   if config.parallel not in parallel.MODES:
@@ -316,7 +317,6 @@ def _restore(config, dataset, specs: dict, workdir: pathlib.Path, log, ckpts, ho
       **resume.dataset_record(dataset), **history, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "process_count": jax.process_count(),
       "mmvae": version.__version__, "jax": jax.__version__, "parallel": config.parallel,
-      "input_shapes": {name: list(m.model_shape) for name, m in specs.items()},
       "modalities": [m.to_dict() for m in specs.values()], "num_classes": len(dataset.manifest["identities"]),
       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
   return restored, host_template

@@ -185,6 +185,33 @@ def test_runner_with_labels_matches_one_device_over_steps():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+_FACE_AUGMENT = ["train.face_flip=True", "train.face_color_jitter=0.4", "train.face_crop_scale=0.6",
+                 "train.face_blur=1.5"]
+
+
+def test_runner_with_face_augmentations_matches_one_device_over_steps():
+  """Every face augmentation on (RGB faces): 1 and 4 devices train the same parameters; and the augmentation acts."""
+  if jax.device_count() < 4:
+    pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
+  shapes = _voice_face((16,), (8, 8, 3))
+  rng = np.random.default_rng(3)
+  batch = {"audio": rng.normal(size=(8, 16)).astype(np.float32),
+           "face": rng.uniform(size=(8, 8, 8, 3)).astype(np.float32)}
+  results = {}
+  for name, n, extra in (("aug1", 1, _FACE_AUGMENT), ("aug4", 4, _FACE_AUGMENT), ("plain1", 1, [])):
+    cfg = config_lib.load("reference:tiny", extra + ["train.lr_schedule=constant", "train.warmup_steps=0"])
+    tx = step_lib.make_optimizer(cfg.train)
+    graphdef, state = step_lib.init_state(msvae.build(cfg, shapes, seed=3), tx)
+    runner = parallel.Runner(graphdef, tx, cfg, "pmap", devices=jax.devices()[:n])
+    dev_state = runner.put_state(jax.tree.map(np.asarray, state))
+    for _ in range(2):
+      dev_state, _ = runner.step(dev_state, batch)
+    results[name] = jax.tree.leaves(runner.host_state(dev_state)["params"])
+  for a, b in zip(results["aug1"], results["aug4"]):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(results["aug1"], results["plain1"]))
+
+
 def test_face_flip_mirrors_about_half_by_example_key():
   import ml_collections
   rng = np.random.default_rng(0)

@@ -1,9 +1,12 @@
 """`mmvae sweep`: train and analyse a grid of configs x seeds, in parallel and resumably, into results.md/json.
 
 A sweep file (experiments/sweeps/NAME.py) defines `get_sweep()` -> {'rows': [{'name', 'config', 'overrides'}],
-'seeds': [...], 'metrics': optional [key or (key, title)]}. Every run (row x seed) trains and is analysed in
-its own subprocess (`python -m mmvae.sweep WORKDIR`) into OUT/runs/<row slug>/seed<s>/, with its output in
-sweep.log there. A run whose sweep_done.json matches what the sweep asks for now is not rerun. OUT holds one
+'seeds': [...], 'metrics': optional [key or (key, title)], 'select': optional key, [keys] or {'keys', 'title'}}.
+Every run (row x seed) trains and is analysed in its own subprocess (`python -m mmvae.sweep WORKDIR`) into
+OUT/runs/<row slug>/seed<s>/, with its output in sweep.log there: on the sweep's split into WORKDIR/report/ and
+on the dataset's validation split into WORKDIR/report-validation/. The table's selected row is the one with the
+best mean validation score ('select'); the analysed (test) split never takes part in choosing it. A run whose
+sweep_done.json matches what the sweep asks for now is not rerun. OUT holds one
 sweep: OUT/sweep.json marks its results.md/json as this sweep's; a results.md the sweep did not write, or another
 sweep's, is refused, and the rows and seeds of earlier invocations (other --rows, --seeds) stay in the table.
 """
@@ -29,6 +32,10 @@ from mmvae.analysis import sweep_table
 
 SWEEP_DIR = config_lib.EXPERIMENTS_DIR / "sweeps"
 JOB, DONE, LOG = "sweep_job.json", "sweep_done.json", "sweep.log"
+REPORT, VALIDATION_REPORT = "report", "report-validation"  # WORKDIR/<this>/metrics.json: the split's, validation's
+VALIDATION = sweep_table.VALIDATION
+# sweep_done.json 'validation': what became of the validation analysis
+VALIDATED, NO_VALIDATION = "analysed", "no validation split"
 # XLA's multi-threaded Eigen kernels on every worker would oversubscribe the cores; XLA aborts on a flag it
 # does not know, so it is probed once before use (accepted by jaxlib 0.10.2).
 XLA_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -60,9 +67,10 @@ def load_sweep(spec: str) -> dict:
   path = resolve(spec)
   where = f"sweep {path}"
   sweep = config_lib.call_user_file(path, "sweep", "get_sweep")
-  if not isinstance(sweep, dict) or set(sweep) - {"rows", "seeds", "metrics", "description"}:
+  if not isinstance(sweep, dict) or set(sweep) - {"rows", "seeds", "metrics", "select", "description"}:
     raise ValueError(f"{where}: get_sweep() must return a dict with 'rows', 'seeds' and optionally 'metrics', "
-                     f"'description' (got {sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__})")
+                     f"'select', 'description' "
+                     f"(got {sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__})")
   rows = sweep.get("rows")
   if not isinstance(rows, list) or not rows:
     raise ValueError(f"{where}: 'rows' must be a non-empty list of {{'name', 'config', 'overrides'}}")
@@ -82,8 +90,13 @@ def load_sweep(spec: str) -> dict:
   slugs = [r["slug"] for r in clean]
   if len(set(slugs)) != len(slugs):
     raise ValueError(f"{where}: two rows share a folder name: {sorted(s for s in slugs if slugs.count(s) > 1)}")
+  cols = sweep_table.columns(sweep.get("metrics"))
+  try:
+    select = sweep_table.selection(sweep.get("select"), cols)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
   return {"path": str(path.absolute()), "rows": clean, "seeds": parse_seeds(sweep.get("seeds", [0]), where),
-          "columns": sweep_table.columns(sweep.get("metrics")), "description": sweep.get("description", "")}
+          "columns": cols, "select": select, "description": sweep.get("description", "")}
 
 
 def parse_seeds(seeds, where: str = "--seeds") -> list[int]:
@@ -124,7 +137,7 @@ class Run:
   def job(self, split: str) -> dict:
     """Everything the run's result depends on; equal jobs mean the finished run can be reused."""
     return {"row": self.row["name"], "config": self.row["config"], "overrides": self.overrides,
-            "seed": self.seed, "data_dir": str(self.data_dir), "split": split,
+            "seed": self.seed, "data_dir": str(self.data_dir), "split": split, "validation_split": VALIDATION,
             "config_dict": json.loads(json.dumps(config_lib.to_dict(self.config), default=list))}
 
 
@@ -148,14 +161,32 @@ def plan(sweep: dict, out: pathlib.Path, seeds: list[int]) -> list[Run]:
 
 
 def is_finished(run: Run, split: str) -> bool:
-  """True when the run finished train + analyze with exactly this job (config, seed, data, split)."""
+  """True when the run finished train + analyze with exactly this job (config, seed, data, split), validation
+  included (WORKDIR/report-validation/, unless the dataset has no validation split).
+
+  A run finished before the validation analysis existed is not: rerun, its worker only analyses validation.
+  """
   done = run.workdir / DONE
-  if not (done.is_file() and (run.workdir / "report" / "metrics.json").is_file()):
+  if not (done.is_file() and (run.workdir / REPORT / "metrics.json").is_file()):
     return False
   try:
-    return json.loads(done.read_text())["job"] == run.job(split)
-  except (ValueError, KeyError):
+    record = json.loads(done.read_text())
+    if record["job"] != run.job(split):
+      return False
+  except (ValueError, KeyError, TypeError):
     return False
+  validation = record.get("validation")
+  return validation == NO_VALIDATION or (validation == VALIDATED
+                                         and (run.workdir / VALIDATION_REPORT / "metrics.json").is_file())
+
+
+def has_split(data_dir, split: str) -> bool | None:
+  """Whether the prepared dataset in data_dir has `split` (manifest 'splits'); None when it is not prepared yet."""
+  try:
+    manifest = json.loads((pathlib.Path(data_dir) / "manifest.json").read_text())
+  except (OSError, ValueError):
+    return None
+  return split in (manifest.get("splits") or {})
 
 
 def _prepare_data(runs: list[Run], root: pathlib.Path, out: pathlib.Path) -> None:
@@ -211,7 +242,9 @@ def _record(r: Run) -> dict:
   if r.status not in sweep_table.OK:
     return rec
   try:
-    rec["metrics"] = json.loads((r.workdir / "report" / "metrics.json").read_text())
+    rec["metrics"] = json.loads((r.workdir / REPORT / "metrics.json").read_text())
+    validation = r.workdir / VALIDATION_REPORT / "metrics.json"
+    rec["validation_metrics"] = json.loads(validation.read_text()) if validation.is_file() else None
     final = json.loads((r.workdir / "final.json").read_text())
     done = json.loads((r.workdir / DONE).read_text())
   except (OSError, ValueError) as e:  # removed or cut short since the run finished
@@ -219,7 +252,8 @@ def _record(r: Run) -> dict:
   rate = final.get("samples_per_second")
   rec["timing"] = {"train_seconds": final.get("elapsed_seconds"), "samples_per_second": rate,
                    "step_ms": 1000.0 * r.config.train.batch_size / rate if rate else None,
-                   "run_seconds": done.get("train_process_seconds", 0.0) + done.get("analyze_seconds", 0.0)}
+                   "run_seconds": sum(done.get(k) or 0.0 for k in ("train_process_seconds", "analyze_seconds",
+                                                                    "validation_analyze_seconds"))}
   return rec
 
 
@@ -227,7 +261,7 @@ def _write_results(runs: list[Run], context: dict) -> dict:
   rows = [{"row": row, "records": [_record(r) for r in runs if r.row is row]} for row in context["sweep"]["rows"]]
   info = {k: v for k, v in context.items() if k not in ("sweep", "out")}
   info.update(sweep=context["sweep"]["path"], description=context["sweep"]["description"],
-              columns=context["sweep"]["columns"])
+              columns=context["sweep"]["columns"], select=context["sweep"]["select"])
   return sweep_table.write(context["out"], rows, info)
 
 
@@ -393,6 +427,15 @@ def _execute(runs: list[Run], todo: list[Run], parallel: int, split: str, contex
     bar.close()
 
 
+def _say_if_no_validation(runs: list[Run]) -> None:
+  """Says once that the rows cannot be selected when a run's prepared dataset has no validation split."""
+  lacking = sorted({str(r.data_dir) for r in runs
+                    if r.status != "failed" and has_split(r.data_dir, VALIDATION) is False})
+  if lacking:
+    print(f"mmvae sweep: {', '.join(lacking)} has no '{VALIDATION}' split: its runs are analysed on the "
+          "chosen split only and cannot be selected (the table chooses its row on validation only)", flush=True)
+
+
 def run(spec: str, out, data=None, root=None, parallel: int = 0, seeds=None, rows=None, split: str = "test",
         command: str = "") -> dict:
   """Runs (or resumes) the sweep `spec` into OUT; returns results.json's contents. Failed runs do not stop it."""
@@ -418,6 +461,7 @@ def run(spec: str, out, data=None, root=None, parallel: int = 0, seeds=None, row
   if root is not None and todo:
     _prepare_data(todo, root, out)
     todo = [r for r in todo if r.status == "pending"]
+  _say_if_no_validation(live)
   kept = _earlier_runs(earlier, every_row, runs, out, data, root, split)
   runs += kept
   shown = [row for row in every_row if any(r.row is row for r in runs)]
@@ -437,21 +481,65 @@ def run(spec: str, out, data=None, root=None, parallel: int = 0, seeds=None, row
   return results
 
 
+def _previous_done(workdir: pathlib.Path) -> dict:
+  """WORKDIR/sweep_done.json of an earlier finish, or {}."""
+  try:
+    done = json.loads((workdir / DONE).read_text())
+  except (OSError, ValueError):
+    return {}
+  return done if isinstance(done, dict) and isinstance(done.get("job"), dict) else {}
+
+
+def _training_part(job: dict) -> dict:
+  """What a run's training depends on: its job without the analysed splits."""
+  return {k: v for k, v in job.items() if k not in ("split", "validation_split")}
+
+
 def _worker(workdir: pathlib.Path) -> None:
-  """One run in this process: train (or resume), analyse, then mark it finished with its timings."""
+  """One run in this process: train (or resume), analyse the split and validation, then mark it finished.
+
+  What an earlier finish of the same training already made is kept: a run finished before the validation
+  analysis existed (or analysed on another split) only runs the analysis it lacks.
+  """
   job = json.loads((workdir / JOB).read_text())
   config = config_lib.load(job["config"], job["overrides"])
   if json.loads(json.dumps(config_lib.to_dict(config), default=list)) != job["config_dict"]:
     raise ValueError(f"config {job['config']!r} changed since the sweep planned {workdir}; rerun the sweep")
   from mmvae.analysis import report
   from mmvae.train import entry
-  t0 = time.perf_counter()
-  entry.train(config, job["data_dir"], workdir)
-  t1 = time.perf_counter()
-  report.analyze(workdir, data_dir=job["data_dir"], split=job["split"])
-  t2 = time.perf_counter()
-  done = {"job": job, "train_process_seconds": t1 - t0, "analyze_seconds": t2 - t1,
-          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  prev = _previous_done(workdir)
+  trained = bool(prev) and _training_part(prev["job"]) == _training_part(job) and (workdir / "final.json").is_file()
+  done = {"job": job}
+  if trained:
+    print(f"mmvae sweep: {workdir} finished training before; keeping it", flush=True)
+    done["train_process_seconds"] = prev.get("train_process_seconds", 0.0)
+  else:
+    t0 = time.perf_counter()
+    entry.train(config, job["data_dir"], workdir)
+    done["train_process_seconds"] = time.perf_counter() - t0
+  if trained and prev["job"].get("split") == job["split"] and (workdir / REPORT / "metrics.json").is_file():
+    print(f"mmvae sweep: keeping {workdir / REPORT} (split {job['split']!r})", flush=True)
+    done["analyze_seconds"] = prev.get("analyze_seconds", 0.0)
+  else:
+    t0 = time.perf_counter()
+    report.analyze(workdir, data_dir=job["data_dir"], split=job["split"], report_dir=workdir / REPORT)
+    done["analyze_seconds"] = time.perf_counter() - t0
+  if not has_split(job["data_dir"], job["validation_split"]):
+    print(f"mmvae sweep: {job['data_dir']} has no {job['validation_split']!r} split: not analysed on it, so this "
+          "run cannot take part in selecting a row", flush=True)
+    done["validation"], done["validation_analyze_seconds"] = NO_VALIDATION, 0.0
+  elif (trained and prev.get("validation") == VALIDATED
+        and prev["job"].get("validation_split") == job["validation_split"]
+        and (workdir / VALIDATION_REPORT / "metrics.json").is_file()):
+    print(f"mmvae sweep: keeping {workdir / VALIDATION_REPORT}", flush=True)
+    done["validation"] = VALIDATED
+    done["validation_analyze_seconds"] = prev.get("validation_analyze_seconds", 0.0)
+  else:
+    t0 = time.perf_counter()
+    report.analyze(workdir, data_dir=job["data_dir"], split=job["validation_split"],
+                   report_dir=workdir / VALIDATION_REPORT)
+    done["validation"], done["validation_analyze_seconds"] = VALIDATED, time.perf_counter() - t0
+  done["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   files.write_json_atomic(workdir / DONE, done, indent=1)
 
 

@@ -14,4 +14,5 @@ def get_sweep() -> dict:
           {"name": "reference tiny", "config": "reference:tiny", "overrides": ["loss.wasserstein=sample_l2"]},
       ],
       "seeds": [0, 1],
+      "select": "retrieval.{q}_to_{g}.mrr",  # the row with the best mean validation MRR (both directions)
   }

@@ -84,15 +84,39 @@ def test_table_equals_the_runs_metrics_read_independently(swept):
   assert all("no_such_key" in r["error"] and r["error"].startswith("KeyError") for r in bad["runs"])
 
 
+def test_each_run_is_analysed_on_validation_and_the_row_chosen_on_it(swept):
+  out, _ = swept
+  results = json.loads((out / "results.json").read_text())
+  key = "retrieval.audio_to_face.mrr"  # no 'select' in the sweep file: its first column
+  assert results["select"] == [key]
+  means = {}
+  for name, slug in (("plain", "plain"), ("Sample L2", "sample-l2")):
+    val = [json.loads((_run_dir(out, slug, s) / "report-validation" / "metrics.json").read_text()) for s in (0, 1)]
+    test = [json.loads((_run_dir(out, slug, s) / "report" / "metrics.json").read_text()) for s in (0, 1)]
+    assert [m["analysis.split"] for m in val] == ["validation"] * 2 and [m["analysis.split"] for m in test] == ["test"] * 2
+    means[name] = float(np.mean([m[key] for m in val]))
+    row = next(r for r in results["rows"] if r["name"] == name)
+    assert row["validation"]["score"]["values"] == [m[key] for m in val]
+    assert [r["validation_metrics"][key] for r in row["runs"]] == [m[key] for m in val]
+  assert results["selected"] == max(means, key=means.get)
+  assert [r["name"] for r in results["rows"] if r["selected"]] == [results["selected"]]
+  assert "the `test` split was not used to choose" in (out / "results.md").read_text()
+
+
 def test_markdown_has_one_line_per_row_and_the_chance_line(swept):
   out, _ = swept
   md = (out / "results.md").read_text()
   table = [line for line in md.splitlines() if line.startswith("| ")]
-  assert table[0].startswith("| row | runs | retrieval.audio_to_face.mrr | f->v R@1 |")
+  assert table[0].startswith("| row | runs | selected | val: score | val: retrieval.audio_to_face.mrr | val: f->v R@1 |"
+                             " val: coherence.audio_to_face.accuracy | test: retrieval.audio_to_face.mrr | "
+                             "test: f->v R@1 |")
   body = table[1:]
   assert len(body) == 4 and body[-1].startswith("| *chance* |")
+  selected = json.loads((out / "results.json").read_text())["selected"]
   for name in ("plain", "Sample L2", "bad override"):
-    assert sum(line.startswith(f"| {name} |") for line in body) == 1
+    shown = f"**{name}**" if name == selected else name
+    assert sum(line.startswith(f"| {shown} |") for line in body) == 1
+  assert sum("| **selected** |" in line for line in body) == 1
   assert " ± " in body[0] and "| ok |" in body[0]
   assert "failed 2/2" in body[2] and "no_such_key" in body[2]
   assert "mmvae sweep --sweep" in md and "## Failed runs" in md
@@ -285,6 +309,28 @@ def test_other_rows_and_seeds_of_the_same_sweep_join_the_table(swept, dataset, s
   assert [r["status"] for r in rows["bad override"]["runs"]] == ["failed", "failed"]
   table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| Sample L2 |")]
   assert len(table) == 1 and table[0].endswith("| not run |")
+
+
+def test_a_run_finished_before_validation_analysis_is_analysed_not_retrained(swept, dataset, sweep_file, tmp_path,
+                                                                             capsys):
+  import shutil
+  out = tmp_path / "out"
+  shutil.copytree(swept[0], out)
+  workdir = _run_dir(out, "plain", 0)
+  shutil.rmtree(workdir / "report-validation")
+  done = json.loads((workdir / "sweep_done.json").read_text())
+  del done["job"]["validation_split"], done["validation"]  # as sweeps wrote it before
+  (workdir / "sweep_done.json").write_text(json.dumps(done))
+  kept = [workdir / n for n in ("final.json", "report/metrics.json", "checkpoints")]
+  before = {f: os.stat(f).st_mtime_ns for f in kept}
+  capsys.readouterr()
+  assert cli.main(_args(sweep_file, out, dataset, "--rows", "plain", "--seeds", "0")) == 1  # 'bad override' failed
+  assert "1 trained, 3 finished before, 2 failed" in capsys.readouterr().out  # only analysed, in fact
+  assert {f: os.stat(f).st_mtime_ns for f in kept} == before
+  log = (workdir / "sweep.log").read_text()
+  assert "finished training before; keeping it" in log and f"keeping {workdir / 'report'}" in log
+  assert json.loads((workdir / "report-validation" / "metrics.json").read_text())["analysis.split"] == "validation"
+  assert json.loads((workdir / "sweep_done.json").read_text())["validation"] == "analysed"
 
 
 def test_results_written_before_the_marker_existed_still_count_as_the_sweeps(tmp_path):

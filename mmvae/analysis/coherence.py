@@ -21,6 +21,10 @@ modality's classifier agrees. Chance: sum_c prod_m P_m(c), P_m the marginal freq
 modality m's predictions on these samples: the agreement of independent predictions with those marginals.
 
 Identity attributes (gender, ...) of image modalities are scored the same way as the label.
+
+Given each test row's cluster (its video, or its identity on an open-set split: bootstrap.choose_clusters), every
+accuracy of test rows gets a 95% interval, `accuracy_ci_low` / `accuracy_ci_high`, from the same clustered
+bootstrap as retrieval (mmvae/metrics/bootstrap.py) over the per-row correct flags.
 """
 
 import functools
@@ -33,6 +37,7 @@ import threadpoolctl
 from sklearn import svm
 
 from mmvae import modalities
+from mmvae.metrics import bootstrap
 
 # A kernel machine fits in O(N^2): a seeded subsample beyond SVM_MAX_EXAMPLES keeps it to minutes. It predicts
 # through every pair of classes (one-vs-one), so beyond SVM_MAX_CLASSES (VoxCeleb1's 1,251: 781,875 pairs) the
@@ -211,9 +216,13 @@ def _scorable(train_y, test_y) -> str:
   return ""
 
 
-def _score(metrics, key, pred, true) -> None:
-  metrics[f"{key}accuracy"] = float(np.mean(pred == true))
+def _score(metrics, key, pred, true, clusters=None, seed: int = 0) -> None:
+  """`<key>accuracy` and its chance; with clusters (one per row), its bootstrap interval `<key>accuracy_ci_low/high`."""
+  correct = np.asarray(pred == true, np.float64)
+  metrics[f"{key}accuracy"] = float(np.mean(correct))
   metrics[f"{key}accuracy_chance"] = independence_chance(pred, true)
+  if clusters is not None:
+    metrics.update(bootstrap.ci_keys({f"{key}accuracy": correct}, clusters, bootstrap.N_BOOT, seed, bootstrap.LEVEL))
 
 
 def _targets(m, train_labels, test_labels, identities, attributes, open_set, notes) -> dict:
@@ -233,12 +242,17 @@ def _targets(m, train_labels, test_labels, identities, attributes, open_set, not
 
 
 def coherence_scores(train: dict, test: dict, generated: dict, specs: dict, identities: list = (),
-                     attributes=("gender",), seed: int = 0) -> tuple[dict, list]:
+                     attributes=("gender",), seed: int = 0, clusters=None) -> tuple[dict, list]:
   """Cross coherence of every ordered pair, the classifiers on real test data, joint coherence; (metrics, notes).
 
   train / test: {modality: stored data [N, ...], 'label': [N]}; generated: {'<g>_from_<q>': [N, ...]} in
-  the test order, and '<g>_from_prior' for joint coherence (optional).
+  the test order, and '<g>_from_prior' for joint coherence (optional); clusters: the bootstrap cluster of each
+  test row (bootstrap.choose_clusters): every accuracy of test rows then gets `_ci_low` / `_ci_high`, a 95%
+  interval from resampling those clusters.
   """
+  if clusters is not None and len(clusters) != len(test["label"]):
+    raise ValueError(f"{len(clusters)} bootstrap clusters for {len(test['label'])} test rows")
+  clusters = None if clusters is None else np.asarray(clusters)
   metrics, notes = {}, []
   train_labels, test_labels = np.asarray(train["label"]), np.asarray(test["label"])
   open_set = not set(test_labels.tolist()) <= set(train_labels.tolist())
@@ -259,11 +273,13 @@ def coherence_scores(train: dict, test: dict, generated: dict, specs: dict, iden
       metrics[f"coherence.{g}.{key}classes"] = int(len(clf.classes_))
       metrics[f"coherence.{g}.{key}classifier"] = classifier_kind(clf)
       real, real_y = examples(m, np.asarray(test[g])[te_known], te_y[te_known])
-      _score(metrics, f"coherence.real_{g}.{key}", predict(clf, m, real), real_y)
+      cl = None if clusters is None else clusters[te_known]
+      real_cl = None if cl is None else examples(m, np.asarray(test[g])[te_known], cl)[1]  # one per frame too
+      _score(metrics, f"coherence.real_{g}.{key}", predict(clf, m, real), real_y, real_cl, seed)
       for q in specs:
         if q != g and f"{g}_from_{q}" in generated:
           gen = np.asarray(generated[f"{g}_from_{q}"])[te_known]
-          _score(metrics, f"coherence.{q}_to_{g}.{key}", predict(clf, m, gen), te_y[te_known])
+          _score(metrics, f"coherence.{q}_to_{g}.{key}", predict(clf, m, gen), te_y[te_known], cl, seed)
   if all(f"{g}_from_prior" in generated for g in specs):
     if not label_classifiers:  # the label classifiers are still defined on the training labels
       label_classifiers = {g: train_classifier(m, train[g], train_labels, seed) for g, m in specs.items()}

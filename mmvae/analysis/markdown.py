@@ -46,15 +46,39 @@ def _with_chance(metrics: dict, key: str) -> str:
   return "-" if v is None else f"{_fmt(v)} ({_fmt(metrics.get(f'{key}_chance'))})"
 
 
+def _with_ci(metrics: dict, key: str) -> str:
+  """'value [low, high] (chance)' when the key has a bootstrap interval, else as `_with_chance`."""
+  low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+  if metrics.get(key) is None or low is None or high is None:
+    return _with_chance(metrics, key)
+  return f"{_fmt(metrics[key])} [{_fmt(low)}, {_fmt(high)}] ({_fmt(metrics.get(f'{key}_chance'))})"
+
+
+CI_UNITS = {"video": ("video", "videos"), "identity": ("identity", "identities"), "example": ("example", "examples")}
+
+
+def ci_text(metrics: dict, clusters: int | None = None) -> str:
+  """The sentence saying what the [low, high] intervals are (retrieval.ci_* of metrics.json)."""
+  kind = metrics.get("retrieval.ci_cluster", "example")
+  one, many = CI_UNITS.get(kind, (kind, kind))
+  n = clusters if clusters is not None else metrics.get("retrieval.ci_clusters")
+  level = float(metrics.get("retrieval.ci_level", 0.95))
+  why = {"video": " (the examples of one video are not independent)",
+         "identity": " (open-set: the examples of one person are not independent)"}.get(kind, "")
+  return (f"[low, high]: {level:.0%} confidence interval, a percentile bootstrap over "
+          f"{'?' if n is None else f'{int(n):,}'} {many if n != 1 else one}, resampled whole{why}, "
+          f"{int(metrics.get('retrieval.ci_resamples', 2000)):,} resamples.")
+
+
 def _esc(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _matrix(metrics: dict, names: list, display: dict, key_of, corner: str) -> list[str]:
+def _matrix(metrics: dict, names: list, display: dict, key_of, corner: str, cell=_with_chance) -> list[str]:
   """A table with one row per query (source) modality and one column per gallery (target) modality."""
   lines = [f"| {corner} | " + " | ".join(display[g] for g in names) + " |", "|---|" + "---|" * len(names)]
   for q in names:
-    lines.append(f"| {display[q]} | " + " | ".join(_with_chance(metrics, key_of(q, g)) for g in names) + " |")
+    lines.append(f"| {display[q]} | " + " | ".join(cell(metrics, key_of(q, g)) for g in names) + " |")
   return lines
 
 
@@ -114,10 +138,13 @@ def _retrieval_lines(metrics: dict, names: list, display: dict) -> list[str]:
     if not present:
       continue
     shown = [m for m in METRICS if any(f"{prefix}.{q}_to_{g}.{m}" in metrics for q, g in present)]
-    lines += [f"### Score: {desc}", "", "Each cell: value (chance).", "",
+    with_ci = any(f"{prefix}.{q}_to_{g}.{m}_ci_low" in metrics for q, g in present for m in shown)
+    lines += [f"### Score: {desc}", "", "Each cell: value (chance)." if not with_ci else
+              f"Each cell: value (chance); MRR, recall@1 and 1:2 matching: value [low, high] (chance). "
+              f"{ci_text(metrics)}", "",
               "| query -> gallery | " + " | ".join(shown) + " | queries |", "|---|" + "---|" * (len(shown) + 1)]
     for q, g in present:
-      cells = [_with_chance(metrics, f"{prefix}.{q}_to_{g}.{m}") for m in shown]
+      cells = [_with_ci(metrics, f"{prefix}.{q}_to_{g}.{m}") for m in shown]
       lines.append(f"| {display[q]} -> {display[g]} | " + " | ".join(cells)
                    + f" | {metrics.get(f'{prefix}.{q}_to_{g}.queries', '-')} |")
     q, g = present[0]
@@ -232,7 +259,10 @@ def _generation_lines(metrics: dict, names: list, display: dict, figures: list, 
   if any(f"coherence.{q}_to_{g}.accuracy" in metrics for q in names for g in names):
     lines += _matrix(metrics, names, display,
                      lambda q, g: f"coherence.{q}_to_{g}.accuracy" if q != g else f"coherence.real_{g}.accuracy",
-                     "source \\ target")
+                     "source \\ target", cell=_with_ci)
+    if any(f"coherence.{q}_to_{g}.accuracy_ci_low" in metrics for q in names for g in names):
+      lines += ["", "Each cell: accuracy [low, high] (chance). "
+                + ci_text(metrics, metrics.get("coherence.ci_clusters"))]
     lines += ["", "The diagonal is each classifier's accuracy on real test data of its own modality: a reference "
               "for its column, not a ceiling (generated data can score above it: decoded examples can be cleaner "
               "than real ones).", ""]
@@ -244,14 +274,15 @@ def _generation_lines(metrics: dict, names: list, display: dict, figures: list, 
       continue
     sources = [q for q in names if q != g]
     lines += [f"Identity attributes (each person's, from the dataset's identity records, whichever modality they "
-              f"describe) predicted from {display[g]}: accuracy (chance).", "",
+              f"describe) predicted from {display[g]}: accuracy"
+              + (" [low, high]" if any(k.endswith("accuracy_ci_low") for k in metrics) else "") + " (chance).", "",
               f"| attribute | classes | real {display[g]} | "
               + " | ".join(f"{display[q]} -> {display[g]}" for q in sources) + " |",
               "|---|---|---|" + "---|" * len(sources)]
     for a in scored:
-      cells = [_with_chance(metrics, f"coherence.{q}_to_{g}.{a}_accuracy") for q in sources]
+      cells = [_with_ci(metrics, f"coherence.{q}_to_{g}.{a}_accuracy") for q in sources]
       lines.append(f"| {a} | {metrics.get(f'coherence.{g}.{a}_classes')} | "
-                   f"{_with_chance(metrics, f'coherence.real_{g}.{a}_accuracy')} | " + " | ".join(cells) + " |")
+                   f"{_with_ci(metrics, f'coherence.real_{g}.{a}_accuracy')} | " + " | ".join(cells) + " |")
     lines.append("")
   if "coherence.joint.accuracy" in metrics:
     lines += [f"Joint coherence: {_with_chance(metrics, 'coherence.joint.accuracy')} of "
@@ -408,7 +439,8 @@ def write_report(path, metrics: dict, specs: dict, manifest: dict, *, near: dict
               json.dumps(cfg, indent=1, default=str), "```", "", "</details>", ""]
   generated = (", generated arrays in `generated.npz`, per-example likelihoods in `likelihood.npz`"
                if metrics.get("model.can_generate") is not False else "")
-  lines += [f"All numbers are in `metrics.json`; latents in `latents.npz`{generated}, "
+  lines += [f"All numbers are in `metrics.json`; latents in `latents.npz`{generated}, per-query retrieval values "
+            "(and each query's bootstrap cluster) in `queries.npz`, "
             "t-SNE maps and DBSCAN assignments in `embeddings.npz` (`mmvae.analysis.report.rebuild` recomputes "
             "this report from them without the model)."]
   with open(path, "w", encoding="utf-8") as f:

@@ -2,7 +2,9 @@
 
 The modalities are the dataset's (config.data.modalities picks some, in the dataset's order); every
 section runs over all of them, never naming one:
-  retrieval.<q>_to_<g>.<metric>      every ordered pair, q == g included (within one modality), three scores
+  retrieval.<q>_to_<g>.<metric>      every ordered pair, q == g included (within one modality), three scores;
+                                     the cosine mrr, recall@1 and matching_1v2 with `_ci_low` / `_ci_high`: a 95%
+                                     bootstrap over videos (closed-set) or identities (open-set), retrieval.ci_*
   clusters.<m> / clusters.joint      t-SNE + DBSCAN of each modality's latents and of all of them stacked
   nearest.<q>_to_<g>                 identity centroids, every ordered pair of distinct modalities
   coherence.<q>_to_<g>, .joint       models that generate: cross and joint coherence (analysis/coherence.py)
@@ -10,8 +12,12 @@ section runs over all of them, never naming one:
   sync.*, frame_retrieval.*          two or more sequence modalities with temporal encoders (analysis/sync.py)
 Each is a section of mmvae/analysis/sections.py (its metrics and its part of report.md), registered below in
 report order; a registered section of one's own follows them.
-Files: latents.npz, generated.npz, likelihood.npz and frames.npz (what the model computed), metrics.json, embeddings.npz,
-figures, report.md; `rebuild` recomputes everything but the first three without the model.
+Files: latents.npz, generated.npz, likelihood.npz and frames.npz (what the model computed), metrics.json,
+embeddings.npz, queries.npz, figures, report.md; `rebuild` recomputes everything but the first three without the model.
+queries.npz (per query, in latents.npz's order, for pooling across folds): `label` (int), `cluster` (str, the
+bootstrap's cluster of each example), `cluster_kind` (0-d str: video, identity or example) and, for every ordered
+pair of distinct modalities, `<q>_to_<g>.mrr`, `<q>_to_<g>.recall@1`, `<q>_to_<g>.matching_1v2` (cosine; NaN where
+undefined: the means of the others are metrics.json's values).
 """
 
 import contextlib
@@ -27,10 +33,12 @@ import numpy as np
 from mmvae import data, inference, locks, progress, write_errors, zoo
 from mmvae.analysis import (coherence, generation, generation_figures, latent_space, likelihood, markdown, sections,
                             sync)
-from mmvae.metrics import retrieval
+from mmvae.metrics import bootstrap, retrieval
 
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
 TEXT_KEYS = ("id", "identity", "video", "gender")
+# Per-query cosine metrics in queries.npz, each with a bootstrap interval in metrics.json.
+QUERY_METRICS = ("mrr", "recall@1", "matching_1v2")
 JOINT = "joint"  # the space of every modality's latents together
 # What a model that generates writes (besides `<g>_from_<q>.png`); the last two are older reports' figure names.
 GENERATED_FILES = ("generated.npz", "likelihood.npz", "faces_from_voices.png", "spectra_from_faces.png")
@@ -58,19 +66,36 @@ def _groups(genders):
   return g if known.all() and len(set(g.tolist())) > 1 else None
 
 
-def retrieval_section(latents: dict, names, seed: int = 0) -> dict:
-  """Flat metrics `<prefix>.<q>_to_<g>.<metric>` (+ `_chance`) for every score and ordered pair (q == g too)."""
+def retrieval_section(latents: dict, names, seed: int = 0, manifest: dict | None = None, train_labels=None,
+                      queries: dict | None = None) -> dict:
+  """Flat metrics `<prefix>.<q>_to_<g>.<metric>` (+ `_chance`) for every score and ordered pair (q == g too).
+
+  The cosine MRR, Recall@1 and 1:2 matching also get `<metric>_ci_low` / `_ci_high`: a 95% bootstrap over the
+  split's videos (closed-set) or identities (open-set), else its examples (bootstrap.choose_clusters; manifest
+  and train_labels tell an open-set split). queries: a dict to fill with queries.npz's arrays (QUERY_METRICS of
+  every ordered pair of distinct modalities, per query; the label, the cluster and its kind).
+  """
   labels = np.asarray(latents["label"])
   groups = _groups(latents["gender"]) if "gender" in latents else None
-  out = {}
+  clusters, kind = bootstrap.choose_clusters(latents, manifest or {}, train_labels)
+  out = {"retrieval.ci_cluster": kind, "retrieval.ci_clusters": int(len(np.unique(clusters))),
+         "retrieval.ci_resamples": bootstrap.N_BOOT, "retrieval.ci_level": bootstrap.LEVEL}
+  if queries is not None:
+    queries.update(label=labels.astype(np.int64), cluster=clusters, cluster_kind=np.asarray(kind))
   for q, g in itertools.product(names, repeat=2):
     # One pass per ordered pair: the three scores share its dot products (blocked, never N x N in memory).
-    res = retrieval.retrieval_scores(
+    res, per = retrieval.retrieval_scores(
         latents[f"{q}_mu"], latents[f"{g}_mu"], labels, labels, tuple(SCORE_PREFIX),
         query_logvar=latents[f"{q}_logvar"], gallery_logvar=latents[f"{g}_logvar"],
-        exclude_self=q == g, query_groups=groups, gallery_groups=groups, seed=seed, desc=f"retrieval {q}->{g}")
+        exclude_self=q == g, query_groups=groups, gallery_groups=groups, seed=seed, desc=f"retrieval {q}->{g}",
+        return_per_query=True)
     for score, prefix in SCORE_PREFIX.items():
       out.update({f"{prefix}.{q}_to_{g}.{k}": v for k, v in res[score].items()})
+    cosine = {m: per["cosine"][m] for m in QUERY_METRICS}
+    out.update({f"retrieval.{q}_to_{g}.{k}": v
+                for k, v in bootstrap.ci_keys(cosine, clusters, bootstrap.N_BOOT, seed, bootstrap.LEVEL).items()})
+    if queries is not None and q != g:
+      queries.update({f"{q}_to_{g}.{m}": v for m, v in cosine.items()})
   return out
 
 
@@ -144,7 +169,29 @@ def _clear_generated(report_dir: pathlib.Path, keep_arrays: bool) -> None:
 
 
 def _retrieval(ctx) -> dict:
-  return retrieval_section(ctx.latents, ctx.names, ctx.acfg["seed"])
+  queries = {}
+  out = retrieval_section(ctx.latents, ctx.names, ctx.acfg["seed"], ctx.manifest, (ctx.train or {}).get("label"),
+                          queries)
+  ctx.state["clusters"] = (queries["cluster"], str(queries["cluster_kind"]))
+  if ctx.report_dir is not None:
+    np.savez_compressed(ctx.report_dir / "queries.npz", **queries)
+  return out
+
+
+def _test_clusters(ctx) -> np.ndarray:
+  """The bootstrap cluster of each row of ctx.test (every analysed example, or a streamed split's generated subset):
+  the retrieval section's clusters of the same examples (by id), else chosen from ctx.test's own fields."""
+  clusters, _ = ctx.state.get("clusters") or bootstrap.choose_clusters(ctx.latents, ctx.manifest,
+                                                                       (ctx.train or {}).get("label"))
+  n = len(ctx.test["label"])
+  if "id" in ctx.test and "id" in ctx.latents:
+    at = {i: k for k, i in enumerate(np.asarray(ctx.latents["id"]).astype(str).tolist())}
+    rows = [at.get(i) for i in np.asarray(ctx.test["id"]).astype(str).tolist()]
+    if None not in rows:
+      return clusters[np.asarray(rows, np.int64)]
+  elif n == len(clusters) and np.array_equal(np.asarray(ctx.test["label"]), np.asarray(ctx.latents["label"])):
+    return clusters  # the same rows in the same order
+  return bootstrap.choose_clusters(ctx.test, ctx.manifest, (ctx.train or {}).get("label"))[0]
 
 
 def _sync(ctx) -> dict:
@@ -162,8 +209,11 @@ def _cross_generation(ctx) -> dict:
   if ctx.generated is None:
     return {}
   attrs = ["gender"] + [a for a in ctx.manifest.get("attributes", []) if a != "gender"]
+  clusters = _test_clusters(ctx)
   coh, ctx.state["notes"] = coherence.coherence_scores(ctx.train, ctx.test, ctx.generated, ctx.specs,
-                                                       ctx.manifest.get("identities", []), attrs, ctx.acfg["seed"])
+                                                       ctx.manifest.get("identities", []), attrs, ctx.acfg["seed"],
+                                                       clusters=clusters)
+  coh["coherence.ci_clusters"] = int(len(np.unique(clusters)))
   shown = np.asarray(ctx.test["label"])  # the rows generated: every test row, or a subset of a streamed split
   ctx.state["figures"] = generation_figures.plot_pairs(ctx.report_dir, ctx.specs, ctx.test, ctx.generated, shown,
                                                        ctx.id_names, ctx.display)

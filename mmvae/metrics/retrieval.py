@@ -293,8 +293,12 @@ def _sigma(mu, logvar, scores):
 
 
 def retrieval_scores(query_mu, gallery_mu, query_labels, gallery_labels, scores=SCORES, query_logvar=None,
-                     gallery_logvar=None, exclude_self=False, max_pairs=4_000_000, seed=0, **kwargs) -> dict:
-  """{score: retrieval_metrics(...)} for several scores at once: one pass of shared dot products."""
+                     gallery_logvar=None, exclude_self=False, max_pairs=4_000_000, seed=0, return_per_query=False,
+                     **kwargs):
+  """{score: retrieval_metrics(...)} for several scores at once: one pass of shared dot products.
+
+  return_per_query: also return {score: `per_query` arrays} (the values the summaries average) as a second value.
+  """
   for score in scores:
     if score not in SCORES:
       raise ValueError(f"unknown retrieval score {score!r}; use one of {SCORES}")
@@ -309,7 +313,17 @@ def retrieval_scores(query_mu, gallery_mu, query_labels, gallery_labels, scores=
     out[score] = summarise(per[score])
     out[score].update(_verification_summary(*pairs[score], pairs_sampled=max_pairs < len(query_mu) * len(
         gallery_mu)))
+  if return_per_query:
+    return out, {score: per_query(per[score]) for score in scores}
   return out
+
+
+def per_query(per: dict) -> dict:
+  """Each metric per query in query order, NaN where `summarise` leaves the query out (nothing relevant, or the
+  metric undefined for it): `summarise`'s means are the NaN-ignoring means of these."""
+  valid = per["n_relevant"] > 0
+  return {k: np.where(valid, np.asarray(v, np.float64), np.nan) for k, v in per.items()
+          if k != "n_relevant" and not k.endswith("_chance")}
 
 
 def mean_reciprocal_rank(query_NxZ, gallery_MxZ, query_labels, gallery_labels, score="cosine",

@@ -50,7 +50,6 @@ SOFTMAX_DIM = 256  # wider features are projected on their leading principal com
 SOFTMAX_STEPS, SOFTMAX_BATCH, SOFTMAX_LR, SOFTMAX_WEIGHT_DECAY = 600, 1024, 0.005, 1e-2
 PREDICT_BLOCK = 8192  # rows whose features are formed at once when predicting
 MAX_CLASSES = 50  # attributes with more values (e.g. nationality) are not scored
-ATTRIBUTE_KINDS = ("image",)  # kinds whose generated data is also scored for identity attributes
 
 
 def features(m, data) -> np.ndarray:
@@ -228,7 +227,7 @@ def _score(metrics, key, pred, true, clusters=None, seed: int = 0) -> None:
 def _targets(m, train_labels, test_labels, identities, attributes, open_set, notes) -> dict:
   """{target name ('' = the label): (train values, test values)} scored for modality m."""
   targets = {} if open_set else {"": (train_labels, test_labels)}
-  if m.kind not in ATTRIBUTE_KINDS or not identities:
+  if not modalities.optional(m, "SHOWS_ATTRIBUTES") or not identities:
     return targets
   tr_attr = example_attributes(train_labels, identities, attributes)
   te_attr = example_attributes(test_labels, identities, attributes)

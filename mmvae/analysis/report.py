@@ -31,8 +31,8 @@ import shutil
 import numpy as np
 
 from mmvae import data, inference, locks, progress, write_errors, zoo
-from mmvae.analysis import (coherence, generation, generation_figures, latent_space, likelihood, markdown, sections,
-                            sync)
+from mmvae.analysis import (coherence, generation, generation_figures, latent_space, marginal_likelihood, markdown,
+                            sections, sync)
 from mmvae.metrics import bootstrap, retrieval
 
 SCORE_PREFIX = {"cosine": "retrieval", "euclidean": "retrieval_euclidean", "w2": "retrieval_w2"}
@@ -53,7 +53,7 @@ def _analysis_cfg(config) -> dict:
   a = a.to_dict() if hasattr(a, "to_dict") else dict(a or {})
   return {"dbscan_eps": float(a.get("dbscan_eps", -1.0)), "dbscan_min_samples": int(a.get("dbscan_min_samples", 3)),
           "tsne_perplexity": float(a.get("tsne_perplexity", -1.0)), "seed": int(a.get("seed", 0)),
-          "likelihood_samples": int(a.get("likelihood_samples", likelihood.DEFAULT_SAMPLES)),
+          "likelihood_samples": int(a.get("likelihood_samples", marginal_likelihood.DEFAULT_SAMPLES)),
           "joint_samples": int(a.get("joint_samples", generation.JOINT_SAMPLES)),
           "sync_offsets": int(a.get("sync_offsets", 6)),
           "max_points": int(a.get("max_points", latent_space.MAX_POINTS))}
@@ -224,7 +224,7 @@ def _cross_generation(ctx) -> dict:
 def _likelihood(ctx) -> dict:
   skipped = (ctx.lik or {}).get("skipped")
   ctx.state["likelihood_note"] = None if skipped is None else str(skipped)
-  return {} if ctx.generated is None else likelihood.summary(ctx.lik or {})
+  return {} if ctx.generated is None else marginal_likelihood.summary(ctx.lik or {})
 
 
 for _name, _compute, _markdown in (("retrieval", _retrieval, markdown.retrieval_markdown),
@@ -241,7 +241,7 @@ def analyze_arrays(report_dir, latents: dict, generated: dict | None, test: dict
   """Every metric and figure from saved arrays (no model needed); writes metrics.json and report.md.
 
   test / train: the split's stored arrays ({modality: data, 'label': ...}); generated None: the model cannot
-  generate, so cross generation, its figures, coherence and likelihood are skipped; lik: likelihood.estimate's
+  generate, so cross generation, its figures, coherence and likelihood are skipped; lik: marginal_likelihood.estimate's
   per-example arrays, or {'skipped': why}; frames: inference.encode_frames_split's arrays (sequence modalities).
   """
   from threadpoolctl import threadpool_limits
@@ -298,7 +298,7 @@ def _encode_streamed(model, config, dataset, split: str, specs: dict, frame_name
       "frames": (lambda c, lo: inference.encode_frames_split(model, c, frame_names, pad=True))
                 if len(frame_names) >= 2 else none,
       # The noise of example i is drawn from (seed, i) whatever the chunk, so the estimate is the whole split's.
-      "lik": (lambda c, lo: likelihood.for_run(model, config, c, specs, acfg["likelihood_samples"], acfg["seed"],
+      "lik": (lambda c, lo: marginal_likelihood.for_run(model, config, c, specs, acfg["likelihood_samples"], acfg["seed"],
                                                None, offset=lo)) if model.can_generate else none})
   return parts["fields"], parts["latents"], parts["frames"], parts["lik"]
 
@@ -435,7 +435,7 @@ def _analyze(workdir, data_dir=None, split: str = "test", which: str = "best", r
     generated.update(generation.sample_prior(model, specs, latent_dim, acfg["joint_samples"], acfg["seed"]))
     np.savez_compressed(report_dir / "generated.npz", **generated, **({} if rows is None else {"rows": rows}))
     if not streamed:
-      lik = likelihood.for_run(model, config, test, specs, acfg["likelihood_samples"], acfg["seed"], latent_dim)
+      lik = marginal_likelihood.for_run(model, config, test, specs, acfg["likelihood_samples"], acfg["seed"], latent_dim)
     np.savez_compressed(report_dir / "likelihood.npz", **lik)
   else:
     test = {"label": latents["label"]}  # nothing reads the raw split when nothing is generated

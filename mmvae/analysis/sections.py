@@ -81,10 +81,14 @@ def unregister(name: str) -> None:
 def ordered() -> list[Section]:
   """Every registered section in report order: BUILTIN, then the others as registered.
 
-  The built-in ones are registered when mmvae/analysis/report.py is imported, as every caller of compute and
-  markdown (report, and markdown through it) is; this module imports nothing of analysis.
+  The built-in ones are registered when mmvae/analysis/report.py is imported (this module imports nothing of
+  analysis); RuntimeError when it was not, rather than a report without them.
   """
-  return [_SECTIONS[n] for n in BUILTIN if n in _SECTIONS] + [s for n, s in _SECTIONS.items() if n not in BUILTIN]
+  missing = [n for n in BUILTIN if n not in _SECTIONS]
+  if missing:
+    raise RuntimeError(f"the built-in analysis sections {missing} are not registered: import mmvae.analysis.report "
+                       "first (it registers them)")
+  return [_SECTIONS[n] for n in BUILTIN] + [s for n, s in _SECTIONS.items() if n not in BUILTIN]
 
 
 def compute(ctx: Context) -> dict:

@@ -26,6 +26,7 @@ and optionally (`optional(m, name)` falls back to mmvae/modalities/base.py):
 
   classifier_features(m, data_N) -> float [N, D]   what the coherence classifier sees (default: values flattened)
   to_text(m, data_one) -> str                     a text kind's example as words (default None: not text)
+  SHOWS_ATTRIBUTES: whether coherence also scores generated data for identity attributes (default False; image True)
   FIGURE: the generation figure of a target modality: 'image_grid', 'spectra' (analysis/generation_figures.PLOTS)
           or a callable like plot_image_grid; None (default): no figure
 

@@ -60,6 +60,8 @@ def time_stats(m, x_N):
   return x.reshape(len(x), -1)
 
 
+SHOWS_ATTRIBUTES = False  # whether generated data is also scored for the identity's attributes (coherence)
+
 to_text = None  # text kinds: to_text(m, data_one_example) -> str (the generated-text examples of report.md)
 
 FIGURE = None  # the generation figure of a target modality: a plot name of analysis/generation_figures.PLOTS or a

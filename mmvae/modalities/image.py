@@ -19,6 +19,7 @@ from mmvae.modalities import base
 ENCODERS = ("mlp", "conv")
 DEFAULT_SIGMA = 0.1  # pixels in [0, 1]
 FIGURE = "image_grid"  # generated images beside the real ones, one identity per row
+SHOWS_ATTRIBUTES = True  # a face shows gender and the like: coherence scores generated faces for them too
 classifier_features = base.pixel_features  # pixels in [0, 1] (every stored frame is a training example)
 
 

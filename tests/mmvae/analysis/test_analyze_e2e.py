@@ -184,13 +184,13 @@ def test_three_modalities_from_saved_arrays(tmp_path):
 
 def test_likelihood_of_a_trained_model_with_a_joint_posterior_matches_a_numpy_loop(run):
   """The real-model path (stored arrays -> model inputs, the run's sigmas, joint posterior, decode) against numpy."""
-  from mmvae.analysis import likelihood
+  from mmvae.analysis import marginal_likelihood
   base, _, _ = run
   joint, config, _ = checkpoints.load_run(base / "run")  # the MS-VAE's joint posterior: a PoE of its encoders
   dataset = data.Dataset(base / "data")
   test, specs = dataset.arrays("test"), dataset.modalities()
-  got = likelihood.for_run(joint, config, test, specs, samples=3, seed=5, latent_dim=config.model.latent_dim)
-  sigma = {k: float(np.exp(v)) for k, v in likelihood.log_sigmas(joint, config.loss).items()}
+  got = marginal_likelihood.for_run(joint, config, test, specs, samples=3, seed=5, latent_dim=config.model.latent_dim)
+  sigma = {k: float(np.exp(v)) for k, v in marginal_likelihood.log_sigmas(joint, config.loss).items()}
   x = {"audio": np.asarray(test["audio"], np.float64), "face": test["face"][:, 0].astype(np.float64) / 255.0}
   mu, logvar = (np.asarray(v, np.float64) for v in joint.joint_posterior(
       {"audio": test["audio"], "face": test["face"][:, 0].astype(np.float32) / 255.0}))

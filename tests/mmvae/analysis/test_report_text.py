@@ -8,6 +8,7 @@ from sklearn import svm
 
 from mmvae import data, modalities
 from mmvae.analysis import coherence, generation_figures, latent_space, markdown
+from mmvae.analysis import report  # noqa: F401  (registers the built-in sections that report.md is made of)
 
 VEC = modalities.Modality("vec", "vector", (8,), "float32")
 IMG = modalities.Modality("img", "image", (1, 6, 6, 3), "uint8")

@@ -9,7 +9,7 @@ from flax import nnx
 from scipy import stats
 
 from mmvae import modalities
-from mmvae.analysis import likelihood
+from mmvae.analysis import marginal_likelihood
 
 Z, S_A, S_B = 3, 0.5, 0.8  # latent size and the two modalities' noise scales
 
@@ -67,16 +67,16 @@ def _exact_log_marginal(model, x):
 @pytest.mark.parametrize("k", [1, 5])
 def test_exact_posterior_gives_the_exact_marginal_for_any_k(k):
   model, x = _data()
-  got = likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=k, seed=0, batch_size=3)
+  got = marginal_likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=k, seed=0, batch_size=3)
   np.testing.assert_allclose(got["iwae"], _exact_log_marginal(model, x), rtol=0, atol=2e-3)
   assert int(got["samples"]) == k
-  metrics = likelihood.summary(got)
+  metrics = marginal_likelihood.summary(got)
   assert metrics[f"likelihood.iwae_k{k}"] == pytest.approx(_exact_log_marginal(model, x).mean(), abs=2e-3)
 
 
 def test_expected_log_likelihood_of_each_modality_matches_its_closed_form():
   model, x = _data(n=200, seed=5)
-  metrics = likelihood.summary(likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=8, seed=1))
+  metrics = marginal_likelihood.summary(marginal_likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=8, seed=1))
   mu, logvar = (np.asarray(v, np.float64) for v in model.joint_posterior({n: jnp.asarray(v) for n, v in x.items()}))
   for name, s, w, b in (("a", S_A, model.w_a, model.b_a), ("b", S_B, model.w_b, model.b_b)):
     w, b = np.asarray(w[...], np.float64), np.asarray(b[...], np.float64)
@@ -89,12 +89,12 @@ def test_a_wrong_posterior_gives_a_lower_bound_that_tightens_with_k():
   _, x = _data(n=20)
   model = LinearGaussian(posterior_shift=0.6)
   exact = _exact_log_marginal(model, x).mean()
-  one = likelihood.summary(likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=1, seed=0))["likelihood.iwae_k1"]
-  many = likelihood.summary(likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=64, seed=0))["likelihood.iwae_k64"]
+  one = marginal_likelihood.summary(marginal_likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=1, seed=0))["likelihood.iwae_k1"]
+  many = marginal_likelihood.summary(marginal_likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=64, seed=0))["likelihood.iwae_k64"]
   assert one < many < exact + 1e-3
   # Noise is drawn per example: the batch size changes nothing.
-  a = likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=4, seed=3, batch_size=7)
-  b = likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=4, seed=3, batch_size=20)
+  a = marginal_likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=4, seed=3, batch_size=7)
+  b = marginal_likelihood.estimate(model, x, SPECS, LOG_SIGMA, samples=4, seed=3, batch_size=20)
   np.testing.assert_allclose(a["iwae"], b["iwae"], rtol=1e-6)
 
 
@@ -104,5 +104,5 @@ def test_models_without_a_joint_posterior_are_skipped_with_a_reason():
 
   import ml_collections
   config = ml_collections.ConfigDict({"model": {"kind": "msvae"}, "loss": {}})
-  out = likelihood.for_run(NoJoint(), config, {}, SPECS, 4, 0, Z)
-  assert "joint_posterior" in str(out["skipped"]) and likelihood.summary(out) == {}
+  out = marginal_likelihood.for_run(NoJoint(), config, {}, SPECS, 4, 0, Z)
+  assert "joint_posterior" in str(out["skipped"]) and marginal_likelihood.summary(out) == {}

@@ -3,12 +3,12 @@ that training draws views while evaluation encodes view 0 only."""
 
 import collections
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from data_prep import audio, example, prepare
+from test_voxceleb1_prep import make_small_root  # noqa: E402  (this folder is on the path)
 from mmvae import config as config_lib
 from mmvae import data, inference, modalities
 
@@ -212,26 +212,6 @@ def test_encode_split_takes_view_0_of_views_and_averages_real_frames():
 
 SUBSET = {"id10001": {"1zcIwhmdeo4": 2, "Y8hIVOBuels": 1, "utrA-v8pPm4": 1},
           "id10118": {"03ZaSobFZTs": 2, "UsHbVNFrjVQ": 1, "bZyPBCVCYxw": 1}}
-NAMES = {"id10001": "A.J._Buckley", "id10118": "Caitriona_Balfe"}
-
-
-def _small_root(mini, dst):
-  """SUBSET of the mini set with one face frame per video."""
-  kept, counts = [], collections.Counter()
-  for line in (mini / "iden_split.txt").read_text().splitlines():
-    identity, video, utt = line.split()[1].split("/")
-    if counts[video] < SUBSET.get(identity, {}).get(video, 0):
-      counts[video] += 1
-      kept.append(line)
-      (dst / "wav" / identity / video).mkdir(parents=True, exist_ok=True)
-      shutil.copy(mini / "wav" / identity / video / utt, dst / "wav" / identity / video / utt)
-      face_dir = dst / "faces" / NAMES[identity] / video
-      if not face_dir.exists():
-        face_dir.mkdir(parents=True)
-        shutil.copy(sorted((mini / "faces" / NAMES[identity] / video).glob("*.jpg"))[0], face_dir)
-  (dst / "iden_split.txt").write_text("\n".join(kept) + "\n")
-  shutil.copy(mini / "vox1_meta.csv", dst / "vox1_meta.csv")
-  return dst
 
 
 def _check_views(plain_dir, views_dir, v):
@@ -255,7 +235,7 @@ def _check_views(plain_dir, views_dir, v):
 def small_views(shared_data, tmp_path_factory):
   """8 utterances of the mini set prepared as they are and with 2 views (one worker each): (folder, manifests)."""
   out = tmp_path_factory.mktemp("small_views")
-  root = _small_root(shared_data / "voxceleb1-mini", out / "root")
+  root = make_small_root(shared_data / "voxceleb1-mini", out / "root", frames=1, subset=SUBSET)
   return out, {name: prepare.prepare_voxceleb1(root, out / name, config=_cfg(**changes), workers=1)
                for name, changes in (("plain", {}), ("one", {"audio_views": 2}))}
 

@@ -170,7 +170,9 @@ def _add_sweep(sub) -> None:
   sweep = _parser(
       sub, "sweep", help="train and analyse a grid of configs x seeds -> OUT/results.md and results.json (resumable)",
       epilog="A sweep file (experiments/sweeps/NAME.py) returns {'rows': [{'name', 'config', 'overrides'}], "
-             "'seeds': [...], 'metrics': [...]} from get_sweep(). Rerunning the same command skips finished runs.")
+             "'seeds': [...], 'metrics': [...], 'select': key or [keys]} from get_sweep(). Every run is analysed on "
+             "--split and on validation; the row is chosen on its mean validation score ('select'), never on the "
+             "test split. Rerunning the same command skips finished runs.")
   sweep.add_argument("--sweep", required=True, help="sweep name (experiments/sweeps/NAME.py) or path.py")
   sweep.add_argument("--out", required=True, help="output folder: runs/<row>/seed<s>/, data/, results.{md,json}; "
                      "one sweep per folder: a results.md it did not write, or another sweep's, is refused, and "
@@ -181,7 +183,17 @@ def _add_sweep(sub) -> None:
   sweep.add_argument("--parallel", type=int, default=0, help="runs at once (default: 0, half the cores)")
   sweep.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the sweep's)")
   sweep.add_argument("--rows", default=None, help="comma-separated row names to run (default: all)")
-  sweep.add_argument("--split", default="test", help="split every run is analysed on")
+  sweep.add_argument("--split", default="test",
+                     help="split every run is analysed on; with --cv: closed (or test) folds videos, open folds "
+                          "identities (test identities unseen)")
+  sweep.add_argument("--cv", type=int, default=None, metavar="K",
+                     help="K-fold cross-validation (K >= 3) of the raw VoxCeleb1-layout corpus given by --root: the "
+                          "videos of all its splits are dealt into K folds stratified by identity (whole "
+                          "identities with --split open); round k tests on fold k, selects checkpoints on fold "
+                          "k+1 mod K and trains on the rest. Writes OUT/folds/fold<k>/ (the fold corpora: "
+                          "symlinks and an iden_split.txt), OUT/fold<k>/ (an ordinary resumable sweep per round) "
+                          "and OUT/cv.json, cv.md (per row: mean and 95%% interval over folds x seeds, per-fold "
+                          "means, the pooled-query MRR, the row selected on validation) (default: none, one sweep)")
 
 
 def _add_demo(sub) -> None:
@@ -378,6 +390,14 @@ def main(argv=None) -> int:
       from_wav.generate_face_from_wav(args.workdir, args.wav, args.out, which=args.checkpoint)
     elif args.command == "sweep":
       import shlex
+      if args.cv is not None:
+        if args.data is not None:
+          raise ValueError("--cv needs --root, a raw VoxCeleb1-layout corpus, not --data: the folds re-split its "
+                           "videos and each fold is prepared on its own")
+        from mmvae import cv
+        results = cv.run(args.sweep, args.out, root=args.root, k=args.cv, seeds=args.seeds, rows=args.rows,
+                         parallel=args.parallel, command=f"mmvae {shlex.join(argv)}", policy=args.split)
+        return 1 if results["failed_runs"] else 0
       from mmvae import sweep
       results = sweep.run(args.sweep, args.out, data=args.data, root=args.root, parallel=args.parallel,
                           seeds=args.seeds, rows=args.rows, split=args.split, command=f"mmvae {shlex.join(argv)}")

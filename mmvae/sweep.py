@@ -344,7 +344,7 @@ class _Launcher:
         proc.terminate()
 
 
-def _select_rows(sweep: dict, rows) -> None:
+def select_rows(sweep: dict, rows) -> None:
   """Keeps the rows named (or slugged) in `rows`, 'a,b' or a list; KeyError naming the rows there are."""
   wanted = [r.strip() for r in rows.split(",")] if isinstance(rows, str) else list(rows)
   known = {r["name"] for r in sweep["rows"]} | {r["slug"] for r in sweep["rows"]}
@@ -446,7 +446,7 @@ def run(spec: str, out, data=None, root=None, parallel: int = 0, seeds=None, row
   sweep = load_sweep(spec)
   every_row = list(sweep["rows"])
   if rows:
-    _select_rows(sweep, rows)
+    select_rows(sweep, rows)
   seeds = parse_seeds(seeds) if seeds is not None else sweep["seeds"]
   out = pathlib.Path(out).absolute()
   earlier = sweep_table.previous(out, sweep["path"])  # refuses a results.md that is not this sweep's

@@ -116,7 +116,6 @@ def score_plan(select: dict, metrics: list[dict]) -> dict:
   return {"terms": terms, "direction": direction}
 
 
-_score_plan = score_plan  # the name mmvae/cv.py used first
 
 
 def _finite(v) -> bool:

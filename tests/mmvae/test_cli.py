@@ -103,8 +103,8 @@ def test_both_override_forms_give_the_same_config(monkeypatch, tmp_path):
   assert config_a.to_dict() == config_b.to_dict() == expected.to_dict()
   assert (data_a, workdir_a) == (data_b, workdir_b) == ("D", "W")
 
-  from data_prep import prepare
-  _capture(monkeypatch, prepare, "prepare_synthetic")
+  from data_prep import synthetic
+  _capture(monkeypatch, synthetic, "prepare_synthetic")
   args = ["prep", "synthetic", "--out", str(tmp_path), "--config", "synthetic:tiny"]
   _, kw_a = _call([*args, "--config.data.face_size=16", "--config.data.grayscale=True"])
   _, kw_b = _call([*args, "--config.data.face_size", "16", "--config.data.grayscale", "True"])

@@ -24,6 +24,9 @@ INTERRUPTED = {
     "generate": "rerun the same command",
     "sweep": "rerun the same command to continue; finished runs are kept",
     "demo": "rerun the same command to continue where it stopped",
+    "index": "the index at --out is as it was (a new one is swapped in only when complete); rerun the same command",
+    "query": "rerun the same command",
+    "extract": "--out was not written; rerun the same command",
 }
 
 
@@ -94,7 +97,8 @@ def build_parser(with_corpora: bool = True) -> argparse.ArgumentParser:
   parser.add_argument("--version", action="version", version=f"%(prog)s {mmvae.__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_prep(sub, with_corpora)
-  for add in (_add_train, _add_analyze, _add_embed, _add_generate, _add_sweep, _add_demo):
+  for add in (_add_train, _add_analyze, _add_embed, _add_extract, _add_index, _add_query, _add_generate, _add_sweep,
+              _add_demo):
     add(sub)
   return parser
 
@@ -151,6 +155,60 @@ def _add_embed(sub) -> None:
                      help="comma-separated splits to encode, e.g. train,validation,test (default: every split of "
                           "the dataset)")
   _add_checkpoint(embed)
+
+
+def _add_index(sub) -> None:
+  index = _parser(sub, "index", help="store a run's space: every example of every modality embedded into a FAISS "
+                  "index folder that `mmvae query` searches")
+  index.add_argument("--workdir", required=True, help="run folder written by mmvae train")
+  index.add_argument("--out", required=True, help="index folder to write: index.json, one <modality>.faiss each, "
+                     "entries.npz, manifest.json; an index already there is replaced when the new one is complete")
+  index.add_argument("--data", default=None,
+                     help="prepared dataset (default: the one the run trained on, from WORKDIR/run.json)")
+  index.add_argument("--splits", default=None,
+                     help="comma-separated splits to index, e.g. train,validation,test (default: every split)")
+  kind = index.add_mutually_exclusive_group()
+  kind.add_argument("--exact", dest="index_kind", action="store_const", const="exact",
+                    help="exact inner-product search for every modality (default: exact up to 100,000 entries, "
+                         "an HNSW graph above)")
+  kind.add_argument("--approximate", dest="index_kind", action="store_const", const="hnsw",
+                    help="an HNSW graph (efSearch tuned to recall@10 >= 0.95) for every modality")
+  _add_checkpoint(index)
+
+
+def _add_query(sub) -> None:
+  query = _parser(sub, "query", help="the entries of an index (mmvae index) nearest to a WAV, an image, a text or "
+                  "a stored entry")
+  query.add_argument("index", metavar="INDEX", help="index folder written by mmvae index")
+  what = query.add_mutually_exclusive_group(required=True)
+  what.add_argument("--wav", help="WAV file: encoded through the run's audio features")
+  what.add_argument("--image", help="image file (JPEG/PNG): cropped and resized to the run's face size")
+  what.add_argument("--text", help="a sentence: its words in the text modality's vocabulary (others dropped)")
+  what.add_argument("--id", dest="entry_id", help="the id of a stored entry: its stored vector is the query")
+  query.add_argument("--of", default=None, help="with --id: the modality of the entry (default: the first "
+                     "modality holding that id)")
+  query.add_argument("--modality", default=None, help="the modality to search (default: every one other than the "
+                     "query's)")
+  query.add_argument("--k", type=int, default=10, help="how many results")
+  query.add_argument("--json", action="store_true", help="print a JSON list of objects with id, modality, score, "
+                     "label (and rank, identity, split, text, row) instead of a table")
+
+
+def _add_extract(sub) -> None:
+  from data_prep import pretrained  # light: names and install commands only
+  known = "; ".join(f"{name} ({pretrained.INSTALLS[name]})" for name in pretrained.EXTRACTORS)
+  extract = _parser(sub, "extract", help="embed every example of a raw corpus with a pretrained network -> an .npz "
+                    "(ids, embeddings, splits) that `mmvae prep features --join` reads",
+                    description=f"Pretrained extractors, each with the command that installs its weights: {known}. "
+                    "ge2e: 256-d GE2E speaker d-vectors of the wav (resemblyzer's network in Flax); dlib_face: 128-d "
+                    "dlib face descriptors, mean over an example's face frames; wordllama: 256-d sentence vectors "
+                    "of its text.")
+  extract.add_argument("name", choices=list(pretrained.EXTRACTORS), metavar="NAME",
+                       help=f"the extractor: {', '.join(pretrained.EXTRACTORS)}")
+  extract.add_argument("--root", required=True, help="raw corpus root, as `mmvae prep CORPUS --root` takes it")
+  extract.add_argument("--out", required=True, help=".npz file to write: ids [N] str (the examples' ids, as the "
+                       "prepared dataset has them), embeddings [N, D] float32, splits [N] str")
+  extract.add_argument("--corpus", choices=pretrained.CORPORA, default="voxceleb1", help="the root's layout")
 
 
 def _add_generate(sub) -> None:
@@ -385,6 +443,17 @@ def main(argv=None) -> int:
       from mmvae import embed
       embed.export(args.workdir, args.modality, args.out, data_dir=args.data, splits=args.splits,
                    which=args.checkpoint)
+    elif args.command == "index":
+      from mmvae import index
+      index.build(args.workdir, args.out, data_dir=args.data, splits=args.splits, force=args.index_kind,
+                  which=args.checkpoint)
+    elif args.command == "query":
+      from mmvae import index
+      index.run_query(args.index, text=args.text, wav=args.wav, image=args.image, id=args.entry_id, of=args.of,
+                      modality=args.modality, k=args.k, as_json=args.json)
+    elif args.command == "extract":
+      from data_prep import pretrained
+      pretrained.extract(args.name, args.root, args.out, corpus=args.corpus)
     elif args.command == "generate":
       from mmvae.analysis import from_wav
       from_wav.generate_face_from_wav(args.workdir, args.wav, args.out, which=args.checkpoint)

@@ -73,6 +73,11 @@ SLOW = (
     "tests/data_prep/test_mmdigits.py::test_same_seed_same_arrays_with_any_worker_count",
     "tests/mmvae/zoo/test_zoo.py::test_every_kind_agrees_on_one_and_four_devices_and_learns[mcvs",
     "tests/mmvae/test_cv.py::test_sweep_cv_end_to_end",
+    # GE2E on all of voxceleb1-mini, prep voxceleb1:tiny and the join (~30 s)
+    "tests/data_prep/test_pretrained_voice.py::test_extract_on_voxceleb1_mini_joins_every_example",
+    # these two share a module fixture that trains synthetic:tiny (~60 s); the rest of test_index.py is fast
+    "tests/mmvae/test_index.py::test_index_of_a_run_holds_its_entries_and_answers_ids",
+    "tests/mmvae/test_index.py::test_raw_queries_wav_image_and_an_unreadable_wav",
 )
 
 

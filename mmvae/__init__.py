@@ -6,6 +6,7 @@ The Python API mirrors the command line (see experiments/quickstart.py):
   final = mmvae.train("synthetic:tiny", "data", "run")                  # mmvae train ...
   metrics = mmvae.analyze("run")                                        # mmvae analyze --workdir run
   model, config, data_dir = mmvae.load_run("run")
+  hits = mmvae.Index.open("index").query(text="a seven", k=10)   # mmvae index ...; mmvae query ...
 
 Each function imports its stage on first call, so `import mmvae` stays fast.
 """
@@ -92,4 +93,14 @@ train.__class__ = _Train
 train.__doc__ = f"{train.__doc__}\n\nmmvae.train(config, data_dir, workdir, overrides=(), **kwargs): " \
                 f"{_Train.__call__.__doc__}"
 
-__all__ = ["__version__", "analyze", "load_run", "prepare", "train"]
+
+
+def __getattr__(name: str):
+  """`mmvae.Index` (mmvae.index.Index: a built index folder to query), imported on first use."""
+  if name == "Index":
+    from mmvae.index import Index
+    return Index
+  raise AttributeError(f"module 'mmvae' has no attribute {name!r}")
+
+
+__all__ = ["Index", "__version__", "analyze", "load_run", "prepare", "train"]

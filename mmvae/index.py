@@ -22,13 +22,13 @@ Shards: an index per id range, each queried on its own, results merged by score 
 
 import contextlib
 import json
-import os
 import pathlib
-import re
 import shutil
 import time
 
 import numpy as np
+
+from mmvae import files
 
 FORMAT = "mmvae-index/1"
 EXACT_MAX = 100_000  # entries per modality searched exactly; above it an HNSW graph
@@ -123,46 +123,22 @@ def tune_ef(index, x_NxD, q_QxD, k: int = 10, target: float = RECALL_TARGET) -> 
 
 # --- writing ---------------------------------------------------------------------------------------------------
 
-def _leftovers(final: pathlib.Path) -> None:
-  """Puts back an index a killed swap left renamed away; removes killed builds' unfinished folders."""
-  from mmvae import locks
-  for path in sorted(final.parent.glob(f".{final.name}.*-*@*")):
-    m = re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-(\d+)@(.+)", path.name)
-    if not m or locks.is_running({"pid": int(m[2]), "host": m[3]}):
-      continue
-    if m[1] == "old" and not final.exists():
-      os.replace(path, final)
-    else:
-      shutil.rmtree(path, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def _building(final: pathlib.Path):
   """A fresh folder beside FINAL to fill, swapped in for FINAL when the block ends; on any error removed."""
-  from mmvae import locks
   final = final.absolute()
   if final.exists() and not final.is_dir():
     raise ValueError(f"--out {final} is a file; give a folder for the index")
   if final.is_dir() and any(final.iterdir()) and not (final / "index.json").is_file():
     raise ValueError(f"--out {final} holds files that are not an mmvae index; give a new or empty folder")
   final.parent.mkdir(parents=True, exist_ok=True)
-  _leftovers(final)
-  me = locks.this_process()
-  build = final.with_name(f".{final.name}.partial-{me['pid']}@{me['host']}")
-  shutil.rmtree(build, ignore_errors=True)
-  build.mkdir()
+  build = files.building_folder(final)
   try:
     yield build
   except BaseException:
     shutil.rmtree(build, ignore_errors=True)
     raise
-  old = None
-  if final.exists():
-    old = build.with_name(build.name.replace(".partial-", ".old-", 1))
-    os.replace(final, old)
-  os.replace(build, final)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+  files.swap_in(build, final)
 
 
 def write(out, vectors: dict, entries: dict, info: dict | None = None, force: str | None = None,
@@ -175,7 +151,6 @@ def write(out, vectors: dict, entries: dict, info: dict | None = None, force: st
   Returns index.json's contents.
   """
   import faiss
-  from mmvae import files
   from mmvae.version import __version__
   names = list(vectors)
   if not names:
@@ -312,7 +287,7 @@ class Index:
     import faiss
     path = pathlib.Path(path)
     if path.parent.is_dir():
-      _leftovers(path.absolute())  # an index a killed swap left renamed away is put back
+      files.clear_leftovers(path.absolute())  # an index a killed swap left renamed away is put back
     meta = path / "index.json"
     if not meta.is_file():
       raise FileNotFoundError(f"{meta} not found: {path} is not an mmvae index; build one with "

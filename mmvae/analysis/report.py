@@ -25,12 +25,11 @@ import itertools
 import json
 import os
 import pathlib
-import re
 import shutil
 
 import numpy as np
 
-from mmvae import data, inference, locks, progress, write_errors, zoo
+from mmvae import data, files, inference, progress, write_errors, zoo
 from mmvae.analysis import (coherence, generation, generation_figures, latent_space, marginal_likelihood, markdown,
                             sections, sync)
 from mmvae.metrics import bootstrap, retrieval
@@ -322,18 +321,6 @@ def _is_product(name: str) -> bool:
   return name.endswith((".npz", ".png")) or name in ("metrics.json", "report.md")
 
 
-def _leftovers(final: pathlib.Path) -> None:
-  """Puts back a report a killed swap left renamed away, and removes killed analyses' unfinished folders."""
-  for path in sorted(final.parent.glob(f".{final.name}.*-*@*")):
-    m = re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-(\d+)@(.+)", path.name)
-    if not m or locks.is_running({"pid": int(m[2]), "host": m[3]}):
-      continue
-    if m[1] == "old" and not final.exists():
-      os.replace(path, final)
-    else:
-      shutil.rmtree(path, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def _report_build(final: pathlib.Path):
   """A fresh folder beside FINAL (the report folder) for an analysis to fill, swapped in for FINAL when it completes.
@@ -348,12 +335,8 @@ def _report_build(final: pathlib.Path):
     raise write_errors.WriteError(f"cannot create {final.parent} for the report: {e.strerror}") from None
   if not os.access(final.parent, os.W_OK | os.X_OK):
     raise write_errors.WriteError(f"{final.parent} is not writable: the report goes into {final}")
-  _leftovers(final)
-  me = locks.this_process()
-  build = final.with_name(f".{final.name}.partial-{me['pid']}@{me['host']}")
-  shutil.rmtree(build, ignore_errors=True)
   try:
-    build.mkdir()
+    build = files.building_folder(final)
   except OSError as e:
     raise write_errors.WriteError(f"cannot write the report beside {final}: {e.strerror}") from None
   try:
@@ -368,16 +351,14 @@ def _report_build(final: pathlib.Path):
         if final.is_dir() else 0
     raise write_errors.WriteError(write_errors.message(code, final, max(written, previous), at_least=not previous)
                                   + ("; the previous report is kept" if final.is_dir() else "")) from None
-  old = None
-  if final.exists():
-    old = build.with_name(build.name.replace(".partial-", ".old-", 1))
-    os.replace(final, old)
-    for entry in sorted(old.iterdir()):
-      if not _is_product(entry.name) and not (build / entry.name).exists():
-        os.replace(entry, build / entry.name)
-  os.replace(build, final)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+  files.swap_in(build, final, carry=_carry_users_files)
+
+
+def _carry_users_files(old: pathlib.Path, build: pathlib.Path) -> None:
+  """Moves what the replaced report holds that analyses do not write (a user's files) into the new one."""
+  for entry in sorted(old.iterdir()):
+    if not _is_product(entry.name) and not (build / entry.name).exists():
+      os.replace(entry, build / entry.name)
 
 
 def analyze(workdir, data_dir=None, split: str = "test", which: str = "best", report_dir=None) -> dict:

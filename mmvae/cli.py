@@ -1,4 +1,5 @@
-"""The `mmvae` command: prep, train, analyze, embed, generate, sweep, demo. Logic lives in the modules it calls."""
+"""The `mmvae` command: prep, train, analyze, embed, extract, index, query, generate, sweep, demo. Logic lives in the
+modules it calls."""
 
 import argparse
 import errno

@@ -173,7 +173,8 @@ def _add_index(sub) -> None:
                     help="exact inner-product search for every modality (default: exact up to 100,000 entries, "
                          "an HNSW graph above)")
   kind.add_argument("--approximate", dest="index_kind", action="store_const", const="hnsw",
-                    help="an HNSW graph (efSearch tuned to recall@10 >= 0.95) for every modality")
+                    help="an HNSW graph (efSearch tuned to recall@10 >= 0.95) for every modality (default: chosen by "
+                         "size, as --exact says)")
   _add_checkpoint(index)
 
 

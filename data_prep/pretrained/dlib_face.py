@@ -10,6 +10,8 @@ About 0.2 s per frame on one CPU core. dlib's network was trained on faces that 
 """
 
 import functools
+import importlib.util
+import pathlib
 import sys
 
 import numpy as np
@@ -22,22 +24,30 @@ UPSAMPLE = 1  # the detector's upsampling: finds faces down to about 40 px
 MISSING = f"the dlib face encoder needs dlib and its models: {INSTALL}"
 
 
-def _require():
-  """(dlib, face_recognition_models) or a one-line ValueError naming INSTALL."""
-  try:
-    import dlib  # pylint: disable=g-import-not-at-top
-    import face_recognition_models  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError(MISSING) from None
-  return dlib, face_recognition_models
+def model_files() -> tuple[pathlib.Path, pathlib.Path]:
+  """(5-point shape predictor, descriptor network) files of the installed face-recognition-models package, found
+  without importing it (its __init__ needs setuptools' pkg_resources, which Python 3.12+ venvs lack); else a
+  one-line ValueError naming INSTALL."""
+  spec = importlib.util.find_spec("face_recognition_models")
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError(MISSING)
+  models = pathlib.Path(list(spec.submodule_search_locations)[0]) / "models"
+  files = (models / "shape_predictor_5_face_landmarks.dat", models / "dlib_face_recognition_resnet_model_v1.dat")
+  if not all(f.is_file() for f in files):
+    raise ValueError(f"{MISSING} (no model files in {models})")
+  return files
 
 
 @functools.lru_cache(maxsize=1)
 def _models():
   """(detector, 5-point shape predictor, descriptor network), loaded once from the installed package."""
-  dlib, frm = _require()
-  return (dlib.get_frontal_face_detector(), dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
-          dlib.face_recognition_model_v1(frm.face_recognition_model_location()))
+  try:
+    import dlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(MISSING) from None
+  predictor, network = model_files()
+  return (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor)),
+          dlib.face_recognition_model_v1(str(network)))
 
 
 def pick_frames(paths: list, k: int = MAX_FRAMES) -> list:
@@ -55,8 +65,8 @@ def load_rgb(path) -> np.ndarray:
 
 def face_box(img_HxWx3: np.ndarray):
   """The largest face dlib's detector finds, else the whole image (a crop), as a dlib.rectangle."""
-  dlib, _ = _require()
-  detector, _, _ = _models()
+  detector, _, _ = _models()  # dlib imported (or the one-line error) there
+  import dlib  # pylint: disable=g-import-not-at-top
   found = detector(img_HxWx3, UPSAMPLE)
   if len(found):
     return max(found, key=lambda r: r.area())

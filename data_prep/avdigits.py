@@ -155,13 +155,7 @@ def prepare_avdigits(fsdd, mnist, out, config="avdigits", seed: int = 0, strict:
     more = (f"; each training recording also holds up to {k - 1} further distinct images of its digit "
             "(its stored frames)") if k > 1 else ""
     return pipeline.run(layout, "avdigits", build, config, strict, workers, [NOTES + f" (seed {seed}){more}"],
-                    beam_options=beam_options)
-
-
-
-def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('avdigits', out, fsdd=..., mnist=..., ...): prepare_avdigits."""
-  return prepare_avdigits(out=out, **kwargs)
+                        beam_options=beam_options)
 
 
 def _run(args, config) -> None:
@@ -170,4 +164,4 @@ def _run(args, config) -> None:
 
 
 corpora.register(corpora.Kind("avdigits", help="FSDD recordings paired with MNIST digits of the same class",
-                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="avdigits"))
+                              add_arguments=_add_arguments, run=_run, prepare=prepare_avdigits, config="avdigits"))

@@ -206,13 +206,7 @@ def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: boo
   with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
     layout = list_examples(fsdd, mnist, seed=seed, strict=strict, **shape)
     return pipeline.run(layout, "mmdigits", build, config, strict, workers, [NOTES + f" (seed {seed})"],
-                    beam_options=beam_options)
-
-
-
-def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('mmdigits', out, fsdd=..., mnist=..., ...): prepare_mmdigits."""
-  return prepare_mmdigits(out=out, **kwargs)
+                        beam_options=beam_options)
 
 
 def _run(args, config) -> None:
@@ -222,4 +216,4 @@ def _run(args, config) -> None:
 
 corpora.register(corpora.Kind("mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point "
                               "cloud of the same class, imbalanced training classes",
-                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="mcvs"))
+                              add_arguments=_add_arguments, run=_run, prepare=prepare_mmdigits, config="mcvs"))

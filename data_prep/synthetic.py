@@ -355,10 +355,6 @@ def prepare_synthetic(out, identities: int = 24, seed: int = 0, split: str = "cl
     layout, notes = voxceleb1.layout_and_notes(raw, False, "synthetic", "closed", face_source="video")
     return pipeline.run(layout, "synthetic", build, config, False, workers, notes, beam_options=beam_options)
 
-def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('synthetic', out, identities=..., ...): prepare_synthetic."""
-  return prepare_synthetic(out=out, **kwargs)
-
 
 def _run(args, config) -> None:
   prepare_synthetic(args.out, identities=args.identities, seed=args.seed, split=args.split, config=config,
@@ -366,4 +362,4 @@ def _run(args, config) -> None:
 
 
 corpora.register(corpora.Kind("synthetic", help="generate the built-in synthetic corpus and prepare it",
-                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="synthetic"))
+                              add_arguments=_add_arguments, run=_run, prepare=prepare_synthetic, config="synthetic"))

@@ -288,16 +288,10 @@ def layout_and_notes(root, strict: bool, corpus: str, split_policy: str,
   return layout, notes
 
 
-
-def prepare(out, **kwargs) -> dict:
-  """mmvae.prepare('voxceleb1', out, root=..., ...): prepare_voxceleb1."""
-  return prepare_voxceleb1(out=out, **kwargs)
-
-
 def _run(args, config) -> None:
   prepare_voxceleb1(args.root, args.out, config=config, strict=args.strict, workers=args.workers,
                     split_policy=args.split, beam_options=corpora.beam_options(args))
 
 
 corpora.register(corpora.Kind("voxceleb1", help="VoxCeleb1 layout: wav/, faces/, vox1_meta.csv, iden_split.txt",
-                              add_arguments=_add_arguments, run=_run, prepare=prepare, config="voxceleb1"))
+                              add_arguments=_add_arguments, run=_run, prepare=prepare_voxceleb1, config="voxceleb1"))

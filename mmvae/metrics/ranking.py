@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 N_CELLS = 4096
+FIRST_HIT_CHUNK, FIRST_HIT_ROWS = 2048, 256  # first-hit kernel: gallery columns per chunk, query rows per call
 SCORE_KINDS = {"cosine": ("cos", False), "euclidean": ("euc", False), "w2": ("euc", True)}
 
 
@@ -86,6 +87,63 @@ def _block(xp, q, g, q_code, g_code, q_idx, exclude_self, kinds, n_cells, q_grp=
 
 
 @functools.lru_cache(maxsize=16)
+def _jax_first_hit(kinds_items, exclude_self, chunk):
+  """First-hit counts of a query block against a gallery stored as chunks of `chunk` columns, in two passes:
+  the best relevant score of each row, then the items above and tied with it. Each pass computes a chunk's
+  scores with the same program on the same shapes, so the two passes see bit-identical scores, and no more
+  than B x chunk scores exist at once (they stay in cache instead of streaming a B x M block through memory)."""
+  import jax
+  import jax.numpy as jnp
+
+  def f(q, g_chunks, q_code, g_code_chunks, q_idx):
+    kinds = dict(kinds_items)
+
+    def chunk_scores(c, g, code):
+      rel = q_code[:, None] == code[None, :]
+      out = _scores(jnp, q, g, kinds)
+      drop = code[None, :] < -1  # gallery padding (code -2): never relevant, never counted
+      if exclude_self:
+        drop = drop | (q_idx[:, None] == c * chunk + jnp.arange(chunk)[None, :])
+      return {k: jnp.where(drop, -jnp.inf, s) for k, s in out.items()}, rel & ~drop
+
+    idx = jnp.arange(g_code_chunks.shape[0])
+
+    def best_of(best, xs):
+      c, g, code = xs
+      scores, rel = chunk_scores(c, g, code)
+      return {k: jnp.maximum(best[k], jnp.max(jnp.where(rel, s, -jnp.inf), axis=1)) for k, s in scores.items()}, None
+
+    start = {k: jnp.full(q_code.shape, -jnp.inf, jnp.float32) for k in kinds}
+    best, _ = jax.lax.scan(best_of, start, (idx, g_chunks, g_code_chunks))
+
+    def count(acc, xs):
+      c, g, code = xs
+      scores, rel = chunk_scores(c, g, code)
+      new = {}
+      for k, s in scores.items():
+        at = s == best[k][:, None]
+        above, tied, rel_tied = acc[k]
+        new[k] = (above + jnp.sum(s > best[k][:, None], axis=1), tied + jnp.sum(at, axis=1),
+                  rel_tied + jnp.sum(at & rel, axis=1))
+      return new, None
+
+    zero = jnp.zeros(q_code.shape, jnp.int32)
+    out, _ = jax.lax.scan(count, {k: (zero, zero, zero) for k in kinds}, (idx, g_chunks, g_code_chunks))
+    return out
+  return jax.jit(f)
+
+
+def _chunked(g, g_code, chunk):
+  """The gallery parts and codes padded to whole chunks and reshaped to (chunks, chunk, ...); padding code -2."""
+  m = len(g_code)
+  n = -(-m // chunk)
+  pad = n * chunk - m
+  out = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]).reshape((n, chunk) + v.shape[1:])
+         for k, v in g.items()}
+  return out, np.concatenate([g_code, np.full(pad, -2, g_code.dtype)]).reshape(n, chunk)
+
+
+@functools.lru_cache(maxsize=16)
 def _jax_block(kinds_items, exclude_self, n_cells):
   import jax
   import jax.numpy as jnp
@@ -132,7 +190,8 @@ def pair_scores(q_mu, q_sig, g_mu, g_sig, rows, cols, scores, use_jax=None, chun
 class BlockScorer:
   """Yields (lo, hi, {score: (s_BxM, key_BxM, key_rows)}) over query blocks; NumPy float64 or JAX float32.
 
-  n_cells=0: {score: (above, tied, relevant tied)} of each query's best relevant item instead.
+  n_cells=0: {score: (above, tied, relevant tied)} of each query's best relevant item instead; in JAX over a
+  gallery larger than FIRST_HIT_CHUNK, from the two-pass chunked kernel (_jax_first_hit).
   """
 
   def __init__(self, q_mu, q_sig, g_mu, g_sig, q_code, g_code, scores, exclude_self, use_jax=None,
@@ -149,7 +208,13 @@ class BlockScorer:
     self.groups = None if groups is None else tuple(np.asarray(x, np.int32) for x in groups)
     rows = min(4096, max(1, block_elems // max(m, 1)))  # keys stay within int32
     self.rows = 1 << int(np.log2(rows)) if self.use_jax else rows  # few distinct shapes: few compiles
-    if self.use_jax:
+    self.chunk = 0
+    if self.use_jax and not n_cells and m > FIRST_HIT_CHUNK:  # first hits over a large gallery: chunked kernel
+      import jax
+      self.chunk, self.rows = FIRST_HIT_CHUNK, FIRST_HIT_ROWS
+      g_chunks, code_chunks = _chunked(self.g, self.g_code, self.chunk)
+      self.g_chunks_dev, self.g_code_chunks_dev = jax.device_put(g_chunks), jax.device_put(code_chunks)
+    elif self.use_jax:
       import jax
       self.g_dev = jax.device_put(self.g)
       self.g_code_dev = jax.device_put(self.g_code)
@@ -176,6 +241,10 @@ class BlockScorer:
                      q_grp, g_grp)
       return {k: v + ((hi - lo,) if self.n_cells else ()) for k, v in out.items()}
     import jax
+    if self.chunk:
+      f = _jax_first_hit(self.kinds, self.exclude_self, self.chunk)
+      out = jax.device_get(f(q, self.g_chunks_dev, code, self.g_code_chunks_dev, idx.astype(np.int32)))
+      return {k: tuple(x[:hi - lo] for x in v) for k, v in out.items()}
     f = _jax_block(self.kinds, self.exclude_self, self.n_cells)
     out = jax.device_get(f(q, self.g_dev, code, self.g_code_dev, idx.astype(np.int32), q_grp, self.g_grp_dev))
     return {k: tuple(x[:hi - lo] for x in v) + ((self.rows,) if self.n_cells else ()) for k, v in out.items()}

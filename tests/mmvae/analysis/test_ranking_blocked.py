@@ -108,8 +108,10 @@ def test_continuous_scores_match_sorted_rows(use_jax, n, m, chunk):
   assert mrr == pytest.approx(np.nanmean(per["mrr"]), abs=1e-12)
 
 
-@pytest.mark.parametrize("use_jax", [False, True])
-def test_first_hit_mode_matches_a_plain_loop(use_jax):
+@pytest.mark.parametrize("use_jax,chunk", [(False, 0), (True, 0), (True, 8)])
+def test_first_hit_mode_matches_a_plain_loop(use_jax, chunk, monkeypatch):
+  if chunk:  # the two-pass kernel over a gallery in chunks of 8 columns (21 items: the last chunk padded)
+    monkeypatch.setattr(ranking, "FIRST_HIT_CHUNK", chunk)
   rng = np.random.default_rng(3)
   x = rng.integers(0, 3, (21, 2)).astype(float)  # ties, some in the first relevant group
   lab = rng.integers(0, 4, 21)

@@ -88,14 +88,18 @@ def _block(xp, q, g, q_code, g_code, q_idx, exclude_self, kinds, n_cells, q_grp=
 
 @functools.lru_cache(maxsize=16)
 def _jax_first_hit(kinds_items, exclude_self, chunk):
-  """First-hit counts of a query block against a gallery stored as chunks of `chunk` columns, in two passes:
-  the best relevant score of each row, then the items above and tied with it. Each pass computes a chunk's
-  scores with the same program on the same shapes, so the two passes see bit-identical scores, and no more
-  than B x chunk scores exist at once (they stay in cache instead of streaming a B x M block through memory)."""
+  """First-hit counts of a query block against a gallery sorted by label and stored as chunks of `chunk` columns.
+
+  Pass 1 finds each row's best relevant score in chunks c0..c1-1 only (the block's queries are sorted by label,
+  so all their relevant items lie there); pass 2 scans every chunk and counts the items above and tied with it.
+  Both passes compute a chunk's scores by the same program on the same shapes, so they see the same scores; pass 2
+  also recomputes the best relevant score and returns `ok` where both agree (a row where they do not is redone by
+  the one-pass kernel). No more than B x chunk scores exist at once: they stay in cache instead of streaming a
+  B x M block through memory."""
   import jax
   import jax.numpy as jnp
 
-  def f(q, g_chunks, q_code, g_code_chunks, q_idx):
+  def f(q, g_chunks, q_code, g_code_chunks, q_self, c0, c1):
     kinds = dict(kinds_items)
 
     def chunk_scores(c, g, code):
@@ -103,18 +107,16 @@ def _jax_first_hit(kinds_items, exclude_self, chunk):
       out = _scores(jnp, q, g, kinds)
       drop = code[None, :] < -1  # gallery padding (code -2): never relevant, never counted
       if exclude_self:
-        drop = drop | (q_idx[:, None] == c * chunk + jnp.arange(chunk)[None, :])
+        drop = drop | (q_self[:, None] == c * chunk + jnp.arange(chunk)[None, :])
       return {k: jnp.where(drop, -jnp.inf, s) for k, s in out.items()}, rel & ~drop
 
-    idx = jnp.arange(g_code_chunks.shape[0])
+    def best_in(c, best):
+      g = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, c, keepdims=False), g_chunks)
+      scores, rel = chunk_scores(c, g, jax.lax.dynamic_index_in_dim(g_code_chunks, c, keepdims=False))
+      return {k: jnp.maximum(best[k], jnp.max(jnp.where(rel, s, -jnp.inf), axis=1)) for k, s in scores.items()}
 
-    def best_of(best, xs):
-      c, g, code = xs
-      scores, rel = chunk_scores(c, g, code)
-      return {k: jnp.maximum(best[k], jnp.max(jnp.where(rel, s, -jnp.inf), axis=1)) for k, s in scores.items()}, None
-
-    start = {k: jnp.full(q_code.shape, -jnp.inf, jnp.float32) for k in kinds}
-    best, _ = jax.lax.scan(best_of, start, (idx, g_chunks, g_code_chunks))
+    none = {k: jnp.full(q_code.shape, -jnp.inf, jnp.float32) for k in kinds}
+    best = jax.lax.fori_loop(c0, c1, best_in, none)
 
     def count(acc, xs):
       c, g, code = xs
@@ -122,14 +124,15 @@ def _jax_first_hit(kinds_items, exclude_self, chunk):
       new = {}
       for k, s in scores.items():
         at = s == best[k][:, None]
-        above, tied, rel_tied = acc[k]
+        above, tied, rel_tied, again = acc[k]
         new[k] = (above + jnp.sum(s > best[k][:, None], axis=1), tied + jnp.sum(at, axis=1),
-                  rel_tied + jnp.sum(at & rel, axis=1))
+                  rel_tied + jnp.sum(at & rel, axis=1), jnp.maximum(again, jnp.max(jnp.where(rel, s, -jnp.inf), 1)))
       return new, None
 
     zero = jnp.zeros(q_code.shape, jnp.int32)
-    out, _ = jax.lax.scan(count, {k: (zero, zero, zero) for k in kinds}, (idx, g_chunks, g_code_chunks))
-    return out
+    idx = jnp.arange(g_code_chunks.shape[0])
+    out, _ = jax.lax.scan(count, {k: (zero, zero, zero, none[k]) for k in kinds}, (idx, g_chunks, g_code_chunks))
+    return {k: (a, t, r, again == best[k]) for k, (a, t, r, again) in out.items()}
   return jax.jit(f)
 
 
@@ -191,7 +194,8 @@ class BlockScorer:
   """Yields (lo, hi, {score: (s_BxM, key_BxM, key_rows)}) over query blocks; NumPy float64 or JAX float32.
 
   n_cells=0: {score: (above, tied, relevant tied)} of each query's best relevant item instead; in JAX over a
-  gallery larger than FIRST_HIT_CHUNK, from the two-pass chunked kernel (_jax_first_hit).
+  gallery larger than FIRST_HIT_CHUNK, from the two-pass chunked kernel (_jax_first_hit), for the queries
+  `order[lo:hi]` (sorted by label) rather than lo:hi (`order` is None otherwise).
   """
 
   def __init__(self, q_mu, q_sig, g_mu, g_sig, q_code, g_code, scores, exclude_self, use_jax=None,
@@ -208,17 +212,25 @@ class BlockScorer:
     self.groups = None if groups is None else tuple(np.asarray(x, np.int32) for x in groups)
     rows = min(4096, max(1, block_elems // max(m, 1)))  # keys stay within int32
     self.rows = 1 << int(np.log2(rows)) if self.use_jax else rows  # few distinct shapes: few compiles
-    self.chunk = 0
+    self.chunk, self.order, self.g_dev = 0, None, None
     if self.use_jax and not n_cells and m > FIRST_HIT_CHUNK:  # first hits over a large gallery: chunked kernel
       import jax
       self.chunk, self.rows = FIRST_HIT_CHUNK, FIRST_HIT_ROWS
-      g_chunks, code_chunks = _chunked(self.g, self.g_code, self.chunk)
+      self.order = np.argsort(self.q_code, kind="stable")  # blocks of queries of few labels
+      g_order = np.argsort(self.g_code, kind="stable")
+      self.g_pos = np.empty(m, np.int64)
+      self.g_pos[g_order] = np.arange(m)  # gallery index -> sorted position (an excluded self's column)
+      self.g_sorted_code = self.g_code[g_order]
+      g_chunks, code_chunks = _chunked({k: v[g_order] for k, v in self.g.items()}, self.g_sorted_code, self.chunk)
       self.g_chunks_dev, self.g_code_chunks_dev = jax.device_put(g_chunks), jax.device_put(code_chunks)
     elif self.use_jax:
-      import jax
-      self.g_dev = jax.device_put(self.g)
-      self.g_code_dev = jax.device_put(self.g_code)
-      self.g_grp_dev = None if self.groups is None else jax.device_put(self.groups[1])
+      self._put_gallery()
+
+  def _put_gallery(self):
+    import jax
+    self.g_dev = jax.device_put(self.g)
+    self.g_code_dev = jax.device_put(self.g_code)
+    self.g_grp_dev = None if self.groups is None else jax.device_put(self.groups[1])
 
   def __len__(self):
     return -(-self.n // self.rows)
@@ -242,12 +254,50 @@ class BlockScorer:
       return {k: v + ((hi - lo,) if self.n_cells else ()) for k, v in out.items()}
     import jax
     if self.chunk:
-      f = _jax_first_hit(self.kinds, self.exclude_self, self.chunk)
-      out = jax.device_get(f(q, self.g_chunks_dev, code, self.g_code_chunks_dev, idx.astype(np.int32)))
-      return {k: tuple(x[:hi - lo] for x in v) for k, v in out.items()}
+      return self._first_hits(lo, hi)
     f = _jax_block(self.kinds, self.exclude_self, self.n_cells)
     out = jax.device_get(f(q, self.g_dev, code, self.g_code_dev, idx.astype(np.int32), q_grp, self.g_grp_dev))
     return {k: tuple(x[:hi - lo] for x in v) + ((self.rows,) if self.n_cells else ()) for k, v in out.items()}
+
+
+  def _first_hits(self, lo, hi):
+    """Chunked first-hit counts of the queries order[lo:hi] (sorted by label; padded to `rows`)."""
+    import jax
+    pos = np.arange(lo, lo + self.rows)
+    take = self.order[np.minimum(pos, self.n - 1)]
+    code = np.where(pos < self.n, self.q_code[take], -1)  # padding matches nothing
+    real = code[pos < self.n]
+    c0 = c1 = 0
+    if len(real):
+      first = np.searchsorted(self.g_sorted_code, real.min(), "left")
+      last = np.searchsorted(self.g_sorted_code, real.max(), "right")
+      if last > first:
+        c0, c1 = first // self.chunk, -(-last // self.chunk)
+    f = _jax_first_hit(self.kinds, self.exclude_self, self.chunk)
+    self_pos = self.g_pos[take] if self.exclude_self else take
+    out = jax.device_get(f({k: v[take] for k, v in self.q.items()}, self.g_chunks_dev, code, self.g_code_chunks_dev,
+                           self_pos.astype(np.int32), np.int32(c0), np.int32(c1)))
+    out = {k: [np.array(x[:hi - lo]) for x in v] for k, v in out.items()}
+    bad = np.flatnonzero(~np.all([v[3] for v in out.values()], axis=0))
+    if len(bad):  # the passes disagreed on some row's best score: the one-pass kernel over the unsorted gallery
+      again = self._one_pass(take[bad])
+      for k, v in out.items():
+        for x, y in zip(v[:3], again[k]):
+          x[bad] = y
+    return {k: tuple(v[:3]) for k, v in out.items()}
+
+  def _one_pass(self, queries):
+    """First-hit counts of the given queries by the one-pass kernel (the whole gallery per block)."""
+    import jax
+    if self.g_dev is None:
+      self._put_gallery()
+    rows = 1 << int(np.ceil(np.log2(max(len(queries), 1))))
+    idx = np.concatenate([queries, np.full(rows - len(queries), queries[-1])])
+    code = np.where(np.arange(rows) < len(queries), self.q_code[idx], -1)
+    f = _jax_block(self.kinds, self.exclude_self, 0)
+    out = jax.device_get(f({k: v[idx] for k, v in self.q.items()}, self.g_dev, code, self.g_code_dev,
+                           idx.astype(np.int32), None, None))
+    return {k: tuple(np.asarray(x)[:len(queries)] for x in v) for k, v in out.items()}
 
 
 def threshold_counts(s_BxM, key_BxM, t_row, t_col, n_cells=N_CELLS, grouped=False, key_rows=None):

@@ -192,9 +192,9 @@ def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("c
   pairs = {s: ([], []) for s in scores}
   for lo, hi, blocks in progress_lib.bar(scorer, desc=desc, disable=not progress or len(scorer) < 4):
     if first_only:
+      sel = slice(lo, hi) if scorer.order is None else scorer.order[lo:hi]
       for score, (g0, t0, r0) in blocks.items():
-        n_rel = relevant.count[q_code[lo:hi]] - (1 if exclude_self else 0) * (
-            relevant.count[q_code[lo:hi]] > 0)
+        n_rel = relevant.count[q_code[sel]] - (1 if exclude_self else 0) * (relevant.count[q_code[sel]] > 0)
         rows = np.flatnonzero(n_rel > 0)
         rr, hits = rank_metrics.first_hit(rows, g0[rows], t0[rows], r0[rows], n_rel, ks)
         for key, val in {"mrr": rr, **{f"recall@{k}": hits[k] for k in ks}, "n_relevant": n_rel}.items():
@@ -219,7 +219,8 @@ def rank_many(q_mu, q_sig, g_mu, g_sig, query_labels, gallery_labels, scores=("c
       if keep is not None:
         pairs[score][0].append(s_BxM[keep])  # float32 sorts faster; same order
         pairs[score][1].append(same)
-  out = {s: _with_chance({k: np.concatenate(v) for k, v in per[s].items()}, m - 1 if exclude_self else m, ks,
+  back = slice(None) if not first_only or scorer.order is None else np.argsort(scorer.order)  # blocks' order undone
+  out = {s: _with_chance({k: np.concatenate(v)[back] for k, v in per[s].items()}, m - 1 if exclude_self else m, ks,
                          ap_k) for s in scores}
   if verify is None:
     return out, None

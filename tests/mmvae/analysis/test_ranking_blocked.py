@@ -108,10 +108,18 @@ def test_continuous_scores_match_sorted_rows(use_jax, n, m, chunk):
   assert mrr == pytest.approx(np.nanmean(per["mrr"]), abs=1e-12)
 
 
-@pytest.mark.parametrize("use_jax,chunk", [(False, 0), (True, 0), (True, 8)])
-def test_first_hit_mode_matches_a_plain_loop(use_jax, chunk, monkeypatch):
-  if chunk:  # the two-pass kernel over a gallery in chunks of 8 columns (21 items: the last chunk padded)
+@pytest.mark.parametrize("use_jax,chunk,redo", [(False, 0, False), (True, 0, False), (True, 8, False),
+                                                (True, 8, True)])
+def test_first_hit_mode_matches_a_plain_loop(use_jax, chunk, redo, monkeypatch):
+  if chunk:  # the two-pass kernel over a gallery sorted by label in chunks of 8 columns (21 items: one padded)
     monkeypatch.setattr(ranking, "FIRST_HIT_CHUNK", chunk)
+  if redo:  # every row flagged as disagreeing between the passes: all redone by the one-pass kernel
+    kernel = ranking._jax_first_hit  # pylint: disable=protected-access
+
+    def flagged(*key):
+      f = kernel(*key)
+      return lambda *a: {k: v[:3] + (v[3] & False,) for k, v in f(*a).items()}
+    monkeypatch.setattr(ranking, "_jax_first_hit", flagged)
   rng = np.random.default_rng(3)
   x = rng.integers(0, 3, (21, 2)).astype(float)  # ties, some in the first relevant group
   lab = rng.integers(0, 4, 21)

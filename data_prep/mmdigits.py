@@ -19,6 +19,11 @@ evenly spaced) assigned to the digits by a seeded permutation; validation and te
 them. Relevance is the digit. The modality `video` takes the place of the per-example `video` text field
 (the FSDD speaker stays in the id, <digit>_<speaker>_<take>.wav), so data.pairing='video' does not apply.
 Every draw is a function of the seed (and an example's id), not of the worker count.
+
+Text (--text): 'closed' (the default) is AV-digits' description from the closed grammar of data_prep/digit_text.py
+over its fixed word vocabulary; 'free' is a sentence from the larger grammar of data_prep/free_text.py (synonyms,
+word orders, fillers, motion phrases), drawn by its own seeded stream per example, as ids of a BPE tokenizer
+(data_prep/subword.py) trained on the training split's sentences and saved as OUT/tokenizer.json.
 """
 
 import dataclasses
@@ -27,7 +32,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from data_prep import avdigits, corpora, example, pipeline, storage
+from data_prep import avdigits, corpora, example, free_text, pipeline, storage, subword
 from data_prep.corpus import Corpus
 
 VIDEO, POINTCLOUD = "video", "pointcloud"  # modality names
@@ -38,7 +43,8 @@ MAX_SPIN = 30.0  # degrees turned over the clip (either way)
 DEPTH = 0.25  # half the thickness of the extruded digit
 MAX_TILT = 15.0  # degrees about x and about z
 # Independent streams of np.random.default_rng((seed, stream, ...)); avdigits uses seed and (seed, 1).
-_SOURCES, _FRACTIONS, _KEPT, _RENDER = 2, 3, 4, 5
+_SOURCES, _FRACTIONS, _KEPT, _RENDER, _TEXT = 2, 3, 4, 5, 6
+TEXTS = ("closed", "free")  # --text
 NOTES = ("mmdigits: avdigits (label = identity = spoken digit; splits by take: 0-4 test, 5-9 validation, 10+ train; "
          "image and text as avdigits; the FSDD speaker only in the id <digit>_<speaker>_<take>.wav, since the "
          "`video` field of other corpora is a modality here) plus modality `video` (another MNIST t10k image "
@@ -143,6 +149,24 @@ def point_cloud(image: np.ndarray, points: int, rng: np.random.Generator) -> np.
   return (np.stack([x, y, z], axis=1) @ tilted_yaw(rng).T).astype(np.float32)
 
 
+def free_text_modality(examples: list[dict], seed: int, vocab_size: int = subword.VOCAB_SIZE) -> tuple[dict, dict]:
+  """(the `text` tokens manifest entry, {id: ids [L]}) of each example's free sentence (spec['text'] set to it).
+
+  Sentences from np.random.default_rng((seed, _TEXT, crc32(id))); the tokenizer is trained on the training split's;
+  L is the longest encoded sentence of any split, so none is cut."""
+  for e in examples:
+    e["text"] = free_text.describe(e["label"], np.random.default_rng((seed, _TEXT, zlib.crc32(e["id"].encode()))))
+  train = [e["text"] for e in examples if e["split"] == "train"]
+  if not train:
+    raise ValueError("--text free needs training examples to learn its tokenizer from; there are none")
+  tokenizer = subword.train(train, vocab_size)
+  vocab, merges = subword.model_of(tokenizer)
+  length = max(1, max(len(subword.ids(tokenizer, e["text"])) for e in examples))
+  entry = {"name": "text", "kind": "tokens", "shape": [length], "dtype": "int32", "vocab": list(vocab),
+           "merges": list(merges), "tokenizer": subword.FILE}
+  return entry, {e["id"]: subword.encode(tokenizer, e["text"], length) for e in examples}
+
+
 def check_settings(video_frames: int, points: int, face_size: int) -> None:
   """ValueError unless the clip length, the number of points and the frame size are all positive."""
   if min(video_frames, points, face_size) < 1:
@@ -151,12 +175,16 @@ def check_settings(video_frames: int, points: int, face_size: int) -> None:
 
 
 def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False, video_frames: int = 8,
-                  points: int = 256, face_size: int = 28) -> Corpus:
-  """AV-digits' examples, training ones subsampled per digit, each with a video and a point cloud (spec['extra'])."""
+                  points: int = 256, face_size: int = 28, text: str = "closed") -> Corpus:
+  """AV-digits' examples, training ones subsampled per digit, each with a video and a point cloud (spec['extra']);
+  text 'free': free sentences as subword ids (spec['extra']['text']) instead of the closed descriptions."""
   check_settings(video_frames, points, face_size)
+  if text not in TEXTS:
+    raise ValueError(f"--text {text!r}: use one of {', '.join(TEXTS)}")
   base = avdigits.list_examples(fsdd_root, mnist_dir, seed=seed, strict=strict)
   images, labels = avdigits.read_mnist(mnist_dir)
   examples, counts = _subsample(base.examples, seed)
+  text_entry, text_ids = free_text_modality(examples, seed) if text == "free" else (None, {})
   sources = _SourceImages(labels, {e["mnist_index"] for e in examples}, np.random.default_rng((seed, _SOURCES)))
   out = {}
   for split in ("test", "validation", "train"):  # held-out splits first: only training examples ever reuse images
@@ -166,7 +194,8 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False, vid
       rng = np.random.default_rng((seed, _RENDER, zlib.crc32(e["id"].encode())))
       out[e["id"]] = dict(e, video_mnist_index=video_index, pointcloud_mnist_index=cloud_index, extra={
           VIDEO: render_video(images[video_index], video_frames, face_size, rng),
-          POINTCLOUD: point_cloud(images[cloud_index], points, rng)})
+          POINTCLOUD: point_cloud(images[cloud_index], points, rng), **(
+              {"text": text_ids[e["id"]]} if text_entry else {})})
   extras = ({"name": VIDEO, "kind": "video", "shape": [video_frames, face_size, face_size, 1], "dtype": "uint8"},
             {"name": POINTCLOUD, "kind": "points", "shape": [points, 3], "dtype": "float32"})
   kept = ", ".join(f"{d}: {k}/{n}" for d, (k, n) in counts.items())
@@ -175,8 +204,13 @@ def list_examples(fsdd_root, mnist_dir, seed: int = 0, strict: bool = False, vid
   if sources.reused:
     notes.append(f"mmdigits: {sources.reused} video/point-cloud images reused by training examples (too few MNIST "
                  "images of a digit for all three image modalities)")
+  if text_entry:
+    extras = (text_entry,) + extras  # where the closed text stands: after image, before video
+    notes.append(f"mmdigits: text from the free grammar (data_prep/free_text.py) drawn by np.random.default_rng((seed, "
+                 f"{_TEXT}, crc32(id))), as ids of a BPE tokenizer ({subword.FILE}, {len(text_entry['vocab'])} pieces, "
+                 f"0 = [PAD], 1 = [UNK]) trained on the training split's sentences, {text_entry['shape'][0]} pieces")
   return dataclasses.replace(base, examples=[out[e["id"]] for e in examples], extra_modalities=extras,
-                             notes=tuple(notes))
+                             notes=tuple(notes), text_vocab=None if text_entry else base.text_vocab)
 
 
 def _add_arguments(parser, add_config) -> None:
@@ -189,11 +223,14 @@ def _add_arguments(parser, add_config) -> None:
                       help="seed of the pairing, the rendered videos and point clouds, and the class imbalance")
   parser.add_argument("--strict", action="store_true", help="fail on the first bad file instead of skipping it")
   parser.add_argument("--workers", type=int, default=0, help=corpora.WORKERS_HELP)
+  parser.add_argument("--text", choices=TEXTS, default="closed",
+                      help="closed: short descriptions over a fixed word vocabulary (default); free: varied sentences "
+                      "from a larger grammar, as ids of a subword tokenizer saved as OUT/tokenizer.json")
   corpora.add_beam(parser)
 
 
 def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: bool = False, workers: int = 0,
-                     beam_options: str | None = None) -> dict:
+                     beam_options: str | None = None, text: str = "closed") -> dict:
   """Prepares the multi-modal digits corpus (audio, image, text, video, pointcloud of a digit) into OUT."""
   config = example.checked_config(config)[0]
   missing = [k for k in ("video_frames", "points") if k not in config.data]
@@ -204,14 +241,17 @@ def prepare_mmdigits(fsdd, mnist, out, config="mcvs", seed: int = 0, strict: boo
            "face_size": int(config.data.face_size)}
   check_settings(**shape)
   with storage.Build(out, inputs={"--fsdd": fsdd, "--mnist": mnist}) as build:
-    layout = list_examples(fsdd, mnist, seed=seed, strict=strict, **shape)
+    layout = list_examples(fsdd, mnist, seed=seed, strict=strict, text=text, **shape)
+    entry = next((m for m in layout.extra_modalities if m.get("tokenizer")), None)
+    if entry is not None:
+      subword.save(subword.from_model(tuple(entry["vocab"]), tuple(entry["merges"])), build.path / entry["tokenizer"])
     return pipeline.run(layout, "mmdigits", build, config, strict, workers, [NOTES + f" (seed {seed})"],
                         beam_options=beam_options)
 
 
 def _run(args, config) -> None:
   prepare_mmdigits(args.fsdd, args.mnist, args.out, config=config, seed=args.seed, strict=args.strict,
-                   workers=args.workers, beam_options=corpora.beam_options(args))
+                   workers=args.workers, beam_options=corpora.beam_options(args), text=args.text)
 
 
 corpora.register(corpora.Kind("mmdigits", help="multi-modal digits: FSDD audio, MNIST image, text, video and point "

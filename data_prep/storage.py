@@ -36,7 +36,7 @@ def valid_name(name: str) -> bool:
   """Whether `name` can name a modality: a Python identifier, not a keyword, not a per-example field."""
   return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
 # What prep writes at the top of a dataset folder: a re-prep replaces these and keeps every other entry (a user's).
-OWN_ENTRIES = (MANIFEST, MARKER, "tfds", "columns", "raw", ".shards", ".spool", ".yt8m-gunzip")
+OWN_ENTRIES = (MANIFEST, MARKER, "tfds", "columns", "raw", ".shards", ".spool", ".yt8m-gunzip", "tokenizer.json")
 RUN_FILES = ("run.json", "config.json", "checkpoints")  # a training workdir: never inside a dataset
 
 

@@ -98,8 +98,8 @@ def build_parser(with_corpora: bool = True) -> argparse.ArgumentParser:
   parser.add_argument("--version", action="version", version=f"%(prog)s {mmvae.__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_prep(sub, with_corpora)
-  for add in (_add_train, _add_analyze, _add_embed, _add_extract, _add_index, _add_query, _add_generate, _add_sweep,
-              _add_demo):
+  for add in (_add_train, _add_analyze, _add_embed, _add_extract, _add_index, _add_query, _add_serve, _add_generate,
+              _add_sweep, _add_demo):
     add(sub)
   return parser
 
@@ -161,9 +161,10 @@ def _add_embed(sub) -> None:
 def _add_index(sub) -> None:
   index = _parser(sub, "index", help="store a run's space: every example of every modality embedded into a FAISS "
                   "index folder that `mmvae query` searches")
-  index.add_argument("--workdir", required=True, help="run folder written by mmvae train")
-  index.add_argument("--out", required=True, help="index folder to write: index.json, one <modality>.faiss each, "
-                     "entries.npz, manifest.json; an index already there is replaced when the new one is complete")
+  index.add_argument("--workdir", help="run folder written by mmvae train (no default; required unless --add)")
+  index.add_argument("--out", help="index folder to write: index.json, one <modality>.faiss each, "
+                     "entries.npz, manifest.json; an index already there is replaced when the new one is complete "
+                     "(no default; required unless --add)")
   index.add_argument("--data", default=None,
                      help="prepared dataset (default: the one the run trained on, from WORKDIR/run.json)")
   index.add_argument("--splits", default=None,
@@ -176,6 +177,18 @@ def _add_index(sub) -> None:
                     help="an HNSW graph (efSearch tuned to recall@10 >= 0.95) for every modality (default: chosen by "
                          "size, as --exact says)")
   _add_checkpoint(index)
+  add = index.add_argument_group("adding one entry to an existing index: --add INDEX and one of --wav/--image/--text")
+  add.add_argument("--add", metavar="INDEX", default=None, help="index folder (mmvae index) to add one entry to, "
+                   "embedded with the index's own run and preprocessing; nothing else is re-embedded (default: "
+                   "build a new index instead)")
+  raw = add.add_mutually_exclusive_group()
+  raw.add_argument("--wav", help="with --add: a WAV file (default: none; give one of the three)")
+  raw.add_argument("--image", help="with --add: an image file, JPEG/PNG (default: none)")
+  raw.add_argument("--text", help="with --add: a sentence (default: none)")
+  add.add_argument("--id", dest="entry_id", default=None, help="with --add: the new entry's id (default: the file's "
+                   "name, or the text)")
+  add.add_argument("--label", type=int, default=-1, help="with --add: its label (default -1: none)")
+  add.add_argument("--identity", default="", help="with --add: its identity name")
 
 
 def _add_query(sub) -> None:
@@ -194,6 +207,20 @@ def _add_query(sub) -> None:
   query.add_argument("--k", type=int, default=10, help="how many results")
   query.add_argument("--json", action="store_true", help="print a JSON list of objects with id, modality, score, "
                      "label (and rank, identity, split, text, row) instead of a table")
+
+
+def _add_serve(sub) -> None:
+  serve = _parser(sub, "serve", help="a local web page over an index (mmvae index): query it by text, WAV or image, "
+                  "results with thumbnails, audio and scores; JSON at /api/query")
+  serve.add_argument("index", metavar="INDEX", help="index folder written by mmvae index")
+  serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on (0: any free port)")
+  serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
+                     "only; 0.0.0.0: every network)")
+  serve.add_argument("--max-upload-mb", type=float, default=20, help="larger uploads are refused (HTTP 413)")
+  serve.add_argument("--k", type=int, default=10, help="results shown unless the page asks for another number")
+  serve.add_argument("--audio-root", default=None, help="folder of the corpus's WAV files (an entry's id as a path "
+                     "under it, or its file name): audio results get a player (default: none, unless the dataset "
+                     "keeps them in raw/wav)")
 
 
 def _add_extract(sub) -> None:
@@ -445,14 +472,26 @@ def main(argv=None) -> int:
       from mmvae import embed
       embed.export(args.workdir, args.modality, args.out, data_dir=args.data, splits=args.splits,
                    which=args.checkpoint)
+    elif args.command == "index" and args.add:
+      from mmvae import index
+      got = index.add(args.add, text=args.text, wav=args.wav, image=args.image, entry_id=args.entry_id,
+                      label=args.label, identity=args.identity)
+      print(f"mmvae index: added {got['modality']} entry {got['id']!r} to {args.add}", flush=True)
     elif args.command == "index":
       from mmvae import index
+      if not args.workdir or not args.out or args.wav or args.image or args.text is not None:
+        raise ValueError("mmvae index builds with --workdir RUN --out INDEX, or adds one entry with --add INDEX "
+                         "and one of --wav, --image or --text")
       index.build(args.workdir, args.out, data_dir=args.data, splits=args.splits, force=args.index_kind,
                   which=args.checkpoint)
     elif args.command == "query":
       from mmvae import index
       index.run_query(args.index, text=args.text, wav=args.wav, image=args.image, id=args.entry_id, of=args.of,
                       modality=args.modality, k=args.k, as_json=args.json)
+    elif args.command == "serve":
+      from mmvae import serve
+      serve.run(args.index, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, k=args.k,
+                audio_root=args.audio_root)
     elif args.command == "extract":
       from data_prep import pretrained
       pretrained.extract(args.name, args.root, args.out, corpus=args.corpus)

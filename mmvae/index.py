@@ -22,6 +22,7 @@ Shards: an index per id range, each queried on its own, results merged by score 
 
 import contextlib
 import json
+import os
 import pathlib
 import shutil
 import time
@@ -279,7 +280,7 @@ class Index:
   def __init__(self, path, record: dict, table: dict, indexes: dict, manifest: dict | None):
     self.path, self.record, self.table, self.indexes, self.manifest = path, record, table, indexes, manifest
     self.modalities = list(record["modalities"])
-    self._model = None
+    self._model = self._encoder = None
 
   @classmethod
   def open(cls, path) -> "Index":
@@ -439,14 +440,89 @@ class Index:
                          f"{', '.join(self.modalities)})")
       shape = specs[name].shape  # [K, S, S, C]
       stored = faces.load_face(image, int(shape[-2]), int(shape[-1]) == 1)[None]
-    model, _ = self._load()
-    mu = inference.encode_split(inference.model_encoder(model), {name: stored}, {name: specs[name]})[f"{name}_mu"]
+    if self._encoder is None:  # one jitted encoder for every query: a new one would compile again each time
+      self._encoder = inference.model_encoder(self._load()[0])
+    mu = inference.encode_split(self._encoder, {name: stored}, {name: specs[name]})[f"{name}_mu"]
     return name, np.asarray(mu[0], np.float32)
 
 
+def _link_or_copy(src, dst) -> None:
+  try:
+    os.link(src, dst)
+  except OSError:
+    shutil.copy2(src, dst)
+
+
+def add(path, *, text: str | None = None, wav=None, image=None, entry_id: str | None = None, label: int = -1,
+        identity: str = "") -> dict:
+  """Adds one entry from a raw input (exactly one of text, wav, image) to the index at PATH; returns its result row.
+
+  The input goes through the run's own preprocessing and encoder, as a query does; only it is embedded. The entry
+  id defaults to the file's name (or the text itself); an id already held by that modality is refused. The new
+  index is written beside PATH and swapped in when complete (a killed add leaves PATH as it was); the other
+  modalities' .faiss files are hard-linked, not copied. An exact modality stays exact past EXACT_MAX (rebuild
+  with `mmvae index` to change its kind).
+  """
+  import faiss
+  path = pathlib.Path(path)
+  idx = Index.open(path)
+  given = [n for n, v in (("--text", text), ("--wav", wav), ("--image", image)) if v is not None]
+  if len(given) != 1:
+    raise ValueError(f"--add: give exactly one of --text, --wav or --image, got {' and '.join(given) or 'none'}")
+  if text is not None and not text.strip():
+    raise ValueError("--text is empty; nothing to add")
+  for flag, f in (("--wav", wav), ("--image", image)):
+    if f is not None and not pathlib.Path(f).is_file():
+      raise FileNotFoundError(f"{flag} {f}: file not found")
+  name, mu = idx._encode(text=text, wav=wav, image=image)  # pylint: disable=protected-access
+  entry_id = str(entry_id if entry_id is not None else (text if text is not None else pathlib.Path(wav or image).name))
+  rows = np.flatnonzero((idx.table["id"] == entry_id) & (idx.table["modality"] == name))
+  if len(rows):
+    raise ValueError(f"--id {entry_id!r} is already an entry of modality {name} in {path}; give another --id")
+  info = idx.record["modalities"][name]
+  at = info["offset"] + info["count"]  # the new row: last of its modality
+  index = idx.indexes[name]
+  index.add(normalise(mu[None]))
+  new_row = {"id": entry_id, "modality": name, "label": int(label), "identity": str(identity), "split": "added",
+             "text": text if text is not None else ""}
+  table = {c: np.concatenate([v[:at], np.asarray([new_row[c]], v.dtype if v.dtype.kind != "U" else str), v[at:]])
+           for c, v in idx.table.items()}
+  record = json.loads(json.dumps(idx.record))
+  for m, r in record["modalities"].items():
+    if r["offset"] > info["offset"]:
+      r["offset"] += 1
+  record["modalities"][name]["count"] += 1
+  record["entries"] = int(record["entries"]) + 1
+  record["added"] = int(record.get("added", 0)) + 1
+  with _building(path) as build:
+    for f in path.iterdir():  # everything else carried over unchanged, as hard links where the disk allows
+      if f.name in (info["file"], "entries.npz", "index.json"):
+        continue
+      if f.is_dir():
+        shutil.copytree(f, build / f.name, copy_function=_link_or_copy)
+      else:
+        _link_or_copy(f, build / f.name)
+    faiss.write_index(index, str(build / info["file"]))
+    with files.atomic(build / "entries.npz") as f:
+      np.savez(f, **table)
+    files.write_json_atomic(build / "index.json", record, indent=1)
+  return {"id": entry_id, "modality": name, "row": at, "label": int(label), "identity": str(identity)}
+
+
 def text_tokens(text: str, m) -> np.ndarray:
-  """A sentence -> int32 ids [L] over the tokens modality's vocabulary, words it lacks dropped; ValueError if none."""
-  from data_prep import digit_text
+  """A sentence -> int32 ids [L] of the tokens modality m; ValueError (one line) for a text without words.
+
+  A modality prepared with a subword tokenizer (manifest `tokenizer`; data_prep/subword.py) encodes any sentence
+  with it: a word the corpus never used is cut into known pieces, a character outside its alphabet is [UNK], the
+  ids are cut to L. A word-vocabulary modality maps each word to its id, words it lacks dropped (its <unk> was
+  never trained), and refuses a text with none of its words.
+  """
+  from data_prep import digit_text, subword
+  tokenizer = subword.of_modality(m)
+  if tokenizer is not None:
+    if not subword.ids(tokenizer, text):
+      raise ValueError(f"--text {text!r} {'is empty' if not text.strip() else 'has no words'}; nothing to search with")
+    return subword.encode(tokenizer, text, int(m.shape[0]))
   vocab = list(m.get("vocab") or ())
   ids = {w: i for i, w in enumerate(vocab)}
   words = digit_text.tokenize(text)

@@ -78,6 +78,14 @@ SLOW = (
     # these two share a module fixture that trains synthetic:tiny (~60 s); the rest of test_index.py is fast
     "tests/mmvae/test_index.py::test_index_of_a_run_holds_its_entries_and_answers_ids",
     "tests/mmvae/test_index.py::test_raw_queries_wav_image_and_an_unreadable_wav",
+    "tests/mmvae/test_index.py::test_add_then_query_finds_the_added_entry_first",
+    # these two share a module fixture that preps mmdigits --text free on a subset (~15 s) and trains on it (~30 s)
+    "tests/data_prep/test_free_text.py::test_prep_free_text_saves_a_tokenizer_whose_tokens_decode_back",
+    "tests/data_prep/test_free_text.py::test_a_query_in_words_the_corpus_never_used_returns_results",
+    # these two share a module fixture that prepares and trains avdigits:tiny and indexes it (~50 s); the rest of
+    # test_serve.py is fast
+    "tests/mmvae/test_serve.py::test_text_wav_and_image_queries_equal_the_library_and_the_voice_generates",
+    "tests/mmvae/test_serve.py::test_headless_chromium_submits_a_text_and_a_wav_and_sees_results_with_images",
 )
 
 

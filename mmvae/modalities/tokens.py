@@ -86,8 +86,11 @@ model_shape, frames, activate, augment = base.model_shape, base.frames, base.act
 
 
 def to_text(m, ids_L) -> str:
-  """Token ids -> words (padding, id 0, left out; an id outside the vocabulary as <id>)."""
+  """Token ids -> words (padding, id 0, left out; an id outside the vocabulary as <id>); subword pieces joined."""
   vocab = list(m.get("vocab") or ())
+  if m.get("tokenizer"):
+    from data_prep import subword  # pylint: disable=g-import-not-at-top
+    return subword.decode(vocab, ids_L)
   return " ".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0)
 
 

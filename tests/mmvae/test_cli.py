@@ -46,8 +46,8 @@ def test_help_of_every_command_exits_0_and_shows_each_default(capsys):
   commands = _commands(cli.build_parser())
   names = {" ".join(path) for path, _ in commands}
   assert names == {"prep voxceleb1", "prep folder", "prep avdigits", "prep mmdigits", "prep features", "prep synthetic",
-                   "prep yt8m", "train", "analyze", "embed", "extract", "index", "query", "generate face", "sweep",
-                   "demo"}
+                   "prep yt8m", "train", "analyze", "embed", "extract", "index", "query", "serve", "generate face",
+                   "sweep", "demo"}
   for path, parser in commands:
     with pytest.raises(SystemExit) as exit_info:
       cli.main([*path, "--help"])

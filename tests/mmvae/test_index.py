@@ -2,6 +2,7 @@
 
 import json
 import socket
+import shutil
 
 import numpy as np
 import pytest
@@ -264,3 +265,46 @@ def test_raw_queries_wav_image_and_an_unreadable_wav(run, built, synthetic_datas
   assert cli.main(["query", str(built), "--wav", str(bad)]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "not a readable WAV file" in err
+
+
+def test_add_then_query_finds_the_added_entry_first(run, built, shared_data, tmp_path, capsys):
+  """--add embeds one new WAV and one new face image with the run's own pipeline; a query with the same input
+  finds that entry first at cosine 1; nothing else changes (the other vectors and rows are the old ones)."""
+  from PIL import Image
+  out = tmp_path / "INDEX"
+  shutil.copytree(built, out)
+  before = mmvae.Index.open(out)
+  old_face = np.array([before.indexes["face"].reconstruct(i) for i in range(before.record["modalities"]["face"]["count"])])
+  wav = sorted((shared_data / "fsdd" / "recordings").glob("*.wav"))[1]
+  assert cli.main(["index", "--add", str(out), "--wav", str(wav), "--id", "new-voice", "--label", "3"]) == 0
+  assert "added audio entry 'new-voice'" in capsys.readouterr().out
+  img = tmp_path / "someone.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+  assert cli.main(["index", "--add", str(out), "--image", str(img)]) == 0
+  after = mmvae.Index.open(out)
+  rec = after.record["modalities"]
+  assert (rec["audio"]["count"], rec["face"]["count"], after.record["entries"]) == (97, 97, 194)
+  assert rec["face"]["offset"] == 97  # the audio rows grew by one, so the face rows moved down
+  # The rows of the table: the old ones unchanged around the two new ones.
+  for c in ("id", "label", "split"):
+    np.testing.assert_array_equal(after.table[c][:96], before.table[c][:96])
+    np.testing.assert_array_equal(after.table[c][97:193], before.table[c][96:])
+  assert after.table["id"][96] == "new-voice" and after.table["label"][96] == 3
+  assert after.table["id"][193] == "someone.png" and after.table["split"][193] == "added"
+  np.testing.assert_array_equal(
+      np.array([after.indexes["face"].reconstruct(i) for i in range(96)]), old_face)
+  # The same input as a query: the added entry first, score 1.
+  got = after.query(wav=wav, modality="audio", k=3)
+  assert got[0]["id"] == "new-voice" and got[0]["score"] == pytest.approx(1.0, abs=1e-5)
+  got = after.query(image=img, modality="face", k=3)
+  assert got[0]["id"] == "someone.png" and got[0]["score"] == pytest.approx(1.0, abs=1e-5)
+  # An id already there, two inputs, or a missing file: one line, exit 2, the index as it was.
+  for argv, says in ((["--wav", str(wav), "--id", "new-voice"], "already an entry of modality audio"),
+                     (["--wav", str(tmp_path / "missing.wav")], "file not found"),
+                     ([], "give exactly one of --text, --wav or --image")):
+    assert cli.main(["index", "--add", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, (argv, err)
+  assert mmvae.Index.open(out).record["entries"] == 194
+  assert cli.main(["index", "--wav", str(wav), "--out", str(out)]) == 2
+  assert "or adds one entry with --add INDEX" in capsys.readouterr().err

@@ -226,7 +226,7 @@ def _add_serve(sub) -> None:
 def _add_extract(sub) -> None:
   from data_prep import pretrained  # light: names and install commands only
   known = "; ".join(f"{name} ({pretrained.INSTALLS[name]})" for name in pretrained.EXTRACTORS)
-  extract = _parser(sub, "extract", help="embed every example of a raw corpus with a pretrained network -> an .npz "
+  extract = _parser(sub, "extract", help="embed every example of a raw corpus (or a prepared dataset) with a pretrained network -> an .npz "
                     "(ids, embeddings, splits) that `mmvae prep features --join` reads",
                     description=f"Pretrained extractors, each with the command that installs its weights: {known}. "
                     "ge2e: 256-d GE2E speaker d-vectors of the wav (resemblyzer's network in Flax); dlib_face: 128-d "
@@ -234,7 +234,11 @@ def _add_extract(sub) -> None:
                     "of its text.")
   extract.add_argument("name", choices=list(pretrained.EXTRACTORS), metavar="NAME",
                        help=f"the extractor: {', '.join(pretrained.EXTRACTORS)}")
-  extract.add_argument("--root", required=True, help="raw corpus root, as `mmvae prep CORPUS --root` takes it")
+  source = extract.add_mutually_exclusive_group(required=True)
+  source.add_argument("--root", help="raw corpus root, as `mmvae prep CORPUS --root` takes it")
+  source.add_argument("--data", help="a prepared dataset instead, where it keeps what NAME needs: dlib_face its RGB "
+                      f"faces of >= {pretrained.MIN_FACE_SIZE} px, wordllama its text tokens; GE2E needs the waves "
+                      "(prep keeps features) and dlib RGB faces (not the reference config's 23x23 grayscale): use --root for those")
   extract.add_argument("--out", required=True, help=".npz file to write: ids [N] str (the examples' ids, as the "
                        "prepared dataset has them), embeddings [N, D] float32, splits [N] str")
   extract.add_argument("--corpus", choices=pretrained.CORPORA, default="voxceleb1", help="the root's layout")
@@ -494,7 +498,7 @@ def main(argv=None) -> int:
                 audio_root=args.audio_root)
     elif args.command == "extract":
       from data_prep import pretrained
-      pretrained.extract(args.name, args.root, args.out, corpus=args.corpus)
+      pretrained.extract(args.name, args.root, args.out, corpus=args.corpus, data=args.data)
     elif args.command == "generate":
       from mmvae.analysis import from_wav
       from_wav.generate_face_from_wav(args.workdir, args.wav, args.out, which=args.checkpoint)

@@ -75,6 +75,9 @@ SLOW = (
     "tests/mmvae/test_cv.py::test_sweep_cv_end_to_end",
     # GE2E on all of voxceleb1-mini, prep voxceleb1:tiny and the join (~30 s)
     "tests/data_prep/test_pretrained_voice.py::test_extract_on_voxceleb1_mini_joins_every_example",
+    # the voxceleb1_pretrained variants and the frozen dlib target train on a joined dataset (~110 s together)
+    "tests/data_prep/test_pretrained_rows.py::test_every_variant_trains_two_steps_on_a_joined_dataset",
+    "tests/data_prep/test_pretrained_rows.py::test_the_frozen_dlib_target_stays_bit_identical_while_the_voice_adapter_trains",
     # these two share a module fixture that trains synthetic:tiny (~60 s); the rest of test_index.py is fast
     "tests/mmvae/test_index.py::test_index_of_a_run_holds_its_entries_and_answers_ids",
     "tests/mmvae/test_index.py::test_raw_queries_wav_image_and_an_unreadable_wav",

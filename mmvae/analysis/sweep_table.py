@@ -122,14 +122,27 @@ def _finite(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def applies(key: str, modalities) -> bool:
+  """Whether a metric key can be asked of a run of these modalities: a '<q>_to_<g>' pair key only when the run
+  has both q and g (rows of one sweep may hold different modalities, e.g. GE2E vectors instead of MFCCs)."""
+  parts = key.split(".")
+  if modalities is None or len(parts) < 2 or "_to_" not in parts[1]:
+    return True
+  mods = set(modalities)
+  return any(parts[1][:i] in mods and parts[1][i + 4:] in mods
+             for i in range(len(parts[1])) if parts[1].startswith("_to_", i))
+
+
 def score(metrics: dict | None, plan: dict, suffix: str = ""):
-  """One run's selection score from its validation metrics.json (None when a key is missing or not finite)."""
+  """One run's selection score from its validation metrics.json: the mean of the selection keys that apply to its
+  modalities (`applies`); None when one of those is missing or not finite, or none applies."""
   if not metrics or not plan["terms"]:
     return None
-  values = [metrics.get(key + suffix) for _, key in plan["terms"]]
-  if not all(_finite(v) for v in values):
+  terms = [(sign, key) for sign, key in plan["terms"] if applies(key, metrics.get("modalities"))]
+  values = [metrics.get(key + suffix) for _, key in terms]
+  if not terms or not all(_finite(v) for v in values):
     return None
-  return float(np.mean([sign * plan["direction"] * v for (sign, _), v in zip(plan["terms"], values)]))
+  return float(np.mean([sign * plan["direction"] * v for (sign, _), v in zip(terms, values)]))
 
 
 def expand(cols: list[dict], metrics: list[dict]) -> list[dict]:

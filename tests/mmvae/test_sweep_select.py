@@ -281,3 +281,20 @@ def test_another_split_or_training_redoes_what_changed(tmp_path, calls):
   (run.workdir / sweep.DONE).write_text(json.dumps(done))
   sweep._worker(run.workdir)
   assert calls == [("train", None), ("analyze", "test", "report"), ("analyze", "validation", "report-validation")]
+
+
+def test_rows_of_other_modalities_are_scored_on_the_pair_keys_they_have():
+  """A {q}/{g} selection over rows whose voices and faces are different modalities (MFCC or GE2E, pixels or dlib):
+  each run is scored on its own two directions, computed here by hand; a missing key of its own pair is None."""
+  runs = [{"modalities": ["audio", "face"], "retrieval.audio_to_face.mrr": 0.6, "retrieval.face_to_audio.mrr": 0.7},
+          {"modalities": ["ge2e", "dlib_face"], "retrieval.ge2e_to_dlib_face.mrr": 1.0,
+           "retrieval.dlib_face_to_ge2e.mrr": 0.9},
+          {"modalities": ["audio", "dlib_face"], "retrieval.audio_to_dlib_face.mrr": 0.8}]
+  plan = sweep_table.score_plan({"keys": ["retrieval.{q}_to_{g}.mrr"]}, runs)
+  assert {key for _, key in plan["terms"]} >= {"retrieval.audio_to_face.mrr", "retrieval.dlib_face_to_ge2e.mrr"}
+  assert sweep_table.score(runs[0], plan) == pytest.approx((0.6 + 0.7) / 2)
+  assert sweep_table.score(runs[1], plan) == pytest.approx((1.0 + 0.9) / 2)
+  assert sweep_table.score(runs[2], plan) is None  # dlib_face_to_audio applies to it and is missing
+  assert sweep_table.applies("retrieval.dlib_face_to_ge2e.mrr", ["ge2e", "dlib_face"])
+  assert not sweep_table.applies("retrieval.audio_to_dlib_face.mrr", ["ge2e", "dlib_face"])
+  assert sweep_table.applies("loss.total", ["ge2e"]) and sweep_table.applies("retrieval.audio_to_face.mrr", None)

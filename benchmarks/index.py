@@ -1,9 +1,9 @@
 """`mmvae index` at scale: exact and HNSW FAISS indexes of fabricated class-structured unit vectors.
 
-  .venv/bin/python benchmarks/index.py --sizes 100000,1000000 [--dim 100] [--kinds exact,hnsw] [--json rows.json]
+  .venv/bin/python benchmarks/index.py --sizes 100000,1000000 [--dim 100] [--kinds exact,hnsw,ivf] [--json rows.json]
 
 For each size and kind (mmvae/index.py: 'exact' = IndexFlatIP, 'hnsw' = IndexHNSWFlat M=32 with efSearch tuned to
-recall@10 >= 0.95 on entries of the collection) one child process builds the index and measures: build time
+recall@10 >= 0.95, 'ivf' = IndexIVFFlat with nprobe tuned the same way, on sums of pairs of entries) one child process builds the index and measures: build time
 (including the efSearch tuning), peak RSS of the process, single-query latency p50/p95 through
 `mmvae.Index.query(vector=...)` (what `mmvae query` runs once the query is encoded), the latency of a batch of 100
 queries through FAISS, and recall@10 of new queries (drawn from the same classes, never indexed) against an exact
@@ -69,7 +69,8 @@ def one(n: int, kind: str, dim: int, seed: int) -> dict:
     batches.append(time.perf_counter() - t)
   _, found = built.search(q, 10)
   _, truth = index.exact_top_k(x, q, 10)
-  return {"entries": n, "dim": dim, "kind": kind, "ef_search": info.get("ef_search"),
+  return {"entries": n, "dim": dim, "kind": kind, "ef_search": info.get("ef_search"), "nprobe": info.get("nprobe"),
+          "nlist": info.get("nlist"),
           "build_s": round(build_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "data_rss_mb": round(data_mb, 1),
           "query_p50_ms": round(1e3 * float(np.percentile(single, 50)), 3),
           "query_p95_ms": round(1e3 * float(np.percentile(single, 95)), 3),
@@ -78,11 +79,12 @@ def one(n: int, kind: str, dim: int, seed: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-  head = ("| entries | kind | efSearch | build s | peak RSS MB | 1 query p50 ms | p95 ms | 100 queries ms | "
+  head = ("| entries | kind | efSearch / nprobe | build s | peak RSS MB | 1 query p50 ms | p95 ms | 100 queries ms | "
           "recall@10 |")
   lines = [head, "|" + "---|" * 9]
   for r in rows:
-    lines.append(f"| {r['entries']:,} | {r['kind']} | {r['ef_search'] or '-'} | {r['build_s']} | {r['peak_rss_mb']} | "
+    knob = r.get("ef_search") or (f"{r['nprobe']} of {r['nlist']}" if r.get("nprobe") else "-")
+    lines.append(f"| {r['entries']:,} | {r['kind']} | {knob} | {r['build_s']} | {r['peak_rss_mb']} | "
                  f"{r['query_p50_ms']} | {r['query_p95_ms']} | {r['batch100_ms']} | {r['recall_at_10']} |")
   return "\n".join(lines)
 
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sizes", default="100000,1000000", help="comma-separated entry counts")
   parser.add_argument("--dim", type=int, default=100, help="vector dimension (a run's latent_dim)")
-  parser.add_argument("--kinds", default="exact,hnsw", help="comma-separated: exact, hnsw")
+  parser.add_argument("--kinds", default="exact,hnsw", help="comma-separated: exact, hnsw, ivf")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON ('-': stdout)")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # SIZE:KIND, in a child process

@@ -172,10 +172,13 @@ def _add_index(sub) -> None:
   kind = index.add_mutually_exclusive_group()
   kind.add_argument("--exact", dest="index_kind", action="store_const", const="exact",
                     help="exact inner-product search for every modality (default: exact up to 100,000 entries, "
-                         "an HNSW graph above)")
+                         "an HNSW graph up to 300,000, an inverted file above)")
   kind.add_argument("--approximate", dest="index_kind", action="store_const", const="hnsw",
                     help="an HNSW graph (efSearch tuned to recall@10 >= 0.95) for every modality (default: chosen by "
                          "size, as --exact says)")
+  kind.add_argument("--ivf", dest="index_kind", action="store_const", const="ivf",
+                    help="an inverted file (k-means cells, nprobe tuned to recall@10 >= 0.95) for every modality "
+                         "(default: chosen by size: above 300,000 entries)")
   _add_checkpoint(index)
   add = index.add_argument_group("adding one entry to an existing index: --add INDEX and one of --wav/--image/--text")
   add.add_argument("--add", metavar="INDEX", default=None, help="index folder (mmvae index) to add one entry to, "

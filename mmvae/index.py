@@ -4,17 +4,19 @@ An index folder (INDEX/) holds, for every modality of the run, the L2-normalised
 of the chosen splits in a FAISS index searched by inner product (= cosine similarity):
 
     index.json        format, kind per modality ('exact': IndexFlatIP; 'hnsw': IndexHNSWFlat, M=32, its efSearch
-                      and measured recall@10), dimension, count, the run's workdir and checkpoint step, the
-                      dataset's path and fingerprint, the splits, the mmvae version
+                      and measured recall@10; 'ivf': IndexIVFFlat, its nlist, nprobe and recall@10), dimension,
+                      count, the run's workdir and checkpoint step, the dataset's path and fingerprint, the splits,
+                      the mmvae version
     <modality>.faiss  the vectors of one modality (faiss.write_index)
     entries.npz       one row per entry, modality by modality in index.json's order: id, modality, label (int),
                       identity, split, text ('' when the dataset has no text); modality m's vector i is row
                       offset[m] + i
     manifest.json     the dataset's manifest: a query's WAV, image or text goes through its preprocessing
 
-Up to EXACT_MAX entries a modality is searched exactly; above it by an HNSW graph whose efSearch is the smallest
-of EF_CHOICES reaching RECALL_TARGET recall@10 against exact search on sample queries (`--exact` /
-`--approximate` force either). A build is written into a folder beside INDEX and swapped in when complete, so a
+Up to EXACT_MAX entries a modality is searched exactly; up to HNSW_MAX by an HNSW graph whose efSearch is the
+smallest of EF_CHOICES reaching RECALL_TARGET recall@10 against exact search on sample queries; above it by an
+inverted file (IVF: k-means cells, built in about a minute at 1M where the graph takes most of an hour on two
+cores) whose nprobe is tuned the same way (`--exact` / `--approximate` / `--ivf` force one). A build is written into a folder beside INDEX and swapped in when complete, so a
 killed or failed build leaves the previous index as it was.
 
 Shards: an index per id range, each queried on its own, results merged by score (`Index.merge_results`).
@@ -33,12 +35,15 @@ from mmvae import files
 
 FORMAT = "mmvae-index/1"
 EXACT_MAX = 100_000  # entries per modality searched exactly; above it an HNSW graph
+HNSW_MAX = 300_000  # above it an IVF index: the graph's build time grows past 20 minutes toward 1M entries
+IVF_TRAIN_PER_LIST = 64  # k-means training rows per inverted list (FAISS wants at least 39)
+NPROBE_CHOICES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 EF_CHOICES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 RECALL_TARGET = 0.95
 TUNE_QUERIES = 300
-KINDS = ("exact", "hnsw")
+KINDS = ("exact", "hnsw", "ivf")
 RESULT_KEYS = ("id", "modality", "score", "label")  # every result has these (and rank, identity, split, text, row)
 _COLUMNS = ("id", "modality", "label", "identity", "split", "text")
 
@@ -51,12 +56,12 @@ def normalise(x_NxD) -> np.ndarray:
 
 
 def choose_kind(count: int, force: str | None = None) -> str:
-  """'exact' up to EXACT_MAX entries, else 'hnsw'; `force` ('exact' or 'hnsw') overrides."""
+  """'exact' up to EXACT_MAX entries, 'hnsw' up to HNSW_MAX, else 'ivf'; `force` (one of KINDS) overrides."""
   if force is not None:
     if force not in KINDS:
       raise ValueError(f"index kind {force!r}: use one of {KINDS}")
     return force
-  return "exact" if count <= EXACT_MAX else "hnsw"
+  return "exact" if count <= EXACT_MAX else "hnsw" if count <= HNSW_MAX else "ivf"
 
 
 def exact_top_k(x_NxD, q_QxD, k: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -80,9 +85,10 @@ def recall_at_k(found_QxK, truth_QxK) -> float:
 
 
 def build_faiss(x_NxD, kind: str, queries_QxD=None, k: int = 10, seed: int = 0):
-  """(FAISS index of the unit rows x_NxD, info) for kind 'exact' or 'hnsw'.
+  """(FAISS index of the unit rows x_NxD, info) for kind 'exact', 'hnsw' or 'ivf'.
 
-  hnsw: efSearch is tuned on `queries_QxD` against `exact_top_k`; info records it and the recall@k it reached.
+  ivf: nlist = the power of two nearest 4 sqrt(N), k-means on a seeded sample of IVF_TRAIN_PER_LIST rows per list,
+  nprobe tuned like hnsw's efSearch. hnsw: efSearch is tuned on `queries_QxD` against `exact_top_k`; info records it and the recall@k it reached.
   The default queries are the normalised sums of TUNE_QUERIES random pairs of rows: points the graph does not
   hold, harder to find than the rows themselves (a stored row finds itself and its graph neighbours at once, so
   tuning on rows chooses an efSearch too small for new queries).
@@ -95,31 +101,57 @@ def build_faiss(x_NxD, kind: str, queries_QxD=None, k: int = 10, seed: int = 0):
     index = faiss.IndexFlatIP(d)
     index.add(x_NxD)
     return index, info
-  index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-  index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-  index.add(x_NxD)
   if queries_QxD is None:
     pairs = np.random.default_rng(seed).integers(0, n, (min(n, TUNE_QUERIES), 2))
     queries_QxD = normalise(x_NxD[pairs[:, 0]] + x_NxD[pairs[:, 1]])
-  ef, recall = tune_ef(index, x_NxD, np.ascontiguousarray(queries_QxD, np.float32), k)
+  queries_QxD = np.ascontiguousarray(queries_QxD, np.float32)
+  if kind == "ivf":
+    nlist = int(max(1, min(n // 39, 2 ** round(np.log2(4 * np.sqrt(n))))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)  # keeps its quantizer
+    index.cp.seed = seed
+    sample = np.random.default_rng(seed).choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
+    index.train(x_NxD[np.sort(sample)])
+    index.add(x_NxD)
+    nprobe, recall = tune_search(index, x_NxD, queries_QxD, k, "nprobe")
+    info.update(nlist=nlist, nprobe=nprobe, **{f"recall_at_{k}": round(recall, 4)})
+    return index, info
+  index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+  index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+  index.add(x_NxD)
+  ef, recall = tune_ef(index, x_NxD, queries_QxD, k)
   info.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=ef, **{f"recall_at_{k}": round(recall, 4)})
   return index, info
 
 
 def tune_ef(index, x_NxD, q_QxD, k: int = 10, target: float = RECALL_TARGET) -> tuple[int, float]:
-  """(efSearch, its recall@k on q): one EF_CHOICES step above the smallest value reaching `target` (a margin for
-  queries unlike the tuning ones), the largest when none does."""
+  """(efSearch, its recall@k on q) of an HNSW index: see tune_search."""
+  return tune_search(index, x_NxD, q_QxD, k, "efSearch", target)
+
+
+def set_search(index, knob: str, value: int) -> None:
+  """Sets an approximate index's search breadth: 'efSearch' (HNSW) or 'nprobe' (IVF)."""
+  if knob == "efSearch":
+    index.hnsw.efSearch = int(value)
+  else:
+    index.nprobe = int(value)
+
+
+def tune_search(index, x_NxD, q_QxD, k: int = 10, knob: str = "efSearch", target: float = RECALL_TARGET):
+  """(value, its recall@k on q): one step of the knob's choices (EF_CHOICES or NPROBE_CHOICES) above the smallest
+  value reaching `target` (a margin for queries unlike the tuning ones), the largest when none does."""
   _, truth = exact_top_k(x_NxD, q_QxD, k)
-  recall, reached = 0.0, None
-  for i, ef in enumerate(EF_CHOICES):
-    index.hnsw.efSearch = max(ef, k)
+  choices = EF_CHOICES if knob == "efSearch" else [c for c in NPROBE_CHOICES if c <= index.nlist] or [index.nlist]
+  recall, reached, value = 0.0, None, choices[0]
+  for i, c in enumerate(choices):
+    value = max(c, k) if knob == "efSearch" else c
+    set_search(index, knob, value)
     _, found = index.search(q_QxD, k)
     recall = recall_at_k(found, truth)
     if reached is None and recall >= target:
       reached = i
-    if reached is not None and (i > reached or i == len(EF_CHOICES) - 1):
+    if reached is not None and (i > reached or i == len(choices) - 1):
       break
-  return index.hnsw.efSearch, recall
+  return value, recall
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
@@ -147,7 +179,7 @@ def write(out, vectors: dict, entries: dict, info: dict | None = None, force: st
   """Writes the index folder OUT from {modality: [N, D] vectors} and {modality: {column: [N] values}}.
 
   entries columns: id (required), label, identity, split, text (defaults: -1 / ''). info: more index.json fields
-  (run, checkpoint, dataset). force: 'exact' or 'hnsw' for every modality (default: by count, `choose_kind`).
+  (run, checkpoint, dataset). force: 'exact', 'hnsw' or 'ivf' for every modality (default: by count, `choose_kind`).
   queries: {modality: sample query vectors} for tuning HNSW (default: the other modalities' vectors).
   Returns index.json's contents.
   """
@@ -232,7 +264,7 @@ def _encode_split(encoder, dataset, split: str, specs: dict, specs_all: dict, id
 def build(workdir, out, data_dir=None, splits=None, force: str | None = None, which: str = "best") -> dict:
   """Writes the index folder OUT of every example of `splits` (default all) of the run in WORKDIR; returns index.json.
 
-  data_dir: the dataset to encode (default: the one the run trained on). force: 'exact' or 'hnsw' (default: by
+  data_dir: the dataset to encode (default: the one the run trained on). force: 'exact', 'hnsw' or 'ivf' (default: by
   size). which: 'best' or 'last' checkpoint.
   """
   from mmvae import embed, inference
@@ -265,7 +297,8 @@ def build(workdir, out, data_dir=None, splits=None, force: str | None = None, wh
           "dataset": {"path": str(dataset.data_dir.absolute()), "fingerprint": dataset.manifest.get("fingerprint")},
           "splits": chosen}
   record = write(out, vectors, {m: table for m in specs}, info, force, manifest=dataset.manifest)
-  kinds = ", ".join(f"{m} {r['count']} ({r['kind']}" + (f", efSearch {r['ef_search']}" if r["kind"] == "hnsw" else "")
+  kinds = ", ".join(f"{m} {r['count']} ({r['kind']}" + (f", efSearch {r['ef_search']}" if r["kind"] == "hnsw" else
+                                                        f", nprobe {r['nprobe']}" if r["kind"] == "ivf" else "")
                     + ")" for m, r in record["modalities"].items())
   print(f"mmvae index: {kinds} entries of {', '.join(chosen)}, {step.which} checkpoint (step {int(step)}) of "
         f"{workdir} -> {out} in {time.time() - start:.1f} s", flush=True)
@@ -306,6 +339,8 @@ class Index:
       index = faiss.read_index(str(path / r["file"]))
       if r["kind"] == "hnsw":
         index.hnsw.efSearch = int(r["ef_search"])
+      elif r["kind"] == "ivf":
+        index.nprobe = int(r["nprobe"])
       indexes[m] = index
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None

@@ -82,12 +82,35 @@ def test_hnsw_reaches_the_recall_target_with_the_chosen_ef(tmp_path):
   assert recall >= 0.95, (recall, info)
 
 
+def test_ivf_reaches_the_recall_target_with_the_chosen_nprobe_and_reopens_with_it(tmp_path):
+  both, _ = _clustered(6200, 16, 40, seed=5, spread=1.0)
+  x, q = index_lib.normalise(both[:6000]), index_lib.normalise(both[6000:])  # queries never indexed
+  index, info = index_lib.build_faiss(x, "ivf", q)
+  assert info["kind"] == "ivf" and info["nprobe"] in index_lib.NPROBE_CHOICES and info["nlist"] == min(6000 // 39, 256)  # 4 sqrt(N) -> 256, capped for training
+  truth = np.argsort(-(x.astype(np.float64) @ q.astype(np.float64).T), axis=0, kind="stable")[:10].T  # NumPy
+  _, found = index.search(q, 10)
+  assert index_lib.recall_at_k(found, truth) >= index_lib.RECALL_TARGET
+  assert info["recall_at_10"] == pytest.approx(index_lib.recall_at_k(found, truth), abs=1e-4)
+  if info["nprobe"] > 1:  # the step below the chosen one (or the one below that) misses the target: it is not oversized
+    smaller = index_lib.NPROBE_CHOICES[index_lib.NPROBE_CHOICES.index(info["nprobe"]) - 2:][0]
+    index.nprobe = smaller
+    assert index_lib.recall_at_k(index.search(q, 10)[1], truth) < index_lib.RECALL_TARGET or smaller == 1
+  ids = np.char.add("e", np.arange(len(x)).astype(str))
+  index_lib.write(tmp_path / "ivf", {"x": x}, {"x": {"id": ids}}, force="ivf", queries={"x": q})
+  opened = mmvae.Index.open(tmp_path / "ivf")
+  assert opened.indexes["x"].nprobe == opened.record["modalities"]["x"]["nprobe"]
+  got = opened.query(vector=q[3], modality="x", k=10)
+  assert len(set(r["row"] for r in got) & set(truth[3])) >= 8
+
+
 def test_kind_is_chosen_by_size_and_recorded():
   assert index_lib.choose_kind(index_lib.EXACT_MAX) == "exact"
   assert index_lib.choose_kind(index_lib.EXACT_MAX + 1) == "hnsw"
+  assert index_lib.choose_kind(index_lib.HNSW_MAX) == "hnsw" and index_lib.choose_kind(index_lib.HNSW_MAX + 1) == "ivf"
   assert index_lib.choose_kind(10, "hnsw") == "hnsw"
-  with pytest.raises(ValueError, match="index kind 'ivf'"):
-    index_lib.choose_kind(10, "ivf")
+  assert index_lib.choose_kind(10, "ivf") == "ivf"
+  with pytest.raises(ValueError, match="index kind 'lsh'"):
+    index_lib.choose_kind(10, "lsh")
 
 
 def test_forced_hnsw_is_written_and_reopened(tmp_path):

@@ -117,6 +117,11 @@ def model_section() -> ml_collections.ConfigDict:
   m.encoder_hidden = ml_collections.ConfigDict()
   m.decoder_hidden = ()  # decoder trunk widths from z outwards; () = `hidden` reversed
   m.conv_channels = (32, 64, 128, 256)
+  # Per modality, how a 'conv' decoder head doubles its grid: 'transpose' (a stride-2 transposed conv; the default
+  # for a modality not named; XLA CPU computes its kernel gradient ~20x slower), 'resize' (nearest x2, then a 3x3
+  # conv) or 'subpixel' (a 3x3 conv to 4x the channels, then depth-to-space). Empty here, so a config.json
+  # written before this key existed still loads (and rebuilds with 'transpose', as it was trained).
+  m.upsample = ml_collections.ConfigDict()
   m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
   # Sequence modalities (kind 'sequence', mmvae/temporal.py): the encoder per modality in `encoders`
   # ('gru' default, 'lstm', 'tconv', 'transformer', 'pool' = the time-pooled baseline); frame-level

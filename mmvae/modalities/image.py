@@ -53,7 +53,7 @@ def encoder(choice, m, mc, dtype, rngs):
 
 def head(in_dim, m, decoder, mc, dtype, rngs):
   if decoder == "conv":
-    return layers.ConvHead(in_dim, model_shape(m), mc.conv_channels, dtype, rngs)
+    return layers.ConvHead(in_dim, model_shape(m), mc.conv_channels, dtype, rngs, layers.upsample_of(mc, m.name))
   return layers.MLPHead(in_dim, model_shape(m), dtype, rngs)
 
 

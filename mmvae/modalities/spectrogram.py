@@ -20,7 +20,7 @@ def encoder(choice, m, mc, dtype, rngs):
 
 def head(in_dim, m, decoder, mc, dtype, rngs):
   if decoder == "conv" and len(m.shape) >= 2:
-    return layers.ConvHead(in_dim, m.shape, mc.conv_channels, dtype, rngs)
+    return layers.ConvHead(in_dim, m.shape, mc.conv_channels, dtype, rngs, layers.upsample_of(mc, m.name))
   return layers.MLPHead(in_dim, m.shape, dtype, rngs)  # a pooled vector has no grid to deconvolve into
 
 

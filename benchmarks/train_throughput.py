@@ -2,6 +2,7 @@
 
   python benchmarks/train_throughput.py --batch-sizes 8,32 --steps 10 [--tiny] [--data DIR]
   python benchmarks/train_throughput.py --trainer --batch-sizes 1024 --steps 200
+  python benchmarks/train_throughput.py --configs avdigits --data DIR --set model.kind=mopoe --json rows.json
 
 FLOPs per sample come from XLA's cost analysis of the compiled step (forward + backward + Adam).
 The data wait is the time blocked on the batch iterator over the total, with a prefetching
@@ -11,14 +12,20 @@ iterator over in-memory random arrays (or a prepared dataset via --data, through
 logging at the config's log_every, one validation and one checkpoint in the run, as with the config's
 own cadence of one of each per eval_every steps) on a synthetic corpus prepared for the config, and
 prints its samples/s beside the bare step's and their ratio.
+
+--set KEY=VALUE (repeatable) overrides every measured config (e.g. a sweep row's overrides); --json PATH
+writes the rows as a JSON list, each with config, batch, step_ms, gflop_per_step, gflop_per_s and
+peak_gflop_per_s (a jitted float32 jnp.dot of --peak-size, measured in the same run) among its fields.
 """
 
 import argparse
+import json
 import pathlib
 import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmvae import config as config_lib
@@ -50,9 +57,23 @@ def _random_batches(shapes, batch_size, seed=0):
     step += 1
 
 
-def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_workers=-1):
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+  """GFLOP/s of a jitted float32 n x n jnp.dot, median of reps (the roofline's peak, as vs_pytorch.py measures it)."""
+  rng = np.random.default_rng(0)
+  a, b = (jax.device_put(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
+    times.append(time.perf_counter() - t)
+  return 2.0 * n**3 / float(np.median(times)) / 1e9
+
+
+def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_workers=-1, overrides=()):
   cfg = config_lib.load(f"{name}:tiny" if tiny else name, [f"train.batch_size={batch_size}",
-                                                           f"train.data_workers={data_workers}"])
+                                                           f"train.data_workers={data_workers}", *overrides])
   if data_dir:
     from mmvae import data
     dataset = data.Dataset(data_dir)
@@ -89,17 +110,18 @@ def measure(name, batch_size, steps, tiny, data_dir=None, mode="sharded", data_w
     it.close()
   step_s = total / steps
   return {"config": cfg.name, "batch": batch_size, "step_ms": 1000 * step_s, "samples_per_s": batch_size / step_s,
-          "mflop_per_sample": flops / batch_size / 1e6, "gflop_per_s": flops / step_s / 1e9,
+          "mflop_per_sample": flops / batch_size / 1e6, "gflop_per_step": flops / 1e9,
+          "gflop_per_s": flops / step_s / 1e9,
           "data_wait": wait / total}
 
 
-def measure_trainer(name, batch_size, steps, tiny, data_dir, workdir, mode="sharded", data_workers=-1):
+def measure_trainer(name, batch_size, steps, tiny, data_dir, workdir, mode="sharded", data_workers=-1, overrides=()):
   """samples/s of the full trainer over `steps` steps (compilation excluded, as final.json times it)."""
   from mmvae.train import entry
   cfg = config_lib.load(f"{name}:tiny" if tiny else name,
                         [f"train.batch_size={batch_size}", f"train.num_steps={steps + 1}",
                          f"train.eval_every={steps + 1}", f"train.checkpoint_every={steps + 1}",
-                         f"parallel={mode}", f"train.data_workers={data_workers}"])
+                         f"parallel={mode}", f"train.data_workers={data_workers}", *overrides])
   final = entry.train(cfg, data_dir, workdir)
   return {"trainer_samples_per_s": final["samples_per_second"], "trainer_data_wait": final["data_wait_fraction"]}
 
@@ -127,23 +149,34 @@ def main(argv=None):
   p.add_argument("--trainer", action="store_true",
                  help="also run the full trainer loop on a synthetic corpus prepared for each config")
   p.add_argument("--work", default=None, help="where --trainer keeps its corpora and runs (default: a temporary folder)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="a config override for every measured config (repeatable), e.g. --set model.kind=mopoe")
+  p.add_argument("--json", default=None, metavar="PATH", help="also write the rows to PATH as a JSON list")
+  p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n jnp.dot that sets peak_gflop_per_s")
   args = p.parse_args(argv)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; parallel={args.parallel}")
+  peak = matmul_peak(args.peak_size)
+  print(f"float32 jnp.dot {args.peak_size}^2: {peak:.1f} GFLOP/s" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
   cols = ("config", "batch", "step_ms", "samples_per_s", "mflop_per_sample", "gflop_per_s", "data_wait")
   if args.trainer:
     cols += ("trainer_samples_per_s", "trainer_vs_step", "trainer_data_wait")
   print(" | ".join(f"{c:>16}" for c in cols))
+  rows = []
   with tempfile.TemporaryDirectory(dir=args.work) as work:
     for name in args.configs.split(","):
       data_dir = args.data or (prepared_synthetic(name, args.tiny, work) if args.trainer else None)
       for b in (int(x) for x in args.batch_sizes.split(",")):
-        row = measure(name, b, args.steps, args.tiny, args.data, args.parallel, args.data_workers)
+        row = measure(name, b, args.steps, args.tiny, args.data, args.parallel, args.data_workers, args.set)
+        row.update(peak_gflop_per_s=peak, overrides=list(args.set))
         if args.trainer:
           row.update(measure_trainer(name, b, args.steps, args.tiny, data_dir, pathlib.Path(work) / f"{name}-{b}",
-                                     args.parallel, args.data_workers))
+                                     args.parallel, args.data_workers, args.set))
           row["trainer_vs_step"] = row["trainer_samples_per_s"] / row["samples_per_s"]
         print(" | ".join(f"{row[c]:>16.4g}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in cols),
               flush=True)
+        rows.append(row)
+        if args.json:  # rewritten after every row, so an interrupted run keeps what it measured
+          pathlib.Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

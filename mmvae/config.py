@@ -170,6 +170,10 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     hint = _did_you_mean(config, key) or f"known keys here: {', '.join(sorted(node.keys()))}"
     raise KeyError(f"unknown config key {key!r}; {hint}")
   value = _parse_value(text)
+  from mmvae import config_schema
+  if key in config_schema.INT_OR_AUTO:  # an integer or 'auto': trainer.check_config says which values work
+    node[leaf] = config_schema.int_or_auto(value)
+    return
   old = node[leaf]
   if isinstance(old, tuple) and isinstance(value, list):
     value = tuple(value)

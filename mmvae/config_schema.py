@@ -195,12 +195,25 @@ def train_section() -> ml_collections.ConfigDict:
   t.data_workers = -1
   # Optimizer steps per dispatch to the devices (a lax.scan over that many batches; the same numbers as
   # single steps): > 1 saves the per-step dispatch and host work where a step is short (small models or
-  # batches). Blocks never cross an eval or checkpoint step; metrics are fetched once per block.
-  t.steps_per_dispatch = 1
+  # batches). Blocks never cross an eval or checkpoint step; metrics are fetched once per block. 'auto'
+  # times a few single steps after compilation and runs enough per dispatch that one lasts about 20 ms
+  # (1 for long steps, and for runs too short to pay the block's compilation); an integer fixes it. Not the
+  # default: a block computes the same steps to float rounding, not bit for bit, so a timed choice would make
+  # two runs of one seed differ in their last digits with the machine's load.
+  t.steps_per_dispatch = int_or_auto(1)
   # Which checkpoint is 'best': 'cross_mrr' (mean validation MRR over every ordered pair of modalities,
   # e.g. voice->face and face->voice, the numbers the analysis reports, scored the same way) or 'loss'.
   t.select_by = "cross_mrr"
   return t
+
+
+# Keys that take an integer or 'auto' (config.apply_override sets them through int_or_auto).
+INT_OR_AUTO = ("train.steps_per_dispatch",)
+
+
+def int_or_auto(value) -> ml_collections.FieldReference:
+  """A field holding an integer or 'auto' (a ConfigDict field is otherwise fixed to its default's type)."""
+  return ml_collections.FieldReference(value, field_type=object)
 
 
 def analysis_section() -> ml_collections.ConfigDict:

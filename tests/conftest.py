@@ -62,6 +62,7 @@ SLOW = (
     "tests/data_prep/test_audio_views.py::test_mini_prep_with_three_views",
     "tests/data_prep/test_audio_views.py::test_training_on_views_runs_and_analysis_encodes_view_0",
     "tests/mmvae/train/test_trainer.py::test_several_steps_per_dispatch_train_the_same_run",
+    "tests/mmvae/train/test_auto_dispatch.py::test_auto_blocks_train_the_same_run_as_single_steps",
     "tests/mmvae/train/test_trainer.py::test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint",
     "tests/mmvae/train/test_train_log.py::test_weights_and_biases_offline_run_holds_scalars_and_images",
     "tests/mmvae/modalities/test_kinds.py::test_a_toy_modality_kind_registered_here_trains_end_to_end_beside_text",

@@ -14,6 +14,7 @@ Multi-host: see mmvae/train/parallel.py.
 import datetime
 import itertools
 import json
+import math
 import os
 import pathlib
 import signal
@@ -46,10 +47,12 @@ def check_config(config) -> None:
   """Raises ValueError naming the key to change when the config cannot train."""
   zoo.of(config).check_config(config)
   t = config.train
-  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-              "steps_per_dispatch"):
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if t[key] < 1:
       raise ValueError(f"config.train.{key}={t[key]} must be >= 1")
+  k = t.steps_per_dispatch
+  if k != "auto" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+    raise ValueError(f"config.train.steps_per_dispatch={k!r} must be an integer >= 1 or 'auto'")
   if not t.learning_rate > 0:
     raise ValueError(f"config.train.learning_rate={t.learning_rate} must be > 0")
   step_lib.check_schedule(t)
@@ -131,6 +134,28 @@ def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
 
 SELECT_BY = ("cross_mrr", "loss")
 
+# train.steps_per_dispatch='auto': single steps timed after compilation, then blocks of about AUTO_DISPATCH_S.
+AUTO_DISPATCH_S = 0.020
+AUTO_PROBE_STEPS = 5  # single steps timed (each waited for) before the block length is chosen
+AUTO_MAX_STEPS = 100  # the longest block (each holds that many batches on the host)
+AUTO_PAYBACK = 2.0  # blocks only when the rest of the run takes this many times the step's compilation
+
+
+def auto_steps_per_dispatch(step_s: float, compile_s: float, remaining: int, period: int) -> int:
+  """Steps per dispatch for 'auto': about AUTO_DISPATCH_S / step_s, a divisor of `period` where one is close.
+
+  step_s: one single step's time (dispatch to result); compile_s: the first dispatch's compilation, which a
+  block pays again; remaining: the steps left; period: gcd(eval_every, checkpoint_every), the spacing of the
+  steps no block may cross. 1 when steps already last about the target or the run is too short to pay for it.
+  """
+  want = min(AUTO_DISPATCH_S / max(step_s, 1e-9), AUTO_MAX_STEPS, period, remaining)
+  if want < 2 or remaining * step_s < AUTO_PAYBACK * compile_s:
+    return 1
+  k = int(want)
+  # A divisor of the period keeps every block whole (an aligned start runs no single steps at all).
+  divisor = max(d for d in range(1, k + 1) if period % d == 0)
+  return divisor if 2 * divisor >= k else k
+
 
 class _Validator:
   """Loss terms (first stored frame) and cross-modal MRR (every ordered pair, all K frames) on the validation split.
@@ -203,6 +228,14 @@ def _any_process(signum: int) -> int:
     return signum
   from jax.experimental import multihost_utils
   return int(np.max(multihost_utils.process_allgather(np.array([signum], np.int32))))
+
+
+def _min_over_processes(value: int) -> int:
+  """The lowest of `value` over all processes (one all-gather in a multi-process run; none otherwise)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return int(np.min(multihost_utils.process_allgather(np.array([value], np.int32))))
 
 
 def _nonfinite(metrics: dict) -> list[str]:
@@ -334,6 +367,10 @@ class _Loop:
     self.schedule = step_lib.make_schedule(config.train)
     self.last_metrics, self.last_val = {}, None
     self.wait_s, self.timed_from, self.timed_steps = 0.0, None, 0
+    # Steps per dispatch: the config's integer, or None while 'auto' times its first single steps.
+    auto = self.t.get("steps_per_dispatch", 1) == "auto"
+    self.per_dispatch = None if auto else int(self.t.get("steps_per_dispatch", 1))
+    self.probe_s, self.compile_s, self.excluded_s = [], 0.0, 0.0
     self.signal = 0  # the stop signal this process received
     self.t_start = time.perf_counter()
     self.bar = progress.bar(total=self.t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
@@ -346,20 +383,30 @@ class _Loop:
     for s in STOP_SIGNALS:
       signal.signal(s, self._on_signal)
     try:
-      pending, step = None, self.start
+      pending, step, compiled = None, self.start, set()
       while step < t.num_steps:
         k = self._block_length(step)
+        # The first dispatch of each length compiles, and 'auto' times its first single steps: both waited for
+        # alone, and a compiling dispatch is left out of the timed steps (final.json's samples/s).
+        compiling = k not in compiled
+        timing = compiling or self.per_dispatch is None
+        if timing and pending is not None:
+          jax.block_until_ready(pending[1])
         t0 = time.perf_counter()
         block = [next(self.batches) for _ in range(k)]
-        self.wait_s += time.perf_counter() - t0
+        fetch_s = time.perf_counter() - t0
+        self.wait_s += fetch_s
         dev_state, metrics = self.runner.steps(dev_state, block) if k > 1 else self.runner.step(dev_state, block[0])
+        if timing:
+          jax.block_until_ready(metrics)
+          compiled.add(k)
+          self._timed_dispatch(step, k, compiling, time.perf_counter() - t0, fetch_s)
         if pending is not None:  # fetch the previous dispatch's numbers while this one runs
           self._fetch(*pending)
         pending = (step + 1, metrics, k)
         if step == self.start:  # the first dispatch of a process includes compilation: time the rest
-          jax.block_until_ready(metrics)
           self.timed_from, self.wait_s = time.perf_counter(), 0.0
-        else:
+        elif not compiling:
           self.timed_steps += k
         step = done = step + k
         self.bar.update(k)
@@ -386,10 +433,26 @@ class _Loop:
   def _on_signal(self, signum, frame) -> None:
     self.signal = signum
 
+  def _timed_dispatch(self, step: int, k: int, compiling: bool, elapsed_s: float, fetch_s: float) -> None:
+    """Books a dispatch that was waited for: a compilation (left out of the timing) or one of 'auto''s probes."""
+    if compiling and step != self.start:  # the first dispatch is before timed_from anyway
+      self.excluded_s += elapsed_s
+      self.wait_s -= fetch_s
+    if step == self.start:
+      self.compile_s = elapsed_s
+    elif not compiling and self.per_dispatch is None:
+      self.probe_s.append(elapsed_s)
+    if self.per_dispatch is None and len(self.probe_s) >= AUTO_PROBE_STEPS:
+      t = self.t
+      step_s = min(self.probe_s)  # the least disturbed by other work on the host
+      k = auto_steps_per_dispatch(step_s, max(self.compile_s - step_s, 0.0), t.num_steps - step - k,
+                                  math.gcd(t.eval_every, t.checkpoint_every))
+      self.per_dispatch = _min_over_processes(k)  # every process must dispatch the same programs
+
   def _block_length(self, step: int) -> int:
-    """train.steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
+    """steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
     t = self.t
-    k = int(t.get("steps_per_dispatch", 1))
+    k = self.per_dispatch or 1  # 1 while 'auto' times single steps
     boundary = min(t.num_steps, *((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every)))
     return k if step + k <= boundary else 1
 
@@ -446,12 +509,13 @@ class _Loop:
     """final.json's contents for the trained host state."""
     t = self.t
     elapsed = time.perf_counter() - self.t_start
-    timed = time.perf_counter() - self.timed_from if self.timed_from is not None else 0.0
+    timed = time.perf_counter() - self.timed_from - self.excluded_s if self.timed_from is not None else 0.0
     return {
         "step": int(host["step"]), "losses": self.last_metrics, "validation": self.last_val,
         "elapsed_seconds": elapsed,
         "samples_per_second": self.timed_steps * t.batch_size / timed if self.timed_steps and timed > 0 else None,
         "data_wait_fraction": self.wait_s / timed if self.timed_steps and timed > 0 else None,
         "params_sha256": ckpt_lib.params_sha256(host["params"]),
+        "steps_per_dispatch": self.per_dispatch or 1,  # the block length used ('auto': the one it chose)
         "resumed_from": self.start, "best_step": self.ckpts.best.best_step(), "devices": jax.device_count(),
         "parallel": self.config.parallel}

@@ -196,6 +196,38 @@ def video_faces(video_path, fps, size, grayscale, max_frames=None, detector=None
   return faces
 
 
+def video_clip(video_path, frames: int, size: int, grayscale: bool) -> np.ndarray:
+  """uint8 [frames, size, size, C]: `frames` evenly spaced frames of a whole clip (an animated GIF/PNG/WebP through
+  PIL, any other container through OpenCV), each centre-cropped and resized as a face image is (`_finish`).
+  FaceError when nothing can be decoded."""
+  if frames < 1:
+    raise ValueError(f"a clip needs >= 1 frame, got {frames}")
+  path = os.fspath(video_path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"video not found: {path}")
+  decoded = []
+  try:
+    with Image.open(path) as img:
+      for i in range(getattr(img, "n_frames", 1)):
+        img.seek(i)
+        decoded.append(img.convert("RGB"))
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    import cv2  # pylint: disable=g-import-not-at-top
+    cap = cv2.VideoCapture(path)
+    try:
+      while cap.isOpened():
+        ok, frame = cap.read()
+        if not ok:
+          break
+        decoded.append(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+    finally:
+      cap.release()
+  if not decoded:
+    raise FaceError(f"{path}: not a readable video (no frame could be decoded)")
+  picks = np.rint(np.linspace(0, len(decoded) - 1, frames)).astype(int)
+  return np.stack([_finish(decoded[i], size, grayscale) for i in picks])
+
+
 class ClipWarning(FaceWarning):
   """A per-utterance frame sequence changed to fit (frames replaced, or fewer frames than audio steps)."""
 

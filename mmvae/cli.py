@@ -180,13 +180,14 @@ def _add_index(sub) -> None:
                     help="an inverted file (k-means cells, nprobe tuned to recall@10 >= 0.95) for every modality "
                          "(default: chosen by size: above 300,000 entries)")
   _add_checkpoint(index)
-  add = index.add_argument_group("adding one entry to an existing index: --add INDEX and one of --wav/--image/--text")
+  add = index.add_argument_group("adding one entry to an existing index: --add INDEX and one of --wav/--image/--video/--text")
   add.add_argument("--add", metavar="INDEX", default=None, help="index folder (mmvae index) to add one entry to, "
                    "embedded with the index's own run and preprocessing; nothing else is re-embedded (default: "
                    "build a new index instead)")
   raw = add.add_mutually_exclusive_group()
   raw.add_argument("--wav", help="with --add: a WAV file (default: none; give one of the three)")
   raw.add_argument("--image", help="with --add: an image file, JPEG/PNG (default: none)")
+  raw.add_argument("--video", help="with --add: a video file, GIF/MP4/... (default: none)")
   raw.add_argument("--text", help="with --add: a sentence (default: none)")
   add.add_argument("--id", dest="entry_id", default=None, help="with --add: the new entry's id (default: the file's "
                    "name, or the text)")
@@ -201,6 +202,8 @@ def _add_query(sub) -> None:
   what = query.add_mutually_exclusive_group(required=True)
   what.add_argument("--wav", help="WAV file: encoded through the run's audio features")
   what.add_argument("--image", help="image file (JPEG/PNG): cropped and resized to the run's face size")
+  what.add_argument("--video", help="video file (GIF, MP4, ...): evenly spaced frames, cropped and resized to the "
+                    "run's video modality")
   what.add_argument("--text", help="a sentence: its words in the text modality's vocabulary (others dropped)")
   what.add_argument("--id", dest="entry_id", help="the id of a stored entry: its stored vector is the query")
   query.add_argument("--of", default=None, help="with --id: the modality of the entry (default: the first "
@@ -481,20 +484,21 @@ def main(argv=None) -> int:
                    which=args.checkpoint)
     elif args.command == "index" and args.add:
       from mmvae import index
-      got = index.add(args.add, text=args.text, wav=args.wav, image=args.image, entry_id=args.entry_id,
+      got = index.add(args.add, text=args.text, wav=args.wav, image=args.image, video=args.video,
+                      entry_id=args.entry_id,
                       label=args.label, identity=args.identity)
       print(f"mmvae index: added {got['modality']} entry {got['id']!r} to {args.add}", flush=True)
     elif args.command == "index":
       from mmvae import index
-      if not args.workdir or not args.out or args.wav or args.image or args.text is not None:
+      if not args.workdir or not args.out or args.wav or args.image or args.video or args.text is not None:
         raise ValueError("mmvae index builds with --workdir RUN --out INDEX, or adds one entry with --add INDEX "
-                         "and one of --wav, --image or --text")
+                         "and one of --wav, --image, --video or --text")
       index.build(args.workdir, args.out, data_dir=args.data, splits=args.splits, force=args.index_kind,
                   which=args.checkpoint)
     elif args.command == "query":
       from mmvae import index
-      index.run_query(args.index, text=args.text, wav=args.wav, image=args.image, id=args.entry_id, of=args.of,
-                      modality=args.modality, k=args.k, as_json=args.json)
+      index.run_query(args.index, text=args.text, wav=args.wav, image=args.image, video=args.video,
+                      id=args.entry_id, of=args.of, modality=args.modality, k=args.k, as_json=args.json)
     elif args.command == "serve":
       from mmvae import serve
       serve.run(args.index, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, k=args.k,

@@ -395,24 +395,24 @@ class Index:
     return [dict(r, rank=i + 1) for i, r in enumerate(merged)]
 
   def query(self, *, text: str | None = None, wav=None, image=None, id: str | None = None,  # noqa: A002
-            vector=None, modality=None, of: str | None = None, k: int = 10) -> list[dict]:
+            vector=None, video=None, modality=None, of: str | None = None, k: int = 10) -> list[dict]:
     """The k entries nearest to one query (exactly one of text, wav, image, id or vector), best first.
 
     modality: the modality (or list of them) searched; default every one other than the query's (every one for a
     vector). of: with id, which modality's entry of that id is the query (default the first holding it).
     Each result: id, modality, score (cosine), label (int), rank, identity, split, text, row.
     """
-    given = [n for n, v in (("text", text), ("wav", wav), ("image", image), ("id", id), ("vector", vector))
-             if v is not None]
+    given = [n for n, v in (("text", text), ("wav", wav), ("image", image), ("video", video), ("id", id),
+                            ("vector", vector)) if v is not None]
     if len(given) != 1:
-      raise ValueError(f"give exactly one query (--text, --wav, --image or --id), got {len(given) or 'none'}")
+      raise ValueError(f"give exactly one query (--text, --wav, --image, --video or --id), got {len(given) or 'none'}")
     if k < 1:
       raise ValueError(f"--k {k}: give a positive number of results")
     source = None
     if id is not None:
       vector, source = self.vector(id, of)
     elif vector is None:
-      source, vector = self._encode(text=text, wav=wav, image=image)
+      source, vector = self._encode(text=text, wav=wav, image=image, video=video)
     if modality is None:
       targets = [m for m in self.modalities if m != source] or [source]
     else:
@@ -443,8 +443,8 @@ class Index:
       self._model = (model, config)
     return self._model
 
-  def _encode(self, text=None, wav=None, image=None) -> tuple[str, np.ndarray]:
-    """(the query's modality, its posterior mean) for a text, a WAV file or an image file."""
+  def _encode(self, text=None, wav=None, image=None, video=None) -> tuple[str, np.ndarray]:
+    """(the query's modality, its posterior mean) for a text, a WAV file, an image file or a video file."""
     from mmvae import inference
     from mmvae.analysis import from_wav
     specs = {n: m for n, m in self._specs().items() if n in self.modalities}
@@ -467,6 +467,17 @@ class Index:
         stored = from_wav.voice_features(wav, config.data, self.manifest)[None]
       except Exception as e:  # soundfile, SciPy and data_prep each raise their own kinds for a bad file
         raise ValueError(f"--wav {wav}: not a readable WAV file ({type(e).__name__}: {e})") from None
+    elif video is not None:
+      from data_prep import faces
+      name = next((n for n, m in specs.items() if m.kind == "video"), None)
+      if name is None:
+        raise ValueError(f"--video: the index {self.path} has no video modality (it has "
+                         f"{', '.join(self.modalities)})")
+      frames, size, _, channels = (int(v) for v in specs[name].shape)  # [T, S, S, C]
+      try:
+        stored = faces.video_clip(video, frames, size, channels == 1)[None]
+      except faces.FaceError as e:
+        raise ValueError(f"--video {video}: {e}") from None
     else:
       from data_prep import faces
       name = next((n for n, m in specs.items() if m.kind == "image"), None)
@@ -488,7 +499,7 @@ def _link_or_copy(src, dst) -> None:
     shutil.copy2(src, dst)
 
 
-def add(path, *, text: str | None = None, wav=None, image=None, entry_id: str | None = None, label: int = -1,
+def add(path, *, text: str | None = None, wav=None, image=None, video=None, entry_id: str | None = None, label: int = -1,
         identity: str = "") -> dict:
   """Adds one entry from a raw input (exactly one of text, wav, image) to the index at PATH; returns its result row.
 
@@ -501,16 +512,18 @@ def add(path, *, text: str | None = None, wav=None, image=None, entry_id: str | 
   import faiss
   path = pathlib.Path(path)
   idx = Index.open(path)
-  given = [n for n, v in (("--text", text), ("--wav", wav), ("--image", image)) if v is not None]
+  given = [n for n, v in (("--text", text), ("--wav", wav), ("--image", image), ("--video", video)) if v is not None]
   if len(given) != 1:
-    raise ValueError(f"--add: give exactly one of --text, --wav or --image, got {' and '.join(given) or 'none'}")
+    raise ValueError(f"--add: give exactly one of --text, --wav, --image or --video, got "
+                     f"{' and '.join(given) or 'none'}")
   if text is not None and not text.strip():
     raise ValueError("--text is empty; nothing to add")
-  for flag, f in (("--wav", wav), ("--image", image)):
+  for flag, f in (("--wav", wav), ("--image", image), ("--video", video)):
     if f is not None and not pathlib.Path(f).is_file():
       raise FileNotFoundError(f"{flag} {f}: file not found")
-  name, mu = idx._encode(text=text, wav=wav, image=image)  # pylint: disable=protected-access
-  entry_id = str(entry_id if entry_id is not None else (text if text is not None else pathlib.Path(wav or image).name))
+  name, mu = idx._encode(text=text, wav=wav, image=image, video=video)  # pylint: disable=protected-access
+  entry_id = str(entry_id if entry_id is not None else
+                 (text if text is not None else pathlib.Path(wav or image or video).name))
   rows = np.flatnonzero((idx.table["id"] == entry_id) & (idx.table["modality"] == name))
   if len(rows):
     raise ValueError(f"--id {entry_id!r} is already an entry of modality {name} in {path}; give another --id")
@@ -580,10 +593,10 @@ def format_table(results: list[dict]) -> str:
 
 
 def run_query(path, text=None, wav=None, image=None, id=None, of=None, modality=None, k: int = 10,  # noqa: A002
-              as_json: bool = False) -> list[dict]:
+              as_json: bool = False, video=None) -> list[dict]:
   """`mmvae query`: prints the results as a table or a JSON list; returns them."""
   index = Index.open(path)
-  results = index.query(text=text, wav=wav, image=image, id=id, of=of, modality=modality, k=k)
+  results = index.query(text=text, wav=wav, image=image, video=video, id=id, of=of, modality=modality, k=k)
   if as_json:
     print(json.dumps(results, indent=1), flush=True)
   else:

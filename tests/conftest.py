@@ -86,6 +86,7 @@ SLOW = (
     # these two share a module fixture that preps mmdigits --text free on a subset (~15 s) and trains on it (~30 s)
     "tests/data_prep/test_free_text.py::test_prep_free_text_saves_a_tokenizer_whose_tokens_decode_back",
     "tests/data_prep/test_free_text.py::test_a_query_in_words_the_corpus_never_used_returns_results",
+    "tests/data_prep/test_free_text.py::test_a_video_file_finds_its_own_clip_first",
     # these two share a module fixture that prepares and trains avdigits:tiny and indexes it (~50 s); the rest of
     # test_serve.py is fast
     "tests/mmvae/test_serve.py::test_text_wav_and_image_queries_equal_the_library_and_the_voice_generates",

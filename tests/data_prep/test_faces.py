@@ -222,3 +222,27 @@ def test_real_voxceleb_face_jpegs(shared_data):
   stack, used, skipped = faces.face_stack_info(video, 4, 23, True)
   assert stack.shape == (4, 23, 23, 1) and not skipped and len(used) == min(4, len(video))
   assert stack.std() > 5  # real image content, not a constant
+
+
+def test_video_clip_picks_evenly_spaced_frames_of_a_gif_each_cropped_and_resized(tmp_path):
+  """7 frames of 20x30 RGB in a GIF, 4 asked for at 10 px: frames round(linspace(0, 6, 4)) = 0, 2, 4, 6, each the
+  centre 20x20 square resized as load_face does (computed here with PIL on the frames read back by PIL)."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  frames = [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)) for _ in range(7)]
+  path = tmp_path / "clip.gif"
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+  got = faces.video_clip(path, 4, 10, grayscale=False)
+  assert got.shape == (4, 10, 10, 3) and got.dtype == np.uint8
+  with Image.open(path) as img:
+    decoded = []
+    for i in range(img.n_frames):
+      img.seek(i)
+      decoded.append(img.convert("RGB"))
+  for k, i in enumerate((0, 2, 4, 6)):
+    want = decoded[i].crop((5, 0, 25, 20)).resize((10, 10), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(got[k], np.asarray(want))
+  assert faces.video_clip(path, 2, 10, grayscale=True).shape == (2, 10, 10, 1)
+  (tmp_path / "bad.mp4").write_bytes(b"nope")
+  with pytest.raises(faces.FaceError, match="not a readable video"):
+    faces.video_clip(tmp_path / "bad.mp4", 4, 10, grayscale=False)

@@ -181,3 +181,25 @@ def test_a_query_in_words_the_corpus_never_used_returns_results(free, free_index
     assert cli.main(["query", str(free_index), "--text", text]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
+
+
+def test_a_video_file_finds_its_own_clip_first(free, free_index, tmp_path, capsys):
+  """A stored test clip written out as a GIF and queried with --video: through the run's own resizing (none here:
+  same size) the query is that clip exactly, so its entry is first among the videos at cosine 1."""
+  from PIL import Image
+  from mmvae import cli, data
+  test = data.Dataset(free).arrays("test")
+  clip = test["video"][4]  # uint8 [T, S, S, 1]
+  frames = [Image.fromarray(f[:, :, 0], "L") for f in clip]
+  gif = tmp_path / "clip.gif"
+  frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+  assert cli.main(["query", str(free_index), "--video", str(gif), "--modality", "video", "--k", "3", "--json"]) == 0
+  results = json.loads(capsys.readouterr().out)
+  assert results[0]["score"] > 1 - 1e-5
+  tied = [r["id"] for r in results if r["score"] > 1 - 1e-5]
+  assert str(test["id"][4]) in tied
+  bad = tmp_path / "bad.mp4"
+  bad.write_bytes(b"not a video")
+  assert cli.main(["query", str(free_index), "--video", str(bad)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "not a readable video" in err

@@ -13,7 +13,8 @@ Standard library only (http.server.ThreadingHTTPServer), bound to 127.0.0.1 unle
 
 Entries are looked up by id (and modality) in the index's table: nothing from a request ever becomes a file path,
 and a recording is served only from inside its root. Uploads are held in memory; a WAV or video is written for
-the length of its query to a private temporary folder removed right after. The server writes nothing else.
+the length of its query to a temporary folder inside the index folder (the system's temporary folder when the
+index is read-only), removed right after. The server writes nothing else.
 Bodies over --max-upload-mb are refused with HTTP 413, bad input with 400 and one line on the page.
 """
 
@@ -179,7 +180,11 @@ class App:
         return self.index.query(image=bytes(content), k=k, modality=modality), None
       except ValueError as e:
         raise HTTPError(400, _clean(_error_text(e)).replace("<bytes>", f"the uploaded file {shown}")) from None
-    with tempfile.TemporaryDirectory(prefix="mmvae-serve-") as folder:
+    try:  # inside the index folder, so the server writes nowhere else; the system's when it is read-only
+      holder = tempfile.TemporaryDirectory(prefix=".upload-", dir=self.path)
+    except OSError:
+      holder = tempfile.TemporaryDirectory(prefix="mmvae-serve-")
+    with holder as folder:
       path = pathlib.Path(folder) / ("upload.wav" if kind == "wav" else "upload" + _video_suffix(name))
       path.write_bytes(content)
       try:

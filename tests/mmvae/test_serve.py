@@ -6,6 +6,7 @@ import html
 import http.client
 import io
 import json
+import pathlib
 import re
 import shutil
 import tempfile
@@ -285,7 +286,8 @@ def test_text_wav_and_image_queries_equal_the_library_and_the_voice_generates(av
   status, body = _post(f"{base}/query", [], [("file", "bad.wav", "audio/wav", b"RIFF\0\0\0\0WAVEnot really")])
   line = _error_line(body)
   assert status == 400 and "not a readable WAV file" in line and "'bad.wav'" in line and "mmvae-serve-" not in line
-  assert list((tmp_path / "tmp").iterdir()) == []  # every upload's temporary folder is gone
+  assert list((tmp_path / "tmp").iterdir()) == []  # nothing in the system's temporary folder
+  assert not list(pathlib.Path(index_path).glob(".upload-*"))  # and each upload's folder in the index is gone
   # An audio card's recording is the corpus's file.
   audio = next(r for r in want if r["modality"] == "audio")
   status, _, body = _get(f"{base}/entry/audio?" + urllib.parse.urlencode({"id": audio["id"], "modality": "audio"}))

@@ -90,49 +90,60 @@ def _block(xp, q, g, q_code, g_code, q_idx, exclude_self, kinds, n_cells, q_grp=
 def _jax_first_hit(kinds_items, exclude_self, chunk):
   """First-hit counts of a query block against a gallery sorted by label and stored as chunks of `chunk` columns.
 
-  Pass 1 finds each row's best relevant score in chunks c0..c1-1 only (the block's queries are sorted by label,
-  so all their relevant items lie there); pass 2 scans every chunk and counts the items above and tied with it.
-  Both passes compute a chunk's scores by the same program on the same shapes, so they see the same scores; pass 2
-  also recomputes the best relevant score and returns `ok` where both agree (a row where they do not is redone by
-  the one-pass kernel). No more than B x chunk scores exist at once: they stay in cache instead of streaming a
-  B x M block through memory."""
+  The block's queries are sorted by label, so all their relevant items lie in chunks c0..c1-1. Pass 1 finds each
+  row's best relevant score there; pass 2 counts, over every chunk, the scores above and equal to it with no
+  masks at all; pass 3 revisits c0..c1-1 and the padded last chunk to take back what pass 2 counted for columns
+  that do not take part (padding, an excluded self) and to count the relevant items tied with the best. Every
+  pass computes a chunk's scores by the same program on the same shapes, so they agree, and pass 3 recomputes the
+  best relevant score: `ok` is False for a row where the passes disagree (it is then redone by the one-pass
+  kernel). No more than B x chunk scores exist at once: they stay in cache instead of streaming B x M."""
   import jax
   import jax.numpy as jnp
 
   def f(q, g_chunks, q_code, g_code_chunks, q_self, c0, c1):
     kinds = dict(kinds_items)
+    n_chunks = g_code_chunks.shape[0]
+    at_chunk = lambda a, c: jax.lax.dynamic_index_in_dim(a, c, keepdims=False)
 
-    def chunk_scores(c, g, code):
-      rel = q_code[:, None] == code[None, :]
-      out = _scores(jnp, q, g, kinds)
-      drop = code[None, :] < -1  # gallery padding (code -2): never relevant, never counted
+    def masked(c):
+      """(scores, relevant, dropped) of chunk c: dropped = padding (code -2) or the query itself."""
+      code = at_chunk(g_code_chunks, c)
+      scores = _scores(jnp, q, jax.tree.map(lambda a: at_chunk(a, c), g_chunks), kinds)
+      drop = jnp.broadcast_to(code[None, :] < -1, (q_code.shape[0], chunk))
       if exclude_self:
         drop = drop | (q_self[:, None] == c * chunk + jnp.arange(chunk)[None, :])
-      return {k: jnp.where(drop, -jnp.inf, s) for k, s in out.items()}, rel & ~drop
+      return scores, (q_code[:, None] == code[None, :]) & ~drop, drop
 
     def best_in(c, best):
-      g = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, c, keepdims=False), g_chunks)
-      scores, rel = chunk_scores(c, g, jax.lax.dynamic_index_in_dim(g_code_chunks, c, keepdims=False))
+      scores, rel, _ = masked(c)
       return {k: jnp.maximum(best[k], jnp.max(jnp.where(rel, s, -jnp.inf), axis=1)) for k, s in scores.items()}
 
     none = {k: jnp.full(q_code.shape, -jnp.inf, jnp.float32) for k in kinds}
     best = jax.lax.fori_loop(c0, c1, best_in, none)
 
-    def count(acc, xs):
-      c, g, code = xs
-      scores, rel = chunk_scores(c, g, code)
-      new = {}
-      for k, s in scores.items():
-        at = s == best[k][:, None]
-        above, tied, rel_tied, again = acc[k]
-        new[k] = (above + jnp.sum(s > best[k][:, None], axis=1), tied + jnp.sum(at, axis=1),
-                  rel_tied + jnp.sum(at & rel, axis=1), jnp.maximum(again, jnp.max(jnp.where(rel, s, -jnp.inf), 1)))
-      return new, None
+    def count(acc, c):
+      scores = _scores(jnp, q, jax.tree.map(lambda a: at_chunk(a, c), g_chunks), kinds)
+      return {k: (acc[k][0] + jnp.sum(s > best[k][:, None], axis=1), acc[k][1] + jnp.sum(s == best[k][:, None], axis=1))
+              for k, s in scores.items()}, None
 
     zero = jnp.zeros(q_code.shape, jnp.int32)
-    idx = jnp.arange(g_code_chunks.shape[0])
-    out, _ = jax.lax.scan(count, {k: (zero, zero, zero, none[k]) for k in kinds}, (idx, g_chunks, g_code_chunks))
-    return {k: (a, t, r, again == best[k]) for k, (a, t, r, again) in out.items()}
+    counts, _ = jax.lax.scan(count, {k: (zero, zero) for k in kinds}, jnp.arange(n_chunks))
+
+    def correct(c, acc):
+      scores, rel, drop = masked(c)
+      out = {}
+      for k, s in scores.items():
+        above, tied, rel_tied, again = acc[k]
+        b = best[k][:, None]
+        out[k] = (above - jnp.sum(drop & (s > b), axis=1), tied - jnp.sum(drop & (s == b), axis=1),
+                  rel_tied + jnp.sum(rel & (s == b), axis=1), jnp.maximum(again, jnp.max(jnp.where(rel, s, -jnp.inf), 1)))
+      return out
+
+    acc = {k: (counts[k][0], counts[k][1], zero, none[k]) for k in kinds}
+    acc = jax.lax.fori_loop(c0, c1, correct, acc)
+    last = n_chunks - 1  # the padded chunk, when the range did not already correct it
+    acc = jax.lax.cond((last < c0) | (last >= c1), lambda a: correct(last, a), lambda a: a, acc)
+    return {k: (a, t, r, again == best[k]) for k, (a, t, r, again) in acc.items()}
   return jax.jit(f)
 
 

@@ -324,7 +324,7 @@ def test_add_then_query_finds_the_added_entry_first(run, built, shared_data, tmp
   # An id already there, two inputs, or a missing file: one line, exit 2, the index as it was.
   for argv, says in ((["--wav", str(wav), "--id", "new-voice"], "already an entry of modality audio"),
                      (["--wav", str(tmp_path / "missing.wav")], "file not found"),
-                     ([], "give exactly one of --text, --wav or --image")):
+                     ([], "give exactly one of --text, --wav, --image or --video")):
     assert cli.main(["index", "--add", str(out), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, (argv, err)

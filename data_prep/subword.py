@@ -22,10 +22,12 @@ import json
 
 import numpy as np
 
+from mmvae.modalities import tokens
+
 PAD, UNK = "[PAD]", "[UNK]"
 SPECIALS = (PAD, UNK)
 PAD_ID, UNK_ID = 0, 1
-META = "\u2581"  # "▁": marks the start of a word (SentencePiece's convention)
+META = tokens.WORD_START  # "▁": marks the start of a word (SentencePiece's convention)
 FILE = "tokenizer.json"
 VOCAB_SIZE = 256  # pieces in all: the free mmdigits grammar has ~200 words, so its rarer words are cut
 ALPHABET = tuple("abcdefghijklmnopqrstuvwxyz0123456789") + (META,)
@@ -103,9 +105,9 @@ def encode(tokenizer, text: str, length: int) -> np.ndarray:
 
 
 def decode(vocab, ids_L) -> str:
-  """Ids -> text: the pieces joined, META a space; padding left out, [UNK] kept, an id outside the vocabulary <id>."""
-  pieces = [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != PAD_ID]
-  return " ".join("".join(pieces).replace(META, " ").split())
+  """Ids -> text: the pieces joined, META a space; padding left out, [UNK] kept, an id outside the vocabulary <id>
+  (the tokens modality's own reading, so a dataset's text reads the same everywhere)."""
+  return tokens.pieces_to_text(vocab, ids_L)
 
 
 def save(tokenizer, path) -> None:

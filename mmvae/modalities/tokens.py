@@ -85,12 +85,21 @@ def to_data(logits):
 model_shape, frames, activate, augment = base.model_shape, base.frames, base.activate, base.augment
 
 
+WORD_START = "\u2581"  # "▁": a subword piece that starts a word (data_prep/subword.py's tokenizers)
+
+
+def pieces_to_text(vocab, ids_L) -> str:
+  """Subword ids -> text: the pieces joined, WORD_START a space; padding (id 0) left out, an id outside the
+  vocabulary as <id>."""
+  pieces = [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0]
+  return " ".join("".join(pieces).replace(WORD_START, " ").split())
+
+
 def to_text(m, ids_L) -> str:
   """Token ids -> words (padding, id 0, left out; an id outside the vocabulary as <id>); subword pieces joined."""
   vocab = list(m.get("vocab") or ())
   if m.get("tokenizer"):
-    from data_prep import subword  # pylint: disable=g-import-not-at-top
-    return subword.decode(vocab, ids_L)
+    return pieces_to_text(vocab, ids_L)
   return " ".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0)
 
 

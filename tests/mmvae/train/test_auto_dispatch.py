@@ -80,7 +80,8 @@ def test_auto_blocks_train_the_same_run_as_single_steps(synthetic_dataset, tmp_p
     return steps(self, state, batches)
 
   monkeypatch.setattr(parallel.Runner, "steps", counted)
-  auto = entry.train(config_lib.load("synthetic:tiny", OVERRIDES), synthetic_dataset, tmp_path / "auto")
+  auto = entry.train(config_lib.load("synthetic:tiny", OVERRIDES + ["train.steps_per_dispatch=auto"]),
+                     synthetic_dataset, tmp_path / "auto")
   # Steps 1-6 single (compile, 5 timed), 7-8 single (a block would cross 8), then blocks of gcd(20, 8) = 4.
   assert blocks == [4] * 8, blocks
   assert auto["step"] == single["step"] == 40

@@ -470,6 +470,7 @@ class Batches:
         grain.ReadOptions(num_threads=1 if self.prefetch else 0, prefetch_buffer_size=max(1, self.prefetch)))
     if self.workers:
       _start_method_safe()
+      workers_lib.quiet_tracker()
       # Each worker exits when this process dies (kill -9 included) and leaves Ctrl-C to this one.
       pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
                                                                    per_worker_buffer_size=max(1, self.prefetch)),

@@ -29,3 +29,19 @@ def exit_with_parent(parent_pid: int, *_worker_index) -> None:
 
   threading.Thread(target=watch, name="mmvae-exit-with-parent", daemon=True).start()
 
+
+TRACKER_LEAK_FILTER = "ignore:resource_tracker:UserWarning"
+
+
+def quiet_tracker() -> None:
+  """Keeps multiprocessing's resource tracker from warning about 'leaked shared_memory objects' at exit.
+
+  When a run stops on Ctrl-C, a batch a worker had placed in shared memory may never be read; the tracker (a
+  process of its own, started with this environment) unlinks it at exit as it should, but also prints a warning
+  the user can do nothing about, after the one line that says where the run was saved. Call before the first
+  worker starts.
+  """
+  current = os.environ.get("PYTHONWARNINGS", "")
+  if TRACKER_LEAK_FILTER not in current.split(","):
+    os.environ["PYTHONWARNINGS"] = ",".join(x for x in (current, TRACKER_LEAK_FILTER) if x)
+

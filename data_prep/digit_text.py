@@ -57,7 +57,7 @@ MAX_TOKENS = max(sum(_slot_tokens(s) for s in slots) for _, slots in _TEMPLATES)
 _PUNCT = re.compile(r"[^\w\s]|_")
 
 
-def _check_digit(digit) -> int:
+def check_digit(digit) -> int:
   """An int in 0..9 (numpy ints too), or ValueError/TypeError."""
   if isinstance(digit, (bool, np.bool_)):
     raise TypeError(f"digit must be an int 0-9, got {digit!r}")
@@ -78,7 +78,7 @@ def _render(parts) -> str:
 
 def describe(digit: int, rng: np.random.Generator) -> str:
   """One description of `digit` drawn from the grammar with `rng` (template, then each slot, uniformly)."""
-  d = _check_digit(digit)
+  d = check_digit(digit)
   _, slots = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
   parts = []
   for slot in slots:
@@ -97,7 +97,7 @@ def describe_all(digits, seed: int) -> list[str]:
 
 def all_descriptions(digit: int) -> list[str]:
   """Every description the grammar can make for `digit` (distinct, in grammar order)."""
-  d = _check_digit(digit)
+  d = check_digit(digit)
   mention = (NUMERALS[d], DIGIT_WORDS[d])
   out = {}
   for _, slots in _TEMPLATES:

@@ -9,7 +9,6 @@ names a number, so the digit is the only thing a sentence says about its example
 sound. The closed grammar of data_prep/digit_text.py stays the default text of avdigits and mmdigits.
 """
 
-import operator
 import re
 
 import numpy as np
@@ -74,15 +73,6 @@ _SLOT = re.compile(r"\{(\w+)\}")
 _VOWEL_SOUND = frozenset("aeio")
 
 
-def _check_digit(digit) -> int:
-  if isinstance(digit, (bool, np.bool_)):
-    raise TypeError(f"digit must be an int 0-9, got {digit!r}")
-  d = operator.index(digit)
-  if not 0 <= d <= 9:
-    raise ValueError(f"digit must be in 0-9, got {d}")
-  return d
-
-
 def _expand(form: str, digit: int, rng: np.random.Generator) -> str:
   """FORM with every slot filled, left to right, each alternative uniformly (the digit: numeral or word)."""
   def fill(match):
@@ -106,7 +96,7 @@ def _articles(sentence: str) -> str:
 
 def describe(digit: int, rng: np.random.Generator) -> str:
   """One sentence about `digit` drawn from the grammar with `rng` (a form of START, then its slots)."""
-  d = _check_digit(digit)
+  d = digit_text.check_digit(digit)
   return _articles(_expand(START[int(rng.integers(FORMS))], d, rng))
 
 

@@ -4,7 +4,6 @@ never used. Expected values are literal strings or come from an independent read
 
 import collections
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ from data_prep import digit_text, free_text, subword
 from mmvae import modalities
 from mmvae import index as index_lib
 
-SPEAKERS = ("george", "jackson")
-TAKES = (0, 1, 5, *range(10, 20))  # two test takes, one validation take, ten training takes per speaker
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +101,6 @@ def test_free_grammar_is_seeded_and_varied(sentences):
 
 
 # --- prep mmdigits --text free, a tiny contrastive run and its index --------------------------------------------
-
-@pytest.fixture(scope="module")
-def subset(shared_data, tmp_path_factory):
-  """A small FSDD copy: 2 speakers x 10 digits x (2 test, 1 validation, 10 training) takes."""
-  root = tmp_path_factory.mktemp("fsdd")
-  (root / "recordings").mkdir()
-  for digit in range(10):
-    for speaker in SPEAKERS:
-      for take in TAKES:
-        name = f"{digit}_{speaker}_{take}.wav"
-        shutil.copy(shared_data / "fsdd/recordings" / name, root / "recordings" / name)
-  return root
-
 
 @pytest.fixture(scope="module")
 def free(subset, shared_data, tmp_path_factory):

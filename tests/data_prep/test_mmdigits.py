@@ -4,7 +4,6 @@ import collections
 import gzip
 import math
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ from data_prep import mmdigits, prepare
 from mmvae import cli, data
 from mmvae import config as config_lib
 
-SPEAKERS = ("george", "jackson")
-TAKES = (0, 1, 5, *range(10, 20))  # two test takes, one validation take, ten training takes per speaker
 SIN_TILT = math.sin(math.radians(15))
 
 
@@ -23,19 +20,6 @@ def raw_mnist(mnist_dir):
   images = np.frombuffer(gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8)
   labels = np.frombuffer(gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz").read()[8:], np.uint8)
   return images.reshape(-1, 28, 28), labels
-
-
-@pytest.fixture(scope="module")
-def subset(shared_data, tmp_path_factory):
-  """A small FSDD copy: 2 speakers x 10 digits x (2 test, 1 validation, 10 training) takes."""
-  root = tmp_path_factory.mktemp("fsdd")
-  (root / "recordings").mkdir()
-  for digit in range(10):
-    for speaker in SPEAKERS:
-      for take in TAKES:
-        name = f"{digit}_{speaker}_{take}.wav"
-        shutil.copy(shared_data / "fsdd/recordings" / name, root / "recordings" / name)
-  return root
 
 
 @pytest.fixture(scope="module")

@@ -105,10 +105,13 @@ def _jax_first_hit(kinds_items, exclude_self, chunk):
     n_chunks = g_code_chunks.shape[0]
     at_chunk = lambda a, c: jax.lax.dynamic_index_in_dim(a, c, keepdims=False)
 
+    def chunk_scores(c):  # the one program every pass computes a chunk's scores with
+      return _scores(jnp, q, jax.tree.map(lambda a: at_chunk(a, c), g_chunks), kinds)
+
     def masked(c):
       """(scores, relevant, dropped) of chunk c: dropped = padding (code -2) or the query itself."""
       code = at_chunk(g_code_chunks, c)
-      scores = _scores(jnp, q, jax.tree.map(lambda a: at_chunk(a, c), g_chunks), kinds)
+      scores = chunk_scores(c)
       drop = jnp.broadcast_to(code[None, :] < -1, (q_code.shape[0], chunk))
       if exclude_self:
         drop = drop | (q_self[:, None] == c * chunk + jnp.arange(chunk)[None, :])
@@ -122,7 +125,7 @@ def _jax_first_hit(kinds_items, exclude_self, chunk):
     best = jax.lax.fori_loop(c0, c1, best_in, none)
 
     def count(acc, c):
-      scores = _scores(jnp, q, jax.tree.map(lambda a: at_chunk(a, c), g_chunks), kinds)
+      scores = chunk_scores(c)
       return {k: (acc[k][0] + jnp.sum(s > best[k][:, None], axis=1), acc[k][1] + jnp.sum(s == best[k][:, None], axis=1))
               for k, s in scores.items()}, None
 

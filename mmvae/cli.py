@@ -204,7 +204,8 @@ def _add_query(sub) -> None:
   what.add_argument("--image", help="image file (JPEG/PNG): cropped and resized to the run's face size")
   what.add_argument("--video", help="video file (GIF, MP4, ...): evenly spaced frames, cropped and resized to the "
                     "run's video modality")
-  what.add_argument("--text", help="a sentence: its words in the text modality's vocabulary (others dropped)")
+  what.add_argument("--text", help="a sentence: through the dataset's subword tokenizer (any words), or, for a "
+                    "word-vocabulary text modality, its words in that vocabulary (others dropped)")
   what.add_argument("--id", dest="entry_id", help="the id of a stored entry: its stored vector is the query")
   query.add_argument("--of", default=None, help="with --id: the modality of the entry (default: the first "
                      "modality holding that id)")

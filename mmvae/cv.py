@@ -108,7 +108,10 @@ def run(spec: str, out, root, k: int, seeds=None, rows=None, parallel: int = 0, 
     sweep_lib.select_rows(dict(sweep), rows)  # a bad --rows fails here too
   _check_out(out)
   record = make_folds(root, out, k, by, fold_seed)
-  done, planned, seen_seeds, failed = set(), set(), [], 0
+  # Runs an earlier --rows/--seeds of this sweep finished in OUT stay in cv.json and cv.md, as in a sweep's table.
+  earlier = finished_runs(out, sweep, k)
+  done, planned, failed = set(earlier), set(earlier), 0
+  seen_seeds = sorted({seed for _, _, seed in earlier})
   info = {"command": command, "root": str(root), "by": by, "fold_seed": fold_seed, "policy": policy,
           "folds": str(out / "folds" / "folds.json"), "assignment": record["assignment"]}
   for i in range(k):
@@ -127,6 +130,18 @@ def run(spec: str, out, root, k: int, seeds=None, rows=None, parallel: int = 0, 
                    info=dict(info, folds_run=i + 1, failed_runs=failed))
   print(f"mmvae sweep --cv: {k} folds, {len(done)} finished runs, {failed} failed -> {out / 'cv.md'}", flush=True)
   return cv
+
+
+def finished_runs(out, sweep: dict, k: int) -> set:
+  """The (fold, row slug, seed) of every run in OUT/fold<f>/runs/<slug>/seed<s>/ with a report/metrics.json."""
+  found = set()
+  for fold in range(k):
+    for row in sweep["rows"]:
+      for workdir in (_fold_dir(pathlib.Path(out), fold) / "runs" / row["slug"]).glob("seed*"):
+        seed = workdir.name[len("seed"):]
+        if seed.isdigit() and (workdir / "report" / "metrics.json").is_file():
+          found.add((fold, row["slug"], int(seed)))
+  return found
 
 
 def t_interval(values, level: float = LEVEL) -> dict:

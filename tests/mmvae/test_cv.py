@@ -266,6 +266,33 @@ def test_aggregate_against_hand_computed_numbers(tmp_path):
   assert result["rows"][0]["expected"] == 3 and not result["rows"][0]["selectable"]
 
 
+def test_a_later_cv_with_other_rows_keeps_the_earlier_rows_finished_runs(shared_data, tmp_path, monkeypatch):
+  """`--cv` with --rows B after a CV of rows A and B: cv.json still holds A's finished runs (found on disk) beside
+  this invocation's, as a sweep's own table keeps earlier --rows; counts and means against the runs written."""
+  from mmvae import sweep as sweep_lib
+  root = _vox_mini(shared_data)
+  _write_runs(tmp_path, with_queries=False)
+  (tmp_path / "s.py").write_text(
+      "def get_sweep():\n"
+      "  return {'rows': [{'name': 'A', 'config': 'synthetic:tiny'}, {'name': 'B', 'config': 'synthetic:tiny'}],\n"
+      "          'seeds': [0, 1], 'metrics': [('retrieval.audio_to_face.mrr', 'v->f MRR')]}\n")
+
+  def only_b_this_time(spec, out, root, parallel, seeds, rows, split, command):
+    fold = int(pathlib.Path(out).name[len("fold"):])
+    return {"rows": [{"slug": "b", "failed": 0,
+                      "runs": [{"seed": s, "status": "done"} for s in (0, 1) if ("b", fold, s) in TEST]}]}
+  monkeypatch.setattr(sweep_lib, "run", only_b_this_time)
+  result = cv.run(str(tmp_path / "s.py"), tmp_path, root, 3, seeds=[0, 1], rows="B")
+  rows = {r["slug"]: r for r in result["rows"]}
+  key = "retrieval.audio_to_face.mrr"
+  assert rows["a"]["finished"] == 6 == rows["a"]["expected"]
+  assert rows["a"]["metrics"][key]["mean"] == pytest.approx(np.mean([v for (r, _, _), v in TEST.items() if r == "a"]))
+  assert rows["b"]["finished"] == 5 and rows["b"]["metrics"][key]["mean"] == pytest.approx(0.31)
+  assert "| A |" in (tmp_path / "cv.md").read_text()
+  assert cv.finished_runs(tmp_path, sweep_lib.load_sweep(str(tmp_path / "s.py")), 3) == {
+      (f, r, s) for (r, f, s) in TEST}
+
+
 def test_pooled_queries_pool_every_fold_of_a_seed(tmp_path):
   queries = _write_runs(tmp_path)
   result = cv.aggregate(tmp_path, _sweep(tmp_path), 3, [0, 1])

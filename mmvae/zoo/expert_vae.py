@@ -112,6 +112,11 @@ def check_config(config, kind: "Kind") -> None:
     raise ValueError(f"config.loss.num_samples={lc.num_samples} must be >= 1")
   if kind.check is not None:
     kind.check(lc)
+  # msvae's alignment terms: this family's objective has none, so a weight set here would be ignored silently.
+  for key in ("infonce_weight", "triplet_weight"):
+    if lc.get(key, 0.0) != 0:
+      raise ValueError(f"config.loss.{key}={lc[key]!r}: the {kind.name} kind has no InfoNCE or triplet term "
+                       "(msvae's alignment objectives); set it to 0.0")
   # The family's keys (each Kind's `keys`), found through the registry: a sibling's key set here would be ignored.
   from mmvae import zoo
   siblings = [k for k in (zoo.get(name) for name in zoo.kinds()) if isinstance(k, Kind) and k is not kind]

@@ -375,6 +375,8 @@ def test_wiring_the_registered_loss_is_the_objective_of_noise_drawn_from_each_ex
     ("mopoe", "loss.subset_sampling=all", "loss.subset_sampling"),
     ("mmvae", "loss.subset_sampling=stratified", "loss.subset_sampling"),
     ("mvae", "model.decoder=deconv", "model.decoder"),
+    ("mopoe", "loss.infonce_weight=1.0", "loss.infonce_weight"),
+    ("mmvae", "loss.triplet_weight=0.5", "loss.triplet_weight"),
 ])
 def test_check_config_names_the_key_to_change(kind, override, key):
   cfg = config_lib.load("synthetic:tiny", [f"model.kind={kind}", override])

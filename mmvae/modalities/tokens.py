@@ -88,11 +88,15 @@ model_shape, frames, activate, augment = base.model_shape, base.frames, base.act
 WORD_START = "\u2581"  # "▁": a subword piece that starts a word (data_prep/subword.py's tokenizers)
 
 
+def _entries(vocab, ids_L) -> list[str]:
+  """The vocabulary entry of each id, padding (id 0) left out, an id outside the vocabulary as <id>."""
+  return [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0]
+
+
 def pieces_to_text(vocab, ids_L) -> str:
   """Subword ids -> text: the pieces joined, WORD_START a space; padding (id 0) left out, an id outside the
   vocabulary as <id>."""
-  pieces = [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0]
-  return " ".join("".join(pieces).replace(WORD_START, " ").split())
+  return " ".join("".join(_entries(vocab, ids_L)).replace(WORD_START, " ").split())
 
 
 def to_text(m, ids_L) -> str:
@@ -100,7 +104,7 @@ def to_text(m, ids_L) -> str:
   vocab = list(m.get("vocab") or ())
   if m.get("tokenizer"):
     return pieces_to_text(vocab, ids_L)
-  return " ".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in (int(t) for t in np.ravel(ids_L)) if i != 0)
+  return " ".join(_entries(vocab, ids_L))
 
 
 def classifier_features(m, ids_NxL):

@@ -150,9 +150,10 @@ def resize_nearest2(x_BxHxWxC):
 
 # The initial spread of 'resize' and 'subpixel' layers. A stride-2 transposed 3x3 convolution reaches each output
 # pixel through 9/4 of its taps on average, so at Flax's default (variance 1/fan_in over all 9 taps) its output
-# variance is about 1/4 of its input's; a plain 3x3 convolution keeps it. Initialised at the default, a 4-layer
-# 'resize' head started with ~16x the transposed head's output spread and collapsed on AV-digits (the decoder drew
-# one image from every z, KL 0.3 against 6.1 at 150 steps). Variance 1/(4 fan_in) starts every variant alike.
+# variance is about 1/4 of its input's; a plain 3x3 convolution keeps it. Initialised at the default, 'resize'
+# and 'subpixel' heads started with 6-7x the transposed head's output spread (3 layers; tests/mmvae/
+# test_upsample.py). Variance 1/(4 fan_in) starts every variant alike; it did not stop the collapse on AV-digits
+# described at UPSAMPLES.
 UPSAMPLE_INIT = nnx.initializers.variance_scaling(0.25, "fan_in", "truncated_normal")
 
 

@@ -32,6 +32,10 @@ class RunLog:
       raise ValueError(f"config.train.wandb_mode={wandb_mode!r} is unknown; use one of {WANDB_MODES}")
     if enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
+      # Imported now, its writer made at the first row: the import costs seconds (tensorboardX imports PyTorch
+      # where installed), start-up work that must not land in the first logged steps' timing.
+      from tensorboardX import SummaryWriter
+      self._summary_writer = SummaryWriter
     # The W&B run starts with the first logged row, so a run refused at start-up (bad config, refused resume)
     # leaves none behind; a missing package is reported now.
     self._wandb_settings = None
@@ -93,8 +97,7 @@ class RunLog:
 
   def _tensorboard(self):
     if self._writer is None:
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(str(self.workdir / "tb"))
+      self._writer = self._summary_writer(str(self.workdir / "tb"))
     return self._writer
 
   def _wandb_run(self):

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from mmvae import config as config_lib
-from mmvae import progress, version, zoo
+from mmvae import inference, progress, version, zoo
+from mmvae.metrics import retrieval
 from mmvae.train import checkpoints as ckpt_lib
 from mmvae.train import parallel
 from mmvae.train import resume
@@ -179,8 +180,6 @@ class _Validator:
   def __call__(self, params) -> dict | None:
     if self.arrays is None:
       return None
-    from mmvae import inference
-    from mmvae.metrics import retrieval
     n = len(self.inputs["label"])
     size = min(self.config.train.batch_size, n)
     totals, batches = {}, 0
@@ -198,6 +197,12 @@ class _Validator:
       row[f"mrr_{q}_to_{g}"] = float(retrieval.mean_reciprocal_rank(lat[f"{q}_mu"], lat[f"{g}_mu"], labels, labels))
     return row
 
+  def warm(self, params) -> None:
+    """One validation (and its images), unlogged, before the first step: its compilation and a fault in the
+    validation data come at start-up instead of after eval_every steps, and stay out of the timed steps."""
+    if self(params) is not None:
+      self.images(params)
+
   def images(self, params) -> dict:
     """{'<g>_generated': grid} for each image modality g: the first train.log_images validation examples' stored
     first frame (top row), then g decoded from each modality's posterior means in turn (rows in `specs` order,
@@ -205,7 +210,6 @@ class _Validator:
     n = min(int(self.config.train.log_images), len(self.inputs["label"])) if self.latents is not None else 0
     if n < 1 or not self.shown:
       return {}
-    from mmvae import inference
     decode = inference.params_decoder(self.graphdef, params)
     decoded = {q: decode(np.asarray(self.latents[f"{q}_mu"][:n], np.float32)) for q in self.specs}
     out = {}
@@ -285,6 +289,8 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
     batches.close()
     raise ValueError(f"the input pipeline state saved with step {start} in {workdir / 'checkpoints'} is at step "
                      f"{batches.step}; the checkpoint is inconsistent: train into a new --workdir")
+  if start < t.num_steps:
+    validator.warm((restored if restored is not None else host_template)["params"])
   loop = _Loop(config, workdir, log, ckpts, runner, validator, batches, start)
   dev_state = loop.run(dev_state)
   host = runner.host_state(dev_state)
@@ -364,7 +370,8 @@ class _Loop:
   def __init__(self, config, workdir: pathlib.Path, log, ckpts, runner, validator, batches, start: int):
     self.config, self.t, self.workdir, self.log, self.ckpts = config, config.train, workdir, log, ckpts
     self.runner, self.validator, self.batches, self.start = runner, validator, batches, start
-    self.schedule = step_lib.make_schedule(config.train)
+    # Evaluated for each logged row: one compiled call, not a dozen op-by-op dispatches (each compiled on first use).
+    self.schedule = jax.jit(step_lib.make_schedule(config.train))
     self.last_metrics, self.last_val = {}, None
     self.wait_s, self.timed_from, self.timed_steps = 0.0, None, 0
     # Steps per dispatch: the config's integer, or None while 'auto' times its first single steps.

@@ -61,6 +61,44 @@ def test_run_writes_workdir_and_loss_falls(full_run, dataset_dir):
   assert data_dir == run["data_dir"] and config.train.num_steps == 40
 
 
+def test_logged_learning_rate_is_the_warmup_cosine_schedule(full_run):
+  """Each train row's learning_rate is the rate its step used (the schedule at step - 1), by the closed form:
+  linear warmup from 0 over warmup_steps, then a cosine from learning_rate to 0 at num_steps."""
+  workdir, _ = full_run
+  t = json.loads((workdir / "config.json").read_text())["train"]
+  assert t["lr_schedule"] == "cosine" and 0 < t["warmup_steps"] < t["num_steps"]
+  lr, w, n = t["learning_rate"], t["warmup_steps"], t["num_steps"]
+
+  def expected(i):  # i optimizer updates done before this step
+    return lr * i / w if i < w else lr * 0.5 * (1 + np.cos(np.pi * (i - w) / (n - w)))
+
+  train = [r for r in _rows(workdir) if r["split"] == "train"]
+  np.testing.assert_allclose([r["learning_rate"] for r in train], [expected(r["step"] - 1) for r in train],
+                             rtol=1e-6, atol=1e-9)
+
+
+def test_validation_runs_once_unlogged_before_the_first_step(dataset_dir, tmp_path, monkeypatch):
+  """The first validation (its compilation, and any fault in the validation data) comes before any training
+  step; it is not logged, so the logged validations stay those of the eval steps."""
+  from mmvae.train import parallel
+  events = []
+  validate, step = trainer._Validator.__call__, parallel.Runner.step
+
+  def validating(self, params):
+    events.append("validate")
+    return validate(self, params)
+
+  def stepping(self, state, batch):
+    events.append("step")
+    return step(self, state, batch)
+
+  monkeypatch.setattr(trainer._Validator, "__call__", validating)
+  monkeypatch.setattr(parallel.Runner, "step", stepping)
+  entry.train(config_lib.load("synthetic:tiny", ["train.num_steps=4", "train.eval_every=4"]), dataset_dir, tmp_path)
+  assert events == ["validate"] + ["step"] * 4 + ["validate"]
+  assert [r["step"] for r in _rows(tmp_path) if r["split"] == "validation"] == [4]
+
+
 def test_sigkill_and_resume_gives_the_same_parameters(full_run, dataset_dir, tmp_path):
   _, final = full_run
   workdir = tmp_path / "killed"

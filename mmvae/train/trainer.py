@@ -282,6 +282,8 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
   runner = parallel.Runner(graphdef, tx, config, config.parallel)
   dev_state = runner.put_state(restored if restored is not None else host_template)
   validator = _Validator(graphdef, config, dataset, specs, can_generate)
+  if start < t.num_steps:
+    validator.warm((restored if restored is not None else host_template)["params"])
   batches = data.Batches(dataset, "train", t.batch_size, seed=t.seed, start_step=start, prefetch=t.prefetch,
                          pairing=config.data.pairing, modality_names=tuple(specs), rows=runner.local_slice(),
                          workers=data.worker_count(t.data_workers, dataset, "train"))
@@ -289,8 +291,6 @@ def _train(config, data_dir, workdir: pathlib.Path, allow_data_change: bool, ini
     batches.close()
     raise ValueError(f"the input pipeline state saved with step {start} in {workdir / 'checkpoints'} is at step "
                      f"{batches.step}; the checkpoint is inconsistent: train into a new --workdir")
-  if start < t.num_steps:
-    validator.warm((restored if restored is not None else host_template)["params"])
   loop = _Loop(config, workdir, log, ckpts, runner, validator, batches, start)
   dev_state = loop.run(dev_state)
   host = runner.host_state(dev_state)

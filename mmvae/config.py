@@ -122,7 +122,7 @@ def _did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
 
 
 # Sections keyed by modality name: an override may add a modality the defaults do not name.
-OPEN_SECTIONS = ("model.encoders", "model.encoder_hidden", "model.upsample", "loss.sigma")
+OPEN_SECTIONS = ("model.encoders", "model.encoder_hidden", "model.upsample", "model.output", "loss.sigma")
 _OVERRIDDEN = "_mmvae_modality_overrides"  # an attribute of a loaded config (not a field): its overridden such keys
 
 

@@ -122,6 +122,11 @@ def model_section() -> ml_collections.ConfigDict:
   # conv) or 'subpixel' (a 3x3 conv to 4x the channels, then depth-to-space). Empty here, so a config.json
   # written before this key existed still loads (and rebuilds with 'transpose', as it was trained).
   m.upsample = ml_collections.ConfigDict()
+  # Per modality, what its decoder head's raw values become: 'default' (the kind's own: a sigmoid for image and
+  # video pixels, the values as they are otherwise) or 'linear' (the values as they are: under the Gaussian
+  # likelihood a sigmoid whose inputs run far negative stops passing gradient, README "conv decoder"). Empty here,
+  # as `upsample`, so a config.json written before this key existed still loads, with the kind's own.
+  m.output = ml_collections.ConfigDict()
   m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
   # Sequence modalities (kind 'sequence', mmvae/temporal.py): the encoder per modality in `encoders`
   # ('gru' default, 'lstm', 'tconv', 'transformer', 'pool' = the time-pooled baseline); frame-level

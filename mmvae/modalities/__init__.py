@@ -88,6 +88,19 @@ class Modality:
             **{k: list(v) if isinstance(v, tuple) else v for k, v in self.extra}}
 
 
+OUTPUTS = ("default", "linear")  # config.model.output.NAME
+
+
+def linear_outputs(specs: dict, model_cfg) -> tuple:
+  """Names of the modalities whose decoder outputs are the head's raw values (config.model.output.NAME='linear');
+  the others go through their kind's `activate`. None for a config written before the key existed."""
+  table = model_cfg.get("output") or {}
+  for name, choice in table.items():
+    if choice not in OUTPUTS:
+      raise ValueError(f"config.model.output.{name}={choice!r} is not supported; use one of {', '.join(OUTPUTS)}")
+  return tuple(name for name in specs if table.get(name, "default") == "linear")
+
+
 def optional(m: Modality, name: str):
   """Modality m's kind's optional hook or constant `name`, else the default of mmvae/modalities/base.py."""
   from mmvae.modalities import base

@@ -32,6 +32,7 @@ class Decoders(models.Multimodal):
     # Zero on purpose, as in models.SharedDecoder: training starts at exactly the config's sigma.
     self.log_sigma_offset = nnx.Dict({name: nnx.Param(jnp.zeros((), jnp.float32)) for name, m in specs.items()
                                       if m.kind_module.DEFAULT_SIGMA is not None})
+    self.linear = modalities.linear_outputs(specs, mc)  # heads whose raw values are the output (model.output)
     self.latent_dim = latent_dim
     self.dtype = dtype
 
@@ -42,7 +43,8 @@ class Decoders(models.Multimodal):
       h_BxH = z_BxZ.astype(self.dtype)
       for layer in self.trunks[name]:
         h_BxH = nnx.relu(layer(h_BxH))
-      out[name] = self.specs[name].kind_module.activate(self.heads[name](h_BxH))
+      raw = self.heads[name](h_BxH)
+      out[name] = raw if name in self.linear else self.specs[name].kind_module.activate(raw)
     return out
 
 

@@ -60,13 +60,15 @@ class SharedDecoder(models.Multimodal):
     # initialiser: log-offset 0 means training starts at exactly the config's sigma.
     self.log_sigma_offset = nnx.Dict({name: nnx.Param(jnp.zeros((), jnp.float32)) for name, m in specs.items()
                                       if m.kind_module.DEFAULT_SIGMA is not None})
+    self.linear = modalities.linear_outputs(specs, mc)  # heads whose raw values are the output (model.output)
     self.dtype = dtype
 
   def __call__(self, z_BxZ):
     h_BxH = z_BxZ.astype(self.dtype)
     for layer in self.trunk:
       h_BxH = nnx.relu(layer(h_BxH))
-    return {name: m.kind_module.activate(self.heads[name](h_BxH)) for name, m in self.specs.items()}
+    return {name: self.heads[name](h_BxH) if name in self.linear else m.kind_module.activate(self.heads[name](h_BxH))
+            for name, m in self.specs.items()}
 
 
 class MSVAE(models.Multimodal):

@@ -93,12 +93,18 @@ OUTPUTS = ("default", "linear")  # config.model.output.NAME
 
 def linear_outputs(specs: dict, model_cfg) -> tuple:
   """Names of the modalities whose decoder outputs are the head's raw values (config.model.output.NAME='linear');
-  the others go through their kind's `activate`. None for a config written before the key existed."""
+  the others go through their kind's `activate`. () for a config written before the key existed."""
   table = model_cfg.get("output") or {}
   for name, choice in table.items():
     if choice not in OUTPUTS:
       raise ValueError(f"config.model.output.{name}={choice!r} is not supported; use one of {', '.join(OUTPUTS)}")
   return tuple(name for name in specs if table.get(name, "default") == "linear")
+
+
+def decoded(m: Modality, raw, linear: tuple):
+  """A decoder's output for modality m from its head's values `raw`: as they are when m is among `linear`
+  (linear_outputs), else through its kind's `activate`."""
+  return raw if m.name in linear else m.kind_module.activate(raw)
 
 
 def optional(m: Modality, name: str):

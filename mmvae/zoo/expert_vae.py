@@ -43,8 +43,7 @@ class Decoders(models.Multimodal):
       h_BxH = z_BxZ.astype(self.dtype)
       for layer in self.trunks[name]:
         h_BxH = nnx.relu(layer(h_BxH))
-      raw = self.heads[name](h_BxH)
-      out[name] = raw if name in self.linear else self.specs[name].kind_module.activate(raw)
+      out[name] = modalities.decoded(self.specs[name], self.heads[name](h_BxH), self.linear)
     return out
 
 

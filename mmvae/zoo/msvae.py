@@ -67,8 +67,7 @@ class SharedDecoder(models.Multimodal):
     h_BxH = z_BxZ.astype(self.dtype)
     for layer in self.trunk:
       h_BxH = nnx.relu(layer(h_BxH))
-    return {name: self.heads[name](h_BxH) if name in self.linear else m.kind_module.activate(self.heads[name](h_BxH))
-            for name, m in self.specs.items()}
+    return {name: modalities.decoded(m, self.heads[name](h_BxH), self.linear) for name, m in self.specs.items()}
 
 
 class MSVAE(models.Multimodal):

@@ -1,48 +1,55 @@
-"""MS-VAE on real VoxCeleb1 voices and faces: the settings that make cross-modal retrieval work.
+"""MS-VAE on real VoxCeleb1 voices and faces: the recipe chosen on validation alone.
 
-Against the seed recipe (`reference`): gain-invariant MFCC statistics of the whole clip (6 s), eight
-32x32 RGB face frames per utterance with each voice paired to a face from any training video of its
-identity, faces mirrored at random in training, weight decay, a Gaussian likelihood with learned scales (a true
-ELBO), and contrastive + identity alignment beside the exact W2. The decoder is still shared, so
-faces are generated from voices as before. The table in the README (experiments/sweeps/voxceleb1.py)
-adds these one at a time. `voxceleb1.py:tiny` is the same pipeline with a tiny model, for tests.
+Against the seed recipe (`reference`): gain-invariant MFCC statistics of up to 6 s of each clip and eight 32x32
+RGB face frames per utterance; the rest (summed squared error, the exact W2 alignment, pairs within an utterance)
+is the reference's. This is row 2 of experiments/sweeps/voxceleb1.py, the generative row that validation picks
+in the sweep and in its video-grouped cross-validation (README, "Honest numbers on new videos"); the shared decoder
+draws a face from a voice (`mmvae generate face`).
+
+Variants:
+  ''             the recommended config.
+  'aligned'      the config shipped before mmvae's validation-only protocol (sweep row 9): identity pairing,
+                 mirrored faces, weight decay, a Gaussian likelihood with learned scales, InfoNCE and identity
+                 cross-entropy beside the W2. Its settings were chosen on the mini set's test split; on validation
+                 and across videos it scores below ''. Kept for the sweep rows and the pretrained configs built
+                 on it.
+  'tiny', 'aligned_tiny'   the same pipelines with a tiny model and 4 steps, for tests.
 """
 
 from experiments.configs import common
-from mmvae import config_schema
+from experiments.configs import reference
+
+VARIANTS = ("", "aligned")
 
 
 def get_config(variant: str = ""):
-  c = config_schema.base_config()
-  c.name = "voxceleb1"
+  base, _, tiny = variant.partition("_") if variant != "tiny" else ("", "", "tiny")
+  if base not in VARIANTS or tiny not in ("", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of voxceleb1.py; use one of "
+                     f"{', '.join(repr(v) for v in VARIANTS)}, each optionally with '_tiny' ('tiny' alone: '')")
+  c = reference.get_config()
+  c.name = "voxceleb1" + (f"_{base}" if base else "")
   c.data.pooling = "mfcc_stats"
-  # Up to 6 s of each clip, and a shorter clip as it is (not zero-padded: the statistics need no fixed
-  # length): longer clips give steadier speaker statistics. (Chosen before mmvae's validation-only protocol; the
-  # shipped config's honest number is its video-grouped cross-validation in the README.)
+  # Up to 6 s of each clip, and a shorter clip as it is (not zero-padded: the statistics need no fixed length).
   c.data.segment_samples = 96_000
   c.data.short_clips = "whole"
   c.data.face_size = 32
   c.data.grayscale = False
   c.data.frames_per_utterance = 8
-  c.data.pairing = "identity"
-  c.loss.infonce_weight = 1.0
-  c.loss.identity_weight = 1.0
-  # Regularisation for ~100 training videos per identity set: mirrored faces and decoupled weight decay (rows 3 -> 4
-  # of experiments/sweeps/voxceleb1.py; compare them on its val: columns, never on test).
-  c.train.face_flip = True
-  c.train.weight_decay = 0.05
-  c.train.batch_size = 64
-  # As `reference`: 8 epochs of full VoxCeleb1's ~138k training utterances at batch 64. On the mini sample
-  # (98 training utterances) use the sweep's 1,000 steps validated every 100 (experiments/sweeps/voxceleb1.py).
-  c.train.num_steps = 17_300
-  c.train.eval_every = 1000
-  c.train.checkpoint_every = 1000
-  c.train.log_every = 100
-  if variant == "tiny":
-    c.name = "voxceleb1_tiny"
+  if base == "aligned":
+    c.data.pairing = "identity"
+    c.train.face_flip = True
+    c.train.weight_decay = 0.05
+    c.loss.likelihood = "gaussian"
+    c.loss.learn_sigma = True
+    c.loss.sigma.face = 0.1
+    c.loss.infonce_weight = 1.0
+    c.loss.identity_weight = 1.0
+  # As `reference`: 17,300 steps (8 epochs of full VoxCeleb1's ~138k training utterances at batch 64), validated
+  # every 1,000. On the mini sample (98 training utterances) use the sweep's 1,000 steps validated every 100.
+  if tiny:
+    c.name += "_tiny"
     c.model.hidden = (32, 16)
     c.model.latent_dim = 8
     common.tiny_training(c, batch_size=8, num_steps=4, every=2)
-  elif variant:
-    raise common.unknown_variant("voxceleb1.py", variant)
   return c

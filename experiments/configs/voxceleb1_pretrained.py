@@ -10,8 +10,8 @@ encoders, offline"):
   mmvae prep features --join data/vox1-ge2e --embeddings runs/dlib.npz --name dlib_face --out data/vox1-pre
 
 Variants (all read the joined dataset; its `audio` is voxceleb1's MFCC statistics and `face` its 32x32 RGB frames):
-  ''         the GE2E voice (a 256-d `vector`) and the face as pixels, MS-VAE with voxceleb1's settings: the shared
-             decoder still draws a face from a voice (`mmvae generate`, coherence).
+  ''         the GE2E voice (a 256-d `vector`) and the face as pixels, MS-VAE with voxceleb1:aligned's settings: the
+             shared decoder still draws a face from a voice (`mmvae generate`, coherence).
   'dlib'     GE2E and dlib vectors (128-d): both spaces pretrained; the MS-VAE aligns them (no pixels to draw).
   'adapter'  the MFCC voice trained into the frozen dlib face space (`model.frozen_target=dlib_face`, contrastive,
              latent 128): only the voice encoder learns, as WavCLIP / AudioCLIP do into CLIP's space.
@@ -32,7 +32,8 @@ def get_config(variant: str = ""):
   if base not in VARIANTS or tiny not in ("", "tiny"):
     raise ValueError(f"unknown variant {variant!r} of voxceleb1_pretrained.py; use one of "
                      f"{', '.join(repr(v) for v in VARIANTS)}, each optionally with '_tiny' ('tiny' alone: '')")
-  c = voxceleb1.get_config()  # the prepared features of `voxceleb1` (check_config compares them with the dataset)
+  # The settings its README rows were measured with (`voxceleb1:aligned`); the prepared features are `voxceleb1`'s.
+  c = voxceleb1.get_config("aligned")
   c.name = "voxceleb1_pretrained" + (f"_{base}" if base else "")
   if base == "":
     c.data.modalities = ("face", VOICE)

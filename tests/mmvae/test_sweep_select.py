@@ -298,3 +298,39 @@ def test_rows_of_other_modalities_are_scored_on_the_pair_keys_they_have():
   assert sweep_table.applies("retrieval.dlib_face_to_ge2e.mrr", ["ge2e", "dlib_face"])
   assert not sweep_table.applies("retrieval.audio_to_dlib_face.mrr", ["ge2e", "dlib_face"])
   assert sweep_table.applies("loss.total", ["ge2e"]) and sweep_table.applies("retrieval.audio_to_face.mrr", None)
+
+
+# --- The recommended VoxCeleb1 config is the row validation picks ----------------------------------------------
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def _row_config(row, drop=()):
+  """A sweep row's config as `mmvae sweep` builds it, less the overrides in `drop` (the mini set's training)."""
+  from mmvae import config as config_lib
+  return config_lib.load(row["config"], [o for o in row["overrides"] if o not in drop])
+
+
+def test_voxceleb1_config_is_the_sweeps_validation_pick_and_aligned_is_rows_6_and_8_together():
+  """The voxceleb1 sweep's validation pick among generative rows is row 2 (README, both the sweep and the
+  video-grouped cross-validation): the recommended config must be that row's settings at full length, and
+  `voxceleb1:aligned` (rows 9-13's base) row 5 with InfoNCE (row 6) and identity CE (row 8) added."""
+  from experiments.sweeps import voxceleb1 as vox_sweep
+  from mmvae import config as config_lib
+  rows = {r["name"].split()[0]: r for r in sweep.load_sweep("voxceleb1")["rows"]}
+  row2 = _flat(_row_config(rows["2"], drop=vox_sweep.MINI_SET_TRAINING).to_dict())
+  shipped = _flat(config_lib.load("voxceleb1").to_dict())
+  assert {k: (row2.get(k), shipped.get(k)) for k in row2.keys() | shipped.keys()
+          if row2.get(k) != shipped.get(k)} == {"name": ("reference", "voxceleb1")}
+  row5 = rows["5"]
+  both = dict(row5, overrides=row5["overrides"] + ["loss.infonce_weight=1.0", "loss.identity_weight=1.0"])
+  rows_6_8 = _flat(_row_config(both, drop=vox_sweep.MINI_SET_TRAINING).to_dict())
+  aligned = _flat(config_lib.load("voxceleb1:aligned").to_dict())
+  assert {k: (rows_6_8.get(k), aligned.get(k)) for k in rows_6_8.keys() | aligned.keys()
+          if rows_6_8.get(k) != aligned.get(k)} == {"name": ("reference", "voxceleb1_aligned")}
+  assert rows["9"]["config"] == "voxceleb1:aligned" and rows["9"]["overrides"] == vox_sweep.MINI_SET_TRAINING

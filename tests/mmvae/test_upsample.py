@@ -69,6 +69,60 @@ def test_resize_layer_is_jax_image_resize_then_conv():
   np.testing.assert_allclose(np.asarray(head._up(conv, g)), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+def _brute_force_up(x, k, b, mode):
+  """The x2 layer by loops over pixels and taps: 'transpose' places x[h, w] @ k[i, j] at output (2h+2-i, 2w+2-j)
+  (Flax's stride-2 SAME ConvTranspose, the last row and column cropped); 'resize' is a zero-padded 3x3 correlation
+  of the grid with every pixel repeated 2x2."""
+  x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+  n, h, w, _ = x.shape
+  out = np.zeros((n, 2 * h + 2, 2 * w + 2, k.shape[-1]))
+  if mode == "transpose":
+    for r in range(h):
+      for c in range(w):
+        for i in range(3):
+          for j in range(3):
+            out[:, 2 * r + 2 - i, 2 * c + 2 - j] += x[:, r, c] @ k[i, j]
+  else:
+    up = np.pad(x.repeat(2, 1).repeat(2, 2), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for r in range(2 * h):
+      for c in range(2 * w):
+        for i in range(3):
+          for j in range(3):
+            out[:, r, c] += up[:, r + i, c + j] @ k[i, j]
+  return out[:, :2 * h, :2 * w] + np.asarray(b, np.float64)
+
+
+@pytest.mark.parametrize("mode", ["transpose", "resize"])
+@pytest.mark.parametrize("out_channels", [1, 3, 6])  # 1 and 3: one wide convolution; 6: four phase convolutions
+def test_upsampling_by_phases_is_the_layer_to_float_rounding(mode, out_channels):
+  """On a CPU ConvHead computes 'transpose' and 'resize' one phase at a time at the input's resolution: the layer's
+  output against loops over pixels and taps, and its gradients (kernel, bias, input) against the same layer through
+  XLA's own transposed convolution or resize-then-convolve (layers.UPSAMPLE_BY_PHASES emptied)."""
+  head = layers.ConvHead(5, (10, 14, out_channels), (4,), jnp.float32, nnx.Rngs(11), upsample=mode)
+  conv = head.deconvs[0]
+  conv.bias.value = _rand(out_channels, seed=12)
+  g = _rand(2, 5, 7, 4, seed=13)
+  np.testing.assert_allclose(np.asarray(head._up(conv, g)), _brute_force_up(g, conv.kernel[...], conv.bias[...], mode),
+                             rtol=1e-5, atol=1e-5)
+  graphdef, params = nnx.split(conv)
+
+  def grads():
+    def loss(p, x):
+      return jnp.sum(jnp.sin(head._up(nnx.merge(graphdef, p), x)))
+    return jax.tree.leaves(jax.grad(loss, argnums=(0, 1))(params, g))
+
+  phases = grads()
+  saved = layers.UPSAMPLE_BY_PHASES
+  layers.UPSAMPLE_BY_PHASES = frozenset()
+  try:
+    native = grads()
+  finally:
+    layers.UPSAMPLE_BY_PHASES = saved
+  assert len(phases) == 3
+  for a, b in zip(phases, native):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
 def test_subpixel_starts_as_nearest_resize_of_one_shared_kernel():
   """ICNR: the four sub-pixel kernels are one draw at initialisation, so the layer's output is the convolution with
   that kernel (the first `out` channels) followed by a nearest-neighbour x2 resize (jax.image.resize)."""

@@ -4,7 +4,8 @@
 
 Prints one table per part:
 - heads: forward + backward (gradient of every parameter and of the input) of one ConvHead at the conv config's
-  shapes (audio [297, 512], face [64, 64, 3], channels 32-256), per model.upsample variant;
+  shapes (audio [297, 512], face [64, 64, 3], channels 32-256), per model.upsample variant; 'transpose' and
+  'resize' both as ConvHead computes them on a CPU (by output phases) and as XLA's own ops ('(XLA op)');
 - --layers: the same for each upsampling layer alone (the kernel gradient of XLA CPU's transposed convolution is
   the slow part);
 - --encoder: each stride-2 3x3 encoder convolution as XLA's strided convolution, as space-to-depth + a 2x2
@@ -60,21 +61,46 @@ def _fwd_bwd(module, x):
   return jax.grad(loss, argnums=(0, 1)), params
 
 
+# (label, model.upsample, computed by phases): 'transpose' and 'resize' as ConvHead computes them on a CPU (one
+# convolution per output phase at the input's resolution, layers.upsample2_by_phases) and as XLA's own transposed
+# convolution / resize-then-convolve (what ConvHead did before, and does on other backends).
+VARIANTS = [("transpose", "transpose", True), ("transpose (XLA op)", "transpose", False),
+            ("resize", "resize", True), ("resize (XLA op)", "resize", False), ("subpixel", "subpixel", False)]
+
+
+class _ByPhases:
+  """Within the block, ConvHead computes 'transpose' and 'resize' by phases on this backend (on) or not (off)."""
+
+  def __init__(self, on: bool):
+    self.on = on
+
+  def __enter__(self):
+    self.saved = layers.UPSAMPLE_BY_PHASES
+    layers.UPSAMPLE_BY_PHASES = frozenset({jax.default_backend()}) if self.on else frozenset()
+
+  def __exit__(self, *exc):
+    layers.UPSAMPLE_BY_PHASES = self.saved
+
+
 def heads(batch, repeats):
   rows = []
   for name, shape in (("audio", AUDIO), ("face", FACE)):
     h = jnp.asarray(np.random.default_rng(0).normal(size=(batch, HIDDEN)), jnp.float32)
-    for mode in layers.UPSAMPLES:
+    for label, mode, phases in VARIANTS:
       head = layers.ConvHead(HIDDEN, shape, CHANNELS, jnp.float32, nnx.Rngs(0), upsample=mode)
       fn, params = _fwd_bwd(head, h)
-      s, cs, gf = _time(fn, (params, h), repeats)
-      rows.append({"part": f"head {name}", "variant": mode, **_numbers(s, cs, gf)})
+      with _ByPhases(phases):
+        s, cs, gf = _time(fn, (params, h), repeats)
+      rows.append({"part": f"head {name}", "variant": label, **_numbers(s, cs, gf)})
   return rows
 
 
-def _layer(mode, cin, cout, rng):
+def _layer(mode, phases, cin, cout, rng):
   """(kernel, apply(kernel, x)) of one upsampling layer, as ConvHead computes it (bias left out)."""
   dn = ("NHWC", "HWIO", "NHWC")
+  if phases:
+    k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) / math.sqrt(9 * cin), jnp.float32)
+    return k, lambda k, x: layers.upsample2_by_phases(x, k, None, mode)
   if mode == "transpose":
     k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) / math.sqrt(9 * cin), jnp.float32)
     return k, lambda k, x: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=dn)
@@ -96,11 +122,11 @@ def upsample_layers(batch, repeats, shape=AUDIO):
   rng = np.random.default_rng(0)
   for cin, cout in zip(ins, outs):
     x = jnp.asarray(rng.normal(size=(batch, h, w, cin)), jnp.float32)
-    for mode in layers.UPSAMPLES:
-      k, apply = _layer(mode, cin, cout, rng)
+    for label, mode, phases in VARIANTS:
+      k, apply = _layer(mode, phases, cin, cout, rng)
       grad = jax.grad(lambda k, x, apply=apply: 0.5 * jnp.sum(jnp.square(apply(k, x))), argnums=(0, 1))
       s, cs, gf = _time(grad, (k, x), repeats)
-      rows.append({"part": f"up {h}x{w} {cin}->{cout}", "variant": mode, **_numbers(s, cs, gf)})
+      rows.append({"part": f"up {h}x{w} {cin}->{cout}", "variant": label, **_numbers(s, cs, gf)})
     h, w = 2 * h, 2 * w
   return rows
 
@@ -197,14 +223,14 @@ def main(argv=None):
   ap.add_argument("--json", help="also write the rows as JSON here")
   args = ap.parse_args(argv)
   print(f"{jax.devices()[0].device_kind}, batch {args.batch}, median of {args.repeats}")
-  print(f"{'part':<26} {'variant':<15} {'ms':>9} {'CPU ms':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'GFLOP/CPU-s':>11}")
+  print(f"{'part':<26} {'variant':<19} {'ms':>9} {'CPU ms':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'GFLOP/CPU-s':>11}")
   rows = []
   parts = ([] if args.no_heads else [heads]) + ([upsample_layers] if args.layers else []) \
       + ([encoder_layers] if args.encoder else [])
   parts += [lambda b, r: train_steps(b, r, args.step_variants.split(","))] if args.step else []
   for part in parts:
     for row in part(args.batch, args.repeats):
-      print(f"{row['part']:<26} {row['variant']:<15} {row['ms']:>9.1f} {row['cpu_ms']:>9.1f} {row['gflop']:>8.2f} "
+      print(f"{row['part']:<26} {row['variant']:<19} {row['ms']:>9.1f} {row['cpu_ms']:>9.1f} {row['gflop']:>8.2f} "
             f"{row['gflop_per_s']:>8.1f} {row['gflop_per_cpu_s']:>11.1f}", flush=True)
       rows.append(row)
   if args.json:

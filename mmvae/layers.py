@@ -115,8 +115,9 @@ class MLPHead(nnx.Module):
 
 # How a conv head doubles its grid (config.model.upsample, per modality): 'transpose' (a stride-2 transposed
 # convolution), 'resize' (nearest-neighbour x2, then a 3x3 convolution) or 'subpixel' (a 3x3 convolution to 4x
-# the channels, then depth-to-space). XLA CPU computes the transposed convolution's kernel gradient at 2-10
-# GFLOP/s against 40-80 for the others' (benchmarks/conv_upsample.py). A head not named stays 'transpose'. Under an
+# the channels, then depth-to-space). XLA CPU computes a transposed convolution's kernel gradient at 2-10 GFLOP/s,
+# so on a CPU 'transpose' and 'resize' run by output phases (upsample2_by_phases; benchmarks/conv_upsample.py
+# times both ways). A head not named stays 'transpose'. Under an
 # image's sigmoid output, 'resize' and 'subpixel' collapse on AV-digits with a conv image decoder (300 steps,
 # validation image log-lik: transpose -848, resize -2404, subpixel -2422): their pre-activations run far negative
 # and the flat sigmoid passes no gradient. With config.model.output.image='linear' resize reaches -180 and transpose

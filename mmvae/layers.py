@@ -205,14 +205,17 @@ def _offsets(mode: str, a: int) -> tuple[int, int]:
 def upsample2_by_phases(x_BxHxWxI, kernel_3x3xIxO, bias_O, mode: str):
   """[B, H, W, I] -> [B, 2H, 2W, O]: the 'resize' or 'transpose' x2 upsampling of ConvHead, computed as one
   convolution per output phase at the input's resolution and interleaved (depth-to-space). With few output
-  channels (an output layer: 1 or 3) the four phases share one 3x3 convolution to 4*O channels instead (zero taps
-  where a phase reads no input), which XLA CPU runs faster than four convolutions to 1-3 channels."""
+  channels (an output layer: 1 or 3) the four phases share one convolution to 4*O channels instead, over the window
+  they all read (3x3 for 'resize', 2x2 for 'transpose'; zero taps where a phase reads no input), which XLA CPU runs
+  faster than four convolutions to 1-3 channels."""
   dn = ("NHWC", "HWIO", "NHWC")
   o = kernel_3x3xIxO.shape[-1]
   b, h, w, _ = x_BxHxWxI.shape
   if 4 * o <= 16:
-    wide = jnp.concatenate([_phase_kernel(kernel_3x3xIxO, mode, i, j) for i in range(2) for j in range(2)], -1)
-    y = jax.lax.conv_general_dilated(x_BxHxWxI, wide, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    lo, hi = min(_offsets(mode, a)[0] for a in range(2)), max(_offsets(mode, a)[1] for a in range(2))
+    wide = jnp.concatenate([_phase_kernel(kernel_3x3xIxO, mode, i, j)[lo + 1:hi + 2, lo + 1:hi + 2]
+                            for i in range(2) for j in range(2)], -1)  # the window all four phases read
+    y = jax.lax.conv_general_dilated(x_BxHxWxI, wide, (1, 1), ((-lo, hi), (-lo, hi)), dimension_numbers=dn)
     y = y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5)
   else:
     rows = []

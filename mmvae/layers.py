@@ -193,7 +193,7 @@ def _phase_kernel(kernel_3x3xIxO, mode: str, a: int, b: int):
   for phase, per_offset in enumerate(PHASE_TAPS[mode]):
     for d, used in enumerate(per_offset):
       taps[phase, d, list(used)] = 1.0
-  return jnp.einsum("di,ej,ijco->deco", taps[a], taps[b], kernel_3x3xIxO)
+  return jnp.einsum("di,ej,ijco->deco", taps[a], taps[b], kernel_3x3xIxO)  # summed in the kernel's own dtype
 
 
 def _offsets(mode: str, a: int) -> tuple[int, int]:
@@ -207,14 +207,15 @@ def upsample2_by_phases(x_BxHxWxI, kernel_3x3xIxO, bias_O, mode: str):
   convolution per output phase at the input's resolution and interleaved (depth-to-space). With few output
   channels (an output layer: 1 or 3) the four phases share one convolution to 4*O channels instead, over the window
   they all read (3x3 for 'resize', 2x2 for 'transpose'; zero taps where a phase reads no input), which XLA CPU runs
-  faster than four convolutions to 1-3 channels."""
+  faster than four convolutions to 1-3 channels. The phases' tap sums are made in the kernel's dtype (the float32
+  parameters) and then cast to x's (the compute dtype)."""
   dn = ("NHWC", "HWIO", "NHWC")
   o = kernel_3x3xIxO.shape[-1]
   b, h, w, _ = x_BxHxWxI.shape
   if 4 * o <= 16:
     lo, hi = min(_offsets(mode, a)[0] for a in range(2)), max(_offsets(mode, a)[1] for a in range(2))
     wide = jnp.concatenate([_phase_kernel(kernel_3x3xIxO, mode, i, j)[lo + 1:hi + 2, lo + 1:hi + 2]
-                            for i in range(2) for j in range(2)], -1)  # the window all four phases read
+                            for i in range(2) for j in range(2)], -1).astype(x_BxHxWxI.dtype)  # the window all read
     y = jax.lax.conv_general_dilated(x_BxHxWxI, wide, (1, 1), ((-lo, hi), (-lo, hi)), dimension_numbers=dn)
     y = y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5)
   else:
@@ -223,7 +224,7 @@ def upsample2_by_phases(x_BxHxWxI, kernel_3x3xIxO, bias_O, mode: str):
       (r0, r1), cols = _offsets(mode, i), []
       for j in range(2):
         c0, c1 = _offsets(mode, j)
-        k = _phase_kernel(kernel_3x3xIxO, mode, i, j)[r0 + 1:r1 + 2, c0 + 1:c1 + 2]
+        k = _phase_kernel(kernel_3x3xIxO, mode, i, j)[r0 + 1:r1 + 2, c0 + 1:c1 + 2].astype(x_BxHxWxI.dtype)
         cols.append(jax.lax.conv_general_dilated(x_BxHxWxI, k, (1, 1), ((-r0, r1), (-c0, c1)),
                                                  dimension_numbers=dn))
       rows.append(jnp.stack(cols, 3))  # [B, H, W, 2 (column phase), O]
@@ -273,9 +274,9 @@ class ConvHead(nnx.Module):
     if self.upsample == "subpixel":
       return depth_to_space(conv(g), 2)
     if jax.default_backend() in UPSAMPLE_BY_PHASES:  # the same function, 2-4x faster on XLA CPU
-      bias = None if conv.bias is None else conv.bias[...].astype(conv.dtype or g.dtype)
-      dtype = conv.dtype or g.dtype
-      return upsample2_by_phases(g.astype(dtype), conv.kernel[...].astype(dtype), bias, self.upsample)
+      dtype = conv.dtype or g.dtype  # taps summed in the parameters' float32, then cast as the layer casts them
+      bias = None if conv.bias is None else conv.bias[...].astype(dtype)
+      return upsample2_by_phases(g.astype(dtype), conv.kernel[...], bias, self.upsample)
     return conv(g) if self.upsample == "transpose" else conv(resize_nearest2(g))
 
   def __call__(self, h_BxH):

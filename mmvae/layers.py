@@ -173,8 +173,9 @@ def _icnr(init):
 # Both x2 upsamplings of a 3x3 kernel, computed at the input's resolution (XLA CPU; the same function to float
 # rounding, with the same parameters). Output row 2h+a (phase a) sees input rows h+d, d in (-1, 0, 1), through some
 # of the kernel's three taps: PHASE_TAPS[mode][a][d + 1] lists them (per axis; a 2-D phase takes the outer product).
-# - 'resize': a 3x3 SAME convolution of the nearest-neighbour x2 grid; row 2h-1 and 2h both copy input row h-1..h,
-#   so phase 0 reads tap 0 at offset -1 and taps 1+2 (summed) at 0; phase 1 taps 0+1 at 0 and tap 2 at +1.
+# - 'resize': a 3x3 SAME convolution of the nearest-neighbour x2 grid. Its taps 0, 1, 2 at output row 2h read grid
+#   rows 2h-1, 2h, 2h+1, copies of input rows h-1, h, h: phase 0 reads tap 0 at offset -1 and taps 1+2 (summed) at
+#   0; at row 2h+1 they read copies of h, h, h+1: phase 1 reads taps 0+1 at 0 and tap 2 at +1.
 #   Four 2x2 convolutions: 4/9 of the multiply-adds of convolving the x2 grid.
 # - 'transpose': Flax's stride-2 SAME ConvTranspose (transpose_kernel=False) sends input row h to output rows 2h,
 #   2h+1, 2h+2 through taps 2, 1, 0; so phase 0 reads tap 0 at offset -1 and tap 2 at 0, phase 1 tap 1 at 0.
@@ -273,7 +274,7 @@ class ConvHead(nnx.Module):
   def _up(self, conv, g):
     if self.upsample == "subpixel":
       return depth_to_space(conv(g), 2)
-    if jax.default_backend() in UPSAMPLE_BY_PHASES:  # the same function, 2-4x faster on XLA CPU
+    if jax.default_backend() in UPSAMPLE_BY_PHASES:  # the same function, faster on XLA CPU (README, speed)
       dtype = conv.dtype or g.dtype  # taps summed in the parameters' float32, then cast as the layer casts them
       bias = None if conv.bias is None else conv.bias[...].astype(dtype)
       return upsample2_by_phases(g.astype(dtype), conv.kernel[...], bias, self.upsample)

@@ -316,7 +316,7 @@ def _chrome():
 
 
 def test_headless_chromium_submits_a_text_and_a_wav_and_sees_results_with_images(avdigits, started, tmp_path):
-  from selenium.common.exceptions import TimeoutException
+  from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import Select, WebDriverWait
   index_path, recordings, _ = avdigits
@@ -325,7 +325,9 @@ def test_headless_chromium_submits_a_text_and_a_wav_and_sees_results_with_images
   driver = _chrome()
   try:
     driver.set_page_load_timeout(60)
-    waiting = WebDriverWait(driver, 60)
+    # A submit loads a new page: an element found on the old one goes stale while a condition reads it (seen in CI
+    # on a loaded machine). That means "not yet", so the wait polls again instead of failing.
+    waiting = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))
 
     def wait(until):
       try:

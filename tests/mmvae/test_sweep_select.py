@@ -303,13 +303,6 @@ def test_rows_of_other_modalities_are_scored_on_the_pair_keys_they_have():
 # --- The recommended VoxCeleb1 config is the row validation picks ----------------------------------------------
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def _row_config(row, drop=()):
   """A sweep row's config as `mmvae sweep` builds it, less the overrides in `drop` (the mini set's training)."""
   from mmvae import config as config_lib
@@ -323,14 +316,14 @@ def test_voxceleb1_config_is_the_sweeps_validation_pick_and_aligned_is_rows_6_an
   from experiments.sweeps import voxceleb1 as vox_sweep
   from mmvae import config as config_lib
   rows = {r["name"].split()[0]: r for r in sweep.load_sweep("voxceleb1")["rows"]}
-  picked = _flat(_row_config(rows["15"], drop=vox_sweep.MINI_SET_TRAINING).to_dict())
-  shipped = _flat(config_lib.load("voxceleb1").to_dict())
+  picked = config_lib.flat(_row_config(rows["15"], drop=vox_sweep.MINI_SET_TRAINING).to_dict())
+  shipped = config_lib.flat(config_lib.load("voxceleb1").to_dict())
   assert {k: (picked.get(k), shipped.get(k)) for k in picked.keys() | shipped.keys()
           if picked.get(k) != shipped.get(k)} == {"name": ("reference", "voxceleb1")}
   row5 = rows["5"]
   both = dict(row5, overrides=row5["overrides"] + ["loss.infonce_weight=1.0", "loss.identity_weight=1.0"])
-  rows_6_8 = _flat(_row_config(both, drop=vox_sweep.MINI_SET_TRAINING).to_dict())
-  aligned = _flat(config_lib.load("voxceleb1:aligned").to_dict())
+  rows_6_8 = config_lib.flat(_row_config(both, drop=vox_sweep.MINI_SET_TRAINING).to_dict())
+  aligned = config_lib.flat(config_lib.load("voxceleb1:aligned").to_dict())
   assert {k: (rows_6_8.get(k), aligned.get(k)) for k in rows_6_8.keys() | aligned.keys()
           if rows_6_8.get(k) != aligned.get(k)} == {"name": ("reference", "voxceleb1_aligned")}
   assert rows["9"]["config"] == "voxceleb1:aligned" and rows["9"]["overrides"] == vox_sweep.MINI_SET_TRAINING

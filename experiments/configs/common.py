@@ -17,3 +17,12 @@ def tiny_training(c: ml_collections.ConfigDict, batch_size: int, num_steps: int,
 
 def unknown_variant(file: str, variant: str) -> ValueError:
   return ValueError(f"unknown variant {variant!r} of {file}; use '' or 'tiny'")
+
+
+def split_variant(file: str, variant: str, bases: tuple) -> tuple[str, bool]:
+  """'name' or 'name_tiny' ('tiny' alone: '' tiny) -> (name, tiny), name one of `bases`; else a one-line error."""
+  base, _, tiny = variant.partition("_") if variant != "tiny" else ("", "", "tiny")
+  if base not in bases or tiny not in ("", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of {file}; use one of "
+                     f"{', '.join(repr(v) for v in bases)}, each optionally with '_tiny' ('tiny' alone: '')")
+  return base, bool(tiny)

@@ -24,10 +24,7 @@ VARIANTS = ("", "aligned")
 
 
 def get_config(variant: str = ""):
-  base, _, tiny = variant.partition("_") if variant != "tiny" else ("", "", "tiny")
-  if base not in VARIANTS or tiny not in ("", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of voxceleb1.py; use one of "
-                     f"{', '.join(repr(v) for v in VARIANTS)}, each optionally with '_tiny' ('tiny' alone: '')")
+  base, tiny = common.split_variant("voxceleb1.py", variant, VARIANTS)
   c = reference.get_config()
   c.name = "voxceleb1" + (f"_{base}" if base else "")
   c.data.pooling = "mfcc_stats"

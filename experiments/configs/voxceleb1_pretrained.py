@@ -28,10 +28,7 @@ VARIANTS = ("", "dlib", "adapter")
 
 
 def get_config(variant: str = ""):
-  base, _, tiny = variant.partition("_") if variant != "tiny" else ("", "", "tiny")
-  if base not in VARIANTS or tiny not in ("", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of voxceleb1_pretrained.py; use one of "
-                     f"{', '.join(repr(v) for v in VARIANTS)}, each optionally with '_tiny' ('tiny' alone: '')")
+  base, tiny = common.split_variant("voxceleb1_pretrained.py", variant, VARIANTS)
   # The settings its README rows were measured with (`voxceleb1:aligned`); the prepared features are `voxceleb1`'s.
   c = voxceleb1.get_config("aligned")
   c.name = "voxceleb1_pretrained" + (f"_{base}" if base else "")

@@ -275,7 +275,8 @@ def test_inputs_changed_to_fit_are_recorded_and_a_bom_is_accepted(mini, tmp_path
 
 
 def _newest_committed(workdir) -> int:
-  steps = [int(p.parent.name) for p in (workdir / "checkpoints/last").glob("*/commit_success.txt")]
+  steps = [int(p.parent.name) for p in (workdir / "checkpoints/last").glob("*/commit_success.txt")
+           if p.parent.name.isdigit()]  # not a save still in its ".orbax-checkpoint-tmp" folder
   return max(steps, default=0)
 
 

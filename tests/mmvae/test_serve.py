@@ -360,7 +360,8 @@ def test_headless_chromium_submits_a_text_and_a_wav_and_sees_results_with_images
     assert [c.get_attribute("data-id") for c in cards] == [r["id"] for r in index.query(wav=wav, k=8, modality="image")]
     generated = driver.find_element(By.CSS_SELECTOR, "#generated img")
     wait(lambda d: d.execute_script(loaded, generated))
-    assert all(driver.execute_script(loaded, img) for img in driver.find_elements(By.CSS_SELECTOR, "#results img"))
+    # The result images load on their own after the generated one: waited for, not asserted at once.
+    wait(lambda d: all(d.execute_script(loaded, img) for img in d.find_elements(By.CSS_SELECTOR, "#results img")))
     # An unreadable WAV: the message on the page.
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\0\0\0\0WAVEnot really")

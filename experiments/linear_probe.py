@@ -110,11 +110,9 @@ def markdown(result: dict) -> str:
   lines = [f"# Linear probe, {result['k']}-fold cross-validation by video (fold seed {result['fold_seed']})", "",
            "| metric | mean over folds [95% t-interval] | chance | per fold |", "|---|---:|---:|---|"]
   for key, title in keys:
-    t = cv.t_interval([r[key] for r in rows])
-    chance = rows[0].get(key + "_chance")
-    chance = f"{np.mean([r[key + '_chance'] for r in rows]):.3f}" if chance is not None else ""
-    interval = f"{t['mean']:.3f} [{t['low']:.3f}, {t['high']:.3f}]" if t["low"] is not None else f"{t['mean']:.3f}"
-    lines.append(f"| {title} | {interval} | {chance} | {', '.join(f'{r[key]:.2f}' for r in rows)} |")
+    chance = f"{np.mean([r[key + '_chance'] for r in rows]):.3f}" if key + "_chance" in rows[0] else ""
+    per_fold = ", ".join(f"{r[key]:.2f}" for r in rows)
+    lines.append(f"| {title} | {cv._cell(cv.t_interval([r[key] for r in rows]))} | {chance} | {per_fold} |")
   lines += ["", f"C chosen on validation per fold: {', '.join(str(r['C']) for r in rows)}; test utterances per fold: "
             f"{', '.join(str(r['test_utterances']) for r in rows)}.", ""]
   return "\n".join(lines)

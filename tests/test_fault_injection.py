@@ -274,10 +274,15 @@ def test_inputs_changed_to_fit_are_recorded_and_a_bom_is_accepted(mini, tmp_path
 # --- training -------------------------------------------------------------------------------------
 
 
+def committed_steps(workdir) -> list[int]:
+  """The finished saves under checkpoints/last, oldest first. A save in flight writes its marker inside
+  "<step>.orbax-checkpoint-tmp" before the rename, so only all-digit step folders count."""
+  return sorted(int(p.parent.name) for p in (workdir / "checkpoints/last").glob("*/commit_success.txt")
+                if p.parent.name.isdigit())
+
+
 def _newest_committed(workdir) -> int:
-  steps = [int(p.parent.name) for p in (workdir / "checkpoints/last").glob("*/commit_success.txt")
-           if p.parent.name.isdigit()]  # not a save still in its ".orbax-checkpoint-tmp" folder
-  return max(steps, default=0)
+  return max(committed_steps(workdir), default=0)
 
 
 def test_one_trainer_per_workdir_and_kills_damage_and_sigterm_recover_the_same_parameters(

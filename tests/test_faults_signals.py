@@ -18,7 +18,8 @@ import time
 import pytest
 
 from mmvae import cli
-from test_fault_injection import SLOW_CLI, final_sha, reference, train_args, train_steps  # noqa: F401  (fixture)
+from test_fault_injection import (SLOW_CLI, committed_steps, final_sha, reference, train_args,  # noqa: F401  (fixture)
+                                  train_steps)
 
 CLI = "import sys\nfrom mmvae import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
 
@@ -71,12 +72,6 @@ def _running(pid: int) -> bool:
   return stat is not None and stat[0] not in ("Z", "X")
 
 
-def _committed(workdir: pathlib.Path) -> list[int]:
-  # A save in flight writes its marker inside "<step>.orbax-checkpoint-tmp" before the rename: count finished steps only.
-  return sorted(int(p.parent.name) for p in (workdir / "checkpoints/last").glob("*/commit_success.txt")
-                if p.parent.name.isdigit())
-
-
 def test_ctrl_c_in_train_saves_the_step_in_one_line_and_resumes_to_the_same_parameters(
     synthetic_dataset, reference, tmp_path, capsys):  # noqa: F811
   workdir = tmp_path / "run"
@@ -99,7 +94,7 @@ def test_ctrl_c_in_train_saves_the_step_in_one_line_and_resumes_to_the_same_para
                        "rerun the same command to resume", lines[0])
   assert saved, lines
   step = int(saved[1])
-  assert 0 < step < 12 and _committed(workdir)[-1] == step  # stopped mid-run, at the step it names
+  assert 0 < step < 12 and committed_steps(workdir)[-1] == step  # stopped mid-run, at the step it names
   assert not list(workdir.rglob("*orbax-checkpoint-tmp*")) and not (workdir / "final.json").exists()
   capsys.readouterr()
   assert cli.main(argv) == 0
@@ -191,7 +186,7 @@ def test_a_lost_process_stops_the_other_in_one_line(synthetic_dataset, tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   survivor = procs[1 - victim]
   try:
-    _wait_for(lambda: bool(_committed(workdir)) and _train_rows(workdir) >= 4, survivor, 300,
+    _wait_for(lambda: bool(committed_steps(workdir)) and _train_rows(workdir) >= 4, survivor, 300,
               "a saved checkpoint")
     procs[victim].kill()
     procs[victim].wait()
@@ -207,6 +202,6 @@ def test_a_lost_process_stops_the_other_in_one_line(synthetic_dataset, tmp_path,
   mmvae_lines = [line for line in lines if line.startswith("mmvae train: error")]
   # The line names the lost process and the newest checkpoint on disk, and comes last.
   assert mmvae_lines == [lines[-1]], lines[-5:]
-  assert re.match(rf"mmvae train: error: lost process {victim}\b.*; last saved step {_committed(workdir)[-1]}; "
+  assert re.match(rf"mmvae train: error: lost process {victim}\b.*; last saved step {committed_steps(workdir)[-1]}; "
                   "rerun both processes to resume$", lines[-1]), lines[-1]
   assert "Traceback" not in err

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_prep import folds, voxceleb1
+from data_prep import voxceleb1
 from experiments import linear_probe
 from mmvae import cv
 

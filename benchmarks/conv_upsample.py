@@ -5,11 +5,13 @@
 Prints one table per part:
 - heads: forward + backward (gradient of every parameter and of the input) of one ConvHead at the conv config's
   shapes (audio [297, 512], face [64, 64, 3], channels 32-256), per model.upsample variant; 'transpose' and
-  'resize' both as ConvHead computes them on a CPU (by output phases) and as XLA's own ops ('(XLA op)');
+  'resize' as ConvHead computes them on a CPU (by output phases, each a matmul: layers.conv2d), by phases with
+  XLA's convolutions ('(XLA conv)') and as XLA's own ops ('(XLA op)');
 - --layers: the same for each upsampling layer alone (the kernel gradient of XLA CPU's transposed convolution is
   the slow part);
-- --encoder: each stride-2 3x3 encoder convolution as XLA's strided convolution, as space-to-depth + a 2x2
-  stride-1 convolution (the same function), and in NCHW layout;
+- --encoder: each stride-2 3x3 encoder convolution as layers.conv2d computes it on a CPU (patches @ kernel), as
+  XLA's strided convolution, as space-to-depth + a 2x2 stride-1 convolution (the same function), and in NCHW
+  layout;
 - --step: the conv config's whole train step (forward, backward, Adam) per variant.
 GFLOP are XLA's cost analysis of the compiled program (what the machine is asked to do, so a variant that does
 more multiply-adds shows them); the time is the median of --repeats calls after one warm-up call.
@@ -61,35 +63,41 @@ def _fwd_bwd(module, x):
   return jax.grad(loss, argnums=(0, 1)), params
 
 
-# (label, model.upsample, computed by phases): 'transpose' and 'resize' as ConvHead computes them on a CPU (one
-# convolution per output phase at the input's resolution, layers.upsample2_by_phases) and as XLA's own transposed
-# convolution / resize-then-convolve (what ConvHead did before, and does on other backends).
-VARIANTS = [("transpose", "transpose", True), ("transpose (XLA op)", "transpose", False),
-            ("resize", "resize", True), ("resize (XLA op)", "resize", False), ("subpixel", "subpixel", False)]
+# (label, model.upsample, computed by phases, convolutions as matmuls): 'transpose' and 'resize' as ConvHead computes
+# them on a CPU (one convolution per output phase at the input's resolution, layers.upsample2_by_phases, each a
+# matmul, layers.conv2d), by phases with XLA's convolutions, and as XLA's own transposed convolution /
+# resize-then-convolve (what ConvHead did before, and does on other backends).
+VARIANTS = [("transpose", "transpose", True, True), ("transpose (XLA conv)", "transpose", True, False),
+            ("transpose (XLA op)", "transpose", False, False), ("resize", "resize", True, True),
+            ("resize (XLA conv)", "resize", True, False), ("resize (XLA op)", "resize", False, False),
+            ("subpixel", "subpixel", False, True), ("subpixel (XLA conv)", "subpixel", False, False)]
 
 
 class _ByPhases:
-  """Within the block, ConvHead computes 'transpose' and 'resize' by phases on this backend (on) or not (off)."""
+  """Within the block, ConvHead computes 'transpose' and 'resize' by phases (phases) and every 2-D convolution as a
+  matmul (matmul) on this backend, or not."""
 
-  def __init__(self, on: bool):
-    self.on = on
+  def __init__(self, phases: bool, matmul: bool = True):
+    self.on = {"UPSAMPLE_BY_PHASES": phases, "CONV_AS_MATMUL": matmul}
 
   def __enter__(self):
-    self.saved = layers.UPSAMPLE_BY_PHASES
-    layers.UPSAMPLE_BY_PHASES = frozenset({jax.default_backend()}) if self.on else frozenset()
+    self.saved = {name: getattr(layers, name) for name in self.on}
+    for name, on in self.on.items():
+      setattr(layers, name, frozenset({jax.default_backend()}) if on else frozenset())
 
   def __exit__(self, *exc):
-    layers.UPSAMPLE_BY_PHASES = self.saved
+    for name, value in self.saved.items():
+      setattr(layers, name, value)
 
 
 def heads(batch, repeats):
   rows = []
   for name, shape in (("audio", AUDIO), ("face", FACE)):
     h = jnp.asarray(np.random.default_rng(0).normal(size=(batch, HIDDEN)), jnp.float32)
-    for label, mode, phases in VARIANTS:
+    for label, mode, phases, matmul in VARIANTS:
       head = layers.ConvHead(HIDDEN, shape, CHANNELS, jnp.float32, nnx.Rngs(0), upsample=mode)
       fn, params = _fwd_bwd(head, h)
-      with _ByPhases(phases):
+      with _ByPhases(phases, matmul):
         s, cs, gf = _time(fn, (params, h), repeats)
       rows.append({"part": f"head {name}", "variant": label, **_numbers(s, cs, gf)})
   return rows
@@ -109,8 +117,7 @@ def _layer(mode, phases, cin, cout, rng):
   if mode == "resize":
     return k, lambda k, x: jax.lax.conv_general_dilated(layers.resize_nearest2(x), k, (1, 1), "SAME",
                                                         dimension_numbers=dn)
-  return k, lambda k, x: layers.depth_to_space(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                                                            dimension_numbers=dn), 2)
+  return k, lambda k, x: layers.depth_to_space(layers.conv2d(x, k, (1, 1), "SAME"), 2)
 
 
 def upsample_layers(batch, repeats, shape=AUDIO):
@@ -122,10 +129,11 @@ def upsample_layers(batch, repeats, shape=AUDIO):
   rng = np.random.default_rng(0)
   for cin, cout in zip(ins, outs):
     x = jnp.asarray(rng.normal(size=(batch, h, w, cin)), jnp.float32)
-    for label, mode, phases in VARIANTS:
+    for label, mode, phases, matmul in VARIANTS:
       k, apply = _layer(mode, phases, cin, cout, rng)
       grad = jax.grad(lambda k, x, apply=apply: 0.5 * jnp.sum(jnp.square(apply(k, x))), argnums=(0, 1))
-      s, cs, gf = _time(grad, (k, x), repeats)
+      with _ByPhases(phases, matmul):
+        s, cs, gf = _time(grad, (k, x), repeats)
       rows.append({"part": f"up {h}x{w} {cin}->{cout}", "variant": label, **_numbers(s, cs, gf)})
     h, w = 2 * h, 2 * w
   return rows
@@ -164,7 +172,8 @@ def encoder_layers(batch, repeats):
     k = jnp.asarray(rng.normal(size=(3, 3, c, cout)) / math.sqrt(9 * c), jnp.float32)
     ref = _conv_nhwc(x, k)
     assert np.allclose(_conv_s2d(x, k), ref, atol=1e-3 * float(jnp.abs(ref).max())), "space-to-depth differs"
-    variants = {"strided NHWC": (_conv_nhwc, x, k), "space-to-depth": (_conv_s2d, x, k),
+    variants = {"patches @ kernel": (lambda x, k: layers.conv2d(x, k, (2, 2), "SAME"), x, k),
+                "strided NHWC": (_conv_nhwc, x, k), "space-to-depth": (_conv_s2d, x, k),
                 "strided NCHW": (_conv_nchw, x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1))}
     for name, (f, xi, ki) in variants.items():
       g = jax.grad(lambda k, x, f=f: 0.5 * jnp.sum(jnp.square(f(x, k))), argnums=(0, 1))

@@ -70,6 +70,81 @@ class SetEncoder(nnx.Module):
     return self.after(jnp.concatenate([_POOLS[p](h_BxNxH, axis=1) for p in self.pools], axis=-1))
 
 
+# XLA CPU runs a convolution on one thread and a matmul on every core (README, Layers and speed). On the backends in
+# CONV_AS_MATMUL a 2-D convolution y[p, q] = sum_{r, c} x[s p + r - top, s q + c - left] @ k[r, c] is computed with
+# one matmul, the same multiply-adds to float rounding, in whichever of two forms keeps less in memory:
+# - patches: the Kh*Kw shifted windows of x side by side, [B*Ho*Wo, Kh*Kw*I], times k as a [Kh*Kw*I, O] matrix
+#   (any stride; Kh*Kw times x's channels, so used when O >= I or the stride is not 1);
+# - shifted outputs: x [B*H*W, I] times every tap's [I, O] side by side, then the taps' [.., O] slices of the
+#   product shifted and added (stride 1 only; Kh*Kw times the output's channels, so used when O < I).
+# Their gradients are matmuls and shifted slices too.
+CONV_AS_MATMUL = frozenset({"cpu"})
+
+
+def shifted_matmul(x_BxHxWxI, terms, out_hw):
+  """{key: y} with y[b, p, q] = sum over key's terms (dr, dc, k_IxO) of x[b, p + dr, q + dc] @ k (zero outside x),
+  y of shape [B, Ho, Wo, O] (out_hw = (Ho, Wo)): one matmul of x by every term's kernel side by side, then shifted
+  adds of the product's [.., O] slices. `terms` is a list of (key, dr, dc, k_IxO), all k of one shape."""
+  b, h, w, i = x_BxHxWxI.shape
+  ho, wo = out_hw
+  o = terms[0][3].shape[-1]
+  kernel = jnp.concatenate([k for *_, k in terms], -1)  # [I, n*O]
+  u = (x_BxHxWxI.reshape(b * h * w, i) @ kernel).reshape(b, h, w, len(terms), o)
+  drs, dcs = [t[1] for t in terms], [t[2] for t in terms]
+  lo_r, lo_c = max(0, -min(drs)), max(0, -min(dcs))
+  hi_r, hi_c = max(0, ho + max(drs) - h), max(0, wo + max(dcs) - w)
+  u = jnp.pad(u, ((0, 0), (lo_r, hi_r), (lo_c, hi_c), (0, 0), (0, 0)))
+  out = {}
+  for n, (key, dr, dc, _) in enumerate(terms):
+    term = u[:, lo_r + dr:lo_r + dr + ho, lo_c + dc:lo_c + dc + wo, n]
+    out[key] = term if key not in out else out[key] + term
+  return out
+
+
+def conv2d(x_BxHxWxI, kernel_KhxKwxIxO, strides=(1, 1), padding="SAME"):
+  """jax.lax.conv_general_dilated(x, kernel, strides, padding) with NHWC inputs and an HWIO kernel (padding 'SAME',
+  'VALID' or ((top, bottom), (left, right)), negative to crop); one matmul on the backends in CONV_AS_MATMUL."""
+  kh, kw, i, o = kernel_KhxKwxIxO.shape
+  strides = tuple(strides)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(x_BxHxWxI.shape[1:3], (kh, kw), strides, padding)
+  (top, bottom), (left, right) = padding
+  zero = jnp.zeros((), x_BxHxWxI.dtype)
+  if jax.default_backend() not in CONV_AS_MATMUL:
+    if min(top, bottom, left, right) < 0:  # XLA CPU (jax 0.10.2) convolves wrongly with a negative pad: crop first
+      x_BxHxWxI = jax.lax.pad(x_BxHxWxI, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+      padding = ((0, 0), (0, 0))
+    return jax.lax.conv_general_dilated(x_BxHxWxI, kernel_KhxKwxIxO, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  b, h, w, _ = x_BxHxWxI.shape
+  sh, sw = strides
+  ho, wo = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+  if strides == (1, 1) and o < i:
+    terms = [(0, r - top, c - left, kernel_KhxKwxIxO[r, c]) for r in range(kh) for c in range(kw)]
+    return shifted_matmul(x_BxHxWxI, terms, (ho, wo))[0]
+  x = jax.lax.pad(x_BxHxWxI, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  windows = [x[:, r:r + sh * (ho - 1) + 1:sh, c:c + sw * (wo - 1) + 1:sw] for r in range(kh) for c in range(kw)]
+  patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, -1)  # channel (r*Kw + c)*I + i
+  y = patches.reshape(b * ho * wo, kh * kw * i) @ kernel_KhxKwxIxO.reshape(kh * kw * i, o)
+  return y.reshape(b, ho, wo, o)
+
+
+def apply_conv(conv: nnx.Conv, x):
+  """conv(x) for an un-dilated, ungrouped 2-D nnx.Conv with zero padding, through conv2d (so as a matmul on the
+  backends in CONV_AS_MATMUL); the layer's dtype promotion and bias as nnx.Conv applies them."""
+  strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+  plain = (len(conv.kernel_size) == 2 and conv.feature_group_count == 1 and conv.mask is None
+           and conv.padding in ("SAME", "VALID") and conv.kernel_dilation in (1, (1, 1))
+           and conv.input_dilation in (1, (1, 1)))
+  if jax.default_backend() not in CONV_AS_MATMUL or not plain:
+    return conv(x)
+  kernel = conv.kernel[...]
+  bias = None if conv.bias is None else conv.bias[...]
+  x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)
+  y = conv2d(x, kernel, strides, conv.padding)
+  return y if bias is None else y + bias
+
+
 class ConvEncoder(nnx.Module):
   """Stride-2 3x3 convolutions over an image [H, W, C] (or a spectrogram [T, F] as one channel)."""
 
@@ -95,7 +170,7 @@ class ConvEncoder(nnx.Module):
     if self.add_channel:
       h = h[..., None]
     for conv in self.convs:
-      h = nnx.relu(conv(h))
+      h = nnx.relu(apply_conv(conv, h))
     if self.pool_time:
       h = h.mean(axis=1)
     mu_BxZ, logvar_BxZ = jnp.split(self.head(h.reshape(h.shape[0], -1)).astype(jnp.float32), 2, axis=-1)
@@ -204,32 +279,26 @@ def _offsets(mode: str, a: int) -> tuple[int, int]:
 
 
 def upsample2_by_phases(x_BxHxWxI, kernel_3x3xIxO, bias_O, mode: str):
-  """[B, H, W, I] -> [B, 2H, 2W, O]: the 'resize' or 'transpose' x2 upsampling of ConvHead, computed as one
-  convolution per output phase at the input's resolution and interleaved (depth-to-space). With few output
-  channels (an output layer: 1 or 3) the four phases share one convolution to 4*O channels instead, over the window
-  they all read (3x3 for 'resize', 2x2 for 'transpose'; zero taps where a phase reads no input), which XLA CPU runs
-  faster than four convolutions to 1-3 channels. The phases' tap sums are made in the kernel's dtype (the float32
-  parameters) and then cast to x's (the compute dtype)."""
-  dn = ("NHWC", "HWIO", "NHWC")
-  o = kernel_3x3xIxO.shape[-1]
+  """[B, H, W, I] -> [B, 2H, 2W, O]: the 'resize' or 'transpose' x2 upsampling of ConvHead, computed at the input's
+  resolution: output phase (a, b) (pixels (2h + a, 2w + b)) is a small convolution of x with the phase's taps
+  (PHASE_TAPS), and the four phases are interleaved (depth-to-space). With few output channels (an output layer:
+  1 or 3) all phases' taps are one matmul of x and shifted adds (shifted_matmul); otherwise each phase is its own
+  conv2d, which XLA CPU runs faster at these widths. The phases' tap sums are made in the kernel's dtype (the
+  float32 parameters) and then cast to x's (the compute dtype)."""
   b, h, w, _ = x_BxHxWxI.shape
+  o = kernel_3x3xIxO.shape[-1]
+  windows = {}  # phase -> (its kernel over the offsets it reads, (first, last) row offset, (first, last) column)
+  for i in range(2):
+    for j in range(2):
+      (r0, r1), (c0, c1) = _offsets(mode, i), _offsets(mode, j)
+      k = _phase_kernel(kernel_3x3xIxO, mode, i, j)[r0 + 1:r1 + 2, c0 + 1:c1 + 2].astype(x_BxHxWxI.dtype)
+      windows[i, j] = (k, (r0, r1), (c0, c1))
   if 4 * o <= 16:
-    lo, hi = min(_offsets(mode, a)[0] for a in range(2)), max(_offsets(mode, a)[1] for a in range(2))
-    wide = jnp.concatenate([_phase_kernel(kernel_3x3xIxO, mode, i, j)[lo + 1:hi + 2, lo + 1:hi + 2]
-                            for i in range(2) for j in range(2)], -1).astype(x_BxHxWxI.dtype)  # the window all read
-    y = jax.lax.conv_general_dilated(x_BxHxWxI, wide, (1, 1), ((-lo, hi), (-lo, hi)), dimension_numbers=dn)
-    y = y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5)
+    phases = shifted_matmul(x_BxHxWxI, [(p, r0 + r, c0 + c, k[r, c]) for p, (k, (r0, _), (c0, _)) in windows.items()
+                                        for r in range(k.shape[0]) for c in range(k.shape[1])], (h, w))
   else:
-    rows = []
-    for i in range(2):
-      (r0, r1), cols = _offsets(mode, i), []
-      for j in range(2):
-        c0, c1 = _offsets(mode, j)
-        k = _phase_kernel(kernel_3x3xIxO, mode, i, j)[r0 + 1:r1 + 2, c0 + 1:c1 + 2].astype(x_BxHxWxI.dtype)
-        cols.append(jax.lax.conv_general_dilated(x_BxHxWxI, k, (1, 1), ((-r0, r1), (-c0, c1)),
-                                                 dimension_numbers=dn))
-      rows.append(jnp.stack(cols, 3))  # [B, H, W, 2 (column phase), O]
-    y = jnp.stack(rows, 2)  # [B, H, 2 (row phase), W, 2, O]
+    phases = {p: conv2d(x_BxHxWxI, k, (1, 1), ((-r0, r1), (-c0, c1))) for p, (k, (r0, r1), (c0, c1)) in windows.items()}
+  y = jnp.stack([jnp.stack([phases[i, j] for j in range(2)], 3) for i in range(2)], 2)  # [B, H, 2, W, 2, O]
   y = y.reshape(b, 2 * h, 2 * w, o)
   return y if bias_O is None else y + bias_O
 
@@ -273,7 +342,7 @@ class ConvHead(nnx.Module):
 
   def _up(self, conv, g):
     if self.upsample == "subpixel":
-      return depth_to_space(conv(g), 2)
+      return depth_to_space(apply_conv(conv, g), 2)
     if jax.default_backend() in UPSAMPLE_BY_PHASES:  # the same function, faster on XLA CPU (README, speed)
       dtype = conv.dtype or g.dtype  # taps summed in the parameters' float32, then cast as the layer casts them
       bias = None if conv.bias is None else conv.bias[...].astype(dtype)

@@ -103,17 +103,15 @@ def shifted_matmul(x_BxHxWxI, terms, out_hw):
 
 def conv2d(x_BxHxWxI, kernel_KhxKwxIxO, strides=(1, 1), padding="SAME"):
   """jax.lax.conv_general_dilated(x, kernel, strides, padding) with NHWC inputs and an HWIO kernel (padding 'SAME',
-  'VALID' or ((top, bottom), (left, right)), negative to crop); one matmul on the backends in CONV_AS_MATMUL."""
+  'VALID' or ((top, bottom), (left, right)), each >= 0); one matmul on the backends in CONV_AS_MATMUL."""
   kh, kw, i, o = kernel_KhxKwxIxO.shape
   strides = tuple(strides)
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x_BxHxWxI.shape[1:3], (kh, kw), strides, padding)
   (top, bottom), (left, right) = padding
-  zero = jnp.zeros((), x_BxHxWxI.dtype)
+  if min(top, bottom, left, right) < 0:  # XLA CPU convolves wrongly with one (openxla/xla#48713)
+    raise ValueError(f"conv2d pads by >= 0, got {padding}")
   if jax.default_backend() not in CONV_AS_MATMUL:
-    if min(top, bottom, left, right) < 0:  # XLA CPU (jax 0.10.2) convolves wrongly with a negative pad: crop first
-      x_BxHxWxI = jax.lax.pad(x_BxHxWxI, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-      padding = ((0, 0), (0, 0))
     return jax.lax.conv_general_dilated(x_BxHxWxI, kernel_KhxKwxIxO, strides, padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   b, h, w, _ = x_BxHxWxI.shape
@@ -122,7 +120,7 @@ def conv2d(x_BxHxWxI, kernel_KhxKwxIxO, strides=(1, 1), padding="SAME"):
   if strides == (1, 1) and o < i:
     terms = [(0, r - top, c - left, kernel_KhxKwxIxO[r, c]) for r in range(kh) for c in range(kw)]
     return shifted_matmul(x_BxHxWxI, terms, (ho, wo))[0]
-  x = jax.lax.pad(x_BxHxWxI, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  x = jnp.pad(x_BxHxWxI, ((0, 0), (top, bottom), (left, right), (0, 0)))
   windows = [x[:, r:r + sh * (ho - 1) + 1:sh, c:c + sw * (wo - 1) + 1:sw] for r in range(kh) for c in range(kw)]
   patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, -1)  # channel (r*Kw + c)*I + i
   y = patches.reshape(b * ho * wo, kh * kw * i) @ kernel_KhxKwxIxO.reshape(kh * kw * i, o)

@@ -38,8 +38,9 @@ class _Extractor:
     if self.workers > 1:
       # spawn, not fork: the parent may hold JAX or reader threads, which fork does not copy safely.
       # Its workers exit when prep dies (kill -9 included) and leave Ctrl-C to prep, which stops them.
-      self.pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=workers_lib.exit_with_parent,
-                                                            initargs=(os.getpid(),))
+      with workers_lib.starting():
+        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=workers_lib.exit_with_parent,
+                                                              initargs=(os.getpid(),))
     return self
 
   def __exit__(self, *exc):

@@ -232,8 +232,10 @@ def generate_corpus(root, identities: int = 24, seed: int = 0, split: str = "clo
   bar = progress_lib.bar(total=identities, desc="synthetic corpus", unit="identity", disable=not progress)
   if workers > 1:
     # spawn, not fork: the caller may have started JAX threads, which fork does not survive.
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=workers_lib.exit_with_parent,
-                                                   initargs=(os.getpid(),)) as pool:
+    with workers_lib.starting():
+      pool = multiprocessing.get_context("spawn").Pool(workers, initializer=workers_lib.exit_with_parent,
+                                                       initargs=(os.getpid(),))
+    with pool:
       for _ in pool.imap_unordered(_write_identity, jobs):
         bar.update()
   else:

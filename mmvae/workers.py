@@ -6,10 +6,12 @@ each worker: a thread ends the worker as soon as its parent is gone. Ctrl-C reac
 terminal's process group; workers ignore it, and the parent stops them once it has saved or cleaned up.
 """
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 
 POLL_S = 0.5  # how often a worker looks at its parent
 
@@ -20,7 +22,8 @@ def exit_with_parent(parent_pid: int, *_worker_index) -> None:
   A thread polling the parent pid, not prctl(PR_SET_PDEATHSIG): that signal fires when the parent *thread*
   that started the worker ends, and grain starts its workers from short-lived threads.
   """
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C held back by `starting` is dropped here
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
   def watch():
     while os.getppid() == parent_pid:
@@ -28,6 +31,25 @@ def exit_with_parent(parent_pid: int, *_worker_index) -> None:
     os._exit(1)  # the parent is gone: nobody reads what this worker makes
 
   threading.Thread(target=watch, name="mmvae-exit-with-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def starting():
+  """Start worker processes inside this block: a Ctrl-C that arrives while a worker is still starting, before
+  `exit_with_parent` has run in it, would otherwise end that worker with a KeyboardInterrupt traceback from
+  inside multiprocessing's bootstrap. SIGINT is blocked in the calling thread for the block, and a spawned
+  process starts with its parent's signal mask (as multiprocessing's own resource tracker is started); the
+  parent receives a Ctrl-C held back this way as the block ends, and the workers drop theirs."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  # Started first: starting multiprocessing's resource tracker unblocks SIGINT in the thread that starts it.
+  resource_tracker.ensure_running()
+  before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 TRACKER_LEAK_FILTER = "ignore:resource_tracker:UserWarning"

@@ -126,8 +126,60 @@ def test_kill_9_of_a_trainer_ends_its_grain_workers(synthetic_dataset, tmp_path)
         os.kill(k, signal.SIGKILL)
 
 
-@pytest.mark.skip(reason="timing-dependent: the Ctrl-C can land before extraction, after it, or while a spawned "
-                         "worker is still starting (which then dies with a fatal error); needs a deterministic hook")
+POOL_UNDER_CTRL_C = """
+import contextlib, multiprocessing, os, signal, sys, time
+from mmvae import workers
+
+if __name__ == "__main__":
+  guard = workers.starting() if sys.argv[1] == "guarded" else contextlib.nullcontext()
+  with guard:  # as prep starts its pool (data_prep/pipeline.py, synthetic.py)
+    pool = multiprocessing.get_context("spawn").Pool(2, initializer=workers.exit_with_parent, initargs=(os.getpid(),))
+  # One SIGINT to each worker while it starts: once its Python has its own SIGINT handler (SigCgt in /proc) and
+  # before its initializer has set SIGINT to ignored (which clears that bit).
+  bit, signalled = 1 << (signal.SIGINT - 1), 0
+  for pid in [p.pid for p in pool._pool]:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+      fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
+      if int(fields["SigIgn"], 16) & bit:  # already started (a slow parent): too late for this one
+        break
+      if int(fields["SigCgt"], 16) & bit:
+        os.kill(pid, signal.SIGINT)
+        signalled += 1
+        break
+      time.sleep(0.0005)
+  print(f"signalled {signalled}", flush=True)
+  print(pool.map(abs, [1, -2, 3, -4]), flush=True)
+  pool.terminate()
+  pool.join()
+"""
+
+
+def test_ctrl_c_while_workers_start_ends_none_of_them(tmp_path):
+  """A Ctrl-C that lands while prep's spawned workers are still starting, before their initializer ignores it, used
+  to end them with a KeyboardInterrupt (or 'Fatal Python error: init_import_site') printed from their bootstrap.
+  Started inside workers.starting() they start with SIGINT blocked: nothing printed, the pool works. The same pool
+  started outside it shows the fault, so the check can fail."""
+  script = tmp_path / "pool.py"
+  script.write_text(POOL_UNDER_CTRL_C)
+
+  def run(mode):
+    return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=180,
+                          start_new_session=True)
+
+  guarded = run("guarded")
+  assert guarded.returncode == 0, guarded
+  signalled, result = guarded.stdout.split("\n")[:2]
+  assert signalled in ("signalled 1", "signalled 2") and result == "[1, 2, 3, 4]", guarded.stdout
+  assert "Traceback" not in guarded.stderr and "KeyboardInterrupt" not in guarded.stderr, guarded.stderr
+  bare = run("bare")
+  assert bare.stdout.split("\n")[0] in ("signalled 1", "signalled 2"), bare.stdout
+  assert "KeyboardInterrupt" in bare.stderr, bare.stderr
+
+
+@pytest.mark.skip(reason="timing-dependent: the Ctrl-C can land before extraction or after it; a worker still "
+                         "starting is now covered by workers.starting() (the test above), and this test passed 7 of "
+                         "8 runs, the failure a worker traceback from spawn's bootstrap on a loaded machine")
 def test_ctrl_c_in_prep_leaves_no_dataset_and_the_rerun_resumes(tmp_path_factory, tmp_path, capsys):
   out = tmp_path / "data"
   # 12 identities: extraction lasts seconds, so the Ctrl-C lands inside it (4 finished before it arrived).

@@ -43,7 +43,10 @@ def starting():
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  # Started first: starting multiprocessing's resource tracker unblocks SIGINT in the thread that starts it.
+  # Started first: starting multiprocessing's resource tracker unblocks SIGINT in the thread that starts it. It
+  # starts with quiet_tracker's filter: after a Ctrl-C it unlinks the semaphores of a pool that was terminated
+  # mid-task, and would add a two-line 'leaked semaphore objects' warning after the line that says what was kept.
+  quiet_tracker()
   resource_tracker.ensure_running()
   before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
   try:

@@ -22,6 +22,10 @@ from test_fault_injection import (SLOW_CLI, committed_steps, final_sha, referenc
                                   train_steps)
 
 CLI = "import sys\nfrom mmvae import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+# Prepended to a child that the test sends Ctrl-C: a test run started as a background job of a script (`pytest &`)
+# ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt handler; this restores
+# what a terminal gives (spawned workers, fresh interpreters, start with SIGINT at its default again).
+CTRL_C_ABLE = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
 
 
 def _messages(text: str) -> list[str]:
@@ -77,7 +81,7 @@ def test_ctrl_c_in_train_saves_the_step_in_one_line_and_resumes_to_the_same_para
   workdir = tmp_path / "run"
   argv = [str(a) for a in train_args(synthetic_dataset, workdir)]
   # Grain worker processes too: they get the Ctrl-C as well and must leave it to the trainer.
-  child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *argv, "--config.train.data_workers=2"],
+  child = subprocess.Popen([sys.executable, "-c", CTRL_C_ABLE + SLOW_CLI, *argv, "--config.train.data_workers=2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
     _wait_for(lambda: _train_rows(workdir) >= 1, child, 240, "a logged training step")
@@ -126,7 +130,7 @@ def test_kill_9_of_a_trainer_ends_its_grain_workers(synthetic_dataset, tmp_path)
         os.kill(k, signal.SIGKILL)
 
 
-POOL_UNDER_CTRL_C = """
+POOL_UNDER_CTRL_C = CTRL_C_ABLE + """
 import contextlib, multiprocessing, os, signal, sys, time
 from mmvae import workers
 
@@ -177,14 +181,45 @@ def test_ctrl_c_while_workers_start_ends_none_of_them(tmp_path):
   assert "KeyboardInterrupt" in bare.stderr, bare.stderr
 
 
-@pytest.mark.skip(reason="timing-dependent: the Ctrl-C can land before extraction or after it; a worker still "
-                         "starting is now covered by workers.starting() (the test above), and this test passed 7 of "
-                         "8 runs, the failure a worker traceback from spawn's bootstrap on a loaded machine")
+LEAKED_LOCK = """
+import contextlib, multiprocessing, os, sys
+from mmvae import workers
+
+if __name__ == "__main__":
+  with workers.starting() if sys.argv[1] == "guarded" else contextlib.nullcontext():
+    pass  # where prep starts its pools
+  lock = multiprocessing.get_context("spawn").Lock()  # a named semaphore the resource tracker follows
+  os._exit(0)  # gone without unlinking it, as a pool's queues are when Ctrl-C stops it mid-task
+"""
+
+
+def test_after_ctrl_c_the_resource_tracker_cleans_up_without_a_warning(tmp_path):
+  """A semaphore left behind by a stopped pool is unlinked by multiprocessing's resource tracker, which also used to
+  print two lines of 'leaked semaphore objects' warning after prep's one line. The tracker prep starts (in
+  workers.starting) starts quiet; one started plainly still warns, so the check can fail."""
+  script = tmp_path / "lock.py"
+  script.write_text(LEAKED_LOCK)
+
+  def run(mode):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120, env=env)
+
+  guarded, bare = run("guarded"), run("bare")
+  assert guarded.returncode == 0 and bare.returncode == 0, (guarded, bare)
+  assert "leaked semaphore" in bare.stderr, bare.stderr
+  assert guarded.stderr == "", guarded.stderr
+
+
+@pytest.mark.skip(reason="timing-dependent: the Ctrl-C can land before extraction or after it. Of its earlier "
+                         "failures, a worker still starting is covered by workers.starting() (the test above) and the "
+                         "resource tracker's 'leaked semaphore' warning by its quiet start (1 of 6 runs before, 0 of 6 "
+                         "after); a worker traceback from spawn's bootstrap on a loaded machine (1 of 8, an earlier "
+                         "session) was not seen again in 11 runs")
 def test_ctrl_c_in_prep_leaves_no_dataset_and_the_rerun_resumes(tmp_path_factory, tmp_path, capsys):
   out = tmp_path / "data"
   # 12 identities: extraction lasts seconds, so the Ctrl-C lands inside it (4 finished before it arrived).
   argv = ["prep", "synthetic", "--out", str(out), "--identities", "12", "--config", "synthetic"]
-  child = subprocess.Popen([sys.executable, "-c", CLI, *argv, "--workers", "2"], stdout=subprocess.PIPE,
+  child = subprocess.Popen([sys.executable, "-c", CTRL_C_ABLE + CLI, *argv, "--workers", "2"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
   extracting = lambda: any(tmp_path.glob(".data.partial-*/.spool/plan.json"))  # the corpus is generated
   try:

@@ -214,7 +214,7 @@ def test_after_ctrl_c_the_resource_tracker_cleans_up_without_a_warning(tmp_path)
                          "failures, a worker still starting is covered by workers.starting() (the test above) and the "
                          "resource tracker's 'leaked semaphore' warning by its quiet start (1 of 6 runs before, 0 of 6 "
                          "after); a worker traceback from spawn's bootstrap on a loaded machine (1 of 8, an earlier "
-                         "session) was not seen again in 11 runs")
+                         "session) was not seen again in 12 runs")
 def test_ctrl_c_in_prep_leaves_no_dataset_and_the_rerun_resumes(tmp_path_factory, tmp_path, capsys):
   out = tmp_path / "data"
   # 12 identities: extraction lasts seconds, so the Ctrl-C lands inside it (4 finished before it arrived).

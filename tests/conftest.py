@@ -1,10 +1,25 @@
 """Test setup: four fake CPU devices so data-parallel code runs as it would on a 4-GPU host."""
 
 import os
+import shutil
+import tempfile
 
 # Must be set before JAX is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache, one folder per test run (.ci/run shares one between its two tiers): tests and
+# the CLI subprocesses they start (which inherit this environment) compile the same tiny models' steps again and
+# again, and a repeat is served from disk. It is keyed by the program, its compile options and the JAX version, and
+# a cached executable is the one XLA would compile again, so no result depends on it. MMVAE_TEST_JAX_CACHE=off
+# turns it off; pytest-xdist's workers inherit the folder of the run that started them.
+_MADE_CACHE = None
+if os.environ.get("MMVAE_TEST_JAX_CACHE", "") != "off":
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _MADE_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmvae-test-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  # A size bound (bytes) also makes JAX take a file lock (the filelock package) around every read and write, so
+  # parallel test processes never read an entry another is still writing.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 import pathlib
 
@@ -99,3 +114,14 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid.startswith(SLOW):
       item.add_marker(pytest.mark.slow)
+
+
+def pytest_unconfigure(config):
+  """Removes the compilation cache this run made (not one it was given)."""
+  if _MADE_CACHE is not None:
+    shutil.rmtree(_MADE_CACHE, ignore_errors=True)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (pyproject's addopts): one test process per core, at most 4 (each holds a JAX runtime)."""
+  return max(1, min(os.cpu_count() or 1, 4))

@@ -199,13 +199,13 @@ def train_section() -> ml_collections.ConfigDict:
   # in memory (a background thread does it), up to 4 when it is read from disk; 0 = the background thread.
   t.data_workers = -1
   # Optimizer steps per dispatch to the devices (a lax.scan over that many batches; the same numbers as
-  # single steps): > 1 saves the per-step dispatch and host work where a step is short (small models or
-  # batches). Blocks never cross an eval or checkpoint step; metrics are fetched once per block. 'auto'
-  # times a few single steps after compilation and runs enough per dispatch that one lasts about 20 ms
-  # (1 for long steps, and for runs too short to pay the block's compilation); an integer fixes it. Not the
-  # default: a block computes the same steps to float rounding, not bit for bit, so a timed choice would make
-  # two runs of one seed differ in their last digits with the machine's load.
-  t.steps_per_dispatch = int_or_auto(1)
+  # single steps to float rounding): > 1 saves the per-step dispatch and host work where a step is short
+  # (small models or batches). Blocks never cross an eval or checkpoint step; metrics are fetched once per
+  # block. 'auto' (the default) derives it from the config alone: enough steps that a dispatch holds about
+  # 5 GFLOP on a CPU, 5 TFLOP on an accelerator (XLA's cost analysis of the step), a divisor of the eval and
+  # checkpoint spacing, at most 100 steps and 256 MiB of batches, 1 for runs under 500 steps; so a config
+  # trains the same numbers on every run of a platform. An integer fixes it (1: one step per dispatch).
+  t.steps_per_dispatch = int_or_auto("auto")
   # Which checkpoint is 'best': 'cross_mrr' (mean validation MRR over every ordered pair of modalities,
   # e.g. voice->face and face->voice, the numbers the analysis reports, scored the same way) or 'loss'.
   t.select_by = "cross_mrr"

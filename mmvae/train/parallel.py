@@ -235,7 +235,7 @@ class Runner:
     check_batch_size(config.train.batch_size, len(self.devices))
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
-    fn = functools.partial(step_lib.train_step, graphdef, tx, config)
+    fn = self._fn = functools.partial(step_lib.train_step, graphdef, tx, config)
     block = functools.partial(_scan_steps, fn)
     if mode == "pmap":
       # Per-device copies of this process's devices stacked on a leading axis, as pmap expects them. pmap
@@ -316,6 +316,23 @@ class Runner:
     if self.mode == "pmap":
       metrics = jax.tree.map(lambda x: x[0], metrics)
     return state, metrics
+
+  def step_flop(self, state, batch: dict) -> tuple[float, int]:
+    """(FLOPs, bytes) of one global step and its global batch, from XLA's cost analysis of the lowered global
+    step (no compilation), so every device count and mode gives the same FLOPs. 'sharded' lowers its own step
+    (traced once for both); 'pmap' lowers the plain step on the global shapes."""
+    local, positions = self._local(batch)
+    rows = lambda x: (x.shape[0] * jax.process_count(),) + x.shape[1:]  # noqa: E731
+    if self.mode == "pmap":
+      spec = lambda x: jax.ShapeDtypeStruct(rows(x), x.dtype)  # noqa: E731
+      state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)  # one device's copy
+      step = jax.jit(self._fn)
+    else:
+      spec = lambda x: jax.ShapeDtypeStruct(rows(x), x.dtype, sharding=self._split)  # noqa: E731
+      step = self._step
+    cost = step.lower(state, {k: spec(v) for k, v in local.items()}, spec(positions)).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost or {}
+    return float(cost.get("flops", 0.0)), sum(v.nbytes for v in local.values()) * jax.process_count()
 
   def lower(self, state, batch: dict):
     """The lowered step for cost analysis (FLOPs)."""

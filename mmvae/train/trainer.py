@@ -135,27 +135,32 @@ def _check_resume_config(path: pathlib.Path, config, step=None) -> None:
 
 SELECT_BY = ("cross_mrr", "loss")
 
-# train.steps_per_dispatch='auto': single steps timed after compilation, then blocks of about AUTO_DISPATCH_S.
-AUTO_DISPATCH_S = 0.020
-AUTO_PROBE_STEPS = 5  # single steps timed (each waited for) before the block length is chosen
-AUTO_MAX_STEPS = 100  # the longest block (each holds that many batches on the host)
-AUTO_PAYBACK = 2.0  # blocks only when the rest of the run takes this many times the step's compilation
+# train.steps_per_dispatch='auto' (the default): the block length follows from the config alone (the step's FLOPs
+# from XLA's cost analysis, the batch's bytes, the eval and checkpoint spacing), never from timing, so one config
+# trains the same numbers on every run of a platform, and a resumed run dispatches the same blocks as one never
+# stopped.
+AUTO_DISPATCH_FLOP = {"cpu": 5e9}  # per dispatch: about 100 ms of a CPU's step (the per-dispatch host work ~3 ms)
+AUTO_DISPATCH_FLOP_ACCELERATOR = 5e12  # GPU and TPU: small steps there are bound by launches, not FLOPs
+AUTO_MAX_STEPS = 100  # the longest block (each holds that many batches on the host and the devices)
+AUTO_MAX_BYTES = 256 * 2**20  # and at most this many bytes of batches
+AUTO_MIN_RUN = 500  # runs of fewer steps keep one a dispatch: the lowering and the block's compilation would not pay
 
 
-def auto_steps_per_dispatch(step_s: float, compile_s: float, remaining: int, period: int) -> int:
-  """Steps per dispatch for 'auto': about AUTO_DISPATCH_S / step_s, a divisor of `period` where one is close.
+def auto_steps_per_dispatch(step_flop: float, batch_bytes: int, period: int, num_steps: int, platform: str) -> int:
+  """Steps per dispatch for 'auto': the smallest divisor of `period` whose block holds the platform's
+  AUTO_DISPATCH_FLOP, within AUTO_MAX_STEPS and AUTO_MAX_BYTES (the largest allowed divisor when none does).
 
-  step_s: one single step's time (dispatch to result); compile_s: the first dispatch's compilation, which a
-  block pays again; remaining: the steps left; period: gcd(eval_every, checkpoint_every), the spacing of the
-  steps no block may cross. 1 when steps already last about the target or the run is too short to pay for it.
+  step_flop, batch_bytes: one global step's FLOPs and batch; period: gcd(eval_every, checkpoint_every), which
+  every block length divides, so no block crosses an eval or checkpoint step; num_steps: the run's length.
+  1 when one step already holds the target or the run is shorter than AUTO_MIN_RUN.
   """
-  want = min(AUTO_DISPATCH_S / max(step_s, 1e-9), AUTO_MAX_STEPS, period, remaining)
-  if want < 2 or remaining * step_s < AUTO_PAYBACK * compile_s:
+  target = AUTO_DISPATCH_FLOP.get(platform, AUTO_DISPATCH_FLOP_ACCELERATOR)
+  want = math.ceil(target / max(step_flop, 1.0))
+  cap = min(AUTO_MAX_STEPS, AUTO_MAX_BYTES // max(batch_bytes, 1), period)
+  if want < 2 or cap < 2 or num_steps < AUTO_MIN_RUN:
     return 1
-  k = int(want)
-  # A divisor of the period keeps every block whole (an aligned start runs no single steps at all).
-  divisor = max(d for d in range(1, k + 1) if period % d == 0)
-  return divisor if 2 * divisor >= k else k
+  divisors = [d for d in range(1, cap + 1) if period % d == 0]
+  return min((d for d in divisors if d >= want), default=divisors[-1])
 
 
 class _Validator:
@@ -374,10 +379,11 @@ class _Loop:
     self.schedule = jax.jit(step_lib.make_schedule(config.train))
     self.last_metrics, self.last_val = {}, None
     self.wait_s, self.timed_from, self.timed_steps = 0.0, None, 0
-    # Steps per dispatch: the config's integer, or None while 'auto' times its first single steps.
-    auto = self.t.get("steps_per_dispatch", 1) == "auto"
+    # Steps per dispatch: the config's integer, or None until 'auto' has lowered the first step.
+    auto = self.t.get("steps_per_dispatch", "auto") == "auto"
     self.per_dispatch = None if auto else int(self.t.get("steps_per_dispatch", 1))
-    self.probe_s, self.compile_s, self.excluded_s = [], 0.0, 0.0
+    self.held = []  # batches read ahead of their dispatch ('auto' lowers the step with the first)
+    self.excluded_s = 0.0
     self.signal = 0  # the stop signal this process received
     self.t_start = time.perf_counter()
     self.bar = progress.bar(total=self.t.num_steps, initial=start, desc=f"train {config.name}", unit="step",
@@ -391,23 +397,24 @@ class _Loop:
       signal.signal(s, self._on_signal)
     try:
       pending, step, compiled = None, self.start, set()
+      if self.per_dispatch is None and step < t.num_steps:
+        self._choose_auto(dev_state)
       while step < t.num_steps:
         k = self._block_length(step)
-        # The first dispatch of each length compiles, and 'auto' times its first single steps: both waited for
-        # alone, and a compiling dispatch is left out of the timed steps (final.json's samples/s).
+        # The first dispatch of each length compiles: waited for alone, and left out of the timed steps
+        # (final.json's samples/s).
         compiling = k not in compiled
-        timing = compiling or self.per_dispatch is None
-        if timing and pending is not None:
+        if compiling and pending is not None:
           jax.block_until_ready(pending[1])
         t0 = time.perf_counter()
-        block = [next(self.batches) for _ in range(k)]
+        block = [self.held.pop(0) if self.held else next(self.batches) for _ in range(k)]
         fetch_s = time.perf_counter() - t0
         self.wait_s += fetch_s
         dev_state, metrics = self.runner.steps(dev_state, block) if k > 1 else self.runner.step(dev_state, block[0])
-        if timing:
+        if compiling:
           jax.block_until_ready(metrics)
           compiled.add(k)
-          self._timed_dispatch(step, k, compiling, time.perf_counter() - t0, fetch_s)
+          self._compiled_dispatch(step, time.perf_counter() - t0, fetch_s)
         if pending is not None:  # fetch the previous dispatch's numbers while this one runs
           self._fetch(*pending)
         pending = (step + 1, metrics, k)
@@ -440,26 +447,26 @@ class _Loop:
   def _on_signal(self, signum, frame) -> None:
     self.signal = signum
 
-  def _timed_dispatch(self, step: int, k: int, compiling: bool, elapsed_s: float, fetch_s: float) -> None:
-    """Books a dispatch that was waited for: a compilation (left out of the timing) or one of 'auto''s probes."""
-    if compiling and step != self.start:  # the first dispatch is before timed_from anyway
+  def _compiled_dispatch(self, step: int, elapsed_s: float, fetch_s: float) -> None:
+    """Books a compiling dispatch, which was waited for: left out of the timing (the first is before timed_from)."""
+    if step != self.start:
       self.excluded_s += elapsed_s
       self.wait_s -= fetch_s
-    if step == self.start:
-      self.compile_s = elapsed_s
-    elif not compiling and self.per_dispatch is None:
-      self.probe_s.append(elapsed_s)
-    if self.per_dispatch is None and len(self.probe_s) >= AUTO_PROBE_STEPS:
-      t = self.t
-      step_s = min(self.probe_s)  # the least disturbed by other work on the host
-      k = auto_steps_per_dispatch(step_s, max(self.compile_s - step_s, 0.0), t.num_steps - step - k,
-                                  math.gcd(t.eval_every, t.checkpoint_every))
-      self.per_dispatch = _min_over_processes(k)  # every process must dispatch the same programs
+
+  def _choose_auto(self, dev_state) -> None:
+    """'auto''s block length, from the first batch's lowered step (see auto_steps_per_dispatch)."""
+    t = self.t
+    self.held.append(next(self.batches))
+    flop, nbytes = self.runner.step_flop(dev_state, self.held[0]) if t.num_steps >= AUTO_MIN_RUN else (0.0, 0)
+    k = auto_steps_per_dispatch(flop, nbytes, math.gcd(t.eval_every, t.checkpoint_every), t.num_steps,
+                                self.runner.devices[0].platform)
+    self.per_dispatch = _min_over_processes(k)  # every process must dispatch the same programs
 
   def _block_length(self, step: int) -> int:
-    """steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1."""
+    """steps_per_dispatch steps when they end at or before the next eval, checkpoint or the last step; else 1.
+    A function of the step alone, so a resumed run dispatches the same blocks as one never stopped."""
     t = self.t
-    k = self.per_dispatch or 1  # 1 while 'auto' times single steps
+    k = self.per_dispatch or 1
     boundary = min(t.num_steps, *((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every)))
     return k if step + k <= boundary else 1
 

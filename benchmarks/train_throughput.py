@@ -125,7 +125,8 @@ def measure_trainer(name, batch_size, steps, tiny, data_dir, workdir, mode="shar
                          f"train.eval_every={steps + 1}", f"train.checkpoint_every={steps + 1}",
                          f"parallel={mode}", f"train.data_workers={data_workers}", *overrides])
   final = entry.train(cfg, data_dir, workdir)
-  return {"trainer_samples_per_s": final["samples_per_second"], "trainer_data_wait": final["data_wait_fraction"]}
+  return {"trainer_samples_per_s": final["samples_per_second"], "trainer_data_wait": final["data_wait_fraction"],
+          "trainer_steps_per_dispatch": final["steps_per_dispatch"]}
 
 
 def prepared_synthetic(name, tiny, root) -> pathlib.Path:
@@ -165,7 +166,7 @@ def main(argv=None):
   print(f"float32 jnp.dot {args.peak_size}^2: {peak:.1f} GFLOP/s" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
   cols = ("config", "batch", "step_ms", "samples_per_s", "mflop_per_sample", "gflop_per_s", "data_wait")
   if args.trainer:
-    cols += ("trainer_samples_per_s", "trainer_vs_step", "trainer_data_wait")
+    cols += ("trainer_samples_per_s", "trainer_vs_step", "trainer_data_wait", "trainer_steps_per_dispatch")
   print(" | ".join(f"{c:>16}" for c in cols))
   rows = []
   with tempfile.TemporaryDirectory(dir=args.work) as work:

@@ -1,14 +1,15 @@
 """mmvae's train step against the same step in PyTorch eager, on the public MS-VAE (config msvae_public).
 
   python benchmarks/vs_pytorch.py [--batch-sizes 10,64,256,1024] [--steps 50] [--json FILE]
-                                  [--steps-per-dispatch K]
+                                  [--steps-per-dispatch K|auto]
 
 Both sides run one Adam step of the same loss (visual 512-d and audio 128-d vectors; summed squared
 self and cross reconstruction errors, KL to N(0, I), squared L2 between the two posterior samples) on
 the same random batches, from the same initial parameters (mmvae's seed 0, copied into PyTorch).
 PyTorch draws its noise with torch.randn each step; mmvae from its per-example keys.
 
-mmvae runs through parallel.Runner ('sharded', one device). 'blocked' is the median of steps timed one
+mmvae runs through parallel.Runner ('sharded', one device), K steps per dispatch: by default the trainer's
+'auto' (trainer.auto_steps_per_dispatch from the step's FLOPs and msvae_public's cadence), or --steps-per-dispatch K. 'blocked' is the median of steps timed one
 by one (each waited for); 'pipelined' is steps dispatched back to back, waited for once, total / steps.
 GFLOP/s is from XLA's cost analysis of the compiled step; % of peak is against the faster of a jitted
 jnp.dot and torch.mm of two 2048 x 2048 float32 matrices (the fastest of 10), measured in the same run.
@@ -24,6 +25,7 @@ Needs PyTorch: pip install -e '.[bench]'.
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -37,7 +39,7 @@ from flax import nnx
 
 from mmvae import config as config_lib
 from mmvae import modalities, zoo
-from mmvae.train import parallel
+from mmvae.train import parallel, trainer
 from mmvae.train import step as step_lib
 
 try:
@@ -307,17 +309,31 @@ def time_mmvae(cfg, model, pool, steps: int, warmup: int, budget_s: float, per_d
           "pipelined_steps": n, "first_step_s": first_s}
 
 
-def measure(batch_size: int, steps: int, warmup: int, budget_s: float, per_dispatch: int, peaks: dict,
+def dispatch_length(cfg, model, pool, per_dispatch) -> int:
+  """K: an integer as given, or what the trainer's 'auto' picks for this config and batch on this platform."""
+  if per_dispatch != "auto":
+    return per_dispatch
+  tx = step_lib.make_optimizer(cfg.train)
+  graphdef, state = step_lib.init_state(model, tx)
+  runner = parallel.Runner(graphdef, tx, cfg, "sharded", devices=jax.devices()[:1])
+  flop, nbytes = runner.step_flop(runner.put_state(jax.tree.map(np.asarray, state)), pool[0])
+  t = cfg.train
+  return trainer.auto_steps_per_dispatch(flop, nbytes, math.gcd(t.eval_every, t.checkpoint_every), t.num_steps,
+                                         jax.devices()[0].platform)
+
+
+def measure(batch_size: int, steps: int, warmup: int, budget_s: float, per_dispatch, peaks: dict,
             torch_device, optimizer_s, repeats: int = 1) -> dict:
   """One row of the table: both frameworks at this batch size, and the bounds the optimizer sets.
 
-  optimizer_s: a function timing the optimizer update alone (seconds per step). With repeats > 1 the optimizer,
+  per_dispatch: K or 'auto'. optimizer_s: a function of K timing the optimizer update alone (seconds per step). With repeats > 1 the optimizer,
   PyTorch and mmvae are timed in turn that many times and each keeps its fastest figure: a shared machine's other
   work only ever slows a figure down.
   """
   cfg, model = build(batch_size)
   pool = _pool(batch_size)
-  runs = [(optimizer_s(), time_torch(cfg, model, pool, steps, warmup, budget_s, torch_device),
+  per_dispatch = dispatch_length(cfg, model, pool, per_dispatch)
+  runs = [(optimizer_s(per_dispatch), time_torch(cfg, model, pool, steps, warmup, budget_s, torch_device),
            time_mmvae(cfg, model, pool, steps, warmup, budget_s, per_dispatch)) for _ in range(max(1, repeats))]
   optimizer_s = min(r[0] for r in runs)
   tt = min((r[1] for r in runs), key=lambda t: t["step_s"])
@@ -365,7 +381,17 @@ COLUMNS = (("batch", "batch", "d"), ("torch samples/s", "torch_samples_per_s", "
            ("mmvae pipelined", "mmvae_pipelined_samples_per_s", ".0f"), ("mmvae/torch", "ratio", ".2f"),
            ("mmvae GFLOP/s", "mmvae_gflop_per_s", ".1f"), ("% of peak", "percent_of_peak", ".1f"),
            ("bound: Adam", "optimizer_bound_samples_per_s", ".0f"), ("bound: roofline", "roofline_samples_per_s", ".0f"),
-           ("roofline/torch", "roofline_ratio", ".2f"), ("of roofline", "roofline_fraction", ".0%"))
+           ("roofline/torch", "roofline_ratio", ".2f"), ("of roofline", "roofline_fraction", ".0%"),
+           ("K", "steps_per_dispatch", "d"))
+
+
+def _per_dispatch(value: str):
+  """--steps-per-dispatch: an integer >= 1 or 'auto'."""
+  if value == "auto":
+    return value
+  if not value.isdigit() or int(value) < 1:
+    raise argparse.ArgumentTypeError(f"{value!r} is not an integer >= 1 or 'auto'")
+  return int(value)
 
 
 def main(argv=None):
@@ -374,8 +400,9 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=50, help="timed steps per figure (fewer past --budget seconds)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
   p.add_argument("--budget", type=float, default=20.0, help="seconds per timed figure before it stops early")
-  p.add_argument("--steps-per-dispatch", type=int, default=1,
-                 help="K > 1: mmvae runs K steps per call (Runner.steps), timed per call / K")
+  p.add_argument("--steps-per-dispatch", type=_per_dispatch, default="auto",
+                 help="K > 1: mmvae runs K steps per call (Runner.steps), timed per call / K; 'auto' (default): "
+                      "the trainer's default, K per batch size from the step's FLOPs")
   p.add_argument("--repeats", type=int, default=3,
                  help="time the optimizer bound, PyTorch and mmvae in turn this many times; each keeps its fastest")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmuls that set the peak")
@@ -389,9 +416,7 @@ def main(argv=None):
   # The same arithmetic on both sides: XLA on GPU may use TF32 for float32 dots unless told otherwise.
   jax.config.update("jax_default_matmul_precision", args.matmul_precision)
   torch.backends.cuda.matmul.allow_tf32 = args.matmul_precision == "tensorfloat32"
-  if args.steps_per_dispatch < 1:
-    p.error("--steps-per-dispatch must be >= 1")
-  if args.steps_per_dispatch > 1 and not hasattr(parallel.Runner, "steps"):
+  if args.steps_per_dispatch != 1 and not hasattr(parallel.Runner, "steps"):
     sys.exit(f"--steps-per-dispatch {args.steps_per_dispatch} needs parallel.Runner.steps, which this mmvae lacks")
   torch_device = torch.device(args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
   dev = jax.devices()[0]
@@ -403,9 +428,10 @@ def main(argv=None):
   print(f"fp32 matmul {args.peak_size}^2: jax {peaks['jax']:.1f} GFLOP/s, torch {peaks['torch']:.1f} GFLOP/s; "
         f"peak = {max(peaks.values()):.1f}")
   cfg, model = build(10)
-  optimizer_s = lambda: optimizer_seconds(cfg, model, args.steps_per_dispatch, 20)  # noqa: E731
+  optimizer_s = lambda k: optimizer_seconds(cfg, model, k, 20)  # noqa: E731
+  k0 = 1 if args.steps_per_dispatch == "auto" else args.steps_per_dispatch
   print(f"optimizer update alone ({sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))} parameters, "
-        f"steps-per-dispatch {args.steps_per_dispatch}): {1000 * optimizer_s():.2f} ms per step")
+        f"steps-per-dispatch {k0}): {1000 * optimizer_s(k0):.2f} ms per step")
   print(f"config {CONFIG}; matmul precision {args.matmul_precision}; steps-per-dispatch {args.steps_per_dispatch}; samples/s = batch / step time "
         f"(torch and mmvae blocked: median step; pipelined: total / steps)")
   print(" | ".join(f"{name:>15}" for name, _, _ in COLUMNS), flush=True)

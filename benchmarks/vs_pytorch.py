@@ -8,9 +8,10 @@ self and cross reconstruction errors, KL to N(0, I), squared L2 between the two 
 the same random batches, from the same initial parameters (mmvae's seed 0, copied into PyTorch).
 PyTorch draws its noise with torch.randn each step; mmvae from its per-example keys.
 
-mmvae runs through parallel.Runner ('sharded', one device), K steps per dispatch: by default the trainer's
-'auto' (trainer.auto_steps_per_dispatch from the step's FLOPs and msvae_public's cadence), or --steps-per-dispatch K. 'blocked' is the median of steps timed one
-by one (each waited for); 'pipelined' is steps dispatched back to back, waited for once, total / steps.
+mmvae runs through parallel.Runner ('sharded', one device), K steps per dispatch: by default the
+trainer's 'auto' (trainer.auto_steps_for: from the step's FLOPs and msvae_public's cadence), or
+--steps-per-dispatch K. 'blocked' is the median of steps timed one by one (each waited for); 'pipelined'
+is steps dispatched back to back, waited for once, total / steps.
 GFLOP/s is from XLA's cost analysis of the compiled step; % of peak is against the faster of a jitted
 jnp.dot and torch.mm of two 2048 x 2048 float32 matrices (the fastest of 10), measured in the same run.
 Every row times the optimizer bound, PyTorch and mmvae in turn --repeats times (default 3) and keeps each one's
@@ -25,7 +26,6 @@ Needs PyTorch: pip install -e '.[bench]'.
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -316,19 +316,16 @@ def dispatch_length(cfg, model, pool, per_dispatch) -> int:
   tx = step_lib.make_optimizer(cfg.train)
   graphdef, state = step_lib.init_state(model, tx)
   runner = parallel.Runner(graphdef, tx, cfg, "sharded", devices=jax.devices()[:1])
-  flop, nbytes = runner.step_flop(runner.put_state(jax.tree.map(np.asarray, state)), pool[0])
-  t = cfg.train
-  return trainer.auto_steps_per_dispatch(flop, nbytes, math.gcd(t.eval_every, t.checkpoint_every), t.num_steps,
-                                         jax.devices()[0].platform)
+  return trainer.auto_steps_for(cfg, runner, runner.put_state(jax.tree.map(np.asarray, state)), pool[0])
 
 
 def measure(batch_size: int, steps: int, warmup: int, budget_s: float, per_dispatch, peaks: dict,
             torch_device, optimizer_s, repeats: int = 1) -> dict:
   """One row of the table: both frameworks at this batch size, and the bounds the optimizer sets.
 
-  per_dispatch: K or 'auto'. optimizer_s: a function of K timing the optimizer update alone (seconds per step). With repeats > 1 the optimizer,
-  PyTorch and mmvae are timed in turn that many times and each keeps its fastest figure: a shared machine's other
-  work only ever slows a figure down.
+  per_dispatch: K or 'auto'. optimizer_s: a function of K timing the optimizer update alone (seconds per step).
+  With repeats > 1 the optimizer, PyTorch and mmvae are timed in turn that many times and each keeps its fastest
+  figure: a shared machine's other work only ever slows a figure down.
   """
   cfg, model = build(batch_size)
   pool = _pool(batch_size)

@@ -163,6 +163,15 @@ def auto_steps_per_dispatch(step_flop: float, batch_bytes: int, period: int, num
   return min((d for d in divisors if d >= want), default=divisors[-1])
 
 
+def auto_steps_for(config, runner, dev_state, batch) -> int:
+  """'auto''s block length for `config` on `runner`'s platform, `batch` being one of its global batches: the
+  step is lowered (Runner.step_flop) only for runs of AUTO_MIN_RUN steps or more, where blocks can pay."""
+  t = config.train
+  flop, nbytes = runner.step_flop(dev_state, batch) if t.num_steps >= AUTO_MIN_RUN else (0.0, 0)
+  return auto_steps_per_dispatch(flop, nbytes, math.gcd(t.eval_every, t.checkpoint_every), t.num_steps,
+                                 runner.devices[0].platform)
+
+
 class _Validator:
   """Loss terms (first stored frame) and cross-modal MRR (every ordered pair, all K frames) on the validation split.
 
@@ -454,12 +463,9 @@ class _Loop:
       self.wait_s -= fetch_s
 
   def _choose_auto(self, dev_state) -> None:
-    """'auto''s block length, from the first batch's lowered step (see auto_steps_per_dispatch)."""
-    t = self.t
+    """'auto''s block length, from the first batch (held for the first dispatch) and the lowered step."""
     self.held.append(next(self.batches))
-    flop, nbytes = self.runner.step_flop(dev_state, self.held[0]) if t.num_steps >= AUTO_MIN_RUN else (0.0, 0)
-    k = auto_steps_per_dispatch(flop, nbytes, math.gcd(t.eval_every, t.checkpoint_every), t.num_steps,
-                                self.runner.devices[0].platform)
+    k = auto_steps_for(self.config, self.runner, dev_state, self.held[0])
     self.per_dispatch = _min_over_processes(k)  # every process must dispatch the same programs
 
   def _block_length(self, step: int) -> int:
